@@ -1,0 +1,5 @@
+import sys
+
+from kshot.cli import main
+
+sys.exit(main())

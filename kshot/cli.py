@@ -1,0 +1,206 @@
+"""Command line: ``python -m kshot <command>``, one command per pipeline stage.
+
+Every command takes the parameters as ``--params FILE`` (a YAML file such as ``params.yaml``) or
+``--params-json STRING`` (what the Snakemake rules pass: only the sections the stage depends on, so
+that Snakemake reruns a stage exactly when its own parameters change). Errors a user can cause are
+printed as one line naming the field or file, and the command exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from kshot.config import (
+    BenchmarkConfig,
+    DataConfig,
+    EpisodeConfig,
+    FinetuneConfig,
+    SourceConfig,
+    from_dict,
+    method_spec,
+)
+from kshot.errors import ConfigError, KshotError, unknown
+
+
+def _raw_params(args: argparse.Namespace) -> dict[str, Any]:
+    if args.params_json is not None:
+        return json.loads(args.params_json)
+    path = Path(args.params)
+    if not path.is_file():
+        raise ConfigError(f"params file '{path}': expected an existing YAML file, found nothing")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"params file '{path}': expected valid YAML, found a syntax error: {err}")
+    from kshot.config import params_from_dict
+
+    params_from_dict(raw)  # a whole file is validated as a whole
+    return raw
+
+
+def _named(raw: dict[str, Any], section: str, name: str, cls: type) -> Any:
+    table = raw.get(section) or {}
+    if name not in table:
+        raise unknown(section, name, table)
+    return from_dict(cls, table[name], f"{section}.{name}")
+
+
+def _device(raw: dict[str, Any]) -> torch.device:
+    from kshot.finetune import resolve_device
+
+    return resolve_device(raw.get("device", "auto"))
+
+
+def cmd_acquire(args: argparse.Namespace, raw: dict[str, Any]) -> None:
+    from kshot.data.datasets import acquire
+
+    acquire(args.dataset, from_dict(DataConfig, raw.get("data"), "data"), args.out)
+
+
+def cmd_prepare_source(args: argparse.Namespace, raw: dict[str, Any]) -> None:
+    from kshot.data.prepare import prepare_source
+
+    src = _named(raw, "sources", args.source, SourceConfig)
+    data = from_dict(DataConfig, raw.get("data"), "data")
+    prepare_source(args.source, src, data, Path(args.raw), Path(args.out), raw.get("seed", 0))
+
+
+def cmd_prepare_target(args: argparse.Namespace, raw: dict[str, Any]) -> None:
+    from kshot.data.prepare import prepare_target, source_geometry
+
+    bench = _named(raw, "benchmarks", args.benchmark, BenchmarkConfig)
+    src = _named(raw, "sources", bench.source, SourceConfig)
+    data = from_dict(DataConfig, raw.get("data"), "data")
+    prepare_target(args.benchmark, bench, source_geometry(src, data), data, Path(args.raw),
+                   Path(args.out))
+
+
+def cmd_episodes(args: argparse.Namespace, raw: dict[str, Any]) -> None:
+    from kshot.data.prepare import load_prepared
+    from kshot.episodes import make_episodes
+    from kshot.io import write_json
+
+    cfg = from_dict(EpisodeConfig, raw.get("episodes"), "episodes")
+    data = load_prepared(Path(args.target), ("pool_y", "test_y"))
+    eps = make_episodes(data["pool_y"], data["test_y"], args.k, cfg, raw.get("seed", 0),
+                        args.benchmark)
+    write_json(args.out, eps)
+
+
+def cmd_pretrain(args: argparse.Namespace, raw: dict[str, Any]) -> None:
+    from kshot.data.prepare import load_prepared
+    from kshot.io import write_json
+    from kshot.pretrain import pretrain, save_checkpoint
+
+    src = _named(raw, "sources", args.source, SourceConfig)
+    data = load_prepared(Path(args.data), ("train_x", "train_y", "test_x", "test_y"))
+    model, metrics = pretrain(src, data["train_x"], data["train_y"], data["test_x"], data["test_y"],
+                              raw.get("seed", 0), _device(raw))
+    save_checkpoint(Path(args.out), model, src, int(data["train_x"].shape[-1]), metrics)
+    write_json(args.metrics, {"source": args.source, "backbone": src.backbone,
+                              **{k: v for k, v in metrics.items() if k != "train_time_s"}})
+
+
+def cmd_finetune(args: argparse.Namespace, raw: dict[str, Any]) -> None:
+    from kshot.runner import run_episodes
+
+    methods = raw.get("methods") or {}
+    if args.method not in methods:
+        raise unknown("methods", args.method, methods)
+    artifacts: dict[str, Any] = {}
+    if args.search:
+        from kshot.io import read_json
+
+        artifacts["search_counts"] = read_json(args.search, what="search result")["best_counts"]
+    run_episodes(
+        benchmark=args.benchmark,
+        method_name=args.method,
+        spec=method_spec(args.method, methods[args.method]),
+        finetune=from_dict(FinetuneConfig, raw.get("finetune"), "finetune"),
+        k=args.k,
+        checkpoint=Path(args.checkpoint),
+        target=Path(args.target),
+        episodes=Path(args.episodes),
+        out_dir=Path(args.out_dir),
+        seed=raw.get("seed", 0),
+        device=_device(raw),
+        artifacts=artifacts,
+    )
+
+
+def cmd_aggregate(args: argparse.Namespace, raw: dict[str, Any]) -> None:
+    from kshot.report import write_results
+
+    write_results([Path(p) for p in args.runs], [Path(p) for p in args.sources],
+                  Path(args.tables_dir), Path(args.figures_dir), baseline=args.baseline)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kshot", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, fn, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_)
+        group = p.add_mutually_exclusive_group()
+        group.add_argument("--params", default="params.yaml", help="params YAML file")
+        group.add_argument("--params-json", help="params as a JSON string (used by the rules)")
+        p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+        p.set_defaults(fn=fn, needs_params=True)
+        return p
+
+    p = add("acquire", cmd_acquire, "fetch a dataset's raw files")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--out", required=True)
+    p = add("prepare-source", cmd_prepare_source, "source train/test tensors")
+    p.add_argument("--source", required=True)
+    p.add_argument("--raw", required=True)
+    p.add_argument("--out", required=True)
+    p = add("prepare-target", cmd_prepare_target, "target pool/test tensors")
+    p.add_argument("--benchmark", required=True)
+    p.add_argument("--raw", required=True)
+    p.add_argument("--out", required=True)
+    p = add("episodes", cmd_episodes, "seeded k-shot episodes")
+    p.add_argument("--benchmark", required=True)
+    p.add_argument("--k", type=int, required=True)
+    p.add_argument("--target", required=True)
+    p.add_argument("--out", required=True)
+    p = add("pretrain", cmd_pretrain, "train the source network")
+    p.add_argument("--source", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--metrics", required=True)
+    p = add("finetune", cmd_finetune, "run a method on every episode")
+    for name in ("benchmark", "method", "checkpoint", "target", "episodes", "out-dir"):
+        p.add_argument(f"--{name}", required=True)
+    p.add_argument("--k", type=int, required=True)
+    p.add_argument("--search", default=None, help="search result JSON (grouped_rl)")
+    p = add("aggregate", cmd_aggregate, "tables and figures from run metrics")
+    p.add_argument("--runs", nargs="+", required=True, help="metrics.json files")
+    p.add_argument("--sources", nargs="*", default=[], help="source metrics JSON files")
+    p.add_argument("--tables-dir", required=True)
+    p.add_argument("--figures-dir", required=True)
+    p.add_argument("--baseline", default="full")
+    p.set_defaults(needs_params=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        raw = _raw_params(args) if args.needs_params else {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"params: expected a mapping at the top level, found {raw!r}")
+        args.fn(args, raw)
+    except KshotError as err:
+        print(f"kshot {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,315 @@
+"""Typed, validated configuration.
+
+``params.yaml`` is parsed into the frozen dataclasses below. Every check names the offending field
+(as a dotted path such as ``benchmarks.fashion.target_classes``), what was expected and what was found,
+and unknown keys are reported with the closest valid key. Library code receives these objects; it
+never reads ``params.yaml`` itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from kshot.errors import ConfigError, suggest
+
+T = TypeVar("T")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_value(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (simple types, lists, dicts, Optional)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_value(value, arg, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: found {value!r}: {errors}")
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, found {value!r}")
+        return [_check_value(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        _, item = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, found {value!r}")
+        return {str(k): _check_value(v, item, f"{where}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, found {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, found {value!r}")
+        return value
+    if not isinstance(value, tp):
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, found {value!r}")
+    return value
+
+
+def from_dict(cls: type[T], data: Any, where: str) -> T:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types by name."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, found {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for key in data:
+        if key not in fields:
+            raise ConfigError(
+                f"{where}: unknown key '{key}'{suggest(key, fields)}; expected keys {sorted(fields)}"
+            )
+    kwargs = {}
+    for name, f in fields.items():
+        sub = f"{where}.{name}" if where else name
+        if name in data:
+            kwargs[name] = _check_value(data[name], hints[name], sub)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{sub}: required key is missing")
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        validate(where)
+    return obj
+
+
+def _positive(where: str, name: str, value: float | int | None, strict: bool = True) -> None:
+    if value is None:
+        return
+    if (strict and value <= 0) or (not strict and value < 0):
+        bound = "> 0" if strict else ">= 0"
+        raise ConfigError(f"{where}.{name}: expected a number {bound}, found {value!r}")
+
+
+def _check_classes(where: str, classes: list[int]) -> None:
+    if len(classes) < 2:
+        raise ConfigError(f"{where}: expected at least 2 classes, found {classes!r}")
+    if len(set(classes)) != len(classes):
+        raise ConfigError(f"{where}: expected distinct classes, found duplicates in {classes!r}")
+    if any(c < 0 for c in classes):
+        raise ConfigError(f"{where}: expected class indices >= 0, found {classes!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where raw data lives and whether downloads are allowed."""
+
+    raw_dir: str = "data/raw"
+    fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"
+    download: bool = False
+    image_folders: dict[str, str] = field(default_factory=dict)
+    digits_test_fraction: float = 0.5
+
+    def validate(self, where: str) -> None:
+        if not 0.0 < self.digits_test_fraction < 1.0:
+            raise ConfigError(
+                f"{where}.digits_test_fraction: expected a number in (0, 1), "
+                f"found {self.digits_test_fraction!r}"
+            )
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """A source task: dataset, classes, backbone and its pre-training recipe."""
+
+    dataset: str
+    classes: list[int]
+    backbone: str = "lenet"
+    image_size: int | None = None
+    max_per_class: int | None = None
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    width: float = 1.0
+    pretrained: str | None = None
+
+    def validate(self, where: str) -> None:
+        _check_classes(f"{where}.classes", self.classes)
+        for name in ("epochs", "batch_size", "lr", "max_per_class", "image_size", "width"):
+            _positive(where, name, getattr(self, name))
+        _positive(where, "weight_decay", self.weight_decay, strict=False)
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """A benchmark: a source (by name) and a target dataset with its classes."""
+
+    source: str
+    target: str
+    target_classes: list[int]
+
+    def validate(self, where: str) -> None:
+        _check_classes(f"{where}.target_classes", self.target_classes)
+
+
+@dataclass(frozen=True)
+class EpisodeConfig:
+    """How k-shot episodes are drawn from the target data."""
+
+    k: list[int] = field(default_factory=lambda: [1, 5, 10])
+    n_episodes: int = 10
+    val_per_class: int = 10
+    test_per_class: int | None = None
+    search_episodes: int = 3
+
+    def validate(self, where: str) -> None:
+        if not self.k:
+            raise ConfigError(f"{where}.k: expected a non-empty list of shots, found []")
+        for i, k in enumerate(self.k):
+            if k < 1:
+                raise ConfigError(f"{where}.k[{i}]: expected an integer >= 1, found {k!r}")
+        if len(set(self.k)) != len(self.k):
+            raise ConfigError(f"{where}.k: expected distinct values, found {self.k!r}")
+        for name in ("n_episodes", "val_per_class", "test_per_class"):
+            _positive(where, name, getattr(self, name))
+        _positive(where, "search_episodes", self.search_episodes, strict=False)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Hyper-parameters shared by the gradient-based fine-tuning methods.
+
+    ``eval_every`` steps the validation accuracy is measured and the best state so far kept: the
+    validation set selects the stopping step, the test set never does.
+    """
+
+    steps: int = 100
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    eval_every: int = 10
+    head_init: str = "random"
+
+    def validate(self, where: str) -> None:
+        for name in ("steps", "lr", "eval_every"):
+            _positive(where, name, getattr(self, name))
+        _positive(where, "weight_decay", self.weight_decay, strict=False)
+        _positive(where, "momentum", self.momentum, strict=False)
+        if self.head_init not in ("random", "zero", "centroid"):
+            raise ConfigError(
+                f"{where}.head_init: expected one of ['centroid', 'random', 'zero'], "
+                f"found {self.head_init!r}{suggest(self.head_init, ['centroid', 'random', 'zero'])}"
+            )
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A named method: its kind (the strategy class) and its options (checked by that class)."""
+
+    kind: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Which benchmarks and methods the default pipeline runs."""
+
+    benchmarks: list[str]
+    methods: list[str]
+
+
+@dataclass(frozen=True)
+class Params:
+    """The whole ``params.yaml``."""
+
+    sources: dict[str, SourceConfig]
+    benchmarks: dict[str, BenchmarkConfig]
+    methods: dict[str, dict[str, Any]]
+    run: RunConfig
+    seed: int = 0
+    device: str = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    episodes: EpisodeConfig = field(default_factory=EpisodeConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    def validate(self, where: str) -> None:
+        from kshot.data.datasets import DATASETS
+        from kshot.models import BACKBONES
+
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(
+                f"device: expected one of ['auto', 'cpu', 'cuda'], found {self.device!r}"
+                f"{suggest(self.device, ['auto', 'cpu', 'cuda'])}"
+            )
+        datasets = set(DATASETS) | set(self.data.image_folders)
+        for name, src in self.sources.items():
+            if src.dataset not in datasets:
+                raise _unknown(f"sources.{name}.dataset", src.dataset, datasets)
+            if src.backbone not in BACKBONES:
+                raise _unknown(f"sources.{name}.backbone", src.backbone, BACKBONES)
+        for name, bench in self.benchmarks.items():
+            if bench.source not in self.sources:
+                raise _unknown(f"benchmarks.{name}.source", bench.source, self.sources)
+            if bench.target not in datasets:
+                raise _unknown(f"benchmarks.{name}.target", bench.target, datasets)
+        for name, spec in self.methods.items():
+            method_spec(name, spec)
+        for i, b in enumerate(self.run.benchmarks):
+            if b not in self.benchmarks:
+                raise _unknown(f"run.benchmarks[{i}]", b, self.benchmarks)
+        for i, m in enumerate(self.run.methods):
+            if m not in self.methods:
+                raise _unknown(f"run.methods[{i}]", m, self.methods)
+
+
+def _unknown(field_name: str, value: str, valid: Any) -> ConfigError:
+    from kshot.errors import unknown
+
+    return unknown(field_name, value, valid)
+
+
+def method_spec(name: str, raw: Any) -> MethodSpec:
+    """Parse ``methods.<name>``: a mapping with ``kind`` and the kind's options."""
+    from kshot.methods import METHODS
+
+    where = f"methods.{name}"
+    if not isinstance(raw, dict) or "kind" not in raw:
+        raise ConfigError(f"{where}: expected a mapping with a 'kind' key, found {raw!r}")
+    kind = raw["kind"]
+    if kind not in METHODS:
+        raise _unknown(f"{where}.kind", kind, METHODS)
+    options = {k: v for k, v in raw.items() if k != "kind"}
+    METHODS[kind].parse_options(options, where)
+    return MethodSpec(kind=kind, options=options)
+
+
+def load_params(path: str | Path) -> Params:
+    """Read and validate a params file; raises :class:`ConfigError` naming the file and field."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"params file '{p}': expected an existing YAML file, found nothing")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"params file '{p}': expected valid YAML, found a syntax error: {err}")
+    return params_from_dict(raw)
+
+
+def params_from_dict(raw: Any) -> Params:
+    """Validate an already parsed params mapping (e.g. Snakemake's ``config``)."""
+    return from_dict(Params, raw, "")

@@ -1,0 +1,274 @@
+"""Dataset registry: acquire raw files into ``data/raw/<name>/`` and load a split as uint8 tensors.
+
+Offline by default: Fashion-MNIST comes from Debian's ``dataset-fashion-mnist`` package (gzipped idx
+files, gunzipped into the folder layout torchvision's loader expects; their md5 differs from
+torchvision's list, so torchvision's own download check is not used) and the 8x8 digits ship with
+scikit-learn. MNIST, SVHN, USPS and CIFAR-10 use torchvision's real download code, only when
+``data.download`` is true; any ImageFolder tree is reachable through ``data.image_folders``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+
+from kshot.config import DataConfig
+from kshot.errors import DataError, unknown
+from kshot.io import write_json
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Images and labels of one split."""
+
+    images: torch.Tensor  # uint8 [N, C, H, W]
+    labels: torch.Tensor  # int64 [N]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """How to fetch and read one dataset; ``channels``/``size`` are its native geometry."""
+
+    channels: int
+    size: int
+    fetch: Callable[[DataConfig, Path], None]
+    load: Callable[[Path, str, DataConfig], ImageSet]
+
+
+def _from_hwc(data: np.ndarray | torch.Tensor, labels: object) -> ImageSet:
+    x = torch.as_tensor(np.asarray(data))
+    if x.ndim == 3:
+        x = x.unsqueeze(1)  # [N, H, W] -> [N, 1, H, W]
+    elif x.shape[-1] in (1, 3):
+        x = x.permute(0, 3, 1, 2)  # [N, H, W, C] -> [N, C, H, W]
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+    return ImageSet(x.to(torch.uint8).contiguous(), y)
+
+
+FASHION_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+def _fetch_fashion(cfg: DataConfig, out: Path) -> None:
+    src = Path(cfg.fashion_mnist_dir)
+    raw = out / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    missing = [f for f in FASHION_FILES if not (src / f"{f}.gz").is_file() and not (src / f).is_file()]
+    if not missing:
+        for f in FASHION_FILES:
+            if (src / f).is_file():
+                shutil.copyfile(src / f, raw / f)
+                continue
+            try:
+                with gzip.open(src / f"{f}.gz", "rb") as fin, open(raw / f, "wb") as fout:
+                    shutil.copyfileobj(fin, fout)
+            except (OSError, EOFError) as err:
+                raise DataError(
+                    f"Fashion-MNIST file '{src / f}.gz': expected a gzipped idx file, "
+                    f"found a corrupt or truncated one ({err})"
+                ) from err
+        return
+    if cfg.download:
+        torchvision.datasets.FashionMNIST(str(out), train=True, download=True)
+        torchvision.datasets.FashionMNIST(str(out), train=False, download=True)
+        return
+    raise DataError(
+        f"data.fashion_mnist_dir '{src}': expected the Fashion-MNIST idx files "
+        f"({', '.join(f + '.gz' for f in missing)}), found none of them there; install Debian's "
+        "'dataset-fashion-mnist' package, point data.fashion_mnist_dir at the files, or set "
+        "data.download: true where the network is reachable"
+    )
+
+
+def _load_mnist_like(cls: type) -> Callable[[Path, str, DataConfig], ImageSet]:
+    def load(raw: Path, split: str, cfg: DataConfig) -> ImageSet:
+        try:
+            ds = cls(str(raw), train=split == "train", download=False)
+        except RuntimeError as err:
+            raise DataError(f"dataset folder '{raw}': expected {cls.__name__} files ({err})") from err
+        return _from_hwc(ds.data, ds.targets)
+
+    return load
+
+
+def _checked_idx_loader(cls: type) -> Callable[[Path, str, DataConfig], ImageSet]:
+    """Wrap the idx reader so that truncated or corrupt files name the file."""
+    inner = _load_mnist_like(cls)
+
+    def load(raw: Path, split: str, cfg: DataConfig) -> ImageSet:
+        try:
+            data = inner(raw, split, cfg)
+        except (ValueError, AssertionError, RuntimeError, IndexError) as err:
+            if isinstance(err, DataError):
+                raise
+            raise DataError(
+                f"dataset folder '{raw}': expected well-formed idx files for the {split} split, "
+                f"found a corrupt or truncated file ({type(err).__name__}: {err})"
+            ) from err
+        if data.images.shape[0] != data.labels.shape[0]:
+            raise DataError(
+                f"dataset folder '{raw}': expected as many {split} labels as images, found "
+                f"{data.labels.shape[0]} labels for {data.images.shape[0]} images"
+            )
+        return data
+
+    return load
+
+
+def _fetch_torchvision(cls: type, split_kw: str) -> Callable[[DataConfig, Path], None]:
+    def fetch(cfg: DataConfig, out: Path) -> None:
+        splits = {"train": ("train", "test"), "bool": (True, False)}[split_kw]
+        try:
+            for s in splits:
+                kw = {"split": s} if split_kw == "train" else {"train": s}
+                cls(str(out), download=cfg.download, **kw)
+        except RuntimeError as err:
+            raise DataError(
+                f"dataset {cls.__name__}: expected its files under '{out}' or data.download: true "
+                f"with network access; found neither ({err})"
+            ) from err
+
+    return fetch
+
+
+def _load_svhn(raw: Path, split: str, cfg: DataConfig) -> ImageSet:
+    ds = torchvision.datasets.SVHN(str(raw), split=split, download=False)
+    return _from_hwc(torch.as_tensor(ds.data), ds.labels)  # data is already [N, 3, 32, 32]
+
+
+def _load_tv(cls: type) -> Callable[[Path, str, DataConfig], ImageSet]:
+    def load(raw: Path, split: str, cfg: DataConfig) -> ImageSet:
+        ds = cls(str(raw), train=split == "train", download=False)
+        return _from_hwc(ds.data, ds.targets)
+
+    return load
+
+
+def _fetch_digits(cfg: DataConfig, out: Path) -> None:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # [1797, 8, 8]
+    np.savez_compressed(out / "digits.npz", images=images, labels=digits.target.astype(np.int64))
+
+
+def _stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """Per class, a seeded ``test_fraction`` of the indices goes to test, the rest to train."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_test = round(len(idx) * test_fraction)
+        test.append(idx[:n_test])
+        train.append(idx[n_test:])
+    return {"train": np.sort(np.concatenate(train)), "test": np.sort(np.concatenate(test))}
+
+
+def _load_digits(raw: Path, split: str, cfg: DataConfig) -> ImageSet:
+    path = raw / "digits.npz"
+    try:
+        with np.load(path) as f:
+            images, labels = f["images"], f["labels"]
+    except (OSError, KeyError, ValueError) as err:
+        raise DataError(f"digits file '{path}': expected an npz with images and labels ({err})")
+    idx = _stratified_split(labels, cfg.digits_test_fraction, seed=0)[split]
+    return _from_hwc(images[idx], labels[idx])
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "fashion_mnist": DatasetInfo(
+        1, 28, _fetch_fashion, _checked_idx_loader(torchvision.datasets.FashionMNIST)
+    ),
+    "digits": DatasetInfo(1, 8, _fetch_digits, _load_digits),
+    "mnist": DatasetInfo(
+        1,
+        28,
+        _fetch_torchvision(torchvision.datasets.MNIST, "bool"),
+        _checked_idx_loader(torchvision.datasets.MNIST),
+    ),
+    "usps": DatasetInfo(
+        1, 16, _fetch_torchvision(torchvision.datasets.USPS, "bool"), _load_tv(torchvision.datasets.USPS)
+    ),
+    "svhn": DatasetInfo(3, 32, _fetch_torchvision(torchvision.datasets.SVHN, "train"), _load_svhn),
+    "cifar10": DatasetInfo(
+        3,
+        32,
+        _fetch_torchvision(torchvision.datasets.CIFAR10, "bool"),
+        _load_tv(torchvision.datasets.CIFAR10),
+    ),
+}
+
+
+def dataset_info(name: str, cfg: DataConfig) -> DatasetInfo:
+    """The registry entry for ``name``; ImageFolder trees come from ``data.image_folders``."""
+    if name in DATASETS:
+        return DATASETS[name]
+    if name in cfg.image_folders:
+        from kshot.data.imagefolder import imagefolder_info
+
+        return imagefolder_info(name, Path(cfg.image_folders[name]))
+    raise unknown("dataset", name, set(DATASETS) | set(cfg.image_folders))
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def acquire(name: str, cfg: DataConfig, out_dir: str | os.PathLike[str]) -> dict[str, str]:
+    """Fetch dataset ``name`` into ``out_dir`` and write ``manifest.json`` (sha256 of every file).
+
+    The folder is built under a temporary name and renamed into place when complete, so a failed or
+    interrupted acquisition leaves no folder behind. Returns the manifest mapping.
+    """
+    info = dataset_info(name, cfg)
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        info.fetch(cfg, tmp)
+        manifest = {
+            str(p.relative_to(tmp)): sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()
+        }
+        write_json(tmp / "manifest.json", {"dataset": name, "sha256": manifest})
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return manifest
+
+
+def load_split(name: str, split: str, cfg: DataConfig, raw_dir: str | os.PathLike[str]) -> ImageSet:
+    """Load split ``'train'`` or ``'test'`` of an acquired dataset as ``uint8 [N, C, H, W]``."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split: expected 'train' or 'test', found {split!r}")
+    info = dataset_info(name, cfg)
+    raw = Path(raw_dir)
+    if not (raw / "manifest.json").is_file():
+        raise DataError(
+            f"dataset folder '{raw}': expected an acquired dataset with manifest.json, found none; "
+            f"run the 'acquire' step for '{name}' first"
+        )
+    return info.load(raw, split, cfg)

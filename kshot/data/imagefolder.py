@@ -1,0 +1,79 @@
+"""Any folder of images, one sub-folder per class (torchvision's ImageFolder layout).
+
+``root/train/<class>/*`` and ``root/test/<class>/*`` are used as the splits when both exist (Office-31
+style trees without them are split per class, seeded, by ``data.digits_test_fraction``). Images are
+converted to RGB and resized to a fixed square side at acquisition, so later stages handle tensors of
+one shape; the stored side is 64 unless the tree's name says otherwise in ``data.image_folders``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image, UnidentifiedImageError
+
+from kshot.config import DataConfig
+from kshot.errors import DataError
+
+STORED_SIDE = 64
+
+
+def _read_tree(root: Path, side: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    try:
+        tree = torchvision.datasets.ImageFolder(str(root), allow_empty=False)
+    except FileNotFoundError as err:
+        raise DataError(
+            f"image folder '{root}': expected one sub-folder per class, each with at least one "
+            f"image (.jpg, .png, ...), found {err}"
+        ) from err
+    images = np.empty((len(tree.samples), side, side, 3), dtype=np.uint8)
+    for i, (path, _) in enumerate(tree.samples):
+        try:
+            with Image.open(path) as img:
+                images[i] = np.asarray(img.convert("RGB").resize((side, side), Image.BILINEAR))
+        except (UnidentifiedImageError, OSError) as err:
+            raise DataError(
+                f"image file '{path}': expected a readable image, found a corrupt or non-image "
+                f"file ({err})"
+            ) from err
+    return images, np.asarray(tree.targets, dtype=np.int64), tree.classes
+
+
+def _fetch(root: Path):
+    def fetch(cfg: DataConfig, out: Path) -> None:
+        if not root.is_dir():
+            raise DataError(f"image folder '{root}': expected an existing folder, found nothing")
+        parts = {"train": root / "train", "test": root / "test"}
+        if not all(p.is_dir() for p in parts.values()):
+            parts = {"all": root}
+        for split, folder in parts.items():
+            images, labels, classes = _read_tree(folder, STORED_SIDE)
+            np.savez_compressed(out / f"{split}.npz", images=images, labels=labels)
+            (out / f"{split}_classes.txt").write_text("\n".join(classes) + "\n")
+
+    return fetch
+
+
+def _load(raw: Path, split: str, cfg: DataConfig):
+    from kshot.data.datasets import ImageSet, _stratified_split
+
+    if (raw / "all.npz").is_file():
+        with np.load(raw / "all.npz") as f:
+            images, labels = f["images"], f["labels"]
+        idx = _stratified_split(labels, cfg.digits_test_fraction, seed=0)[split]
+        images, labels = images[idx], labels[idx]
+    else:
+        with np.load(raw / f"{split}.npz") as f:
+            images, labels = f["images"], f["labels"]
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # [N, 3, S, S]
+    return ImageSet(x, torch.from_numpy(labels))
+
+
+def imagefolder_info(name: str, root: Path):
+    from kshot.data.datasets import DatasetInfo
+
+    del name
+    return DatasetInfo(3, STORED_SIDE, _fetch(root), _load)

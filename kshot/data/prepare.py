@@ -1,0 +1,133 @@
+"""Source and target splits as tensors in the source network's input geometry.
+
+A prepared file holds uint8 images ``[N, C, S, S]`` and labels remapped to ``0..len(classes)-1``
+(in the order the classes are listed in params), plus a sha256 of the tensors for provenance.
+Target images are converted to the source's channels and side, so one backbone reads both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kshot.config import BenchmarkConfig, DataConfig, SourceConfig
+from kshot.data.datasets import ImageSet, dataset_info, load_split
+from kshot.errors import DataError
+from kshot.io import load_tensors, save_tensors
+
+
+def to_geometry(images: torch.Tensor, channels: int, side: int) -> torch.Tensor:
+    """Convert uint8 ``[N, C, H, W]`` to uint8 ``[N, channels, side, side]`` (luminance or
+    channel repetition; antialiased bilinear resizing)."""
+    x = images.float()
+    if x.shape[1] == 3 and channels == 1:
+        w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        x = (x * w).sum(1, keepdim=True)
+    elif x.shape[1] == 1 and channels == 3:
+        x = x.expand(-1, 3, -1, -1)
+    elif x.shape[1] != channels:
+        raise DataError(f"cannot convert {x.shape[1]}-channel images to {channels} channels")
+    if x.shape[-1] != side or x.shape[-2] != side:
+        out = []
+        for chunk in x.split(4096):
+            out.append(F.interpolate(chunk, size=(side, side), mode="bilinear", antialias=True))
+        x = torch.cat(out) if out else x.new_zeros((0, channels, side, side))
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+def select_classes(data: ImageSet, classes: list[int], field: str, origin: str) -> ImageSet:
+    """Keep the images of ``classes`` and relabel them ``0..len(classes)-1`` in the listed order."""
+    present = sorted(int(c) for c in torch.unique(data.labels))
+    missing = [c for c in classes if c not in present]
+    if missing:
+        raise DataError(
+            f"{field}: expected classes present in {origin} (labels {present[0]}..{present[-1]}), "
+            f"found {missing} absent"
+        )
+    remap = torch.full((max(present) + 1,), -1, dtype=torch.int64)
+    remap[torch.tensor(classes)] = torch.arange(len(classes))
+    new = remap[data.labels]
+    keep = new >= 0
+    return ImageSet(data.images[keep], new[keep])
+
+
+def _cap_per_class(data: ImageSet, max_per_class: int | None, seed: int) -> ImageSet:
+    if max_per_class is None:
+        return data
+    rng = np.random.default_rng(seed)
+    labels = data.labels.numpy()
+    idx = np.sort(
+        np.concatenate(
+            [rng.permutation(np.flatnonzero(labels == c))[:max_per_class] for c in np.unique(labels)]
+        )
+    )
+    t = torch.from_numpy(idx)
+    return ImageSet(data.images[t], data.labels[t])
+
+
+def digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        h.update(key.encode())
+        h.update(tensors[key].contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def source_geometry(src: SourceConfig, data: DataConfig) -> tuple[int, int]:
+    """(channels, side) of the source network's input."""
+    info = dataset_info(src.dataset, data)
+    return info.channels, src.image_size or info.size
+
+
+def prepare_source(
+    name: str, src: SourceConfig, data: DataConfig, raw_dir: Path, out: Path, seed: int
+) -> dict[str, Any]:
+    """Write the source train/test split of ``sources.<name>`` to ``out``; return its summary."""
+    channels, side = source_geometry(src, data)
+    field = f"sources.{name}.classes"
+    parts: dict[str, torch.Tensor] = {}
+    for split in ("train", "test"):
+        d = select_classes(load_split(src.dataset, split, data, raw_dir), src.classes, field, src.dataset)
+        if split == "train":
+            d = _cap_per_class(d, src.max_per_class, seed)
+        parts[f"{split}_x"] = to_geometry(d.images, channels, side)
+        parts[f"{split}_y"] = d.labels
+    summary = {"name": name, "dataset": src.dataset, "classes": src.classes, "channels": channels,
+               "side": side, "n_train": len(parts["train_y"]), "n_test": len(parts["test_y"]),
+               "sha256": digest(parts)}
+    save_tensors(out, {**parts, "meta": summary})
+    return summary
+
+
+def prepare_target(
+    name: str, bench: BenchmarkConfig, geometry: tuple[int, int], data: DataConfig, raw_dir: Path,
+    out: Path,
+) -> dict[str, Any]:
+    """Write the target pool (episodes draw support and validation from it) and test split."""
+    channels, side = geometry
+    field = f"benchmarks.{name}.target_classes"
+    parts: dict[str, torch.Tensor] = {}
+    for split, key in (("train", "pool"), ("test", "test")):
+        d = select_classes(load_split(bench.target, split, data, raw_dir), bench.target_classes,
+                           field, bench.target)
+        parts[f"{key}_x"] = to_geometry(d.images, channels, side)
+        parts[f"{key}_y"] = d.labels
+    summary = {"name": name, "dataset": bench.target, "classes": bench.target_classes,
+               "channels": channels, "side": side, "n_pool": len(parts["pool_y"]),
+               "n_test": len(parts["test_y"]), "sha256": digest(parts)}
+    save_tensors(out, {**parts, "meta": summary})
+    return summary
+
+
+def load_prepared(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
+    """Load a prepared file and check it has ``keys``."""
+    obj = load_tensors(path, what="prepared data")
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        raise DataError(f"prepared data '{path}': expected keys {list(keys)}, found {sorted(obj)}")
+    return obj

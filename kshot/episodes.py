@@ -1,0 +1,86 @@
+"""k-shot episodes: seeded support, validation and test indices shared by every method.
+
+An episode of a benchmark with C target classes holds ``k`` support and ``val_per_class``
+validation images per class, disjoint, drawn from the target pool (the target's training split),
+and test indices into the target test split (all of it by default). Evaluation episodes and the
+RL search's episodes come from independent seed streams, so the search never sees what is reported.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from kshot.config import EpisodeConfig
+from kshot.errors import DataError
+
+
+@dataclass(frozen=True)
+class Episode:
+    """Indices of one k-shot task. ``test`` is ``None`` for the whole test split."""
+
+    id: int
+    support: list[int]
+    val: list[int]
+    test: list[int] | None
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "support": self.support, "val": self.val, "test": self.test}
+
+    @staticmethod
+    def from_dict(d: dict) -> Episode:
+        return Episode(int(d["id"]), list(d["support"]), list(d["val"]), d.get("test"))
+
+
+def episode_rng(seed: int, benchmark: str, k: int, role: str, index: int) -> np.random.Generator:
+    """An independent generator per (seed, benchmark, k, role, episode)."""
+    key = [seed, zlib.crc32(benchmark.encode()), k, zlib.crc32(role.encode()), index]
+    return np.random.default_rng(np.random.SeedSequence(key))
+
+
+def check_feasible(pool_labels: torch.Tensor, n_classes: int, k: int, val_per_class: int) -> None:
+    """Raise :class:`DataError` when a class has fewer than ``k + val_per_class`` pool images."""
+    counts = torch.bincount(pool_labels, minlength=n_classes)
+    need = k + val_per_class
+    small = int(counts.argmin())
+    if int(counts[small]) < need:
+        raise DataError(
+            f"episodes.k: k={k} plus episodes.val_per_class={val_per_class} needs {need} images "
+            f"per class, but target class #{small} has only {int(counts[small])} in the pool"
+        )
+
+
+def sample_episode(
+    pool_labels: np.ndarray, test_labels: np.ndarray, n_classes: int, k: int, cfg: EpisodeConfig,
+    rng: np.random.Generator, index: int,
+) -> Episode:
+    support, val, test = [], [], []
+    for c in range(n_classes):
+        idx = rng.permutation(np.flatnonzero(pool_labels == c))
+        support += idx[:k].tolist()
+        val += idx[k : k + cfg.val_per_class].tolist()
+        if cfg.test_per_class is not None:
+            test += rng.permutation(np.flatnonzero(test_labels == c))[: cfg.test_per_class].tolist()
+    return Episode(index, sorted(support), sorted(val),
+                   sorted(test) if cfg.test_per_class is not None else None)
+
+
+def make_episodes(
+    pool_labels: torch.Tensor, test_labels: torch.Tensor, k: int, cfg: EpisodeConfig, seed: int,
+    benchmark: str,
+) -> dict:
+    """All evaluation and search episodes of one benchmark and k, as a JSON-ready dict."""
+    n_classes = int(pool_labels.max()) + 1
+    check_feasible(pool_labels, n_classes, k, cfg.val_per_class)
+    pool, test = pool_labels.numpy(), test_labels.numpy()
+    out: dict = {"benchmark": benchmark, "k": k, "seed": seed, "n_classes": n_classes}
+    for role, n in (("eval", cfg.n_episodes), ("search", cfg.search_episodes)):
+        out[role] = [
+            sample_episode(pool, test, n_classes, k, cfg, episode_rng(seed, benchmark, k, role, i), i)
+            .to_dict()
+            for i in range(n)
+        ]
+    return out

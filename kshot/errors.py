@@ -1,0 +1,36 @@
+"""Exceptions a user can cause, with messages that name the field or file, the expectation and the finding."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class KshotError(ValueError):
+    """Base class of every error caused by user input (config, files, checkpoints)."""
+
+
+class ConfigError(KshotError):
+    """A parameter is missing, unknown or out of range."""
+
+
+class DataError(KshotError):
+    """A dataset file or folder is missing, corrupt, or too small for the request."""
+
+
+class CheckpointError(KshotError):
+    """A checkpoint is corrupt, unsafe, or of another architecture."""
+
+
+def suggest(name: str, valid: Iterable[str]) -> str:
+    """Return ' (did you mean 'x'?)' for the closest valid name, or '' when none is close."""
+    close = difflib.get_close_matches(str(name), [str(v) for v in valid], n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def unknown(field: str, name: object, valid: Iterable[str]) -> ConfigError:
+    """Build the error for ``field`` naming an unknown ``name``; lists the valid names and the closest."""
+    valid = sorted(valid)
+    return ConfigError(
+        f"{field}: unknown value '{name}'{suggest(str(name), valid)}; expected one of {valid}"
+    )

@@ -1,0 +1,91 @@
+"""Atomic file output and safe checkpoint loading.
+
+Every file the pipeline writes goes through :func:`atomic_path`: the content is written to a temporary
+file in the same folder and renamed into place only when complete, so an interrupted run never leaves
+a half-written file that a later run would trust.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kshot.errors import CheckpointError, DataError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write ``obj`` as sorted, indented JSON, atomically (byte-identical for equal objects)."""
+    text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    write_text(path, text)
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def read_json(path: str | os.PathLike[str], what: str = "file") -> Any:
+    """Read a JSON file, raising :class:`DataError` naming the file when it is missing or corrupt."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{what} '{p}': expected an existing JSON file, found nothing")
+    try:
+        return json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{what} '{p}': expected valid JSON, found a corrupt file ({err})") from err
+
+
+def save_tensors(path: str | os.PathLike[str], obj: dict[str, Any]) -> None:
+    """Save a dict of tensors and plain values with ``torch.save``, atomically."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_tensors(path: str | os.PathLike[str], what: str = "checkpoint") -> dict[str, Any]:
+    """Load a file written by :func:`save_tensors` with ``weights_only=True``.
+
+    Refuses pickles that would run code on loading, and reports missing or corrupt files with a
+    :class:`CheckpointError` naming the file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{what} '{p}': expected an existing file, found nothing")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{what} '{p}': refused to load; expected plain tensors and values "
+            f"(weights_only=True), found objects that would run code on unpickling ({err})"
+        ) from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        raise CheckpointError(
+            f"{what} '{p}': expected a torch checkpoint, found a corrupt or truncated file ({err})"
+        ) from err
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{what} '{p}': expected a dict, found {type(obj).__name__}")
+    return obj

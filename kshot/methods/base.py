@@ -1,0 +1,168 @@
+"""The interface every k-shot method implements, and the plumbing gradient methods share.
+
+A method receives an :class:`EpisodeData` (a fresh copy of the pre-trained source network and the
+episode's support, validation and test tensors) and returns an :class:`EpisodeResult`. Methods are
+registered by kind in :data:`kshot.methods.METHODS`; ``params.yaml`` names them under ``methods:``
+as ``name: {kind: ..., <options>}``, so one kind can appear several times with other options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from kshot.config import FinetuneConfig, from_dict
+from kshot.finetune import GradHook, Penalty, TrainResult, accuracy, predict, train
+from kshot.models import Backbone
+
+Tensors = tuple[torch.Tensor, torch.Tensor]  # (uint8 images [N, C, H, W], int64 labels [N])
+
+
+@dataclass
+class EpisodeData:
+    """Everything a method may use for one episode. Only ``support`` and ``val`` may guide
+    training or selection; ``test`` is for the final evaluation alone."""
+
+    model: Backbone
+    support: Tensors
+    val: Tensors
+    test: Tensors
+    n_classes: int
+    seed: int
+    device: torch.device
+    artifacts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EpisodeResult:
+    """Accuracies and diagnostics of one method on one episode (all JSON-serialisable)."""
+
+    test_acc: float
+    val_acc: float
+    steps: int = 0
+    best_step: int = 0
+    diverged_step: int | None = None
+    train_time_s: float = 0.0
+    val_curve: list[list[float]] = field(default_factory=list)
+    loss_curve: list[list[float]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, Any]:
+        """The deterministic part (no timings), written to the metrics files."""
+        d = dataclasses.asdict(self)
+        del d["train_time_s"]
+        return d
+
+
+@dataclass(frozen=True)
+class TrainOverrides:
+    """Per-method overrides of the shared ``finetune`` block (``None`` keeps the shared value)."""
+
+    steps: int | None = None
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    eval_every: int | None = None
+    head_init: str | None = None
+
+
+class Method(ABC):
+    """A k-shot strategy. Subclasses set ``kind`` and ``Options`` and implement :meth:`run`."""
+
+    kind: ClassVar[str]
+    Options: ClassVar[type] = TrainOverrides
+
+    def __init__(self, options: Any, finetune: FinetuneConfig) -> None:
+        self.options = options
+        overrides = {
+            f.name: getattr(options, f.name)
+            for f in dataclasses.fields(TrainOverrides)
+            if getattr(options, f.name, None) is not None
+        }
+        self.cfg = from_dict(FinetuneConfig, {**dataclasses.asdict(finetune), **overrides}, "finetune")
+
+    @classmethod
+    def parse_options(cls, raw: dict[str, Any], where: str) -> Any:
+        """Validate ``methods.<name>`` options against this kind's ``Options`` dataclass."""
+        return from_dict(cls.Options, raw, where)
+
+    @abstractmethod
+    def run(self, ep: EpisodeData) -> EpisodeResult:
+        """Adapt to ``ep.support`` (selecting on ``ep.val``) and report test accuracy."""
+
+
+@torch.no_grad()
+def class_centroids(model: Backbone, support: Tensors, n_classes: int,
+                    device: torch.device) -> torch.Tensor:
+    """L2-normalised mean penultimate feature per class: ``[n_classes, D]``."""
+    model.eval()
+    feats = torch.nn.functional.normalize(predict(model.features, support[0], device), dim=1)
+    sums = torch.zeros(n_classes, feats.shape[1]).index_add_(0, support[1], feats)
+    return torch.nn.functional.normalize(sums, dim=1)
+
+
+def init_head(model: Backbone, ep: EpisodeData, how: str) -> None:
+    """Replace the source head by a target head of ``ep.n_classes`` outputs.
+
+    ``random``: torch's default init under the episode seed; ``zero``: all zeros; ``centroid``:
+    weight rows are the normalised class centroids scaled to the default init's norm (imprinting).
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(ep.seed)
+        model.replace_head(ep.n_classes)
+    head = model.head
+    with torch.no_grad():
+        if how == "zero":
+            head.weight.zero_()
+            head.bias.zero_()
+        elif how == "centroid":
+            scale = head.weight.norm(dim=1).mean()
+            centroids = class_centroids(model, ep.support, ep.n_classes, ep.device)
+            head.weight.copy_(centroids.to(head.weight.device) * scale)
+            head.bias.zero_()
+
+
+class GradientMethod(Method):
+    """Replace the head, fine-tune the parameters :meth:`trainable` returns, evaluate on test."""
+
+    def trainable(self, model: Backbone) -> list[torch.Tensor]:
+        return list(model.parameters())
+
+    def penalty(self, model: Backbone, ep: EpisodeData) -> Penalty | None:
+        return None
+
+    def grad_hook(self, model: Backbone, ep: EpisodeData) -> GradHook | None:
+        return None
+
+    def extra(self, model: Backbone, ep: EpisodeData) -> dict[str, Any]:
+        return {}
+
+    def run(self, ep: EpisodeData) -> EpisodeResult:
+        model = ep.model.to(ep.device)
+        init_head(model, ep, self.cfg.head_init)
+        penalty = self.penalty(model, ep)
+        hook = self.grad_hook(model, ep)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(ep.seed)
+            res: TrainResult = train(model, self.trainable(model), ep.support, ep.val, self.cfg,
+                                     ep.device, penalty=penalty, grad_hook=hook)
+        return EpisodeResult(
+            test_acc=accuracy(res.model, *ep.test, ep.device),
+            val_acc=res.val_acc,
+            steps=res.steps_run,
+            best_step=res.best_step,
+            diverged_step=res.diverged_step,
+            train_time_s=res.train_time_s,
+            val_curve=res.val_curve,
+            loss_curve=res.loss_curve,
+            extra=self.extra(model, ep),
+        )
+
+
+def head_parameters(model: nn.Module) -> list[torch.Tensor]:
+    return list(model.head.parameters())

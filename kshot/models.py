@@ -1,0 +1,154 @@
+"""Backbones: a LeNet (the paper's Fig. 1 setting), a wider VGG-style CNN and a ResNet-18.
+
+Every backbone is an :class:`nn.Module` with
+- ``features(x)``: images ``[B, C, H, W]`` in [0, 1] -> penultimate features ``[B, D]``;
+- ``head``: the ``nn.Linear(D, n_classes)`` classifier that fine-tuning replaces for the target task;
+- ``groupable()``: names of the Conv2d/Linear modules (in forward order, head excluded) whose output
+  neurons (conv filters, fc units) can be grouped.
+
+Inputs are normalised inside the model with the source training set's mean and std (buffers saved
+with the checkpoint), so every stage feeds the same ``[0, 1]`` images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torchvision
+from torch import nn
+
+from kshot.errors import unknown
+
+
+class Backbone(nn.Module):
+    """Common plumbing: input normalisation, ``forward = head(features(x))``, groupable layers."""
+
+    head: nn.Linear
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+        self.register_buffer("input_mean", torch.zeros(1, in_channels, 1, 1))
+        self.register_buffer("input_std", torch.ones(1, in_channels, 1, 1))
+
+    def set_input_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Set per-channel normalisation, ``mean``/``std`` of shape ``[C]``."""
+        self.input_mean.copy_(mean.view(1, -1, 1, 1))
+        self.input_std.copy_(std.clamp_min(1e-6).view(1, -1, 1, 1))
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.input_mean) / self.input_std
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def groupable(self) -> list[str]:
+        """Names of the Conv2d/Linear modules before the head, in forward order."""
+        return [
+            name
+            for name, m in self.named_modules()
+            if isinstance(m, nn.Conv2d | nn.Linear) and not name.startswith("head")
+        ]
+
+    def replace_head(self, n_classes: int) -> None:
+        """Swap in a fresh ``nn.Linear`` head for ``n_classes`` (initialised by torch's default)."""
+        self.head = nn.Linear(self.head.in_features, n_classes).to(self.head.weight.device)
+
+
+def _scaled(channels: int, width: float) -> int:
+    return max(1, round(channels * width))
+
+
+class LeNet(Backbone):
+    """Caffe's LeNet: conv(20, 5x5)-pool-conv(50, 5x5)-pool-fc(500)-fc(classes); ~430k parameters
+    at 28x28. ``width`` scales every hidden layer."""
+
+    def __init__(self, in_channels: int, image_size: int, n_classes: int, width: float = 1.0):
+        super().__init__(in_channels)
+        c1, c2, f1 = _scaled(20, width), _scaled(50, width), _scaled(500, width)
+        self.conv1 = nn.Conv2d(in_channels, c1, 5)
+        self.conv2 = nn.Conv2d(c1, c2, 5)
+        side = ((image_size - 4) // 2 - 4) // 2
+        if side < 1:
+            raise ValueError(f"LeNet needs images of at least 16x16, got {image_size}x{image_size}")
+        self.fc1 = nn.Linear(c2 * side * side, f1)
+        self.head = nn.Linear(f1, n_classes)
+        self.pool = nn.MaxPool2d(2)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(torch.relu(self.conv1(self.normalise(x))))  # [B, c1, (S-4)/2, (S-4)/2]
+        x = self.pool(torch.relu(self.conv2(x)))  # [B, c2, side, side]
+        return torch.relu(self.fc1(x.flatten(1)))  # [B, f1]
+
+
+class WideCNN(Backbone):
+    """An over-parameterised VGG-style CNN: three 3x3 conv blocks (64, 128, 256 filters times
+    ``width``), global average pooling, fc(512 x width), head. No BatchNorm, so every parameter is a
+    plain per-neuron weight row; ~0.5M parameters at width 1, ~2M at width 2."""
+
+    def __init__(self, in_channels: int, image_size: int, n_classes: int, width: float = 1.0):
+        super().__init__(in_channels)
+        c1, c2, c3, f1 = (_scaled(c, width) for c in (64, 128, 256, 512))
+        self.conv1 = nn.Conv2d(in_channels, c1, 3, padding=1)
+        self.conv2 = nn.Conv2d(c1, c2, 3, padding=1)
+        self.conv3 = nn.Conv2d(c2, c3, 3, padding=1)
+        self.fc1 = nn.Linear(c3, f1)
+        self.head = nn.Linear(f1, n_classes)
+        self.pool = nn.MaxPool2d(2)
+        del image_size  # global pooling makes the model size-agnostic
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(torch.relu(self.conv1(self.normalise(x))))  # [B, c1, S/2, S/2]
+        x = self.pool(torch.relu(self.conv2(x)))  # [B, c2, S/4, S/4]
+        x = torch.relu(self.conv3(x)).mean(dim=(2, 3))  # [B, c3]
+        return torch.relu(self.fc1(x))  # [B, f1]
+
+
+class ResNet18(Backbone):
+    """torchvision's ResNet-18 body. Below 64x64 pixels the stem is a 3x3 stride-1 conv without
+    max-pooling (the usual CIFAR adaptation). BatchNorm layers stay in eval mode while fine-tuning
+    (see :mod:`kshot.finetune`)."""
+
+    def __init__(self, in_channels: int, image_size: int, n_classes: int, width: float = 1.0):
+        super().__init__(in_channels)
+        del width  # torchvision's ResNet-18 has a fixed width
+        body = torchvision.models.resnet18(weights=None)
+        if image_size < 64:
+            body.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+            body.maxpool = nn.Identity()
+        elif in_channels != 3:
+            body.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+        body.fc = nn.Identity()
+        self.body = body
+        self.head = nn.Linear(512, n_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(self.normalise(x))  # [B, 512]
+
+    def load_imagenet(self) -> None:
+        """Copy torchvision's ImageNet weights into the body (needs the network; never in tests)."""
+        weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+        state = weights.get_state_dict(progress=False)
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        own = self.body.state_dict()
+        state = {k: v for k, v in state.items() if own[k].shape == v.shape}
+        self.body.load_state_dict(state, strict=False)
+
+
+BACKBONES: dict[str, Callable[..., Backbone]] = {
+    "lenet": LeNet,
+    "widecnn": WideCNN,
+    "resnet18": ResNet18,
+}
+
+
+def build_backbone(
+    name: str, in_channels: int, image_size: int, n_classes: int, width: float = 1.0
+) -> Backbone:
+    """Instantiate backbone ``name`` for ``[B, in_channels, image_size, image_size]`` inputs."""
+    if name not in BACKBONES:
+        raise unknown("backbone", name, BACKBONES)
+    return BACKBONES[name](in_channels, image_size, n_classes, width)

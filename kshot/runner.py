@@ -1,0 +1,114 @@
+"""Run one method on every episode of one benchmark and k, with resume.
+
+Each finished episode is written to ``<out_dir>/episodes/ep<id>.json`` at once (atomically), stamped
+with a digest of everything that determines it (method spec, fine-tuning config, seed, checkpoint and
+data digests); a rerun after an interruption reuses exactly the episodes whose stamp matches and
+computes the rest. The summary ``metrics.json`` holds no timings, so identical params give
+byte-identical files; wall times go to ``timings.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kshot.config import FinetuneConfig, MethodSpec
+from kshot.data.datasets import sha256
+from kshot.data.prepare import load_prepared
+from kshot.episodes import Episode
+from kshot.errors import DataError
+from kshot.io import read_json, write_json
+from kshot.methods import METHODS, EpisodeData, EpisodeResult
+from kshot.pretrain import load_checkpoint
+
+
+def episode_seed(seed: int, benchmark: str, k: int, episode: int) -> int:
+    """The seed of one episode, the same for every method so that comparisons are paired."""
+    return int(zlib.crc32(f"{seed}/{benchmark}/{k}/{episode}".encode()))
+
+
+def stamp(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _select(x: torch.Tensor, y: torch.Tensor, idx: list[int] | None):
+    if idx is None:
+        return x, y
+    t = torch.as_tensor(idx, dtype=torch.int64)
+    return x[t], y[t]
+
+
+def run_episodes(
+    *,
+    benchmark: str,
+    method_name: str,
+    spec: MethodSpec,
+    finetune: FinetuneConfig,
+    k: int,
+    checkpoint: Path,
+    target: Path,
+    episodes: Path,
+    out_dir: Path,
+    seed: int,
+    device: torch.device,
+    role: str = "eval",
+    artifacts: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run ``method_name`` on each episode of ``role`` in ``episodes``; write and return the summary."""
+    data = load_prepared(target, ("pool_x", "pool_y", "test_x", "test_y", "meta"))
+    ep_file = read_json(episodes, what="episodes file")
+    if role not in ep_file:
+        raise DataError(f"episodes file '{episodes}': expected a '{role}' list, found {sorted(ep_file)}")
+    method_cls = METHODS[spec.kind]
+    method = method_cls(method_cls.parse_options(spec.options, f"methods.{method_name}"), finetune)
+    key = stamp({
+        "spec": dataclasses.asdict(spec), "finetune": dataclasses.asdict(method.cfg), "seed": seed,
+        "target": data["meta"]["sha256"], "checkpoint": sha256(checkpoint),
+        "episodes": ep_file[role], "artifacts": artifacts or {},
+    })
+    records, timings = [], []
+    for raw in ep_file[role]:
+        ep = Episode.from_dict(raw)
+        path = out_dir / "episodes" / f"ep{ep.id:03d}.json"
+        if path.is_file():
+            try:
+                done = json.loads(path.read_text())
+                if done.get("stamp") == key:
+                    records.append(done["metrics"])
+                    timings.append(done["timing"])
+                    continue
+            except (json.JSONDecodeError, KeyError):
+                pass  # a foreign or damaged file is recomputed, never trusted
+        start = time.perf_counter()
+        model, _ = load_checkpoint(checkpoint)
+        ep_data = EpisodeData(
+            model=model,
+            support=_select(data["pool_x"], data["pool_y"], ep.support),
+            val=_select(data["pool_x"], data["pool_y"], ep.val),
+            test=_select(data["test_x"], data["test_y"], ep.test),
+            n_classes=int(ep_file["n_classes"]),
+            seed=episode_seed(seed, benchmark, k, ep.id),
+            device=device,
+            artifacts={**(artifacts or {}), "unlabeled": data["pool_x"]},
+        )
+        result: EpisodeResult = method.run(ep_data)
+        metrics = {"benchmark": benchmark, "method": method_name, "kind": spec.kind, "k": k,
+                   "episode": ep.id, **result.metrics()}
+        timing = {"episode": ep.id, "wall_time_s": time.perf_counter() - start,
+                  "train_time_s": result.train_time_s}
+        write_json(path, {"stamp": key, "metrics": metrics, "timing": timing})
+        records.append(metrics)
+        timings.append(timing)
+    summary = {"benchmark": benchmark, "method": method_name, "kind": spec.kind, "k": k,
+               "role": role, "episodes": records}
+    write_json(out_dir / "metrics.json", summary)
+    write_json(out_dir / "timings.json", {"episodes": timings,
+                                          "total_wall_time_s": sum(t["wall_time_s"] for t in timings)})
+    return summary

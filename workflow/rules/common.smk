@@ -1,0 +1,64 @@
+# Validation of the config and the input functions every rule shares.
+import json
+
+from snakemake.utils import validate
+
+from kshot.config import params_from_dict
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+PARAMS = params_from_dict(config)  # kshot's own checks: names, ranges, nearest valid names
+
+RAW = config["data"]["raw_dir"]
+LOGS = "data/logs"
+
+
+wildcard_constraints:
+    k=r"\d+",
+    dataset=r"[A-Za-z0-9_\-]+",
+    source=r"[A-Za-z0-9_\-]+",
+    benchmark=r"[A-Za-z0-9_\-]+",
+    method=r"[A-Za-z0-9_\-]+",
+
+
+def params_json(*sections, **named):
+    """The config sections a stage depends on, as JSON: a stage reruns when these change.
+
+    ``named`` picks one entry of a table, e.g. methods="full" keeps only methods.full.
+    """
+    out = {s: config[s] for s in sections if s in config}
+    for table, name in named.items():
+        out[table] = {name: config[table][name]}
+    return json.dumps(out, sort_keys=True)
+
+
+def source_of(benchmark):
+    return config["benchmarks"][benchmark]["source"]
+
+
+def source_dataset(source):
+    return config["sources"][source]["dataset"]
+
+
+def target_dataset(benchmark):
+    return config["benchmarks"][benchmark]["target"]
+
+
+def run_metrics(benchmarks=None, methods=None, ks=None):
+    return expand(
+        "data/runs/{benchmark}/{method}/k{k}/metrics.json",
+        benchmark=benchmarks or config["run"]["benchmarks"],
+        method=methods or config["run"]["methods"],
+        k=ks or config["episodes"]["k"],
+    )
+
+
+def used_sources():
+    return sorted({source_of(b) for b in config["run"]["benchmarks"]})
+
+
+def final_outputs():
+    return [
+        "reports/tables/results.md",
+        "reports/figures/accuracy_vs_k.png",
+    ]

@@ -1,0 +1,24 @@
+# One job per (benchmark, method, k): it runs every episode, resuming finished ones.
+
+
+rule finetune:
+    input:
+        ckpt=lambda w: f"data/checkpoints/{source_of(w.benchmark)}/source.pt",
+        target="data/prepared/targets/{benchmark}.pt",
+        episodes="data/episodes/{benchmark}/k{k}.json",
+    output:
+        metrics="data/runs/{benchmark}/{method}/k{k}/metrics.json",
+        timings="data/runs/{benchmark}/{method}/k{k}/timings.json",
+    params:
+        cfg=lambda w: params_json("seed", "device", "finetune", methods=w.method),
+        out_dir=subpath(output.metrics, parent=True),
+    log:
+        f"{LOGS}/finetune/{{benchmark}}_{{method}}_k{{k}}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+    shell:
+        "python -m kshot finetune --benchmark {wildcards.benchmark} --method {wildcards.method} "
+        "--k {wildcards.k} --checkpoint {input.ckpt} --target {input.target} "
+        "--episodes {input.episodes} --out-dir {params.out_dir} --threads {threads} "
+        "--params-json {params.cfg:q} > {log} 2>&1"
