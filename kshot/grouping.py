@@ -16,9 +16,9 @@ Design choices (the paper does not state them):
 - **Algorithms.** ``kmeans`` (scikit-learn's KMeans, ``n_init`` restarts, seeded) and
   ``agglomerative`` (Ward linkage, deterministic). Ward minimises the same within-group sum of
   squares as k-means, greedily, so the two differ only in the optimiser.
-- **Exactly G groups.** Duplicate patterns can leave k-means with fewer distinct clusters than asked;
-  the largest groups are then split (their last neuron becomes a new group) so the count asked for is
-  the count used: the controller's action means what it says.
+- **Exactly G groups.** Duplicate patterns can leave k-means with fewer distinct clusters than
+  asked; the largest groups are then split (their last neuron becomes a new group) so the count
+  asked for is the count used: the controller's action means what it says.
 """
 
 from __future__ import annotations
@@ -97,7 +97,9 @@ def group_neurons(
     from sklearn.cluster import AgglomerativeClustering, KMeans
 
     if acts.dim() != 2:
-        raise DataError(f"acts: expected a [neurons, images] matrix, found shape {list(acts.shape)}")
+        raise DataError(
+            f"acts: expected a [neurons, images] matrix, found shape {list(acts.shape)}"
+        )
     n = acts.shape[0]
     n_groups = resolve_count(n_groups, n, "n_groups")
     if algorithm not in ALGORITHMS:
@@ -129,8 +131,10 @@ def check_assignment(assign: torch.Tensor, n_neurons: int, where: str) -> int:
         return 0
     g = int(assign.max()) + 1
     if int(assign.min()) < 0 or bool((torch.bincount(assign.cpu(), minlength=g) == 0).any()):
-        raise DataError(f"{where}: expected groups labelled 0..G-1 with none empty, found "
-                        f"labels {sorted(set(assign.tolist()))[:10]}...")
+        raise DataError(
+            f"{where}: expected groups labelled 0..G-1 with none empty, found "
+            f"labels {sorted(set(assign.tolist()))[:10]}..."
+        )
     return g
 
 

@@ -1,0 +1,119 @@
+"""Shared gradient: every neuron of a group is updated with its group's mean gradient.
+
+After ``backward()``, for each grouped layer the gradient rows of its weight (dim 0: a conv's output
+channels, a linear layer's output units) and the entries of its bias are replaced by the mean over
+the neuron's group. A layer with ``G`` groups then has ``G`` degrees of freedom in its update
+instead of ``N``; with one neuron per group this is exactly standard fine-tuning.
+
+Design choices:
+
+- **Bias shares the group gradient** (``share_bias=True``): a neuron is its weight row *and* its
+  bias, and sharing both keeps the neurons of a group moving as one unit. ``share_bias=False``
+  shares the weight rows only.
+- **BatchNorm parameters are not grouped.** They are per-channel affine parameters of a different
+  kind (a scale and shift of normalised responses, not a detector), the paper speaks of neuron
+  parameters only, and ``kshot.finetune`` keeps BatchNorm statistics frozen. They train with their
+  own gradient when they are trainable.
+- **Loss gradient only.** The hook runs between ``backward()`` and the optimiser step, so it
+  averages the gradient of the loss (plus any penalty). Weight decay, which ``torch.optim.SGD``
+  adds inside ``step()``, stays per neuron; momentum accumulates the shared gradients, so with zero
+  weight decay the neurons of a group receive identical updates at every step.
+- **Vectorised.** Per parameter: one ``index_add_`` of the ``[N, D]`` gradient rows into ``[G, D]``
+  group sums, one in-place scale by the precomputed ``1 / |group|``, one ``index_select`` written
+  straight back into the gradient. Assignments and inverse counts are moved to the device once, and
+  layers whose grouping is one neuron per group are skipped (no work, bitwise identical).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from kshot.errors import ConfigError
+from kshot.grouping import check_assignment
+
+
+def group_mean_rows_(
+    rows: torch.Tensor, assign: torch.Tensor, inv_counts: torch.Tensor, n_groups: int
+) -> torch.Tensor:
+    """Replace each row of ``rows [N, D]`` in place by the mean of the rows of its group.
+
+    ``assign [N]`` maps rows to groups ``0..n_groups-1``; ``inv_counts [n_groups, 1]`` holds
+    ``1 / |group|`` (0 for a label no row uses, as the population's offset labels have). Returns
+    ``rows``.
+    """
+    sums = torch.zeros(n_groups, rows.shape[1], dtype=rows.dtype, device=rows.device)
+    sums.index_add_(0, assign, rows).mul_(inv_counts)
+    if rows.is_contiguous():
+        torch.index_select(sums, 0, assign, out=rows)
+    else:
+        rows.copy_(sums.index_select(0, assign))
+    return rows
+
+
+def inverse_counts(assign: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """``assign [N]`` -> ``[n_groups, 1]`` with ``1 / |group|`` (0 where a group is empty)."""
+    counts = torch.bincount(assign, minlength=n_groups).to(torch.float32)
+    return torch.where(counts > 0, 1.0 / counts.clamp_min(1.0), torch.zeros_like(counts))[:, None]
+
+
+@dataclass
+class _Layer:
+    params: list[nn.Parameter]
+    assign: torch.Tensor  # [N] on the parameters' device
+    inv_counts: torch.Tensor  # [G, 1], same device and dtype as the parameters
+    n_groups: int
+
+
+class GroupedGradient:
+    """A ``grad_hook`` for :func:`kshot.finetune.train` that shares gradients within groups.
+
+    ``assignments`` maps a layer name (an ``nn.Conv2d`` or ``nn.Linear`` of ``model``) to its
+    grouping ``assign [N_out]``. The hook is bound to ``model``'s parameter tensors: call it with
+    the same model (``train`` updates parameters in place, so they stay the same tensors).
+    """
+
+    def __init__(
+        self, model: nn.Module, assignments: dict[str, torch.Tensor], share_bias: bool = True
+    ) -> None:
+        self.model = model
+        modules = dict(model.named_modules())
+        self.layers: dict[str, _Layer] = {}
+        for name, assign in assignments.items():
+            m = modules.get(name)
+            if not isinstance(m, nn.Conv2d | nn.Linear):
+                valid = [n for n, x in modules.items() if isinstance(x, nn.Conv2d | nn.Linear)]
+                raise ConfigError(
+                    f"assignments: layer '{name}' must name an nn.Conv2d or nn.Linear of the "
+                    f"model ({valid}), found {type(m).__name__ if m is not None else 'nothing'}"
+                )
+            n = m.weight.shape[0]
+            g = check_assignment(assign.cpu(), n, f"assignments.{name}")
+            if g == n:
+                continue  # one neuron per group: the mean is the gradient itself
+            params = [m.weight] + ([m.bias] if share_bias and m.bias is not None else [])
+            w = m.weight
+            self.layers[name] = _Layer(
+                params=params,
+                assign=assign.to(w.device),
+                inv_counts=inverse_counts(assign.cpu(), g).to(w.device, w.dtype),
+                n_groups=g,
+            )
+
+    def __call__(self, model: nn.Module) -> None:
+        if model is not self.model:
+            raise ValueError("GroupedGradient: called with another model than it was built for")
+        for layer in self.layers.values():
+            for p in layer.params:
+                if p.grad is None:
+                    continue
+                if not p.grad.is_contiguous():  # e.g. channels_last: rows must be views
+                    p.grad = p.grad.contiguous()
+                rows = p.grad.view(len(layer.assign), -1)  # [N, D]
+                group_mean_rows_(rows, layer.assign, layer.inv_counts, layer.n_groups)
+
+    def counts(self) -> dict[str, int]:
+        """Groups per layer actually shared (layers with one neuron per group are omitted)."""
+        return {name: layer.n_groups for name, layer in self.layers.items()}

@@ -1,0 +1,111 @@
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tiny_nets import tiny_lenet, tiny_task
+from torch import nn
+
+from kshot.config import FinetuneConfig
+from kshot.errors import ConfigError, DataError
+from kshot.finetune import to_input, train
+from kshot.shared_grad import GroupedGradient, group_mean_rows_, inverse_counts
+
+CPU = torch.device("cpu")
+CFG = FinetuneConfig(steps=4, lr=0.05, momentum=0.9, weight_decay=0.0, eval_every=100)
+
+
+def fit(model, hook=None):
+    task = tiny_task()
+    torch.manual_seed(0)
+    train(model, list(model.parameters()), task, task, CFG, CPU, grad_hook=hook)
+    return model
+
+
+def grads_of(model):
+    images, labels = tiny_task()
+    model.zero_grad()
+    F.cross_entropy(model(to_input(images, CPU)), labels).backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_one_neuron_per_group_is_exactly_standard_finetuning():
+    plain = fit(tiny_lenet())
+    model = tiny_lenet()
+    identity = {"conv1": torch.randperm(5), "conv2": torch.arange(12), "fc1": torch.arange(125)}
+    grouped = fit(model, GroupedGradient(model, identity))
+    for (name, a), b in zip(plain.state_dict().items(), grouped.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_singleton_group_mean_kernel_is_bitwise_identity():
+    rows = torch.randn(6, 7)
+    assign = torch.tensor([3, 0, 5, 1, 4, 2])
+    out = group_mean_rows_(rows.clone(), assign, inverse_counts(assign, 6), 6)
+    assert torch.equal(out, rows)
+
+
+def test_gradient_rows_become_their_group_mean_for_weight_and_bias():
+    model = tiny_lenet()
+    raw = grads_of(model)
+    assign = torch.tensor([0, 1, 0, 2, 1])
+    GroupedGradient(model, {"conv1": assign})(model)
+    for g in range(3):
+        members = assign == g
+        for pname in ("conv1.weight", "conv1.bias"):
+            mean = raw[pname][members].mean(0)
+            for row in model.get_parameter(pname).grad[members]:
+                torch.testing.assert_close(row, mean)
+
+
+def test_neurons_of_a_group_receive_identical_updates():
+    model = tiny_lenet()
+    before = copy.deepcopy(model)
+    assign = {"conv2": torch.arange(12) % 4, "fc1": torch.arange(125) // 25}
+    fit(model, GroupedGradient(model, assign))
+    for layer, a in assign.items():
+        delta_w = model.get_submodule(layer).weight - before.get_submodule(layer).weight
+        delta_b = model.get_submodule(layer).bias - before.get_submodule(layer).bias
+        for g in range(int(a.max()) + 1):
+            members = (a == g).nonzero().flatten()
+            for i in members[1:]:
+                torch.testing.assert_close(delta_w[i], delta_w[members[0]], atol=1e-6, rtol=0)
+                torch.testing.assert_close(delta_b[i], delta_b[members[0]], atol=1e-6, rtol=0)
+        assert not torch.allclose(delta_w[0], delta_w[1])  # different groups move differently
+
+
+def test_groups_of_one_layer_do_not_leak_into_other_layers():
+    model = tiny_lenet()
+    raw = grads_of(model)
+    GroupedGradient(model, {"conv2": torch.zeros(12, dtype=torch.long)})(model)
+    for name, p in model.named_parameters():
+        if not name.startswith("conv2."):
+            assert torch.equal(p.grad, raw[name]), name
+    assert torch.allclose(model.conv2.weight.grad, raw["conv2.weight"].mean(0, keepdim=True))
+
+
+def test_bias_can_keep_its_own_gradient():
+    model = tiny_lenet()
+    raw = grads_of(model)
+    GroupedGradient(model, {"conv1": torch.zeros(5, dtype=torch.long)}, share_bias=False)(model)
+    assert torch.equal(model.conv1.bias.grad, raw["conv1.bias"])
+    assert not torch.equal(model.conv1.weight.grad, raw["conv1.weight"])
+
+
+def test_batchnorm_parameters_are_not_grouped():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
+    x = torch.randn(3, 1, 6, 6)
+    model(x).sum().backward()
+    bn = {n: p.grad.clone() for n, p in model[1].named_parameters()}
+    GroupedGradient(model, {"0": torch.zeros(4, dtype=torch.long)})(model)
+    for n, p in model[1].named_parameters():
+        assert torch.equal(p.grad, bn[n])
+
+
+def test_bad_assignments_are_named_errors():
+    model = tiny_lenet()
+    with pytest.raises(DataError, match=r"assignments\.conv1"):
+        GroupedGradient(model, {"conv1": torch.arange(4)})
+    with pytest.raises(ConfigError, match="'pool'"):
+        GroupedGradient(model, {"pool": torch.arange(4)})
