@@ -1,0 +1,231 @@
+"""Grouped fine-tuning (GNA, the paper's method) and its ablations.
+
+- ``grouped``: cluster each grouped layer's neurons by their activation patterns on the source
+  network, then fine-tune every parameter with the group-mean gradient
+  (:class:`kshot.shared_grad.GroupedGradient`). The counts per layer come from ``groups``.
+- ``grouped_random``: the same group sizes as the activation grouping, random membership. It keeps
+  the degrees of freedom and changes only *which* neurons share, so the gap to ``grouped`` measures
+  what the activations contribute.
+- ``grouped_rl``: the counts per layer found by the RL search (``kshot.search``), handed in as
+  ``ep.artifacts['search_counts']``.
+
+Activations are computed on the source network before fine-tuning (the hook is built before the
+first step); the new head is never grouped, so its random initialisation does not matter. Which
+images feed the activations (``features``) is a design choice the paper leaves open:
+``support`` uses the k-shot support images only; ``support+pool`` adds up to ``pool_size`` unlabeled
+target images (``ep.artifacts['unlabeled']``, the target pool without labels), because with
+``k = 1`` a pattern over 5 images is a poor estimate of how alike two neurons are. The validation
+and test images never feed the grouping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from kshot.activations import layer_activations
+from kshot.errors import ConfigError, DataError, suggest
+from kshot.grouping import (
+    ALGORITHMS,
+    cluster_quality,
+    group_layers,
+    random_grouping,
+    resolve_count,
+)
+from kshot.methods.base import EpisodeData, GradientMethod, TrainOverrides
+from kshot.models import Backbone
+from kshot.shared_grad import GroupedGradient
+
+FEATURES = ("support", "support+pool")
+
+
+@dataclass(frozen=True)
+class GroupingOptions(TrainOverrides):
+    """How groupings are made; shared by the three grouped kinds.
+
+    ``algorithm``: ``kmeans`` | ``agglomerative``; ``features``: ``support`` | ``support+pool``;
+    ``pool_size``: unlabeled images drawn (seeded) for ``support+pool``; ``share_bias``: biases
+    share the group gradient too; ``rectify``: cluster rectified (post-ReLU) responses.
+    """
+
+    algorithm: str = "kmeans"
+    features: str = "support"
+    pool_size: int = 500
+    share_bias: bool = True
+    rectify: bool = True
+
+    def validate(self, where: str) -> None:
+        for name, valid in (("algorithm", ALGORITHMS), ("features", FEATURES)):
+            value = getattr(self, name)
+            if value not in valid:
+                raise ConfigError(
+                    f"{where}.{name}: expected one of {list(valid)}, found {value!r}"
+                    f"{suggest(value, valid)}"
+                )
+        if self.pool_size < 1:
+            raise ConfigError(
+                f"{where}.pool_size: expected an integer >= 1, found {self.pool_size}"
+            )
+
+
+def _check_spec(spec: int | float, where: str) -> None:
+    """Range checks that need no model (the upper bound of a count is checked at run time)."""
+    if isinstance(spec, int) and spec < 1:
+        raise ConfigError(f"{where}: expected a group count >= 1, found {spec}")
+    if isinstance(spec, float) and not 0.0 < spec <= 1.0:
+        raise ConfigError(f"{where}: expected a fraction of the neurons in (0, 1], found {spec!r}")
+
+
+@dataclass(frozen=True)
+class GroupedOptions(GroupingOptions):
+    """``groups``: an int (count) or a float in (0, 1] (fraction of the neurons) for every grouped
+    layer, or a mapping layer -> count/fraction (then its keys are the grouped layers).
+    ``layers``: which layers are grouped (default: every groupable layer)."""
+
+    groups: int | float | dict[str, int | float] = 0.25
+    layers: list[str] | None = None
+
+    def validate(self, where: str) -> None:
+        super().validate(where)
+        if isinstance(self.groups, dict):
+            if not self.groups:
+                raise ConfigError(f"{where}.groups: expected a non-empty mapping, found {{}}")
+            for layer, spec in self.groups.items():
+                _check_spec(spec, f"{where}.groups.{layer}")
+        else:
+            _check_spec(self.groups, f"{where}.groups")
+        if self.layers is not None and not self.layers:
+            raise ConfigError(f"{where}.layers: expected a non-empty list or null, found []")
+
+
+def feature_images(ep: EpisodeData, features: str, pool_size: int) -> torch.Tensor:
+    """uint8 images ``[M, C, H, W]`` whose activations define the grouping: the support set, plus
+    up to ``pool_size`` unlabeled pool images drawn with the episode's seed for ``support+pool``."""
+    support = ep.support[0]
+    if features == "support":
+        return support
+    pool = ep.artifacts.get("unlabeled")
+    if pool is None:
+        raise DataError(
+            "features: 'support+pool' needs unlabeled target images in the episode's "
+            "artifacts['unlabeled'], found none; use features: support"
+        )
+    gen = torch.Generator().manual_seed(ep.seed)
+    pick = torch.randperm(len(pool), generator=gen)[:pool_size]
+    return torch.cat([support, pool[pick]])
+
+
+def layer_sizes(model: Backbone, layers: list[str]) -> dict[str, int]:
+    """Neurons (output channels / units) of each layer of ``layers``, checked to be groupable."""
+    groupable = model.groupable()
+    for name in layers:
+        if name not in groupable:
+            raise ConfigError(
+                f"layers: '{name}' is not a groupable layer of this backbone"
+                f"{suggest(name, groupable)}; expected some of {groupable}"
+            )
+    return {name: model.get_submodule(name).weight.shape[0] for name in layers}
+
+
+class _GroupedBase(GradientMethod):
+    """Build the grouping before fine-tuning; report counts and cluster quality in ``extra``.
+
+    The grouping diagnostics of the current episode are kept on the instance between
+    :meth:`grad_hook` and :meth:`extra` (both called within one :meth:`run`; runs are sequential).
+    """
+
+    random_membership: ClassVar[bool] = False
+    Options = GroupingOptions
+
+    def counts(self, model: Backbone, ep: EpisodeData) -> dict[str, int]:
+        raise NotImplementedError
+
+    def grad_hook(self, model: Backbone, ep: EpisodeData) -> GroupedGradient:
+        opts = self.options
+        counts = self.counts(model, ep)
+        images = feature_images(ep, opts.features, opts.pool_size)
+        acts = layer_activations(model, images, list(counts), ep.device, rectify=opts.rectify)
+        assign = group_layers(acts, counts, opts.algorithm, seed=ep.seed)
+        if self.random_membership:
+            assign = {
+                name: random_grouping(a, seed=ep.seed + i)
+                for i, (name, a) in enumerate(assign.items())
+            }
+        self._extra: dict[str, Any] = {
+            "counts": counts,
+            "n_neurons": {name: len(a) for name, a in assign.items()},
+            "algorithm": opts.algorithm,
+            "features": opts.features,
+            "n_feature_images": len(images),
+            "random_membership": self.random_membership,
+            "quality": {name: cluster_quality(acts[name], a) for name, a in assign.items()},
+        }
+        return GroupedGradient(model, assign, share_bias=opts.share_bias)
+
+    def extra(self, model: Backbone, ep: EpisodeData) -> dict[str, Any]:
+        return self._extra
+
+
+class Grouped(_GroupedBase):
+    """GNA with fixed counts per layer (``groups``)."""
+
+    kind = "grouped"
+    Options = GroupedOptions
+
+    def counts(self, model: Backbone, ep: EpisodeData) -> dict[str, int]:
+        groups, layers = self.options.groups, self.options.layers
+        if isinstance(groups, dict):
+            if layers is None:
+                layers = [n for n in model.groupable() if n in groups]
+                layers += [n for n in groups if n not in layers]  # unknown names fail below
+            missing = [n for n in layers if n not in groups]
+            if missing:
+                raise ConfigError(
+                    f"groups: expected a count for each layer of layers, missing {missing}"
+                )
+        elif layers is None:
+            layers = model.groupable()
+        sizes = layer_sizes(model, layers)
+        return {
+            name: resolve_count(
+                groups[name] if isinstance(groups, dict) else groups,
+                n,
+                f"groups.{name}" if isinstance(groups, dict) else f"groups (for layer {name})",
+            )
+            for name, n in sizes.items()
+        }
+
+
+class GroupedRandom(Grouped):
+    """Ablation: the activation grouping's sizes with random membership."""
+
+    kind = "grouped_random"
+    random_membership = True
+
+
+class GroupedRL(_GroupedBase):
+    """GNA with the counts per layer chosen by the RL search (``artifacts['search_counts']``)."""
+
+    kind = "grouped_rl"
+
+    def counts(self, model: Backbone, ep: EpisodeData) -> dict[str, int]:
+        found = ep.artifacts.get("search_counts")
+        if not isinstance(found, dict) or not found:
+            raise DataError(
+                "grouped_rl: expected the searched group counts per layer in "
+                "artifacts['search_counts'] (run the search stage for this benchmark and k "
+                f"first), found {found!r}"
+            )
+        sizes = layer_sizes(model, list(found))
+        out = {}
+        for name, n in sizes.items():
+            g = found[name]
+            if isinstance(g, bool) or not isinstance(g, int):
+                raise DataError(f"search_counts.{name}: expected an integer count, found {g!r}")
+            out[name] = resolve_count(g, n, f"search_counts.{name}")
+        return out
+
+
+GROUPED_METHODS = (Grouped, GroupedRandom, GroupedRL)

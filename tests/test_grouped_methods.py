@@ -1,0 +1,114 @@
+import copy
+
+import pytest
+import torch
+from tiny_nets import tiny_images, tiny_lenet, tiny_task
+
+from kshot.config import FinetuneConfig
+from kshot.errors import ConfigError, DataError
+from kshot.methods.base import EpisodeData
+from kshot.methods.full import FullFinetune
+from kshot.methods.grouped import GROUPED_METHODS, Grouped, GroupedRandom, GroupedRL
+
+CPU = torch.device("cpu")
+CFG = FinetuneConfig(steps=4, lr=0.05, eval_every=2)
+SOURCE = tiny_lenet(n_classes=4)
+
+
+def episode(**artifacts) -> EpisodeData:
+    return EpisodeData(
+        model=copy.deepcopy(SOURCE),
+        support=tiny_task(3, 2, seed=1),
+        val=tiny_task(3, 2, seed=2),
+        test=tiny_task(3, 4, seed=3),
+        n_classes=3,
+        seed=7,
+        device=CPU,
+        artifacts=artifacts,
+    )
+
+
+def method(cls, **options):
+    return cls(cls.parse_options(options, "methods.m"), CFG)
+
+
+def test_grouped_kinds_are_exported_with_distinct_names():
+    assert [c.kind for c in GROUPED_METHODS] == ["grouped", "grouped_random", "grouped_rl"]
+
+
+def test_grouped_reports_counts_and_cluster_quality():
+    res = method(Grouped, groups=0.5, features="support").run(episode())
+    assert res.extra["counts"] == {"conv1": 2, "conv2": 6, "fc1": 62}
+    assert res.extra["n_feature_images"] == 6
+    q = res.extra["quality"]["fc1"]
+    assert q["n_groups"] == 62 and q["n_neurons"] == 125
+    assert 0.0 <= res.test_acc <= 1.0 and res.steps == 4
+
+
+def test_one_group_per_neuron_reproduces_full_finetuning():
+    full = FullFinetune(FullFinetune.parse_options({}, "methods.full"), CFG).run(episode())
+    grouped = method(Grouped, groups=1.0).run(episode())
+    assert grouped.val_curve == full.val_curve
+    assert grouped.loss_curve == full.loss_curve
+    assert grouped.test_acc == full.test_acc
+
+
+def test_grouping_changes_the_fine_tuning_trajectory():
+    full = FullFinetune(FullFinetune.parse_options({}, "methods.full"), CFG).run(episode())
+    grouped = method(Grouped, groups=2).run(episode())
+    assert grouped.loss_curve != full.loss_curve
+
+
+def test_per_layer_counts_group_only_the_named_layers():
+    res = method(Grouped, groups={"fc1": 10, "conv2": 0.25}).run(episode())
+    assert res.extra["counts"] == {"conv2": 3, "fc1": 10}
+
+
+def test_random_membership_keeps_group_sizes_and_lowers_intra_group_correlation():
+    ep_pool = {"unlabeled": tiny_images(60, seed=9)}
+    opts = {"groups": {"fc1": 8}, "features": "support+pool", "pool_size": 40}
+    gna = method(Grouped, **opts).run(episode(**ep_pool)).extra["quality"]["fc1"]
+    rnd = method(GroupedRandom, **opts).run(episode(**ep_pool)).extra["quality"]["fc1"]
+    assert rnd["largest_group"] == gna["largest_group"]
+    assert rnd["singletons"] == gna["singletons"]
+    assert rnd["intra_corr"] < gna["intra_corr"]
+
+
+def test_support_plus_pool_uses_unlabeled_images_and_needs_them():
+    m = method(Grouped, groups=0.5, features="support+pool", pool_size=10)
+    res = m.run(episode(unlabeled=tiny_images(30, seed=5)))
+    assert res.extra["n_feature_images"] == 6 + 10
+    with pytest.raises(DataError, match="unlabeled"):
+        m.run(episode())
+
+
+def test_searched_counts_are_taken_from_the_artifacts():
+    res = method(GroupedRL).run(episode(search_counts={"conv2": 4, "fc1": 20}))
+    assert res.extra["counts"] == {"conv2": 4, "fc1": 20}
+    with pytest.raises(DataError, match="search_counts"):
+        method(GroupedRL).run(episode())
+    with pytest.raises(ConfigError, match=r"search_counts\.fc1"):
+        method(GroupedRL).run(episode(search_counts={"fc1": 500}))
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"algorithm": "kmean"}, "algorithm"),
+        ({"features": "pool"}, "features"),
+        ({"groups": 0}, "groups"),
+        ({"groups": 1.5}, "groups"),
+        ({"groups": {"fc1": -2}}, r"groups\.fc1"),
+        ({"grups": 3}, "grups"),
+    ],
+)
+def test_bad_options_are_rejected_when_parsed(options, field):
+    with pytest.raises(ConfigError, match=rf"methods\.m\.?{field}|'{field}'"):
+        Grouped.parse_options(options, "methods.m")
+
+
+def test_counts_beyond_a_layer_and_unknown_layers_are_config_errors():
+    with pytest.raises(ConfigError, match="conv1"):
+        method(Grouped, groups=10).run(episode())  # conv1 has 5 filters
+    with pytest.raises(ConfigError, match="fc1"):
+        method(Grouped, groups=2, layers=["fc_1"]).run(episode())
