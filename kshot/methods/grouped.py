@@ -100,21 +100,21 @@ class GroupedOptions(GroupingOptions):
             raise ConfigError(f"{where}.layers: expected a non-empty list or null, found []")
 
 
-def feature_images(ep: EpisodeData, features: str, pool_size: int) -> torch.Tensor:
-    """uint8 images ``[M, C, H, W]`` whose activations define the grouping: the support set, plus
-    up to ``pool_size`` unlabeled pool images drawn with the episode's seed for ``support+pool``."""
-    support = ep.support[0]
+def feature_images(
+    support: torch.Tensor, unlabeled: torch.Tensor | None, features: str, pool_size: int, seed: int
+) -> torch.Tensor:
+    """uint8 images ``[M, C, H, W]`` whose activations define the grouping: the ``support`` images,
+    plus up to ``pool_size`` images of ``unlabeled`` drawn with ``seed`` for ``support+pool``."""
     if features == "support":
         return support
-    pool = ep.artifacts.get("unlabeled")
-    if pool is None:
+    if unlabeled is None:
         raise DataError(
             "features: 'support+pool' needs unlabeled target images in the episode's "
             "artifacts['unlabeled'], found none; use features: support"
         )
-    gen = torch.Generator().manual_seed(ep.seed)
-    pick = torch.randperm(len(pool), generator=gen)[:pool_size]
-    return torch.cat([support, pool[pick]])
+    gen = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(unlabeled), generator=gen)[:pool_size]
+    return torch.cat([support, unlabeled[pick]])
 
 
 def layer_sizes(model: Backbone, layers: list[str]) -> dict[str, int]:
@@ -145,7 +145,9 @@ class _GroupedBase(GradientMethod):
     def grad_hook(self, model: Backbone, ep: EpisodeData) -> GroupedGradient:
         opts = self.options
         counts = self.counts(model, ep)
-        images = feature_images(ep, opts.features, opts.pool_size)
+        images = feature_images(
+            ep.support[0], ep.artifacts.get("unlabeled"), opts.features, opts.pool_size, ep.seed
+        )
         acts = layer_activations(model, images, list(counts), ep.device, rectify=opts.rectify)
         assign = group_layers(acts, counts, opts.algorithm, seed=ep.seed)
         if self.random_membership:
