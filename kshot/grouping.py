@@ -23,6 +23,7 @@ Design choices (the paper does not state them):
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -51,7 +52,8 @@ def resolve_count(spec: int | float, n_neurons: int, where: str) -> int:
     """Number of groups for a layer of ``n_neurons`` from a config value.
 
     An ``int`` is an absolute count in ``[1, n_neurons]``; a ``float`` in ``(0, 1]`` is a fraction
-    of the neurons, rounded, at least 1 (so ``1`` means one group, ``1.0`` one group per neuron).
+    of the neurons, rounded half up, at least 1 (so ``1`` means one group, ``1.0`` one group per
+    neuron).
     """
     if isinstance(spec, bool) or not isinstance(spec, int | float):
         raise ConfigError(f"{where}: expected an integer count or a fraction, found {spec!r}")
@@ -64,7 +66,7 @@ def resolve_count(spec: int | float, n_neurons: int, where: str) -> int:
         return spec
     if not 0.0 < spec <= 1.0:
         raise ConfigError(f"{where}: expected a fraction of the neurons in (0, 1], found {spec!r}")
-    return max(1, min(n_neurons, round(spec * n_neurons)))
+    return max(1, min(n_neurons, math.floor(spec * n_neurons + 0.5)))  # half up, not to even
 
 
 def canonical(assign: torch.Tensor) -> torch.Tensor:

@@ -38,10 +38,10 @@ def test_grouped_kinds_are_exported_with_distinct_names():
 
 def test_grouped_reports_counts_and_cluster_quality():
     res = method(Grouped, groups=0.5, features="support").run(episode())
-    assert res.extra["counts"] == {"conv1": 2, "conv2": 6, "fc1": 62}
+    assert res.extra["counts"] == {"conv1": 3, "conv2": 6, "fc1": 63}
     assert res.extra["n_feature_images"] == 6
     q = res.extra["quality"]["fc1"]
-    assert q["n_groups"] == 62 and q["n_neurons"] == 125
+    assert q["n_groups"] == 63 and q["n_neurons"] == 125
     assert 0.0 <= res.test_acc <= 1.0 and res.steps == 4
 
 

@@ -1,0 +1,373 @@
+"""Search of the number of groups per layer (the paper's RL step), and its random-search control.
+
+The search space: for each grouped layer, a *menu* of allowed counts (``count_menu``: the fractions
+of ``SearchConfig.menu`` of its neurons, deduplicated). A configuration is one count per layer; its
+reward is the mean validation accuracy of grouped fine-tuning over the *search* episodes (drawn from
+a seed stream independent of the evaluation episodes, and never with test data).
+
+- :func:`run_search`: the LSTM controller (:mod:`kshot.controller`) samples a configuration, the
+  reward updates it by REINFORCE; repeated.
+- :func:`random_search`: uniform configurations; the control that tells whether the controller
+  learned anything.
+
+Both spend the same ``budget`` of *evaluations* (fine-tunings, the cost): the reward of a
+configuration already tried is taken from a cache (evaluations are deterministic given the seeds),
+logged with ``cached: true`` and, for the controller, still used for its update. ``max_samples``
+(default ``4 * budget``) bounds the samples drawn, so a policy that has converged onto a tried
+configuration ends the search. The result is the best configuration by reward (ties: the first
+evaluated). The search fine-tunes with the same :class:`FinetuneConfig` the ``grouped_rl`` method
+uses, so the counts are chosen for the recipe they will be used with.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from kshot.activations import layer_activations
+from kshot.config import FinetuneConfig
+from kshot.controller import ControllerConfig, Reinforce
+from kshot.errors import ConfigError, DataError, suggest
+from kshot.finetune import train
+from kshot.grouping import ALGORITHMS, group_neurons, resolve_count
+from kshot.methods.base import EpisodeData, Tensors, init_head
+from kshot.methods.grouped import FEATURES, feature_images, layer_sizes
+from kshot.models import Backbone
+from kshot.population import train_population
+from kshot.shared_grad import GroupedGradient
+
+STRATEGIES = ("reinforce", "random")
+Evaluate = Callable[[dict[str, int]], float]
+Grouper = Callable[[int, dict[str, int]], dict[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The ``search`` block: strategy, budget, menu and how configurations are evaluated.
+
+    ``menu``: fractions in (0, 1] of each layer's neurons; ``budget``: distinct configurations
+    fine-tuned; ``max_samples``: samples drawn at most (``None``: ``4 * budget``); ``layers``:
+    grouped layers (``None``: every groupable layer); ``population``: fine-tune the search episodes
+    of one configuration as one batched population (:mod:`kshot.population`).
+    """
+
+    strategy: str = "reinforce"
+    budget: int = 24
+    max_samples: int | None = None
+    menu: list[float] = field(default_factory=lambda: [0.0625, 0.125, 0.25, 0.5, 1.0])
+    layers: list[str] | None = None
+    algorithm: str = "kmeans"
+    features: str = "support"
+    pool_size: int = 500
+    share_bias: bool = True
+    population: bool = True
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
+
+    def validate(self, where: str) -> None:
+        for name, valid in (
+            ("strategy", STRATEGIES),
+            ("algorithm", ALGORITHMS),
+            ("features", FEATURES),
+        ):
+            value = getattr(self, name)
+            if value not in valid:
+                raise ConfigError(
+                    f"{where}.{name}: expected one of {list(valid)}, found {value!r}"
+                    f"{suggest(value, valid)}"
+                )
+        for name in ("budget", "pool_size", "max_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{where}.{name}: expected an integer >= 1, found {value}")
+        if not self.menu:
+            raise ConfigError(f"{where}.menu: expected a non-empty list of fractions, found []")
+        for i, f in enumerate(self.menu):
+            if not 0.0 < f <= 1.0:
+                raise ConfigError(f"{where}.menu[{i}]: expected a fraction in (0, 1], found {f!r}")
+
+
+@dataclass(frozen=True)
+class SearchEpisode:
+    """What the search may see of one search episode: no test set, by construction."""
+
+    support: Tensors
+    val: Tensors
+    seed: int
+    unlabeled: torch.Tensor | None = None
+
+
+@dataclass
+class SearchSample:
+    """One logged sample. ``baseline``/``loss``/``entropy`` are ``None`` for random search."""
+
+    iteration: int
+    actions: list[int]
+    counts: dict[str, int]
+    reward: float
+    cached: bool
+    baseline: float | None = None
+    loss: float | None = None
+    entropy: float | None = None
+
+
+@dataclass
+class SearchTrace:
+    """Every sample of a search and its outcome (JSON-ready through :meth:`to_dict`)."""
+
+    strategy: str
+    layers: list[str]
+    menu: dict[str, list[int]]
+    budget: int
+    samples: list[SearchSample] = field(default_factory=list)
+    n_evaluations: int = 0
+    best_counts: dict[str, int] = field(default_factory=dict)
+    best_reward: float = -math.inf
+    greedy_counts: dict[str, int] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def count_menu(sizes: dict[str, int], fractions: list[float]) -> dict[str, list[int]]:
+    """Allowed counts per layer: ``{layer: N}`` -> ``{layer: sorted distinct counts}``."""
+    return {
+        name: sorted({resolve_count(float(f), n, f"search.menu (layer {name})") for f in fractions})
+        for name, n in sizes.items()
+    }
+
+
+def _check_space(layers: list[str], menu: dict[str, list[int]], budget: int) -> None:
+    if not layers or set(layers) != set(menu):
+        raise ConfigError(f"menu: expected one entry per layer of {layers}, found {sorted(menu)}")
+    if budget < 1:
+        raise ConfigError(f"budget: expected an integer >= 1, found {budget}")
+
+
+def _space_size(layers: list[str], menu: dict[str, list[int]]) -> int:
+    return math.prod(len(menu[name]) for name in layers)
+
+
+def _search(
+    strategy: str,
+    evaluate: Evaluate,
+    layers: list[str],
+    menu: dict[str, list[int]],
+    budget: int,
+    draw: Callable[[], tuple[list[int], Any]],
+    learn: Callable[[Any, float], dict[str, float]] | None,
+    max_samples: int | None,
+) -> SearchTrace:
+    _check_space(layers, menu, budget)
+    trace = SearchTrace(strategy=strategy, layers=list(layers), menu=menu, budget=budget)
+    budget = min(budget, _space_size(layers, menu))
+    limit = max_samples if max_samples is not None else 4 * budget
+    cache: dict[tuple[int, ...], float] = {}
+    iteration = 0
+    while trace.n_evaluations < budget and iteration < limit:
+        actions, handle = draw()
+        counts = {name: menu[name][a] for name, a in zip(layers, actions, strict=True)}
+        key = tuple(actions)
+        cached = key in cache
+        if not cached:
+            cache[key] = float(evaluate(counts))
+            trace.n_evaluations += 1
+            if cache[key] > trace.best_reward:
+                trace.best_reward, trace.best_counts = cache[key], counts
+        reward = cache[key]
+        stats = learn(handle, reward) if learn is not None else {}
+        trace.samples.append(
+            SearchSample(
+                iteration=iteration,
+                actions=list(actions),
+                counts=counts,
+                reward=reward,
+                cached=cached,
+                baseline=stats.get("baseline"),
+                loss=stats.get("loss"),
+                entropy=stats.get("entropy"),
+            )
+        )
+        iteration += 1
+    return trace
+
+
+def run_search(
+    evaluate: Evaluate,
+    layers: list[str],
+    menu: dict[str, list[int]],
+    budget: int,
+    cfg: ControllerConfig,
+    seed: int,
+    max_samples: int | None = None,
+) -> SearchTrace:
+    """REINFORCE search over one count per layer of ``layers`` (in forward order) from ``menu``.
+
+    ``evaluate(counts)`` returns the reward of a configuration ``{layer: count}``; it is called at
+    most ``budget`` times, once per distinct configuration.
+    """
+    _check_space(layers, menu, budget)
+    ctl = Reinforce([len(menu[name]) for name in layers], cfg, seed)
+
+    def draw():
+        s = ctl.sample()
+        return s.actions, s
+
+    def learn(s, reward: float) -> dict[str, float]:
+        return {**ctl.update(s, reward), "entropy": float(s.entropy.detach())}
+
+    trace = _search("reinforce", evaluate, layers, menu, budget, draw, learn, max_samples)
+    trace.greedy_counts = {
+        name: menu[name][a] for name, a in zip(layers, ctl.policy.greedy(), strict=True)
+    }
+    return trace
+
+
+def random_search(
+    evaluate: Evaluate,
+    layers: list[str],
+    menu: dict[str, list[int]],
+    budget: int,
+    seed: int,
+    max_samples: int | None = None,
+) -> SearchTrace:
+    """Uniformly random configurations with the same budget and caching as :func:`run_search`."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def draw():
+        return [int(torch.randint(len(menu[n]), (1,), generator=gen)) for n in layers], None
+
+    return _search("random", evaluate, layers, menu, budget, draw, None, max_samples)
+
+
+def activation_grouper(
+    model: Backbone,
+    episodes: list[SearchEpisode],
+    layers: list[str],
+    device: torch.device,
+    algorithm: str = "kmeans",
+    features: str = "support",
+    pool_size: int = 500,
+) -> Grouper:
+    """``(episode index, counts) -> {layer: assign}`` from the source ``model``'s activations.
+
+    Activations are computed once per episode (on first use) and each ``(episode, layer, count)``
+    grouping once: configurations share most of their per-layer choices, so the cache makes a
+    search's clustering cost grow with the menu, not with the number of samples.
+    """
+    acts: dict[int, dict[str, torch.Tensor]] = {}
+    groups: dict[tuple[int, str, int], torch.Tensor] = {}
+
+    def grouper(index: int, counts: dict[str, int]) -> dict[str, torch.Tensor]:
+        ep = episodes[index]
+        if index not in acts:
+            images = feature_images(ep.support[0], ep.unlabeled, features, pool_size, ep.seed)
+            acts[index] = layer_activations(model, images, layers, device)
+        out = {}
+        for name, g in counts.items():
+            key = (index, name, g)
+            if key not in groups:
+                groups[key] = group_neurons(acts[index][name], g, algorithm, seed=ep.seed)
+            out[name] = groups[key]
+        return out
+
+    return grouper
+
+
+def _member(
+    model: Backbone, ep: SearchEpisode, n_classes: int, head_init: str, device: torch.device
+) -> Backbone:
+    """A copy of the source ``model`` with the head a method would give it on this episode."""
+    member = copy.deepcopy(model).to(device)
+    empty = (ep.val[0][:0], ep.val[1][:0])  # the search has no test set
+    init_head(
+        member,
+        EpisodeData(member, ep.support, ep.val, empty, n_classes, ep.seed, device),
+        head_init,
+    )
+    return member
+
+
+def make_evaluator(
+    model: Backbone,
+    episodes: list[SearchEpisode],
+    n_classes: int,
+    grouper: Grouper,
+    cfg: FinetuneConfig,
+    device: torch.device,
+    share_bias: bool = True,
+    population: bool = True,
+) -> Evaluate:
+    """``counts -> mean validation accuracy`` of grouped fine-tuning over the search ``episodes``.
+
+    Each episode's run is what ``grouped_rl`` would do on it (same head initialisation, seed and
+    training loop), and its reward is the validation-selected accuracy that run reports. With
+    ``population`` the episodes are fine-tuned as one batched population (their support and
+    validation sets must have equal sizes, as the episodes of one k have); otherwise one by one.
+    """
+    if not episodes:
+        raise DataError(
+            "search episodes: expected at least one, found none (episodes.search_episodes)"
+        )
+
+    def evaluate(counts: dict[str, int]) -> float:
+        members = [_member(model, ep, n_classes, cfg.head_init, device) for ep in episodes]
+        groupings = [grouper(i, counts) for i in range(len(episodes))]
+        if population:
+            res = train_population(
+                members,
+                [ep.support for ep in episodes],
+                [ep.val for ep in episodes],
+                cfg,
+                device,
+                groupings,
+                share_bias,
+            )
+            return sum(res.val_acc) / len(episodes)
+        total = 0.0
+        for member, ep, assign in zip(members, episodes, groupings, strict=True):
+            hook = GroupedGradient(member, assign, share_bias=share_bias)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(ep.seed)
+                total += train(
+                    member,
+                    list(member.parameters()),
+                    ep.support,
+                    ep.val,
+                    cfg,
+                    device,
+                    grad_hook=hook,
+                ).val_acc
+        return total / len(episodes)
+
+    return evaluate
+
+
+def search_group_counts(
+    model: Backbone,
+    episodes: list[SearchEpisode],
+    n_classes: int,
+    cfg: SearchConfig,
+    finetune: FinetuneConfig,
+    device: torch.device,
+    seed: int,
+) -> SearchTrace:
+    """The search stage end to end: menu from the model's layers, activation groupings of each
+    search episode, evaluator, then the configured strategy. ``trace.best_counts`` is what
+    ``grouped_rl`` takes as ``artifacts['search_counts']``."""
+    model = model.to(device).eval()
+    layers = cfg.layers if cfg.layers is not None else model.groupable()
+    menu = count_menu(layer_sizes(model, layers), cfg.menu)
+    grouper = activation_grouper(
+        model, episodes, layers, device, cfg.algorithm, cfg.features, cfg.pool_size
+    )
+    evaluate = make_evaluator(
+        model, episodes, n_classes, grouper, finetune, device, cfg.share_bias, cfg.population
+    )
+    if cfg.strategy == "random":
+        return random_search(evaluate, layers, menu, cfg.budget, seed, cfg.max_samples)
+    return run_search(evaluate, layers, menu, cfg.budget, cfg.controller, seed, cfg.max_samples)

@@ -1,0 +1,166 @@
+import copy
+
+import pytest
+import torch
+from tiny_nets import tiny_lenet, tiny_task
+
+from kshot.config import FinetuneConfig, from_dict
+from kshot.controller import ControllerConfig
+from kshot.errors import ConfigError
+from kshot.finetune import train
+from kshot.methods.base import EpisodeData, init_head
+from kshot.search import (
+    SearchConfig,
+    SearchEpisode,
+    activation_grouper,
+    count_menu,
+    make_evaluator,
+    random_search,
+    run_search,
+    search_group_counts,
+)
+
+CPU = torch.device("cpu")
+LAYERS = ["a", "b", "c"]
+MENU = {"a": [1, 2, 4, 8], "b": [1, 2, 4, 8], "c": [2, 4, 8]}
+TARGET = {"a": 4, "b": 1, "c": 8}
+
+
+class Counted:
+    """A deterministic toy reward that counts its calls per configuration."""
+
+    def __init__(self, flat: bool = False):
+        self.calls: dict[tuple, int] = {}
+        self.flat = flat
+
+    def __call__(self, counts: dict[str, int]) -> float:
+        key = tuple(sorted(counts.items()))
+        self.calls[key] = self.calls.get(key, 0) + 1
+        if self.flat:
+            return 0.5
+        return 1.0 - sum(abs(counts[n] - TARGET[n]) for n in LAYERS) / 20
+
+
+@pytest.mark.parametrize("strategy", ["reinforce", "random"])
+def test_search_spends_its_budget_on_distinct_configurations(strategy):
+    # a flat reward keeps the policy exploring, so it must reach the budget
+    reward = Counted(flat=strategy == "reinforce")
+    if strategy == "reinforce":
+        trace = run_search(reward, LAYERS, MENU, 15, ControllerConfig(), seed=0)
+    else:
+        trace = random_search(reward, LAYERS, MENU, 15, seed=0)
+    assert trace.n_evaluations == 15 == len(reward.calls)
+    assert set(reward.calls.values()) == {1}  # never re-evaluated
+    assert sum(not s.cached for s in trace.samples) == 15
+    assert all(s.reward == reward(s.counts) for s in trace.samples)
+    assert trace.best_reward == max(s.reward for s in trace.samples)
+    assert reward(trace.best_counts) == trace.best_reward
+    assert all(s.counts[n] in MENU[n] for s in trace.samples for n in LAYERS)
+
+
+def test_controller_samples_log_baseline_loss_and_entropy():
+    trace = run_search(Counted(), LAYERS, MENU, 6, ControllerConfig(), seed=1)
+    row = trace.to_dict()["samples"][1]
+    assert set(row) >= {
+        "iteration",
+        "actions",
+        "counts",
+        "reward",
+        "baseline",
+        "loss",
+        "entropy",
+        "cached",
+    }
+    assert row["baseline"] is not None and row["entropy"] > 0
+    assert trace.greedy_counts is not None and set(trace.greedy_counts) == set(LAYERS)
+
+
+def test_search_stops_when_the_space_is_exhausted():
+    menu = {"a": [1, 2], "b": [1, 3]}
+    reward = Counted()
+    trace = random_search(lambda c: reward({**c, "c": 8}), ["a", "b"], menu, 50, seed=0)
+    assert trace.n_evaluations == 4
+
+
+def test_search_is_reproducible_from_the_seed():
+    t1 = run_search(Counted(), LAYERS, MENU, 8, ControllerConfig(), seed=5)
+    t2 = run_search(Counted(), LAYERS, MENU, 8, ControllerConfig(), seed=5)
+    assert t1.to_dict() == t2.to_dict()
+
+
+def test_controller_concentrates_on_rewarding_configurations():
+    trace = run_search(Counted(), LAYERS, MENU, 40, ControllerConfig(), seed=0, max_samples=400)
+    early = sum(s.reward for s in trace.samples[:10]) / 10
+    late = sum(s.reward for s in trace.samples[-10:]) / 10
+    assert late > early + 0.1
+    assert trace.best_reward >= 0.9
+
+
+def test_count_menu_deduplicates_fractions_per_layer():
+    menu = count_menu({"conv1": 5, "fc1": 100}, [0.0625, 0.125, 0.25, 0.5, 1.0])
+    assert menu == {"conv1": [1, 3, 5], "fc1": [6, 13, 25, 50, 100]}
+
+
+def search_episodes(n=2):
+    return [
+        SearchEpisode(tiny_task(3, 2, seed=s), tiny_task(3, 3, seed=50 + s), seed=100 + s)
+        for s in range(n)
+    ]
+
+
+def test_evaluator_batched_and_sequential_agree_and_match_plain_finetuning():
+    model, eps = tiny_lenet(n_classes=4), search_episodes()
+    cfg = FinetuneConfig(steps=4, lr=0.05, eval_every=2)
+    grouper = activation_grouper(model, eps, model.groupable(), CPU)
+    counts = {"conv1": 2, "conv2": 3, "fc1": 10}
+    batched = make_evaluator(model, eps, 3, grouper, cfg, CPU, population=True)
+    looped = make_evaluator(model, eps, 3, grouper, cfg, CPU, population=False)
+    assert batched(counts) == pytest.approx(looped(counts))
+    full = {"conv1": 5, "conv2": 12, "fc1": 125}
+    plain = []
+    for ep in eps:
+        m = copy.deepcopy(model)
+        init_head(m, EpisodeData(m, ep.support, ep.val, ep.val, 3, ep.seed, CPU), "random")
+        plain.append(train(m, list(m.parameters()), ep.support, ep.val, cfg, CPU).val_acc)
+    assert looped(full) == pytest.approx(sum(plain) / 2)
+
+
+def test_evaluations_leave_the_source_model_untouched():
+    model, eps = tiny_lenet(n_classes=4), search_episodes()
+    before = copy.deepcopy(model.state_dict())
+    grouper = activation_grouper(model, eps, model.groupable(), CPU)
+    make_evaluator(model, eps, 3, grouper, FinetuneConfig(steps=2), CPU)({"conv1": 1, "fc1": 5})
+    for name, w in model.state_dict().items():
+        assert torch.equal(w, before[name])
+
+
+def test_grouper_caches_each_episode_layer_and_count():
+    model, eps = tiny_lenet(n_classes=4), search_episodes()
+    grouper = activation_grouper(model, eps, ["fc1"], CPU)
+    a = grouper(0, {"fc1": 7})
+    assert grouper(0, {"fc1": 7})["fc1"] is a["fc1"]
+    assert int(a["fc1"].max()) == 6
+
+
+def test_search_stage_end_to_end_returns_counts_from_the_menu():
+    model, eps = tiny_lenet(n_classes=4), search_episodes()
+    cfg = from_dict(SearchConfig, {"budget": 3, "menu": [0.25, 1.0]}, "search")
+    trace = search_group_counts(model, eps, 3, cfg, FinetuneConfig(steps=2, eval_every=1), CPU, 0)
+    assert trace.n_evaluations == 3
+    assert set(trace.best_counts) == {"conv1", "conv2", "fc1"}
+    for name, g in trace.best_counts.items():
+        assert g in trace.menu[name]
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ({"strategy": "evolution"}, "strategy"),
+        ({"budget": 0}, "budget"),
+        ({"menu": [0.5, 2.0]}, r"menu\[1\]"),
+        ({"controller": {"lr": -1.0}}, r"controller\.lr"),
+    ],
+)
+def test_search_config_errors_name_the_field(raw, field):
+    with pytest.raises(ConfigError, match=rf"search\.{field}"):
+        from_dict(SearchConfig, raw, "search")
