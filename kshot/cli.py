@@ -38,7 +38,7 @@ def _raw_params(args: argparse.Namespace) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ConfigError(f"params file '{path}': expected valid YAML, found a syntax error: {err}")
+        raise ConfigError(f"params file '{path}': expected valid YAML, found a syntax error: {err}") from err
     from kshot.config import params_from_dict
 
     params_from_dict(raw)  # a whole file is validated as a whole
@@ -78,8 +78,7 @@ def cmd_prepare_target(args: argparse.Namespace, raw: dict[str, Any]) -> None:
     bench = _named(raw, "benchmarks", args.benchmark, BenchmarkConfig)
     src = _named(raw, "sources", bench.source, SourceConfig)
     data = from_dict(DataConfig, raw.get("data"), "data")
-    prepare_target(args.benchmark, bench, source_geometry(src, data), data, Path(args.raw),
-                   Path(args.out))
+    prepare_target(args.benchmark, bench, source_geometry(src, data), data, Path(args.raw), Path(args.out))
 
 
 def cmd_episodes(args: argparse.Namespace, raw: dict[str, Any]) -> None:
@@ -89,8 +88,7 @@ def cmd_episodes(args: argparse.Namespace, raw: dict[str, Any]) -> None:
 
     cfg = from_dict(EpisodeConfig, raw.get("episodes"), "episodes")
     data = load_prepared(Path(args.target), ("pool_y", "test_y"))
-    eps = make_episodes(data["pool_y"], data["test_y"], args.k, cfg, raw.get("seed", 0),
-                        args.benchmark)
+    eps = make_episodes(data["pool_y"], data["test_y"], args.k, cfg, raw.get("seed", 0), args.benchmark)
     write_json(args.out, eps)
 
 
@@ -101,11 +99,24 @@ def cmd_pretrain(args: argparse.Namespace, raw: dict[str, Any]) -> None:
 
     src = _named(raw, "sources", args.source, SourceConfig)
     data = load_prepared(Path(args.data), ("train_x", "train_y", "test_x", "test_y"))
-    model, metrics = pretrain(src, data["train_x"], data["train_y"], data["test_x"], data["test_y"],
-                              raw.get("seed", 0), _device(raw))
+    model, metrics = pretrain(
+        src,
+        data["train_x"],
+        data["train_y"],
+        data["test_x"],
+        data["test_y"],
+        raw.get("seed", 0),
+        _device(raw),
+    )
     save_checkpoint(Path(args.out), model, src, int(data["train_x"].shape[-1]), metrics)
-    write_json(args.metrics, {"source": args.source, "backbone": src.backbone,
-                              **{k: v for k, v in metrics.items() if k != "train_time_s"}})
+    write_json(
+        args.metrics,
+        {
+            "source": args.source,
+            "backbone": src.backbone,
+            **{k: v for k, v in metrics.items() if k != "train_time_s"},
+        },
+    )
 
 
 def cmd_finetune(args: argparse.Namespace, raw: dict[str, Any]) -> None:
@@ -138,8 +149,13 @@ def cmd_finetune(args: argparse.Namespace, raw: dict[str, Any]) -> None:
 def cmd_aggregate(args: argparse.Namespace, raw: dict[str, Any]) -> None:
     from kshot.report import write_results
 
-    write_results([Path(p) for p in args.runs], [Path(p) for p in args.sources],
-                  Path(args.tables_dir), Path(args.figures_dir), baseline=args.baseline)
+    write_results(
+        [Path(p) for p in args.runs],
+        [Path(p) for p in args.sources],
+        Path(args.tables_dir),
+        Path(args.figures_dir),
+        baseline=args.baseline,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

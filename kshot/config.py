@@ -306,7 +306,7 @@ def load_params(path: str | Path) -> Params:
     try:
         raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as err:
-        raise ConfigError(f"params file '{p}': expected valid YAML, found a syntax error: {err}")
+        raise ConfigError(f"params file '{p}': expected valid YAML, found a syntax error: {err}") from err
     return params_from_dict(raw)
 
 

@@ -54,8 +54,13 @@ def check_feasible(pool_labels: torch.Tensor, n_classes: int, k: int, val_per_cl
 
 
 def sample_episode(
-    pool_labels: np.ndarray, test_labels: np.ndarray, n_classes: int, k: int, cfg: EpisodeConfig,
-    rng: np.random.Generator, index: int,
+    pool_labels: np.ndarray,
+    test_labels: np.ndarray,
+    n_classes: int,
+    k: int,
+    cfg: EpisodeConfig,
+    rng: np.random.Generator,
+    index: int,
 ) -> Episode:
     support, val, test = [], [], []
     for c in range(n_classes):
@@ -64,12 +69,20 @@ def sample_episode(
         val += idx[k : k + cfg.val_per_class].tolist()
         if cfg.test_per_class is not None:
             test += rng.permutation(np.flatnonzero(test_labels == c))[: cfg.test_per_class].tolist()
-    return Episode(index, sorted(support), sorted(val),
-                   sorted(test) if cfg.test_per_class is not None else None)
+    return Episode(
+        index,
+        sorted(support),
+        sorted(val),
+        sorted(test) if cfg.test_per_class is not None else None,
+    )
 
 
 def make_episodes(
-    pool_labels: torch.Tensor, test_labels: torch.Tensor, k: int, cfg: EpisodeConfig, seed: int,
+    pool_labels: torch.Tensor,
+    test_labels: torch.Tensor,
+    k: int,
+    cfg: EpisodeConfig,
+    seed: int,
     benchmark: str,
 ) -> dict:
     """All evaluation and search episodes of one benchmark and k, as a JSON-ready dict."""
@@ -79,8 +92,9 @@ def make_episodes(
     out: dict = {"benchmark": benchmark, "k": k, "seed": seed, "n_classes": n_classes}
     for role, n in (("eval", cfg.n_episodes), ("search", cfg.search_episodes)):
         out[role] = [
-            sample_episode(pool, test, n_classes, k, cfg, episode_rng(seed, benchmark, k, role, i), i)
-            .to_dict()
+            sample_episode(
+                pool, test, n_classes, k, cfg, episode_rng(seed, benchmark, k, role, i), i
+            ).to_dict()
             for i in range(n)
         ]
     return out

@@ -31,6 +31,4 @@ def suggest(name: str, valid: Iterable[str]) -> str:
 def unknown(field: str, name: object, valid: Iterable[str]) -> ConfigError:
     """Build the error for ``field`` naming an unknown ``name``; lists the valid names and the closest."""
     valid = sorted(valid)
-    return ConfigError(
-        f"{field}: unknown value '{name}'{suggest(str(name), valid)}; expected one of {valid}"
-    )
+    return ConfigError(f"{field}: unknown value '{name}'{suggest(str(name), valid)}; expected one of {valid}")

@@ -28,8 +28,13 @@ def input_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def pretrain(
-    src: SourceConfig, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
-    test_y: torch.Tensor, seed: int, device: torch.device,
+    src: SourceConfig,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    seed: int,
+    device: torch.device,
 ) -> tuple[Backbone, dict[str, Any]]:
     """Train ``src.backbone`` on the source split; returns the model and its metrics."""
     torch.manual_seed(seed)
@@ -39,8 +44,7 @@ def pretrain(
         model.load_imagenet()  # type: ignore[attr-defined]
     model.set_input_stats(*input_stats(train_x))
     model.to(device).train()
-    opt = torch.optim.SGD(model.parameters(), lr=src.lr, momentum=src.momentum,
-                          weight_decay=src.weight_decay)
+    opt = torch.optim.SGD(model.parameters(), lr=src.lr, momentum=src.momentum, weight_decay=src.weight_decay)
     steps_per_epoch = -(-len(train_y) // src.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=src.lr, total_steps=src.epochs * steps_per_epoch)
     gen = torch.Generator().manual_seed(seed)
@@ -56,7 +60,7 @@ def pretrain(
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         history.append({"epoch": epoch + 1, "train_loss": total / len(train_y)})
     metrics = {
         "source_test_acc": accuracy(model, test_x, test_y, device),
@@ -97,12 +101,16 @@ def load_checkpoint(path: Path) -> tuple[Backbone, dict[str, Any]]:
         )
     if arch.get("backbone") not in BACKBONES:
         raise CheckpointError(
-            f"checkpoint '{path}': expected a backbone in {sorted(BACKBONES)}, "
-            f"found {arch.get('backbone')!r}"
+            f"checkpoint '{path}': expected a backbone in {sorted(BACKBONES)}, found {arch.get('backbone')!r}"
         )
     try:
-        model = build_backbone(arch["backbone"], arch["in_channels"], arch["image_size"],
-                               arch["n_classes"], arch["width"])
+        model = build_backbone(
+            arch["backbone"],
+            arch["in_channels"],
+            arch["image_size"],
+            arch["n_classes"],
+            arch["width"],
+        )
         model.load_state_dict(obj["state_dict"])
     except (RuntimeError, KeyError, ValueError, TypeError) as err:
         raise CheckpointError(

@@ -25,9 +25,22 @@ def load_runs(paths: list[Path]) -> pd.DataFrame:
     for p in paths:
         summary = read_json(p, what="run metrics")
         for ep in summary.get("episodes", []):
-            rows.append({key: ep.get(key) for key in
-                         ("benchmark", "method", "kind", "k", "episode", "test_acc", "val_acc",
-                          "diverged_step", "best_step")})
+            rows.append(
+                {
+                    key: ep.get(key)
+                    for key in (
+                        "benchmark",
+                        "method",
+                        "kind",
+                        "k",
+                        "episode",
+                        "test_acc",
+                        "val_acc",
+                        "diverged_step",
+                        "best_step",
+                    )
+                }
+            )
     if not rows:
         raise DataError(f"run metrics: expected at least one episode in {len(paths)} files, found none")
     return pd.DataFrame(rows)
@@ -51,16 +64,25 @@ def summarise(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
     base = df[df.method == baseline].set_index(["benchmark", "k", "episode"])["test_acc"]
     for (bench, k, method), g in df.groupby(["benchmark", "k", "method"], sort=True):
         mean, half = mean_ci(g.test_acc.to_numpy() * 100)
-        row: dict[str, Any] = {"benchmark": bench, "k": int(k), "method": method,
-                               "n_episodes": len(g), "test_acc": mean, "ci95": half,
-                               "val_acc": float(g.val_acc.mean() * 100),
-                               "n_diverged": int(g.diverged_step.notna().sum())}
+        row: dict[str, Any] = {
+            "benchmark": bench,
+            "k": int(k),
+            "method": method,
+            "n_episodes": len(g),
+            "test_acc": mean,
+            "ci95": half,
+            "val_acc": float(g.val_acc.mean() * 100),
+            "n_diverged": int(g.diverged_step.notna().sum()),
+        }
         paired = g.set_index(["benchmark", "k", "episode"])["test_acc"]
         common = paired.index.intersection(base.index)
         if method != baseline and len(common):
             d, dh = mean_ci((paired[common] - base[common]).to_numpy() * 100)
-            row.update(diff_vs_baseline=d, diff_ci95=dh,
-                       significant=bool(not math.isnan(dh) and abs(d) > dh))
+            row.update(
+                diff_vs_baseline=d,
+                diff_ci95=dh,
+                significant=bool(not math.isnan(dh) and abs(d) > dh),
+            )
         else:
             row.update(diff_vs_baseline=math.nan, diff_ci95=math.nan, significant=False)
         out.append(row)
@@ -78,11 +100,22 @@ def markdown_table(summary: pd.DataFrame, baseline: str) -> str:
     parts = []
     for bench, g in summary.groupby("benchmark", sort=True):
         ks = sorted(g.k.unique())
-        header = "| method | " + " | ".join(f"k={k}" for k in ks) + " | " + " | ".join(
-            f"Δ vs {baseline}, k={k}" for k in ks) + " |"
-        lines = [f"### {bench}", "", "Test accuracy (%), mean ± 95% CI over episodes; Δ is the "
-                 f"paired difference against `{baseline}` (* when its CI excludes 0).", "", header,
-                 "|" + "---|" * (1 + 2 * len(ks))]
+        header = (
+            "| method | "
+            + " | ".join(f"k={k}" for k in ks)
+            + " | "
+            + " | ".join(f"Δ vs {baseline}, k={k}" for k in ks)
+            + " |"
+        )
+        lines = [
+            f"### {bench}",
+            "",
+            "Test accuracy (%), mean ± 95% CI over episodes; Δ is the "
+            f"paired difference against `{baseline}` (* when its CI excludes 0).",
+            "",
+            header,
+            "|" + "---|" * (1 + 2 * len(ks)),
+        ]
         best = {k: g[g.k == k].test_acc.max() for k in ks}
         for method, m in g.groupby("method", sort=True):
             cells, diffs = [], []
@@ -144,9 +177,14 @@ def write_results(
     md = markdown_table(summary, baseline)
     if sources:
         src_rows = [read_json(p, what="source metrics") for p in sources]
-        md += "\n### Source pre-training\n\n| source | backbone | test accuracy (%) | parameters |\n|---|---|---|---|\n"
-        md += "".join(f"| {r['source']} | {r['backbone']} | {100 * r['source_test_acc']:.1f} | "
-                      f"{r['n_params']} |\n" for r in src_rows)
+        md += (
+            "\n### Source pre-training\n\n"
+            "| source | backbone | test accuracy (%) | parameters |\n|---|---|---|---|\n"
+        )
+        md += "".join(
+            f"| {r['source']} | {r['backbone']} | {100 * r['source_test_acc']:.1f} | {r['n_params']} |\n"
+            for r in src_rows
+        )
     write_text(tables_dir / "results.md", md)
     plot_accuracy_vs_k(summary, figures_dir / "accuracy_vs_k")
     return summary

@@ -68,11 +68,17 @@ def run_episodes(
         raise DataError(f"episodes file '{episodes}': expected a '{role}' list, found {sorted(ep_file)}")
     method_cls = METHODS[spec.kind]
     method = method_cls(method_cls.parse_options(spec.options, f"methods.{method_name}"), finetune)
-    key = stamp({
-        "spec": dataclasses.asdict(spec), "finetune": dataclasses.asdict(method.cfg), "seed": seed,
-        "target": data["meta"]["sha256"], "checkpoint": sha256(checkpoint),
-        "episodes": ep_file[role], "artifacts": artifacts or {},
-    })
+    key = stamp(
+        {
+            "spec": dataclasses.asdict(spec),
+            "finetune": dataclasses.asdict(method.cfg),
+            "seed": seed,
+            "target": data["meta"]["sha256"],
+            "checkpoint": sha256(checkpoint),
+            "episodes": ep_file[role],
+            "artifacts": artifacts or {},
+        }
+    )
     records, timings = [], []
     for raw in ep_file[role]:
         ep = Episode.from_dict(raw)
@@ -99,16 +105,33 @@ def run_episodes(
             artifacts={**(artifacts or {}), "unlabeled": data["pool_x"]},
         )
         result: EpisodeResult = method.run(ep_data)
-        metrics = {"benchmark": benchmark, "method": method_name, "kind": spec.kind, "k": k,
-                   "episode": ep.id, **result.metrics()}
-        timing = {"episode": ep.id, "wall_time_s": time.perf_counter() - start,
-                  "train_time_s": result.train_time_s}
+        metrics = {
+            "benchmark": benchmark,
+            "method": method_name,
+            "kind": spec.kind,
+            "k": k,
+            "episode": ep.id,
+            **result.metrics(),
+        }
+        timing = {
+            "episode": ep.id,
+            "wall_time_s": time.perf_counter() - start,
+            "train_time_s": result.train_time_s,
+        }
         write_json(path, {"stamp": key, "metrics": metrics, "timing": timing})
         records.append(metrics)
         timings.append(timing)
-    summary = {"benchmark": benchmark, "method": method_name, "kind": spec.kind, "k": k,
-               "role": role, "episodes": records}
+    summary = {
+        "benchmark": benchmark,
+        "method": method_name,
+        "kind": spec.kind,
+        "k": k,
+        "role": role,
+        "episodes": records,
+    }
     write_json(out_dir / "metrics.json", summary)
-    write_json(out_dir / "timings.json", {"episodes": timings,
-                                          "total_wall_time_s": sum(t["wall_time_s"] for t in timings)})
+    write_json(
+        out_dir / "timings.json",
+        {"episodes": timings, "total_wall_time_s": sum(t["wall_time_s"] for t in timings)},
+    )
     return summary

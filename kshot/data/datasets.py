@@ -97,30 +97,18 @@ def _fetch_fashion(cfg: DataConfig, out: Path) -> None:
     )
 
 
-def _load_mnist_like(cls: type) -> Callable[[Path, str, DataConfig], ImageSet]:
+def _idx_loader(cls: type) -> Callable[[Path, str, DataConfig], ImageSet]:
+    """Read MNIST-format idx files with torchvision; corrupt or truncated files name the folder."""
+
     def load(raw: Path, split: str, cfg: DataConfig) -> ImageSet:
         try:
             ds = cls(str(raw), train=split == "train", download=False)
-        except RuntimeError as err:
-            raise DataError(f"dataset folder '{raw}': expected {cls.__name__} files ({err})") from err
-        return _from_hwc(ds.data, ds.targets)
-
-    return load
-
-
-def _checked_idx_loader(cls: type) -> Callable[[Path, str, DataConfig], ImageSet]:
-    """Wrap the idx reader so that truncated or corrupt files name the file."""
-    inner = _load_mnist_like(cls)
-
-    def load(raw: Path, split: str, cfg: DataConfig) -> ImageSet:
-        try:
-            data = inner(raw, split, cfg)
+            data = _from_hwc(ds.data, ds.targets)
         except (ValueError, AssertionError, RuntimeError, IndexError) as err:
-            if isinstance(err, DataError):
-                raise
             raise DataError(
-                f"dataset folder '{raw}': expected well-formed idx files for the {split} split, "
-                f"found a corrupt or truncated file ({type(err).__name__}: {err})"
+                f"dataset folder '{raw}': expected well-formed {cls.__name__} idx files for the "
+                f"{split} split, found missing, corrupt or truncated files "
+                f"({type(err).__name__}: {err})"
             ) from err
         if data.images.shape[0] != data.labels.shape[0]:
             raise DataError(
@@ -187,24 +175,25 @@ def _load_digits(raw: Path, split: str, cfg: DataConfig) -> ImageSet:
         with np.load(path) as f:
             images, labels = f["images"], f["labels"]
     except (OSError, KeyError, ValueError) as err:
-        raise DataError(f"digits file '{path}': expected an npz with images and labels ({err})")
+        raise DataError(f"digits file '{path}': expected an npz with images and labels ({err})") from err
     idx = _stratified_split(labels, cfg.digits_test_fraction, seed=0)[split]
     return _from_hwc(images[idx], labels[idx])
 
 
 DATASETS: dict[str, DatasetInfo] = {
-    "fashion_mnist": DatasetInfo(
-        1, 28, _fetch_fashion, _checked_idx_loader(torchvision.datasets.FashionMNIST)
-    ),
+    "fashion_mnist": DatasetInfo(1, 28, _fetch_fashion, _idx_loader(torchvision.datasets.FashionMNIST)),
     "digits": DatasetInfo(1, 8, _fetch_digits, _load_digits),
     "mnist": DatasetInfo(
         1,
         28,
         _fetch_torchvision(torchvision.datasets.MNIST, "bool"),
-        _checked_idx_loader(torchvision.datasets.MNIST),
+        _idx_loader(torchvision.datasets.MNIST),
     ),
     "usps": DatasetInfo(
-        1, 16, _fetch_torchvision(torchvision.datasets.USPS, "bool"), _load_tv(torchvision.datasets.USPS)
+        1,
+        16,
+        _fetch_torchvision(torchvision.datasets.USPS, "bool"),
+        _load_tv(torchvision.datasets.USPS),
     ),
     "svhn": DatasetInfo(3, 32, _fetch_torchvision(torchvision.datasets.SVHN, "train"), _load_svhn),
     "cifar10": DatasetInfo(
@@ -247,9 +236,7 @@ def acquire(name: str, cfg: DataConfig, out_dir: str | os.PathLike[str]) -> dict
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         info.fetch(cfg, tmp)
-        manifest = {
-            str(p.relative_to(tmp)): sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()
-        }
+        manifest = {str(p.relative_to(tmp)): sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         write_json(tmp / "manifest.json", {"dataset": name, "sha256": manifest})
         if out.exists():
             shutil.rmtree(out)

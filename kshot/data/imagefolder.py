@@ -36,8 +36,7 @@ def _read_tree(root: Path, side: int) -> tuple[np.ndarray, np.ndarray, list[str]
                 images[i] = np.asarray(img.convert("RGB").resize((side, side), Image.BILINEAR))
         except (UnidentifiedImageError, OSError) as err:
             raise DataError(
-                f"image file '{path}': expected a readable image, found a corrupt or non-image "
-                f"file ({err})"
+                f"image file '{path}': expected a readable image, found a corrupt or non-image file ({err})"
             ) from err
     return images, np.asarray(tree.targets, dtype=np.int64), tree.classes
 

@@ -97,15 +97,26 @@ def prepare_source(
             d = _cap_per_class(d, src.max_per_class, seed)
         parts[f"{split}_x"] = to_geometry(d.images, channels, side)
         parts[f"{split}_y"] = d.labels
-    summary = {"name": name, "dataset": src.dataset, "classes": src.classes, "channels": channels,
-               "side": side, "n_train": len(parts["train_y"]), "n_test": len(parts["test_y"]),
-               "sha256": digest(parts)}
+    summary = {
+        "name": name,
+        "dataset": src.dataset,
+        "classes": src.classes,
+        "channels": channels,
+        "side": side,
+        "n_train": len(parts["train_y"]),
+        "n_test": len(parts["test_y"]),
+        "sha256": digest(parts),
+    }
     save_tensors(out, {**parts, "meta": summary})
     return summary
 
 
 def prepare_target(
-    name: str, bench: BenchmarkConfig, geometry: tuple[int, int], data: DataConfig, raw_dir: Path,
+    name: str,
+    bench: BenchmarkConfig,
+    geometry: tuple[int, int],
+    data: DataConfig,
+    raw_dir: Path,
     out: Path,
 ) -> dict[str, Any]:
     """Write the target pool (episodes draw support and validation from it) and test split."""
@@ -113,13 +124,24 @@ def prepare_target(
     field = f"benchmarks.{name}.target_classes"
     parts: dict[str, torch.Tensor] = {}
     for split, key in (("train", "pool"), ("test", "test")):
-        d = select_classes(load_split(bench.target, split, data, raw_dir), bench.target_classes,
-                           field, bench.target)
+        d = select_classes(
+            load_split(bench.target, split, data, raw_dir),
+            bench.target_classes,
+            field,
+            bench.target,
+        )
         parts[f"{key}_x"] = to_geometry(d.images, channels, side)
         parts[f"{key}_y"] = d.labels
-    summary = {"name": name, "dataset": bench.target, "classes": bench.target_classes,
-               "channels": channels, "side": side, "n_pool": len(parts["pool_y"]),
-               "n_test": len(parts["test_y"]), "sha256": digest(parts)}
+    summary = {
+        "name": name,
+        "dataset": bench.target,
+        "classes": bench.target_classes,
+        "channels": channels,
+        "side": side,
+        "n_pool": len(parts["pool_y"]),
+        "n_test": len(parts["test_y"]),
+        "sha256": digest(parts),
+    }
     save_tensors(out, {**parts, "meta": summary})
     return summary
 

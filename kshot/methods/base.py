@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from torch import nn
 
 from kshot.config import FinetuneConfig, from_dict
 from kshot.finetune import GradHook, Penalty, TrainResult, accuracy, predict, train
@@ -51,6 +50,21 @@ class EpisodeResult:
     val_curve: list[list[float]] = field(default_factory=list)
     loss_curve: list[list[float]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_train(cls, res: TrainResult, test_acc: float, **extra: Any) -> EpisodeResult:
+        """The result of a gradient run ``res`` whose selected state scored ``test_acc``."""
+        return cls(
+            test_acc=test_acc,
+            val_acc=res.val_acc,
+            steps=res.steps_run,
+            best_step=res.best_step,
+            diverged_step=res.diverged_step,
+            train_time_s=res.train_time_s,
+            val_curve=res.val_curve,
+            loss_curve=res.loss_curve,
+            extra=extra,
+        )
 
     def metrics(self) -> dict[str, Any]:
         """The deterministic part (no timings), written to the metrics files."""
@@ -97,8 +111,7 @@ class Method(ABC):
 
 
 @torch.no_grad()
-def class_centroids(model: Backbone, support: Tensors, n_classes: int,
-                    device: torch.device) -> torch.Tensor:
+def class_centroids(model: Backbone, support: Tensors, n_classes: int, device: torch.device) -> torch.Tensor:
     """L2-normalised mean penultimate feature per class: ``[n_classes, D]``."""
     model.eval()
     feats = torch.nn.functional.normalize(predict(model.features, support[0], device), dim=1)
@@ -149,20 +162,16 @@ class GradientMethod(Method):
         hook = self.grad_hook(model, ep)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(ep.seed)
-            res: TrainResult = train(model, self.trainable(model), ep.support, ep.val, self.cfg,
-                                     ep.device, penalty=penalty, grad_hook=hook)
-        return EpisodeResult(
-            test_acc=accuracy(res.model, *ep.test, ep.device),
-            val_acc=res.val_acc,
-            steps=res.steps_run,
-            best_step=res.best_step,
-            diverged_step=res.diverged_step,
-            train_time_s=res.train_time_s,
-            val_curve=res.val_curve,
-            loss_curve=res.loss_curve,
-            extra=self.extra(model, ep),
+            res: TrainResult = train(
+                model,
+                self.trainable(model),
+                ep.support,
+                ep.val,
+                self.cfg,
+                ep.device,
+                penalty=penalty,
+                grad_hook=hook,
+            )
+        return EpisodeResult.from_train(
+            res, accuracy(res.model, *ep.test, ep.device), **self.extra(model, ep)
         )
-
-
-def head_parameters(model: nn.Module) -> list[torch.Tensor]:
-    return list(model.head.parameters())

@@ -1,0 +1,79 @@
+"""Shared fixtures: tiny images, a tiny pre-trained LeNet and a tiny params mapping."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from kshot.models import LeNet
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_PARAMS = {
+    "seed": 0,
+    "device": "cpu",
+    "data": {"raw_dir": "data/raw"},
+    "sources": {
+        "digits04": {
+            "dataset": "digits",
+            "classes": [0, 1, 2, 3, 4],
+            "backbone": "lenet",
+            "image_size": 28,
+            "max_per_class": 40,
+            "epochs": 1,
+            "batch_size": 32,
+            "width": 0.5,
+        }
+    },
+    "benchmarks": {"tiny": {"source": "digits04", "target": "digits", "target_classes": [5, 6, 7, 8, 9]}},
+    "episodes": {
+        "k": [1],
+        "n_episodes": 2,
+        "val_per_class": 2,
+        "test_per_class": 6,
+        "search_episodes": 1,
+    },
+    "finetune": {"steps": 4, "lr": 0.01, "eval_every": 2},
+    "methods": {
+        "full": {"kind": "full"},
+        "linear": {"kind": "linear", "lr": 0.1},
+        "centroid": {"kind": "centroid"},
+        "l2sp": {"kind": "l2sp", "alpha": 0.01, "beta": 0.01},
+    },
+    "run": {"benchmarks": ["tiny"], "methods": ["full", "linear", "centroid", "l2sp"]},
+}
+
+
+@pytest.fixture
+def tiny_params() -> dict:
+    """A fresh deep copy of the tiny params mapping (tests may mutate it)."""
+    return copy.deepcopy(TINY_PARAMS)
+
+
+def make_images(n_per_class: int, n_classes: int, side: int = 28, seed: int = 0):
+    """Separable synthetic images: class c is bright in horizontal band c. uint8 [N, 1, S, S]."""
+    g = torch.Generator().manual_seed(seed)
+    n = n_per_class * n_classes
+    labels = torch.arange(n_classes).repeat_interleave(n_per_class)
+    x = torch.randint(0, 60, (n, 1, side, side), generator=g).float()
+    band = side // n_classes
+    for c in range(n_classes):
+        x[labels == c, :, c * band : (c + 1) * band, :] += 150
+    return x.clamp(0, 255).to(torch.uint8), labels
+
+
+@pytest.fixture
+def tiny_model() -> LeNet:
+    """A LeNet (half width) briefly trained on 3 synthetic classes."""
+    torch.manual_seed(0)
+    model = LeNet(1, 28, 3, width=0.5)
+    x, y = make_images(20, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(20):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x.float() / 255), y).backward()
+        opt.step()
+    return model

@@ -1,0 +1,93 @@
+import pytest
+import yaml
+
+from kshot.config import load_params, params_from_dict
+from kshot.errors import ConfigError
+from tests.conftest import REPO
+
+
+def test_default_params_file_is_valid():
+    params = load_params(REPO / "params.yaml")
+    assert params.run.benchmarks == ["fashion", "fashion_to_digits"]
+    assert params.episodes.k == [1, 5, 10]
+
+
+def test_unknown_top_level_key_names_the_key_and_suggests_the_nearest(tiny_params):
+    tiny_params["finetun"] = {}
+    with pytest.raises(ConfigError, match=r"unknown key 'finetun'.*did you mean 'finetune'"):
+        params_from_dict(tiny_params)
+
+
+def test_unknown_method_in_run_suggests_the_nearest_name(tiny_params):
+    tiny_params["run"]["methods"] = ["ful"]
+    with pytest.raises(ConfigError, match=r"run.methods\[0\].*'ful'.*did you mean 'full'"):
+        params_from_dict(tiny_params)
+
+
+def test_unknown_method_kind_is_reported_with_its_field(tiny_params):
+    tiny_params["methods"]["full"] = {"kind": "fulll"}
+    with pytest.raises(ConfigError, match=r"methods.full.kind.*'fulll'.*did you mean 'full'"):
+        params_from_dict(tiny_params)
+
+
+def test_unknown_backbone_and_dataset_are_reported(tiny_params):
+    bad = dict(tiny_params, sources={"s": {**tiny_params["sources"]["digits04"], "backbone": "lenett"}})
+    bad["benchmarks"] = {"tiny": {**tiny_params["benchmarks"]["tiny"], "source": "s"}}
+    with pytest.raises(ConfigError, match=r"sources.s.backbone.*did you mean 'lenet'"):
+        params_from_dict(bad)
+    tiny_params["benchmarks"]["tiny"]["target"] = "digitz"
+    with pytest.raises(ConfigError, match=r"benchmarks.tiny.target.*did you mean 'digits'"):
+        params_from_dict(tiny_params)
+
+
+@pytest.mark.parametrize(
+    ("k", "pattern"),
+    [
+        (0, r"episodes.k\[0\].*>= 1.*found 0"),
+        (-3, r"episodes.k\[0\].*found -3"),
+        (1.5, r"episodes.k\[0\].*integer.*found 1.5"),
+    ],
+)
+def test_bad_k_is_rejected_with_field_and_value(tiny_params, k, pattern):
+    tiny_params["episodes"]["k"] = [k]
+    with pytest.raises(ConfigError, match=pattern):
+        params_from_dict(tiny_params)
+
+
+def test_empty_and_duplicate_class_lists_are_rejected(tiny_params):
+    tiny_params["benchmarks"]["tiny"]["target_classes"] = []
+    with pytest.raises(ConfigError, match=r"benchmarks.tiny.target_classes.*at least 2"):
+        params_from_dict(tiny_params)
+    tiny_params["benchmarks"]["tiny"]["target_classes"] = [5, 5, 6]
+    with pytest.raises(ConfigError, match=r"target_classes.*duplicates"):
+        params_from_dict(tiny_params)
+
+
+def test_method_option_of_wrong_type_names_the_field(tiny_params):
+    tiny_params["methods"]["l2sp"]["alpha"] = "big"
+    with pytest.raises(ConfigError, match=r"methods.l2sp.alpha.*number.*'big'"):
+        params_from_dict(tiny_params)
+
+
+def test_invalid_yaml_names_the_file(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"params.yaml.*valid YAML"):
+        load_params(path)
+
+
+def test_missing_params_file_names_the_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"nope.yaml.*found nothing"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_negative_learning_rate_is_rejected(tiny_params):
+    tiny_params["finetune"]["lr"] = -0.1
+    with pytest.raises(ConfigError, match=r"finetune.lr.*> 0.*-0.1"):
+        params_from_dict(tiny_params)
+
+
+def test_params_yaml_round_trips_through_yaml(tiny_params, tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(tiny_params))
+    assert load_params(path).methods == tiny_params["methods"]

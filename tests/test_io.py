@@ -1,0 +1,58 @@
+import pickle
+
+import pytest
+import torch
+
+from kshot.errors import CheckpointError
+from kshot.io import atomic_path, load_tensors, read_json, write_json
+from kshot.models import LeNet
+from kshot.pretrain import load_checkpoint
+
+
+def test_atomic_write_leaves_nothing_when_interrupted(tmp_path):
+    target = tmp_path / "out.json"
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_json_is_byte_identical_for_equal_objects(tmp_path):
+    write_json(tmp_path / "a.json", {"b": 1, "a": [0.5, 2]})
+    write_json(tmp_path / "b.json", {"a": [0.5, 2], "b": 1})
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+
+
+def test_corrupt_json_names_the_file(tmp_path):
+    (tmp_path / "m.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"m.json.*corrupt"):
+        read_json(tmp_path / "m.json", what="run metrics")
+
+
+class Exploit:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_checkpoint_that_would_run_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        torch.save({"arch": Exploit()}, f, pickle_module=pickle)
+    with pytest.raises(CheckpointError, match=r"evil.pt.*refused.*weights_only"):
+        load_tensors(path)
+
+
+def test_truncated_checkpoint_names_the_file(tmp_path):
+    path = tmp_path / "c.pt"
+    torch.save({"state_dict": LeNet(1, 28, 3).state_dict()}, path)
+    path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(CheckpointError, match=r"c.pt.*corrupt or truncated"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path):
+    path = tmp_path / "c.pt"
+    arch = {"backbone": "lenet", "in_channels": 1, "image_size": 28, "n_classes": 3, "width": 1.0}
+    torch.save({"arch": arch, "state_dict": LeNet(1, 28, 3, width=0.5).state_dict()}, path)
+    with pytest.raises(CheckpointError, match=r"c.pt.*another architecture"):
+        load_checkpoint(path)

@@ -1,0 +1,74 @@
+"""End to end: the real Snakefile on a tiny config (digits only, so it runs offline anywhere)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+
+def run_snakemake(workdir: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--cores",
+        "2",
+        "--quiet",
+        "rules",
+        *extra,
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        logs = "\n".join(p.read_text()[-2000:] for p in (workdir / "data" / "logs").rglob("*.log"))
+        pytest.fail(f"snakemake failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n{logs}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def pipeline_dir(tmp_path_factory):
+    from tests.conftest import TINY_PARAMS
+
+    workdir = tmp_path_factory.mktemp("pipeline")
+    (workdir / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
+    run_snakemake(workdir)
+    return workdir
+
+
+@pytest.mark.slow
+def test_pipeline_writes_the_results_table_with_every_method(pipeline_dir):
+    table = pd.read_csv(pipeline_dir / "reports" / "tables" / "results.csv")
+    assert set(table.method) == {"full", "linear", "centroid", "l2sp"}
+    assert (table.n_episodes == 2).all()
+    assert table.test_acc.between(0, 100).all()
+    md = (pipeline_dir / "reports" / "tables" / "results.md").read_text()
+    assert "### tiny" in md and "Source pre-training" in md
+    assert (pipeline_dir / "reports" / "figures" / "accuracy_vs_k.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_second_run_has_nothing_to_do(pipeline_dir):
+    proc = run_snakemake(pipeline_dir, "-n")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_bad_param_stops_before_any_job_with_a_named_field(tmp_path):
+    from tests.conftest import TINY_PARAMS
+
+    bad = {**TINY_PARAMS, "run": {"benchmarks": ["tiny"], "methods": ["ful"]}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(bad))
+    proc = run_snakemake(tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "did you mean 'full'" in proc.stdout + proc.stderr
+    assert not (tmp_path / "data").exists()
