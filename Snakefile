@@ -16,6 +16,22 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         final_outputs(),
-    default_target: True
+
+
+# One target per phase; dvc.yaml runs each phase as a DVC stage.
+rule stage_data:
+    input:
+        data_targets(),
+
+
+rule stage_pretrain:
+    input:
+        pretrain_targets(),
+
+
+rule stage_finetune:
+    input:
+        finetune_targets(),

@@ -5,9 +5,10 @@ from snakemake.utils import validate
 
 from kshot.config import params_from_dict
 
-
 validate(config, schema="../schemas/config.schema.yaml")
-PARAMS = params_from_dict(config)  # kshot's own checks: names, ranges, nearest valid names
+PARAMS = params_from_dict(
+    config
+)  # kshot's own checks: names, ranges, nearest valid names
 
 RAW = config["data"]["raw_dir"]
 LOGS = "data/logs"
@@ -55,6 +56,31 @@ def run_metrics(benchmarks=None, methods=None, ks=None):
 
 def used_sources():
     return sorted({source_of(b) for b in config["run"]["benchmarks"]})
+
+
+def data_targets():
+    benches = config["run"]["benchmarks"]
+    return (
+        expand("data/prepared/sources/{source}.pt", source=used_sources())
+        + expand("data/prepared/targets/{benchmark}.pt", benchmark=benches)
+        + expand(
+            "data/episodes/{benchmark}/k{k}.json",
+            benchmark=benches,
+            k=config["episodes"]["k"],
+        )
+    )
+
+
+def pretrain_targets():
+    return expand(
+        "data/checkpoints/{source}/{file}",
+        source=used_sources(),
+        file=["source.pt", "metrics.json"],
+    )
+
+
+def finetune_targets():
+    return run_metrics()
 
 
 def final_outputs():

@@ -9,14 +9,16 @@ rule finetune:
     output:
         metrics="data/runs/{benchmark}/{method}/k{k}/metrics.json",
         timings="data/runs/{benchmark}/{method}/k{k}/timings.json",
-    params:
-        cfg=lambda w: params_json("seed", "device", "finetune", methods=w.method),
-        out_dir=subpath(output.metrics, parent=True),
     log:
         f"{LOGS}/finetune/{{benchmark}}_{{method}}_k{{k}}.log",
+    conda:
+        "../../environment.yml"
     threads: 1
     resources:
         mem_mb=2000,
+    params:
+        cfg=lambda w: params_json("seed", "device", "finetune", methods=w.method),
+        out_dir=subpath(output.metrics, parent=True),
     shell:
         "python -m kshot finetune --benchmark {wildcards.benchmark} --method {wildcards.method} "
         "--k {wildcards.k} --checkpoint {input.ckpt} --target {input.target} "

@@ -7,13 +7,15 @@ rule pretrain:
     output:
         ckpt="data/checkpoints/{source}/source.pt",
         metrics="data/checkpoints/{source}/metrics.json",
-    params:
-        cfg=lambda w: params_json("seed", "device", sources=w.source),
     log:
         f"{LOGS}/pretrain/{{source}}.log",
+    conda:
+        "../../environment.yml"
     threads: workflow.cores
     resources:
         mem_mb=4000,
+    params:
+        cfg=lambda w: params_json("seed", "device", sources=w.source),
     shell:
         "python -m kshot pretrain --source {wildcards.source} --data {input} "
         "--out {output.ckpt} --metrics {output.metrics} --threads {threads} "
