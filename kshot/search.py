@@ -36,12 +36,12 @@ from kshot.errors import ConfigError, DataError, suggest
 from kshot.finetune import train
 from kshot.grouping import ALGORITHMS, group_neurons, resolve_count
 from kshot.methods.base import EpisodeData, Tensors, init_head
-from kshot.methods.grouped import FEATURES, feature_images, layer_sizes
+from kshot.methods.grouped import FEATURES, SEARCH_STRATEGIES, feature_images, layer_sizes
 from kshot.models import Backbone
 from kshot.population import train_population
 from kshot.shared_grad import GroupedGradient
 
-STRATEGIES = ("reinforce", "random")
+STRATEGIES = SEARCH_STRATEGIES
 Evaluate = Callable[[dict[str, int]], float]
 Grouper = Callable[[int, dict[str, int]], dict[str, torch.Tensor]]
 
@@ -77,8 +77,7 @@ class SearchConfig:
             value = getattr(self, name)
             if value not in valid:
                 raise ConfigError(
-                    f"{where}.{name}: expected one of {list(valid)}, found {value!r}"
-                    f"{suggest(value, valid)}"
+                    f"{where}.{name}: expected one of {list(valid)}, found {value!r}{suggest(value, valid)}"
                 )
         for name in ("budget", "pool_size", "max_samples"):
             value = getattr(self, name)
@@ -221,9 +220,7 @@ def run_search(
         return {**ctl.update(s, reward), "entropy": float(s.entropy.detach())}
 
     trace = _search("reinforce", evaluate, layers, menu, budget, draw, learn, max_samples)
-    trace.greedy_counts = {
-        name: menu[name][a] for name, a in zip(layers, ctl.policy.greedy(), strict=True)
-    }
+    trace.greedy_counts = {name: menu[name][a] for name, a in zip(layers, ctl.policy.greedy(), strict=True)}
     return trace
 
 
@@ -310,9 +307,7 @@ def make_evaluator(
     validation sets must have equal sizes, as the episodes of one k have); otherwise one by one.
     """
     if not episodes:
-        raise DataError(
-            "search episodes: expected at least one, found none (episodes.search_episodes)"
-        )
+        raise DataError("search episodes: expected at least one, found none (episodes.search_episodes)")
 
     def evaluate(counts: dict[str, int]) -> float:
         members = [_member(model, ep, n_classes, cfg.head_init, device) for ep in episodes]
@@ -362,9 +357,7 @@ def search_group_counts(
     model = model.to(device).eval()
     layers = cfg.layers if cfg.layers is not None else model.groupable()
     menu = count_menu(layer_sizes(model, layers), cfg.menu)
-    grouper = activation_grouper(
-        model, episodes, layers, device, cfg.algorithm, cfg.features, cfg.pool_size
-    )
+    grouper = activation_grouper(model, episodes, layers, device, cfg.algorithm, cfg.features, cfg.pool_size)
     evaluate = make_evaluator(
         model, episodes, n_classes, grouper, finetune, device, cfg.share_bias, cfg.population
     )

@@ -83,8 +83,11 @@ def test_support_plus_pool_uses_unlabeled_images_and_needs_them():
 
 
 def test_searched_counts_are_taken_from_the_artifacts():
-    res = method(GroupedRL).run(episode(search_counts={"conv2": 4, "fc1": 20}))
+    res = method(GroupedRL, search="random").run(episode(search_counts={"conv2": 4, "fc1": 20}))
     assert res.extra["counts"] == {"conv2": 4, "fc1": 20}
+    assert res.extra["search"] == "random"
+    with pytest.raises(ConfigError, match=r"methods\.m\.search"):
+        GroupedRL.parse_options({"search": "evolution"}, "methods.m")
     with pytest.raises(DataError, match="search_counts"):
         method(GroupedRL).run(episode())
     with pytest.raises(ConfigError, match=r"search_counts\.fc1"):

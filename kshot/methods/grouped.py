@@ -39,6 +39,7 @@ from kshot.models import Backbone
 from kshot.shared_grad import GroupedGradient
 
 FEATURES = ("support", "support+pool")
+SEARCH_STRATEGIES = ("reinforce", "random")
 
 
 @dataclass(frozen=True)
@@ -61,13 +62,10 @@ class GroupingOptions(TrainOverrides):
             value = getattr(self, name)
             if value not in valid:
                 raise ConfigError(
-                    f"{where}.{name}: expected one of {list(valid)}, found {value!r}"
-                    f"{suggest(value, valid)}"
+                    f"{where}.{name}: expected one of {list(valid)}, found {value!r}{suggest(value, valid)}"
                 )
         if self.pool_size < 1:
-            raise ConfigError(
-                f"{where}.pool_size: expected an integer >= 1, found {self.pool_size}"
-            )
+            raise ConfigError(f"{where}.pool_size: expected an integer >= 1, found {self.pool_size}")
 
 
 def _check_spec(spec: int | float, where: str) -> None:
@@ -152,8 +150,7 @@ class _GroupedBase(GradientMethod):
         assign = group_layers(acts, counts, opts.algorithm, seed=ep.seed)
         if self.random_membership:
             assign = {
-                name: random_grouping(a, seed=ep.seed + i)
-                for i, (name, a) in enumerate(assign.items())
+                name: random_grouping(a, seed=ep.seed + i) for i, (name, a) in enumerate(assign.items())
             }
         self._extra: dict[str, Any] = {
             "counts": counts,
@@ -184,9 +181,7 @@ class Grouped(_GroupedBase):
                 layers += [n for n in groups if n not in layers]  # unknown names fail below
             missing = [n for n in layers if n not in groups]
             if missing:
-                raise ConfigError(
-                    f"groups: expected a count for each layer of layers, missing {missing}"
-                )
+                raise ConfigError(f"groups: expected a count for each layer of layers, missing {missing}")
         elif layers is None:
             layers = model.groupable()
         sizes = layer_sizes(model, layers)
@@ -207,10 +202,27 @@ class GroupedRandom(Grouped):
     random_membership = True
 
 
+@dataclass(frozen=True)
+class GroupedRLOptions(GroupingOptions):
+    """``search``: which search's counts to use, ``reinforce`` (the controller) or ``random`` (the
+    random-search control); the pipeline hands the matching trace's best counts in."""
+
+    search: str = "reinforce"
+
+    def validate(self, where: str) -> None:
+        super().validate(where)
+        if self.search not in SEARCH_STRATEGIES:
+            raise ConfigError(
+                f"{where}.search: expected one of {list(SEARCH_STRATEGIES)}, found {self.search!r}"
+                f"{suggest(self.search, SEARCH_STRATEGIES)}"
+            )
+
+
 class GroupedRL(_GroupedBase):
     """GNA with the counts per layer chosen by the RL search (``artifacts['search_counts']``)."""
 
     kind = "grouped_rl"
+    Options = GroupedRLOptions
 
     def counts(self, model: Backbone, ep: EpisodeData) -> dict[str, int]:
         found = ep.artifacts.get("search_counts")
@@ -228,6 +240,9 @@ class GroupedRL(_GroupedBase):
                 raise DataError(f"search_counts.{name}: expected an integer count, found {g!r}")
             out[name] = resolve_count(g, n, f"search_counts.{name}")
         return out
+
+    def extra(self, model: Backbone, ep: EpisodeData) -> dict[str, Any]:
+        return {**self._extra, "search": self.options.search}
 
 
 GROUPED_METHODS = (Grouped, GroupedRandom, GroupedRL)
