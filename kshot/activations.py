@@ -69,9 +69,7 @@ def layer_activations(
     :class:`kshot.models.Backbone`), only it runs: the head is never grouped.
     """
     if images.dtype != torch.uint8 or images.dim() != 4:
-        raise ConfigError(
-            f"images: expected uint8 [M, C, H, W], found {images.dtype} {list(images.shape)}"
-        )
+        raise ConfigError(f"images: expected uint8 [M, C, H, W], found {images.dtype} {list(images.shape)}")
     if len(images) == 0:
         raise ConfigError("images: expected at least one image to compute activations, found 0")
     if batch_size < 1:

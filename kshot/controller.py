@@ -41,17 +41,13 @@ class ControllerConfig:
     def validate(self, where: str) -> None:
         for name in ("hidden", "embed", "lr"):
             if getattr(self, name) <= 0:
-                raise ConfigError(
-                    f"{where}.{name}: expected a number > 0, found {getattr(self, name)}"
-                )
+                raise ConfigError(f"{where}.{name}: expected a number > 0, found {getattr(self, name)}")
         if not 0.0 <= self.baseline_decay < 1.0:
             raise ConfigError(
                 f"{where}.baseline_decay: expected a number in [0, 1), found {self.baseline_decay}"
             )
         if self.entropy_weight < 0:
-            raise ConfigError(
-                f"{where}.entropy_weight: expected a number >= 0, found {self.entropy_weight}"
-            )
+            raise ConfigError(f"{where}.entropy_weight: expected a number >= 0, found {self.entropy_weight}")
 
 
 @dataclass

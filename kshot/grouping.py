@@ -60,8 +60,7 @@ def resolve_count(spec: int | float, n_neurons: int, where: str) -> int:
     if isinstance(spec, int):
         if not 1 <= spec <= n_neurons:
             raise ConfigError(
-                f"{where}: expected a group count in [1, {n_neurons}] (the layer's neurons), "
-                f"found {spec}"
+                f"{where}: expected a group count in [1, {n_neurons}] (the layer's neurons), found {spec}"
             )
         return spec
     if not 0.0 < spec <= 1.0:
@@ -99,9 +98,7 @@ def group_neurons(
     from sklearn.cluster import AgglomerativeClustering, KMeans
 
     if acts.dim() != 2:
-        raise DataError(
-            f"acts: expected a [neurons, images] matrix, found shape {list(acts.shape)}"
-        )
+        raise DataError(f"acts: expected a [neurons, images] matrix, found shape {list(acts.shape)}")
     n = acts.shape[0]
     n_groups = resolve_count(n_groups, n, "n_groups")
     if algorithm not in ALGORITHMS:
@@ -193,7 +190,4 @@ def group_layers(
     missing = sorted(set(counts) - set(acts))
     if missing:
         raise ConfigError(f"counts: layers {missing} have no activations; found {sorted(acts)}")
-    return {
-        name: group_neurons(acts[name], g, algorithm=algorithm, seed=seed)
-        for name, g in counts.items()
-    }
+    return {name: group_neurons(acts[name], g, algorithm=algorithm, seed=seed) for name, g in counts.items()}

@@ -67,9 +67,7 @@ def _stack(members: list[nn.Module], device: torch.device) -> tuple[dict, dict]:
     for p, s in enumerate(shapes[1:], start=1):
         if s != shapes[0]:
             diff = sorted(n for n in s.keys() | shapes[0].keys() if s.get(n) != shapes[0].get(n))
-            raise DataError(
-                f"members[{p}]: expected the architecture of members[0], differs at {diff}"
-            )
+            raise DataError(f"members[{p}]: expected the architecture of members[0], differs at {diff}")
     params = {
         n: torch.stack([dict(m.named_parameters())[n].detach() for m in members]).to(device)
         for n, _ in members[0].named_parameters()
@@ -216,9 +214,7 @@ def train_population(
             for layer in shared:
                 for name in layer.names:
                     g = grads[name].contiguous()
-                    group_mean_rows_(
-                        g.view(layer.slots, -1), layer.assign, layer.inv_counts, layer.slots
-                    )
+                    group_mean_rows_(g.view(layer.slots, -1), layer.assign, layer.inv_counts, layer.slots)
                     grads[name] = g
             d = [grads[n] for n in names]
             w = [params[n] for n in names]
@@ -251,9 +247,7 @@ def train_population(
                         best_acc[p], best_step[p] = acc[p], step
                 sel = improved.to(device)
                 for n in names:
-                    best[n] = torch.where(
-                        sel.view(-1, *[1] * (best[n].dim() - 1)), params[n], best[n]
-                    )
+                    best[n] = torch.where(sel.view(-1, *[1] * (best[n].dim() - 1)), params[n], best[n])
         never = best_acc < 0  # diverged before any evaluation: its last finite state stands
         if bool(never.any()):
             sel = never.to(device)

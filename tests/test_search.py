@@ -103,8 +103,7 @@ def test_count_menu_deduplicates_fractions_per_layer():
 
 def search_episodes(n=2):
     return [
-        SearchEpisode(tiny_task(3, 2, seed=s), tiny_task(3, 3, seed=50 + s), seed=100 + s)
-        for s in range(n)
+        SearchEpisode(tiny_task(3, 2, seed=s), tiny_task(3, 3, seed=50 + s), seed=100 + s) for s in range(n)
     ]
 
 
