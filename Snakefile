@@ -11,6 +11,7 @@ configfile: "params.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/search.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/report.smk"
 

@@ -146,6 +146,27 @@ def cmd_finetune(args: argparse.Namespace, raw: dict[str, Any]) -> None:
     )
 
 
+def cmd_search(args: argparse.Namespace, raw: dict[str, Any]) -> None:
+    import dataclasses
+
+    from kshot.data.prepare import load_prepared
+    from kshot.io import read_json, write_json
+    from kshot.pretrain import load_checkpoint
+    from kshot.search import SearchConfig, search_episodes, search_group_counts
+
+    cfg = from_dict(SearchConfig, raw.get("search"), "search")
+    if args.strategy:
+        cfg = dataclasses.replace(cfg, strategy=args.strategy)
+    finetune = from_dict(FinetuneConfig, raw.get("finetune"), "finetune")
+    data = load_prepared(Path(args.target), ("pool_x", "pool_y"))
+    ep_file = read_json(args.episodes, what="episodes file")
+    seed = raw.get("seed", 0)
+    episodes = search_episodes(ep_file, data["pool_x"], data["pool_y"], args.benchmark, seed)
+    model, _ = load_checkpoint(Path(args.checkpoint))
+    trace = search_group_counts(model, episodes, int(ep_file["n_classes"]), cfg, finetune, _device(raw), seed)
+    write_json(args.out, trace.to_dict())
+
+
 def cmd_aggregate(args: argparse.Namespace, raw: dict[str, Any]) -> None:
     from kshot.report import write_results
 
@@ -197,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{name}", required=True)
     p.add_argument("--k", type=int, required=True)
     p.add_argument("--search", default=None, help="search result JSON (grouped_rl)")
+    p = add("search", cmd_search, "search the group count per layer (RL or random)")
+    for name in ("benchmark", "checkpoint", "target", "episodes", "out"):
+        p.add_argument(f"--{name}", required=True)
+    p.add_argument("--strategy", choices=["reinforce", "random"], default=None)
     p = add("aggregate", cmd_aggregate, "tables and figures from run metrics")
     p.add_argument("--runs", nargs="+", required=True, help="metrics.json files")
     p.add_argument("--sources", nargs="*", default=[], help="source metrics JSON files")

@@ -246,10 +246,14 @@ class Params:
     data: DataConfig = field(default_factory=DataConfig)
     episodes: EpisodeConfig = field(default_factory=EpisodeConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    search: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, where: str) -> None:
         from kshot.data.datasets import DATASETS
         from kshot.models import BACKBONES
+        from kshot.search import SearchConfig
+
+        from_dict(SearchConfig, self.search, "search")  # typed there: kshot.search imports this module
 
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(

@@ -364,3 +364,32 @@ def search_group_counts(
     if cfg.strategy == "random":
         return random_search(evaluate, layers, menu, cfg.budget, seed, cfg.max_samples)
     return run_search(evaluate, layers, menu, cfg.budget, cfg.controller, seed, cfg.max_samples)
+
+
+def search_episodes(
+    ep_file: dict[str, Any], pool_x: torch.Tensor, pool_y: torch.Tensor, benchmark: str, seed: int
+) -> list[SearchEpisode]:
+    """The search episodes of an episodes file (its ``search`` list) as tensors.
+
+    They come from their own seed stream (:func:`kshot.episodes.make_episodes`), and their
+    fine-tuning seeds are namespaced apart from the evaluation episodes'; the target pool is passed
+    as unlabeled images for ``features: support+pool``.
+    """
+    from kshot.runner import episode_seed
+
+    def take(idx: list[int]) -> Tensors:
+        t = torch.as_tensor(idx, dtype=torch.int64)
+        return pool_x[t], pool_y[t]
+
+    if not ep_file.get("search"):
+        raise DataError(
+            "episodes file: expected a non-empty 'search' list (episodes.search_episodes >= 1), "
+            f"found {len(ep_file.get('search') or [])} search episodes"
+        )
+    k = int(ep_file["k"])
+    return [
+        SearchEpisode(
+            take(e["support"]), take(e["val"]), episode_seed(seed, f"{benchmark}/search", k, e["id"]), pool_x
+        )
+        for e in ep_file["search"]
+    ]

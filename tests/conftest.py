@@ -42,8 +42,15 @@ TINY_PARAMS = {
         "linear": {"kind": "linear", "lr": 0.1},
         "centroid": {"kind": "centroid"},
         "l2sp": {"kind": "l2sp", "alpha": 0.01, "beta": 0.01},
+        "grouped": {"kind": "grouped", "groups": 0.5},
+        "grouped_random": {"kind": "grouped_random", "groups": 0.5},
+        "grouped_rl": {"kind": "grouped_rl", "search": "reinforce"},
     },
-    "run": {"benchmarks": ["tiny"], "methods": ["full", "linear", "centroid", "l2sp"]},
+    "search": {"budget": 3, "menu": [0.25, 1.0]},
+    "run": {
+        "benchmarks": ["tiny"],
+        "methods": ["full", "linear", "centroid", "l2sp", "grouped", "grouped_random", "grouped_rl"],
+    },
 }
 
 

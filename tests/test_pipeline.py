@@ -48,12 +48,35 @@ def pipeline_dir(tmp_path_factory):
 @pytest.mark.slow
 def test_pipeline_writes_the_results_table_with_every_method(pipeline_dir):
     table = pd.read_csv(pipeline_dir / "reports" / "tables" / "results.csv")
-    assert set(table.method) == {"full", "linear", "centroid", "l2sp"}
+    assert set(table.method) == {
+        "full",
+        "linear",
+        "centroid",
+        "l2sp",
+        "grouped",
+        "grouped_random",
+        "grouped_rl",
+    }
     assert (table.n_episodes == 2).all()
     assert table.test_acc.between(0, 100).all()
     md = (pipeline_dir / "reports" / "tables" / "results.md").read_text()
     assert "### tiny" in md and "Source pre-training" in md
     assert (pipeline_dir / "reports" / "figures" / "accuracy_vs_k.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_search_runs_both_strategies_within_budget_and_feeds_grouped_rl(pipeline_dir):
+    import json
+
+    traces = {
+        s: json.loads((pipeline_dir / f"data/search/tiny/k1/{s}.json").read_text())
+        for s in ("reinforce", "random")
+    }
+    for trace in traces.values():
+        evaluated = [s for s in trace["samples"] if not s["cached"]]
+        assert 1 <= len(evaluated) <= 3
+    rl = json.loads((pipeline_dir / "data/runs/tiny/grouped_rl/k1/metrics.json").read_text())
+    assert rl["episodes"][0]["extra"]["counts"] == traces["reinforce"]["best_counts"]
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ wildcard_constraints:
     source=r"[A-Za-z0-9_\-]+",
     benchmark=r"[A-Za-z0-9_\-]+",
     method=r"[A-Za-z0-9_\-]+",
+    strategy=r"reinforce|random",
 
 
 def params_json(*sections, **named):
@@ -43,6 +44,28 @@ def source_dataset(source):
 
 def target_dataset(benchmark):
     return config["benchmarks"][benchmark]["target"]
+
+
+def search_input(wildcards):
+    """The search result a ``grouped_rl`` method reads (none for other kinds)."""
+    spec = config["methods"][wildcards.method]
+    if spec["kind"] != "grouped_rl":
+        return []
+    strategy = spec.get("search", "reinforce")
+    return f"data/search/{wildcards.benchmark}/k{wildcards.k}/{strategy}.json"
+
+
+def search_targets():
+    """Both strategies for every benchmark and k that a grouped_rl method runs on."""
+    kinds = {config["methods"][m]["kind"] for m in config["run"]["methods"]}
+    if "grouped_rl" not in kinds:
+        return []
+    return expand(
+        "data/search/{benchmark}/k{k}/{strategy}.json",
+        benchmark=config["run"]["benchmarks"],
+        k=config["episodes"]["k"],
+        strategy=["reinforce", "random"],
+    )
 
 
 def run_metrics(benchmarks=None, methods=None, ks=None):
@@ -80,11 +103,11 @@ def pretrain_targets():
 
 
 def finetune_targets():
-    return run_metrics()
+    return run_metrics() + search_targets()
 
 
 def final_outputs():
     return [
         "reports/tables/results.md",
         "reports/figures/accuracy_vs_k.png",
-    ]
+    ] + search_targets()

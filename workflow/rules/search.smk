@@ -1,0 +1,24 @@
+# The search of group counts per layer: one job per benchmark, k and strategy (RL or random).
+
+
+rule search:
+    input:
+        ckpt=lambda w: f"data/checkpoints/{source_of(w.benchmark)}/source.pt",
+        target="data/prepared/targets/{benchmark}.pt",
+        episodes="data/episodes/{benchmark}/k{k}.json",
+    output:
+        "data/search/{benchmark}/k{k}/{strategy}.json",
+    params:
+        cfg=lambda w: params_json("seed", "device", "finetune", "search"),
+    conda:
+        "../../environment.yml"
+    log:
+        f"{LOGS}/search/{{benchmark}}_k{{k}}_{{strategy}}.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+    shell:
+        "python -m kshot search --benchmark {wildcards.benchmark} "
+        "--strategy {wildcards.strategy} --checkpoint {input.ckpt} --target {input.target} "
+        "--episodes {input.episodes} --out {output} --threads {threads} "
+        "--params-json {params.cfg:q} > {log} 2>&1"
