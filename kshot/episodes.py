@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from kshot.config import EpisodeConfig
-from kshot.errors import DataError
+from kshot.errors import ConfigError, DataError
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,8 @@ def make_episodes(
     benchmark: str,
 ) -> dict:
     """All evaluation and search episodes of one benchmark and k, as a JSON-ready dict."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"k: expected an integer number of shots >= 1, found {k!r}")
     n_classes = int(pool_labels.max()) + 1
     check_feasible(pool_labels, n_classes, k, cfg.val_per_class)
     pool, test = pool_labels.numpy(), test_labels.numpy()

@@ -32,3 +32,11 @@ def unknown(field: str, name: object, valid: Iterable[str]) -> ConfigError:
     """Build the error for ``field`` naming an unknown ``name``; lists the valid names and the closest."""
     valid = sorted(valid)
     return ConfigError(f"{field}: unknown value '{name}'{suggest(str(name), valid)}; expected one of {valid}")
+
+
+def yaml_error(path: object, err: Exception) -> ConfigError:
+    """One-line error for a YAML syntax error in ``path``: the line, column and problem, no caret art."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(err, "problem", None) or " ".join(str(err).split())
+    return ConfigError(f"params file '{path}': expected valid YAML, found a syntax error{where}: {problem}")

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -66,6 +67,17 @@ def save_tensors(path: str | os.PathLike[str], obj: dict[str, Any]) -> None:
         torch.save(obj, tmp)
 
 
+_TORCH_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
+def _first_line(err: Exception) -> str:
+    """The first informative line of an exception's message (torch's run over several lines and
+    open with advice that does not apply here)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith(_TORCH_BOILERPLATE)] or lines
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
+
+
 def load_tensors(path: str | os.PathLike[str], what: str = "checkpoint") -> dict[str, Any]:
     """Load a file written by :func:`save_tensors` with ``weights_only=True``.
 
@@ -75,16 +87,27 @@ def load_tensors(path: str | os.PathLike[str], what: str = "checkpoint") -> dict
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"{what} '{p}': expected an existing file, found nothing")
+    if not zipfile.is_zipfile(p):
+        raise CheckpointError(
+            f"{what} '{p}': expected a torch checkpoint (a zip archive written by torch.save), "
+            "found a corrupt or truncated file (no zip archive)"
+        )
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        unsafe = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if unsafe:
+            raise CheckpointError(
+                f"{what} '{p}': refused to load; expected plain tensors and values (weights_only=True), "
+                f"found a reference to {unsafe.group(1)}, which would run code on unpickling"
+            ) from err
         raise CheckpointError(
-            f"{what} '{p}': refused to load; expected plain tensors and values "
-            f"(weights_only=True), found objects that would run code on unpickling ({err})"
+            f"{what} '{p}': expected a torch checkpoint, found a corrupt pickle ({_first_line(err)})"
         ) from err
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
         raise CheckpointError(
-            f"{what} '{p}': expected a torch checkpoint, found a corrupt or truncated file ({err})"
+            f"{what} '{p}': expected a torch checkpoint, found a corrupt or truncated file "
+            f"({_first_line(err)})"
         ) from err
     if not isinstance(obj, dict):
         raise CheckpointError(f"{what} '{p}': expected a dict, found {type(obj).__name__}")

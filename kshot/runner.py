@@ -23,8 +23,8 @@ from kshot.config import FinetuneConfig, MethodSpec
 from kshot.data.datasets import sha256
 from kshot.data.prepare import load_prepared
 from kshot.episodes import Episode
-from kshot.errors import DataError
-from kshot.io import read_json, write_json
+from kshot.errors import CheckpointError, DataError
+from kshot.io import load_tensors, read_json, write_json
 from kshot.methods import METHODS, EpisodeData, EpisodeResult
 from kshot.pretrain import load_checkpoint
 
@@ -36,6 +36,19 @@ def episode_seed(seed: int, benchmark: str, k: int, episode: int) -> int:
 
 def stamp(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def check_geometry(checkpoint: Path, target: Path, meta: dict[str, Any]) -> None:
+    """Raise :class:`CheckpointError` when the checkpoint's network does not read the target's
+    images (``meta['channels']`` x ``meta['side']`` squared)."""
+    arch = load_tensors(checkpoint, what="checkpoint").get("arch") or {}
+    found = (arch.get("in_channels"), arch.get("image_size"))
+    if found != (meta["channels"], meta["side"]):
+        raise CheckpointError(
+            f"checkpoint '{checkpoint}': expected a network for the {meta['channels']}-channel "
+            f"{meta['side']}x{meta['side']} images of prepared data '{target}', found one for "
+            f"in_channels={found[0]}, image_size={found[1]}"
+        )
 
 
 def _select(x: torch.Tensor, y: torch.Tensor, idx: list[int] | None):
@@ -66,6 +79,11 @@ def run_episodes(
     ep_file = read_json(episodes, what="episodes file")
     if role not in ep_file:
         raise DataError(f"episodes file '{episodes}': expected a '{role}' list, found {sorted(ep_file)}")
+    if ep_file.get("k") != k:
+        raise DataError(
+            f"episodes file '{episodes}': expected episodes for k={k}, found k={ep_file.get('k')!r}"
+        )
+    check_geometry(checkpoint, target, data["meta"])
     method_cls = METHODS[spec.kind]
     method = method_cls(method_cls.parse_options(spec.options, f"methods.{method_name}"), finetune)
     key = stamp(
@@ -90,7 +108,7 @@ def run_episodes(
                     records.append(done["metrics"])
                     timings.append(done["timing"])
                     continue
-            except (json.JSONDecodeError, KeyError):
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, AttributeError, TypeError):
                 pass  # a foreign or damaged file is recomputed, never trusted
         start = time.perf_counter()
         model, _ = load_checkpoint(checkpoint)

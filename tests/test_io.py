@@ -1,3 +1,4 @@
+import os
 import pickle
 
 import pytest
@@ -30,16 +31,26 @@ def test_corrupt_json_names_the_file(tmp_path):
 
 
 class Exploit:
+    """Unpickling calls ``os.mkdir(marker)``: harmless, but visible proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
     def __reduce__(self):
-        return (print, ("pwned",))
+        return (os.mkdir, (str(self.marker),))
 
 
 def test_checkpoint_that_would_run_code_is_refused(tmp_path):
-    path = tmp_path / "evil.pt"
+    path, marker = tmp_path / "evil.pt", tmp_path / "code-ran"
     with open(path, "wb") as f:
-        torch.save({"arch": Exploit()}, f, pickle_module=pickle)
-    with pytest.raises(CheckpointError, match=r"evil.pt.*refused.*weights_only"):
+        torch.save({"arch": Exploit(marker)}, f, pickle_module=pickle)
+    with pytest.raises(CheckpointError, match=r"evil.pt.*refused.*weights_only.*mkdir, which would run code"):
         load_tensors(path)
+    with pytest.raises(CheckpointError, match=r"evil.pt.*refused"):
+        load_checkpoint(path)
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # the unsafe way, to show the file really runs code
+    assert marker.exists()
 
 
 def test_truncated_checkpoint_names_the_file(tmp_path):

@@ -14,6 +14,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,8 +175,11 @@ def _load_digits(raw: Path, split: str, cfg: DataConfig) -> ImageSet:
     try:
         with np.load(path) as f:
             images, labels = f["images"], f["labels"]
-    except (OSError, KeyError, ValueError) as err:
-        raise DataError(f"digits file '{path}': expected an npz with images and labels ({err})") from err
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as err:
+        raise DataError(
+            f"digits file '{path}': expected an npz with images and labels, found a missing, "
+            f"corrupt or truncated file ({type(err).__name__}: {err})"
+        ) from err
     idx = _stratified_split(labels, cfg.digits_test_fraction, seed=0)[split]
     return _from_hwc(images[idx], labels[idx])
 
