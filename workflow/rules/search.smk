@@ -8,15 +8,15 @@ rule search:
         episodes="data/episodes/{benchmark}/k{k}.json",
     output:
         "data/search/{benchmark}/k{k}/{strategy}.json",
-    params:
-        cfg=lambda w: params_json("seed", "device", "finetune", "search"),
-    conda:
-        "../../environment.yml"
     log:
         f"{LOGS}/search/{{benchmark}}_k{{k}}_{{strategy}}.log",
+    conda:
+        "../../environment.yml"
     threads: 1
     resources:
         mem_mb=4000,
+    params:
+        cfg=lambda w: params_json("seed", "device", "finetune", "search"),
     shell:
         "python -m kshot search --benchmark {wildcards.benchmark} "
         "--strategy {wildcards.strategy} --checkpoint {input.ckpt} --target {input.target} "
