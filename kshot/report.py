@@ -1,22 +1,56 @@
-"""Aggregate per-episode metrics into the results table and the accuracy-vs-k figure.
+"""From pipeline outputs to what a researcher reads: tables, figures, headline metrics, plot data.
 
 Means come with 95% confidence intervals from Student's t over episodes; the comparison with the
 baseline (full fine-tuning) is paired: every method runs on the same episodes with the same head
-initialisation, so the per-episode differences are what the interval is computed on.
+initialisation, so the per-episode differences are what the interval is computed on
+(:mod:`kshot.stats`). Formatting lives in :mod:`kshot.tables`, drawing in :mod:`kshot.figures`;
+this module loads, summarises and writes.
+
+Writers (each an entry point of :mod:`kshot.report_cli`):
+
+- :func:`write_results`: main and source tables (md, csv, tex), accuracy-vs-k and paired-scatter
+  figures, ``metrics.json`` (headline numbers for ``dvc metrics``) and plot-ready CSVs.
+- :func:`write_group_figures`: the paper's Fig. 1 view and a neuron embedding for one benchmark.
+- :func:`write_search_report`: search table and figures from ``SearchTrace`` JSON files.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+import torch
 
 from kshot.errors import DataError
-from kshot.io import atomic_path, read_json, write_text
+from kshot.io import atomic_path, read_json, write_json, write_text
+from kshot.stats import mean_ci, paired_diff, significant
+from kshot.tables import Table, main_tables, search_table, source_table, to_latex, to_markdown
+
+__all__ = [
+    "load_runs",
+    "markdown_table",
+    "mean_ci",
+    "summarise",
+    "write_group_figures",
+    "write_results",
+    "write_search_report",
+]
+
+RUN_KEYS = (
+    "benchmark",
+    "method",
+    "kind",
+    "k",
+    "episode",
+    "test_acc",
+    "val_acc",
+    "diverged_step",
+    "best_step",
+)
 
 
 def load_runs(paths: list[Path]) -> pd.DataFrame:
@@ -25,36 +59,10 @@ def load_runs(paths: list[Path]) -> pd.DataFrame:
     for p in paths:
         summary = read_json(p, what="run metrics")
         for ep in summary.get("episodes", []):
-            rows.append(
-                {
-                    key: ep.get(key)
-                    for key in (
-                        "benchmark",
-                        "method",
-                        "kind",
-                        "k",
-                        "episode",
-                        "test_acc",
-                        "val_acc",
-                        "diverged_step",
-                        "best_step",
-                    )
-                }
-            )
+            rows.append({key: ep.get(key) for key in RUN_KEYS})
     if not rows:
         raise DataError(f"run metrics: expected at least one episode in {len(paths)} files, found none")
     return pd.DataFrame(rows)
-
-
-def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """Mean and the half-width of its ``level`` t-interval (``nan`` half-width for one value)."""
-    values = np.asarray(values, dtype=float)
-    n = len(values)
-    mean = float(values.mean())
-    if n < 2:
-        return mean, math.nan
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * values.std(ddof=1) / math.sqrt(n))
-    return mean, half
 
 
 def summarise(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
@@ -75,116 +83,309 @@ def summarise(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
             "n_diverged": int(g.diverged_step.notna().sum()),
         }
         paired = g.set_index(["benchmark", "k", "episode"])["test_acc"]
-        common = paired.index.intersection(base.index)
-        if method != baseline and len(common):
-            d, dh = mean_ci((paired[common] - base[common]).to_numpy() * 100)
-            row.update(
-                diff_vs_baseline=d,
-                diff_ci95=dh,
-                significant=bool(not math.isnan(dh) and abs(d) > dh),
-            )
-        else:
-            row.update(diff_vs_baseline=math.nan, diff_ci95=math.nan, significant=False)
+        d, dh, n = paired_diff(paired, base) if method != baseline else (math.nan, math.nan, 0)
+        row.update(diff_vs_baseline=d, diff_ci95=dh, significant=bool(n and significant(d, dh)))
         out.append(row)
     return pd.DataFrame(out)
 
 
-def _fmt(mean: float, half: float) -> str:
-    if math.isnan(mean):
-        return ""
-    return f"{mean:.1f}" if math.isnan(half) else f"{mean:.1f} ± {half:.1f}"
-
-
 def markdown_table(summary: pd.DataFrame, baseline: str) -> str:
-    """Methods as rows, k as columns per benchmark; the best mean per column in bold."""
-    parts = []
+    """The main tables (one per benchmark) as Markdown."""
+    return "\n".join(to_markdown(t) for t in main_tables(summary, baseline))
+
+
+def _none_for_nan(x: float) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), 4)
+
+
+def headline_metrics(
+    summary: pd.DataFrame, sources: Sequence[dict[str, Any]], baseline: str
+) -> dict[str, Any]:
+    """Small nested JSON for ``dvc metrics``: source accuracies, mean test accuracy per
+    benchmark/k/method and the paired difference to ``baseline`` (percent; ``null`` if undefined)."""
+    out: dict[str, Any] = {
+        "source_test_acc": {s["source"]: round(100 * s["source_test_acc"], 4) for s in sources},
+        "test_acc": {},
+        f"diff_vs_{baseline}": {},
+        "n_episodes": int(summary.n_episodes.min()),
+    }
+    for r in summary.itertuples():
+        key = f"k{r.k}"
+        out["test_acc"].setdefault(r.benchmark, {}).setdefault(key, {})[r.method] = _none_for_nan(r.test_acc)
+        if r.method != baseline:
+            out[f"diff_vs_{baseline}"].setdefault(r.benchmark, {}).setdefault(key, {})[r.method] = (
+                _none_for_nan(r.diff_vs_baseline)
+            )
+    return out
+
+
+def write_plot_data(df: pd.DataFrame, summary: pd.DataFrame, plots_dir: Path, baseline: str) -> list[Path]:
+    """Wide CSVs for ``dvc plots``, one per benchmark:
+
+    - ``accuracy_vs_k/<benchmark>.csv``: ``k`` and one column of mean test accuracy (%) per method;
+    - ``paired/<benchmark>.csv``: one row per (k, episode), one column of test accuracy (%) per
+      method (x = the baseline's column for a scatter).
+    """
+    paths = []
     for bench, g in summary.groupby("benchmark", sort=True):
-        ks = sorted(g.k.unique())
-        header = (
-            "| method | "
-            + " | ".join(f"k={k}" for k in ks)
-            + " | "
-            + " | ".join(f"Δ vs {baseline}, k={k}" for k in ks)
-            + " |"
+        wide = g.pivot(index="k", columns="method", values="test_acc").sort_index().reset_index()
+        path = plots_dir / "accuracy_vs_k" / f"{bench}.csv"
+        with atomic_path(path) as tmp:
+            wide.to_csv(tmp, index=False, float_format="%.4f")
+        paths.append(path)
+    for bench, g in df.groupby("benchmark", sort=True):
+        wide = (
+            g.assign(test_acc=g.test_acc * 100)
+            .pivot_table(index=["k", "episode"], columns="method", values="test_acc")
+            .reset_index()
         )
-        lines = [
-            f"### {bench}",
-            "",
-            "Test accuracy (%), mean ± 95% CI over episodes; Δ is the "
-            f"paired difference against `{baseline}` (* when its CI excludes 0).",
-            "",
-            header,
-            "|" + "---|" * (1 + 2 * len(ks)),
-        ]
-        best = {k: g[g.k == k].test_acc.max() for k in ks}
-        for method, m in g.groupby("method", sort=True):
-            cells, diffs = [], []
-            for k in ks:
-                r = m[m.k == k]
-                if r.empty:
-                    cells.append("")
-                    diffs.append("")
-                    continue
-                r = r.iloc[0]
-                cell = _fmt(r.test_acc, r.ci95)
-                cells.append(f"**{cell}**" if r.test_acc == best[k] else cell)
-                diff = _fmt(r.diff_vs_baseline, r.diff_ci95)
-                diffs.append(diff + (" *" if r.significant else "") if diff else "—")
-            lines.append(f"| {method} | " + " | ".join(cells) + " | " + " | ".join(diffs) + " |")
-        parts.append("\n".join(lines))
-    return "\n\n".join(parts) + "\n"
+        cols = (
+            ["k", "episode"]
+            + [baseline] * (baseline in wide)
+            + sorted(c for c in wide.columns if c not in ("k", "episode", baseline))
+        )
+        path = plots_dir / "paired" / f"{bench}.csv"
+        with atomic_path(path) as tmp:
+            wide[cols].to_csv(tmp, index=False, float_format="%.4f")
+        paths.append(path)
+    return paths
 
 
-def plot_accuracy_vs_k(summary: pd.DataFrame, out_stem: Path) -> None:
-    """Accuracy vs k with 95% CI bands, one panel per benchmark (PNG and SVG)."""
-    import matplotlib
+def _write_table_set(tables: Sequence[Table], stem: Path, label_prefix: str) -> None:
+    write_text(stem.with_suffix(".md"), "\n".join(to_markdown(t) for t in tables))
+    write_text(
+        stem.with_suffix(".tex"),
+        "\n".join(to_latex(t, f"{label_prefix}:{i}") for i, t in enumerate(tables)),
+    )
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    benches = sorted(summary.benchmark.unique())
-    fig, axes = plt.subplots(1, len(benches), figsize=(5.5 * len(benches), 4.2), squeeze=False)
-    for ax, bench in zip(axes[0], benches, strict=True):
-        g = summary[summary.benchmark == bench]
-        for method, m in g.groupby("method", sort=True):
-            m = m.sort_values("k")
-            ax.plot(m.k, m.test_acc, marker="o", label=method)
-            ci = m.ci95.fillna(0)
-            ax.fill_between(m.k, m.test_acc - ci, m.test_acc + ci, alpha=0.15)
-        ax.set_xscale("log")
-        ks = sorted(g.k.unique())
-        ax.set_xticks(ks, [str(k) for k in ks])
-        ax.set_xlabel("shots per class k (log scale)")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(bench)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    for ext in ("png", "svg"):
-        with atomic_path(out_stem.with_suffix(f".{ext}")) as tmp:
-            fig.savefig(tmp, format=ext, dpi=150)
-    plt.close(fig)
+def chance_levels(episode_files: Sequence[Path]) -> dict[str, float]:
+    """Benchmark -> chance accuracy (%) = 100 / number of target classes, from episode files."""
+    out = {}
+    for p in episode_files:
+        eps = read_json(p, what="episodes")
+        out[eps["benchmark"]] = 100.0 / int(eps["n_classes"])
+    return out
 
 
 def write_results(
-    runs: list[Path], sources: list[Path], tables_dir: Path, figures_dir: Path, baseline: str
+    runs: list[Path],
+    sources: list[Path],
+    tables_dir: Path,
+    figures_dir: Path,
+    baseline: str,
+    metrics_path: Path | None = None,
+    plots_dir: Path | None = None,
+    episodes: Sequence[Path] = (),
 ) -> pd.DataFrame:
-    """Write ``results.csv`` and ``results.md`` to ``tables_dir``, ``accuracy_vs_k`` to ``figures_dir``."""
+    """Write, from run and source metrics:
+
+    - ``tables_dir``: ``results.{md,csv,tex}`` (``results.md`` also holds the source table),
+      ``sources.{csv,tex}``;
+    - ``figures_dir``: ``accuracy_vs_k.{png,svg}``, ``paired_scatter.{png,svg}`` (when another
+      method than ``baseline`` ran);
+    - ``metrics_path`` (optional): :func:`headline_metrics` JSON; ``plots_dir`` (optional):
+      :func:`write_plot_data` CSVs. ``episodes`` (optional): episode files, for chance levels.
+
+    Returns the summary frame (``results.csv``).
+    """
+    from kshot.figures import plot_accuracy_vs_k, plot_paired_scatter
+
     df = load_runs(runs)
     summary = summarise(df, baseline)
     with atomic_path(tables_dir / "results.csv") as tmp:
         summary.to_csv(tmp, index=False, float_format="%.4f")
-    md = markdown_table(summary, baseline)
-    if sources:
-        src_rows = [read_json(p, what="source metrics") for p in sources]
-        md += (
-            "\n### Source pre-training\n\n"
-            "| source | backbone | test accuracy (%) | parameters |\n|---|---|---|---|\n"
-        )
-        md += "".join(
-            f"| {r['source']} | {r['backbone']} | {100 * r['source_test_acc']:.1f} | {r['n_params']} |\n"
-            for r in src_rows
-        )
-    write_text(tables_dir / "results.md", md)
-    plot_accuracy_vs_k(summary, figures_dir / "accuracy_vs_k")
+    tables = main_tables(summary, baseline)
+    src_rows = [read_json(p, what="source metrics") for p in sources]
+    if src_rows:
+        src = source_table(src_rows)
+        tables.append(src)
+        with atomic_path(tables_dir / "sources.csv") as tmp:
+            src.data.to_csv(tmp, index=False, float_format="%.4f")
+    _write_table_set(tables, tables_dir / "results", "tab:results")
+    plot_accuracy_vs_k(summary, figures_dir / "accuracy_vs_k", baseline, chance_levels(episodes))
+    if len(set(df.method) - {baseline}) and baseline in set(df.method):
+        plot_paired_scatter(df, baseline, figures_dir / "paired_scatter")
+    if metrics_path is not None:
+        write_json(metrics_path, headline_metrics(summary, src_rows, baseline))
+    if plots_dir is not None:
+        write_plot_data(df, summary, plots_dir, baseline)
     return summary
+
+
+def first_conv(model: Any) -> str:
+    """Name of the first groupable Conv2d of a backbone (LeNet: ``conv1``)."""
+    import torch.nn as nn
+
+    modules = dict(model.named_modules())
+    for name in model.groupable():
+        if isinstance(modules[name], nn.Conv2d):
+            return name
+    raise DataError(f"model: expected a Conv2d among its groupable layers {model.groupable()}, found none")
+
+
+def write_group_figures(
+    checkpoint: Path,
+    target: Path,
+    benchmark: str,
+    out_dir: Path,
+    groups: float = 0.25,
+    filter_layer: str | None = None,
+    embed_layer: str | None = None,
+    n_images: int = 500,
+    seed: int = 0,
+    algorithm: str = "kmeans",
+) -> dict[str, Any]:
+    """The paper's Fig. 1 view with GNA's groups, and a neuron embedding, for one benchmark.
+
+    Activations of the source network (``checkpoint``) over ``n_images`` unlabeled target pool
+    images (seeded draw; never test images) are clustered into ``groups`` (count or fraction of
+    the neurons) per layer with :func:`kshot.grouping.group_neurons`. Writes to ``out_dir``
+    ``<benchmark>_filters.{png,svg}`` (``filter_layer``, default the first conv),
+    ``<benchmark>_embedding.{png,svg}`` (``embed_layer``, default the second groupable layer) and
+    ``<benchmark>_groups.json`` (assignments and :func:`kshot.grouping.cluster_quality` per layer),
+    whose content it returns.
+    """
+    from kshot.activations import layer_activations
+    from kshot.data.prepare import load_prepared
+    from kshot.figures import plot_filter_groups, plot_neuron_embedding
+    from kshot.grouping import cluster_quality, group_neurons, resolve_count
+    from kshot.pretrain import load_checkpoint
+
+    model, _ = load_checkpoint(checkpoint)
+    pool = load_prepared(target, ("pool_x",))["pool_x"]
+    gen = torch.Generator().manual_seed(seed)
+    images = pool[torch.randperm(len(pool), generator=gen)[:n_images]]
+    filter_layer = filter_layer or first_conv(model)
+    layers = model.groupable()
+    embed_layer = embed_layer or (layers[1] if len(layers) > 1 else layers[0])
+    names = list(dict.fromkeys([filter_layer, embed_layer]))
+    acts = layer_activations(model, images, names, torch.device("cpu"))
+    out: dict[str, Any] = {"benchmark": benchmark, "n_images": len(images), "seed": seed, "layers": {}}
+    assigns = {}
+    for name in names:
+        n = acts[name].shape[0]
+        g = resolve_count(groups, n, "groups")
+        assigns[name] = group_neurons(acts[name], g, algorithm, seed=seed)
+        out["layers"][name] = {
+            "assign": assigns[name].tolist(),
+            "quality": cluster_quality(acts[name], assigns[name]),
+        }
+    weight = dict(model.named_modules())[filter_layer].weight
+    within = group_correlations(acts[filter_layer], assigns[filter_layer])
+    notes = {g: f"r = {r:.2f}" for g, r in within.items() if r is not None}
+    q = out["layers"][filter_layer]["quality"]
+    plot_filter_groups(
+        weight,
+        assigns[filter_layer],
+        out_dir / f"{benchmark}_filters",
+        f"{benchmark}: source {filter_layer} filters in {q['n_groups']} groups\n"
+        f"(k-means on activations over {len(images)} unlabeled target images)\n"
+        f"mean correlation r within groups {q['intra_corr']:.2f}, between {q['inter_corr']:.2f}",
+        notes=notes,
+    )
+    q = out["layers"][embed_layer]["quality"]
+    plot_neuron_embedding(
+        acts[embed_layer],
+        assigns[embed_layer],
+        out_dir / f"{benchmark}_embedding",
+        f"{benchmark}: {embed_layer} neurons ({q['n_neurons']}) by activation pattern\n"
+        f"k-means into {q['n_groups']} groups (silhouette "
+        + (f"{q['silhouette']:.2f})" if q["silhouette"] is not None else "n/a)"),
+        seed=seed,
+    )
+    write_json(out_dir / f"{benchmark}_groups.json", out)
+    return out
+
+
+def group_correlations(acts: torch.Tensor, assign: torch.Tensor) -> dict[int, float | None]:
+    """Mean Pearson correlation of the activation patterns ``acts [N, M]`` over pairs of distinct
+    neurons of each group of ``assign [N]`` (``None`` for a singleton)."""
+    from kshot.grouping import normalise_patterns
+
+    z = normalise_patterns(acts)
+    corr = z @ z.T  # [N, N]
+    out: dict[int, float | None] = {}
+    for g in sorted(set(assign.tolist())):
+        idx = (assign == g).nonzero().flatten()
+        n = len(idx)
+        block = corr[idx][:, idx]
+        out[g] = float((block.sum() - block.diagonal().sum()) / (n * (n - 1))) if n > 1 else None
+    return out
+
+
+def load_traces(paths: Sequence[Path], labels: Sequence[str]) -> dict[tuple[str, str], dict[str, Any]]:
+    """``{(label, strategy): trace dict}`` from ``SearchTrace.to_dict()`` JSON files."""
+    if len(paths) != len(labels):
+        raise DataError(
+            f"search traces: expected one label per trace, found {len(paths)} traces, {len(labels)} labels"
+        )
+    out = {}
+    for p, label in zip(paths, labels, strict=True):
+        t = read_json(p, what="search trace")
+        for key in (
+            "strategy",
+            "layers",
+            "menu",
+            "samples",
+            "best_counts",
+            "best_reward",
+            "n_evaluations",
+            "budget",
+        ):
+            if key not in t:
+                raise DataError(f"search trace '{p}': expected key '{key}', found {sorted(t)}")
+        if (label, t["strategy"]) in out:
+            raise DataError(f"search trace '{p}': a second '{t['strategy']}' trace for '{label}'")
+        out[(label, t["strategy"])] = t
+    return out
+
+
+def write_search_report(
+    traces: Sequence[Path], labels: Sequence[str], tables_dir: Path, figures_dir: Path
+) -> pd.DataFrame:
+    """Search table (``search.{md,csv,tex}``), best-so-far curves (``search_curves``) and chosen
+    counts (``group_counts``) from search traces; ``labels[i]`` names the search of ``traces[i]``
+    (e.g. ``"fashion k=5"``), RL and random traces of one search sharing a label."""
+    from kshot.figures import plot_group_counts, plot_search_curves
+
+    loaded = load_traces(traces, labels)
+    table = search_table(loaded)
+    with atomic_path(tables_dir / "search.csv") as tmp:
+        table.data.to_csv(tmp, index=False, float_format="%.4f")
+    _write_table_set([table], tables_dir / "search", "tab:search")
+    by_label: dict[str, dict[str, Any]] = {}
+    for (label, strategy), t in loaded.items():
+        by_label.setdefault(label, {})[strategy] = t
+    plot_search_curves(by_label, figures_dir / "search_curves")
+    plot_group_counts({f"{lb} {st}": t for (lb, st), t in loaded.items()}, figures_dir / "group_counts")
+    return table.data
+
+
+def summary_frame(path: Path) -> pd.DataFrame:
+    """Read ``results.csv`` back (what the notebook and downstream tools use)."""
+    if not Path(path).is_file():
+        raise DataError(f"results table '{path}': expected an existing CSV, found nothing")
+    return pd.read_csv(path)
+
+
+def per_episode_wins(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """Share of episodes on which each method beats / ties / loses to ``baseline`` (per benchmark, k)."""
+    base = df[df.method == baseline].set_index(["benchmark", "k", "episode"])["test_acc"]
+    rows = []
+    for (bench, k, method), g in df[df.method != baseline].groupby(["benchmark", "k", "method"]):
+        x = g.set_index(["benchmark", "k", "episode"])["test_acc"]
+        common = x.index.intersection(base.index)
+        d = (x[common] - base[common]).to_numpy()
+        rows.append(
+            {
+                "benchmark": bench,
+                "k": int(k),
+                "method": method,
+                "wins": int((d > 0).sum()),
+                "ties": int((d == 0).sum()),
+                "losses": int((d < 0).sum()),
+                "median_diff": float(np.median(d) * 100) if len(d) else math.nan,
+            }
+        )
+    return pd.DataFrame(rows)

@@ -1,10 +1,111 @@
+"""Report statistics and tables on synthetic pipeline outputs (formats as the pipeline writes them)."""
+
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from kshot.report import markdown_table, mean_ci, summarise
+from kshot.config import SourceConfig
+from kshot.controller import ControllerConfig
+from kshot.errors import DataError
+from kshot.io import save_tensors, write_json
+from kshot.pretrain import save_checkpoint
+from kshot.report import (
+    headline_metrics,
+    load_runs,
+    markdown_table,
+    mean_ci,
+    summarise,
+    write_results,
+    write_search_report,
+)
+from kshot.search import random_search, run_search
+from kshot.tables import (
+    ablation_table,
+    fmt_ci,
+    main_tables,
+    regime_table,
+    search_table,
+    source_table,
+    to_latex,
+    trace_curve,
+)
+
+# ---------------------------------------------------------------- synthetic pipeline outputs
+
+METHODS = {"full": 0.0, "better": 0.03, "worse": -0.05}
+
+
+def episode_record(bench: str, method: str, k: int, ep: int) -> dict:
+    acc = min(0.99, 0.4 + 0.04 * k + 0.02 * ep + METHODS[method] + 0.003 * (ep % 3))
+    return {
+        "benchmark": bench,
+        "method": method,
+        "kind": method,
+        "k": k,
+        "episode": ep,
+        "test_acc": acc,
+        "val_acc": acc + 0.01,
+        "diverged_step": None,
+        "best_step": 4,
+        "val_curve": [[2, acc - 0.05], [4, acc]],
+    }
+
+
+def write_runs(root: Path, benches=("b1", "b2"), ks=(1, 5), n_eps: int = 4) -> list[Path]:
+    """``data/runs/{bench}/{method}/k{k}/metrics.json`` as the finetune rule writes them."""
+    paths = []
+    for bench in benches:
+        for method in METHODS:
+            for k in ks:
+                p = root / "data" / "runs" / bench / method / f"k{k}" / "metrics.json"
+                eps = [episode_record(bench, method, k, ep) for ep in range(n_eps)]
+                write_json(p, {"benchmark": bench, "episodes": eps})
+                paths.append(p)
+    return paths
+
+
+def write_source(root: Path, model, name: str = "src") -> tuple[Path, Path]:
+    """A checkpoint of ``model`` and its metrics JSON, as the pretrain rule writes them."""
+    ckpt = root / "data" / "checkpoints" / name / "source.pt"
+    metrics = {
+        "source": name,
+        "backbone": "lenet",
+        "source_test_acc": 0.9,
+        "source_train_acc": 0.95,
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "epochs": [{"epoch": 1, "train_loss": 0.3}],
+    }
+    save_checkpoint(ckpt, model, SourceConfig(dataset="digits", classes=[0, 1, 2], width=0.5), 28, metrics)
+    write_json(ckpt.with_name("metrics.json"), metrics)
+    return ckpt, ckpt.with_name("metrics.json")
+
+
+def write_target(root: Path, bench: str, images: torch.Tensor) -> Path:
+    p = root / "data" / "prepared" / "targets" / f"{bench}.pt"
+    save_tensors(p, {"pool_x": images, "pool_y": torch.zeros(len(images), dtype=torch.long)})
+    return p
+
+
+def search_traces() -> dict[str, dict]:
+    """An RL and a random ``SearchTrace.to_dict()`` on a toy reward that prefers one group in
+    conv1 and many in fc1."""
+    layers = ["conv1", "conv2", "fc1"]
+    menu = {"conv1": [1, 2, 5, 10], "conv2": [2, 6, 12, 25], "fc1": [16, 62, 125, 250]}
+
+    def evaluate(counts: dict[str, int]) -> float:
+        return 0.5 + 0.1 / counts["conv1"] + 0.1 * counts["fc1"] / 250 + 0.01 * (counts["conv2"] % 3)
+
+    rl = run_search(evaluate, layers, menu, 10, ControllerConfig(), seed=0)
+    rs = random_search(evaluate, layers, menu, 10, seed=0)
+    return {"reinforce": rl.to_dict(), "random": rs.to_dict()}
+
+
+# ---------------------------------------------------------------- statistics
 
 
 def test_mean_ci_matches_the_t_interval():
@@ -54,3 +155,123 @@ def test_markdown_table_marks_the_best_mean_and_significant_differences():
     md = markdown_table(summarise(_runs(), "full"), "full")
     assert "| better | **62.2 ± 10.0** |" in md
     assert "2.2 ± 0.2 *" in md
+
+
+def test_zero_differences_print_without_a_sign():
+    assert fmt_ci(-0.04, 0.5, signed=True) == "0.0 ± 0.5"
+    assert fmt_ci(0.26, 0.5, signed=True) == "+0.3 ± 0.5"
+    assert fmt_ci(1.0, math.nan) == "1.0"
+
+
+def test_summary_of_runs_has_the_paired_gain_of_a_consistently_better_method(tmp_path):
+    df = load_runs(write_runs(tmp_path))
+    s = summarise(df, "full").set_index(["benchmark", "k", "method"])
+    assert s.loc[("b1", 1, "better"), "diff_vs_baseline"] == pytest.approx(3.0)
+    assert s.loc[("b1", 1, "better"), "significant"]
+    assert s.loc[("b1", 1, "worse"), "diff_vs_baseline"] == pytest.approx(-5.0)
+    assert math.isnan(s.loc[("b1", 1, "full"), "diff_vs_baseline"])
+
+
+# ---------------------------------------------------------------- tables
+
+
+def test_main_table_bolds_ties_at_printed_precision_and_lists_the_baseline_first():
+    df = _runs()
+    df2 = df[df.method == "full"].assign(method="same")
+    summary = summarise(pd.concat([df, df2]), "full")
+    (t,) = main_tables(summary, "full")
+    assert [r[0] for r in t.cells] == ["full", "better", "same"]
+    best_col = [row[1] for row in t.bold]
+    assert best_col == [False, True, False]
+    assert t.cells[0][2] == "—"
+
+
+def test_latex_table_escapes_names_and_spans_the_two_column_groups():
+    summary = summarise(_runs().replace({"method": {"better": "l2_sp"}}), "full")
+    tex = to_latex(main_tables(summary, "full")[0], "tab:x")
+    assert r"l2\_sp" in tex and r"$\pm$" in tex and r"\label{tab:x}" in tex
+    assert r"\multicolumn{1}{c}{accuracy (\%)}" in tex
+    assert tex.count(r"\\") == 2 + 2  # two header rows, two method rows
+    assert r"\textbf{62.2 $\pm$ 10.0}" in tex
+
+
+def test_source_table_reports_percent_and_rejects_a_file_without_accuracy():
+    t = source_table([{"source": "s", "backbone": "lenet", "source_test_acc": 0.9264, "n_params": 1000}])
+    assert t.cells[0][-1] == "92.6" and t.cells[0][2] == "1,000"
+    with pytest.raises(DataError, match="source_test_acc"):
+        source_table([{"source": "s", "backbone": "lenet"}])
+
+
+def test_search_table_shows_chosen_counts_of_neurons_and_the_random_control():
+    traces = search_traces()
+    t = search_table({("b1", 5, s): tr for s, tr in traces.items()})
+    assert t.columns[2:5] == ["conv1", "conv2", "fc1"]
+    rl = t.data.set_index("strategy").loc["reinforce"]
+    assert rl.groups_conv1 == traces["reinforce"]["best_counts"]["conv1"]
+    assert rl.best_reward == pytest.approx(100 * traces["reinforce"]["best_reward"])
+    assert t.cells[0][2].endswith("/10")  # groups / neurons of conv1
+    assert set(t.data.strategy) == {"reinforce", "random"}
+    assert (t.data.evaluations <= t.data.budget).all()
+
+
+def test_trace_curve_counts_evaluations_without_cached_samples_and_never_decreases():
+    tr = search_traces()["reinforce"]
+    c = trace_curve(tr)
+    assert c.evaluations.iloc[-1] == tr["n_evaluations"]
+    assert (c.best_so_far.diff().dropna() >= 0).all()
+    assert c.best_so_far.iloc[-1] == pytest.approx(tr["best_reward"])
+
+
+def test_ablation_table_gives_the_paired_difference_of_each_pair(tmp_path):
+    df = load_runs(write_runs(tmp_path))
+    t = ablation_table(df, [("better", "worse"), ("better", "missing")])
+    row = t.data[(t.data.benchmark == "b1") & (t.data.k == 1)].iloc[0]
+    assert row["diff"] == pytest.approx(8.0)
+    assert t.cells[1][1:] == ["", "", "", ""]  # a method that never ran: blank, no error
+
+
+def test_regime_table_pools_episodes_of_the_benchmarks_of_a_regime(tmp_path):
+    df = load_runs(write_runs(tmp_path))
+    t = regime_table(df, {"b1": "in-domain", "b2": "cross-domain"}, "full", k_split=1)
+    assert "in-domain, k ≤ 1" in t.columns
+    assert set(t.data.n) == {4}
+    with pytest.raises(DataError, match="missing"):
+        regime_table(df, {"b1": "x"}, "full")
+
+
+def test_headline_metrics_are_json_ready_numbers(tmp_path):
+    df = load_runs(write_runs(tmp_path))
+    m = headline_metrics(summarise(df, "full"), [{"source": "s", "source_test_acc": 0.9}], "full")
+    json.dumps(m, allow_nan=False)
+    assert m["diff_vs_full"]["b1"]["k1"]["better"] == pytest.approx(3.0)
+    assert "full" not in m["diff_vs_full"]["b1"]["k1"]
+    assert m["source_test_acc"] == {"s": 90.0}
+
+
+def test_write_results_writes_every_table_format_metrics_and_plot_data(tmp_path, tiny_model):
+    runs = write_runs(tmp_path)
+    _, src = write_source(tmp_path, tiny_model)
+    rep = tmp_path / "reports"
+    summary = write_results(
+        runs, [src], rep / "tables", rep / "figures", "full", rep / "metrics.json", rep / "plots"
+    )
+    for name in ("results.md", "results.csv", "results.tex", "sources.csv"):
+        assert (rep / "tables" / name).stat().st_size > 100
+    assert "### Source pre-training" in (rep / "tables" / "results.md").read_text()
+    assert pd.read_csv(rep / "tables" / "results.csv").shape[0] == len(summary) == 12
+    wide = pd.read_csv(rep / "plots" / "accuracy_vs_k" / "b1.csv")
+    assert list(wide.columns) == ["k", "better", "full", "worse"]
+    paired = pd.read_csv(rep / "plots" / "paired" / "b1.csv")
+    assert list(paired.columns[:3]) == ["k", "episode", "full"] and len(paired) == 8
+    for stem in ("accuracy_vs_k", "paired_scatter"):
+        assert (rep / "figures" / f"{stem}.png").stat().st_size > 10_000
+
+
+def test_write_search_report_rejects_two_traces_of_one_strategy_for_one_search(tmp_path):
+    tr = search_traces()["random"]
+    write_json(tmp_path / "a.json", tr)
+    with pytest.raises(DataError, match="second 'random'"):
+        write_search_report([tmp_path / "a.json"] * 2, ["b k=1"] * 2, tmp_path, tmp_path)
+    write_search_report([tmp_path / "a.json"], ["b k=1"], tmp_path / "t", tmp_path / "f")
+    assert "random" in (tmp_path / "t" / "search.md").read_text()
+    assert np.isfinite(pd.read_csv(tmp_path / "t" / "search.csv").best_reward).all()

@@ -1,22 +1,179 @@
-# Tables and figures from the runs' metrics.
+# What a person reads: tables, figures, headline metrics, plot data, the executed notebook.
+# Every rule reads pipeline outputs only; `snakemake --report reports/report.html` gathers the
+# outputs marked report(...) with the captions in workflow/report/.
+
+
+include: "report_common.smk"
 
 
 rule aggregate:
     input:
         runs=run_metrics(),
         sources=expand("data/checkpoints/{source}/metrics.json", source=used_sources()),
+        episodes=expand(
+            "data/episodes/{benchmark}/k{k}.json",
+            benchmark=report_benchmarks(),
+            k=config["episodes"]["k"][:1],
+        ),
     output:
-        table="reports/tables/results.md",
-        csv="reports/tables/results.csv",
-        figure="reports/figures/accuracy_vs_k.png",
-    params:
-        tables=subpath(output.table, parent=True),
-        figures=subpath(output.figure, parent=True),
+        table=f"{REPORT_TAB}/results.md",
+        csv=report(
+            f"{REPORT_TAB}/results.csv",
+            caption="../report/results.rst",
+            category="1. Results",
+            labels={"table": "test accuracy by method and k"},
+        ),
+        tex=f"{REPORT_TAB}/results.tex",
+        sources=report(
+            f"{REPORT_TAB}/sources.csv",
+            caption="../report/sources.rst",
+            category="1. Results",
+            labels={"table": "source pre-training"},
+        ),
+        figure=report(
+            f"{REPORT_FIG}/accuracy_vs_k.png",
+            caption="../report/accuracy_vs_k.rst",
+            category="1. Results",
+            labels={"figure": "accuracy vs k"},
+        ),
+        figure_svg=f"{REPORT_FIG}/accuracy_vs_k.svg",
+        scatter=report(
+            f"{REPORT_FIG}/paired_scatter.png",
+            caption="../report/paired_scatter.rst",
+            category="1. Results",
+            labels={"figure": "per-episode paired scatter"},
+        ),
+        scatter_svg=f"{REPORT_FIG}/paired_scatter.svg",
+        metrics="reports/metrics.json",
+        plots=directory("reports/plots"),
     log:
-        f"{LOGS}/aggregate.log",
+        f"{LOGS}/report/aggregate.log",
+    conda:
+        "../../environment.yml"
     threads: 1
     resources:
         mem_mb=2000,
+    params:
+        tables=subpath(output.table, parent=True),
+        figures=subpath(output.figure, parent=True),
+        baseline="full",
     shell:
-        "python -m kshot aggregate --runs {input.runs} --sources {input.sources} "
+        "python -m kshot.report_cli aggregate --runs {input.runs} --sources {input.sources} "
+        "--episodes {input.episodes} --tables-dir {params.tables} --figures-dir {params.figures} "
+        "--metrics {output.metrics} --plots-dir {output.plots} --baseline {params.baseline} "
+        "> {log} 2>&1"
+
+
+rule group_figures:
+    input:
+        ckpt=lambda w: f"data/checkpoints/{source_of(w.benchmark)}/source.pt",
+        target="data/prepared/targets/{benchmark}.pt",
+    output:
+        filters=report(
+            f"{REPORT_FIG}/groups/{{benchmark}}_filters.png",
+            caption="../report/filters.rst",
+            category="2. Neuron groups",
+            subcategory="{benchmark}",
+            labels={
+                "benchmark": "{benchmark}",
+                "figure": "first-layer filters by group",
+            },
+        ),
+        filters_svg=f"{REPORT_FIG}/groups/{{benchmark}}_filters.svg",
+        embedding=report(
+            f"{REPORT_FIG}/groups/{{benchmark}}_embedding.png",
+            caption="../report/embedding.rst",
+            category="2. Neuron groups",
+            subcategory="{benchmark}",
+            labels={"benchmark": "{benchmark}", "figure": "neuron embedding"},
+        ),
+        embedding_svg=f"{REPORT_FIG}/groups/{{benchmark}}_embedding.svg",
+        groups=f"{REPORT_FIG}/groups/{{benchmark}}_groups.json",
+    log:
+        f"{LOGS}/report/group_figures_{{benchmark}}.log",
+    conda:
+        "../../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    params:
+        out_dir=subpath(output.filters, parent=True),
+        groups=0.25,
+        images=500,
+        seed=config["seed"],
+    shell:
+        "python -m kshot.report_cli groups --checkpoint {input.ckpt} --target {input.target} "
+        "--benchmark {wildcards.benchmark} --out-dir {params.out_dir} --groups {params.groups} "
+        "--images {params.images} --seed {params.seed} > {log} 2>&1"
+
+
+rule search_report:
+    input:
+        traces=search_targets(),
+    output:
+        table=f"{REPORT_TAB}/search.md",
+        csv=report(
+            f"{REPORT_TAB}/search.csv",
+            caption="../report/search_table.rst",
+            category="3. Group-count search",
+            labels={"table": "chosen counts and rewards"},
+        ),
+        tex=f"{REPORT_TAB}/search.tex",
+        curves=report(
+            f"{REPORT_FIG}/search_curves.png",
+            caption="../report/search_curves.rst",
+            category="3. Group-count search",
+            labels={"figure": "best reward vs evaluations"},
+        ),
+        curves_svg=f"{REPORT_FIG}/search_curves.svg",
+        counts=report(
+            f"{REPORT_FIG}/group_counts.png",
+            caption="../report/group_counts.rst",
+            category="3. Group-count search",
+            labels={"figure": "chosen groups per layer"},
+        ),
+        counts_svg=f"{REPORT_FIG}/group_counts.svg",
+    log:
+        f"{LOGS}/report/search_report.log",
+    conda:
+        "../../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    params:
+        labels=search_labels(),
+        tables=subpath(output.table, parent=True),
+        figures=subpath(output.curves, parent=True),
+    shell:
+        "python -m kshot.report_cli search --traces {input.traces} --labels {params.labels:q} "
         "--tables-dir {params.tables} --figures-dir {params.figures} > {log} 2>&1"
+
+
+rule notebook:
+    input:
+        template="reports/analysis.ipynb",
+        results=f"{REPORT_TAB}/results.csv",
+        metrics="reports/metrics.json",
+        groups=expand(
+            f"{REPORT_FIG}/groups/{{benchmark}}_groups.json",
+            benchmark=report_benchmarks(),
+        ),
+        search=lambda w: [f"{REPORT_TAB}/search.csv"] if search_targets() else [],
+    output:
+        ipynb="reports/analysis.executed.ipynb",
+        html=report(
+            "reports/analysis.html",
+            caption="../report/notebook.rst",
+            category="4. Analysis notebook",
+            labels={"notebook": "analysis"},
+        ),
+    log:
+        f"{LOGS}/report/notebook.log",
+    conda:
+        "../../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    shell:
+        "python -m kshot.report_cli notebook --template {input.template} --out {output.ipynb} "
+        "--html {output.html} --cwd . --param ROOT=. --param BASELINE=full > {log} 2>&1"

@@ -1,0 +1,431 @@
+"""Figures of the results, each saved as PNG (150 dpi) and SVG.
+
+Conventions every figure keeps, so that figures read alike and survive grey-scale printing: one
+colour *and* one marker per method (Okabe-Ito colour-blind-safe palette), the same method keeps
+its colour across figures, the baseline is drawn dashed, axes name their quantity and unit.
+
+- :func:`plot_accuracy_vs_k`: mean test accuracy against shots per class with 95% CI bands.
+- :func:`plot_paired_scatter`: per-episode accuracy of a method against the baseline's on the same
+  episode, with the diagonal (points above it: the method won that episode).
+- :func:`plot_filter_groups`: the paper's Fig. 1 view, first-layer filters ordered and framed by group.
+- :func:`plot_neuron_embedding`: a 2-D PCA of one layer's normalised activation patterns (what the
+  clustering sees), coloured by group.
+- :func:`plot_search_curves`, :func:`plot_group_counts`: the group-count search (RL vs random).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from kshot.errors import DataError
+from kshot.io import atomic_path
+
+PALETTE = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#D55E00", "#0072B2", "#CC79A7", "#F0E442"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+GROUP_CMAP = "tab20"
+# dark enough for frames and text on white: tab10 without its light grey and olive
+GROUP_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+
+plt.rcParams.update(
+    {
+        "font.size": 10,
+        "axes.titlesize": 11,
+        "axes.labelsize": 10,
+        "legend.fontsize": 9,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+        "svg.fonttype": "none",  # text stays text in SVG (searchable, editable)
+        "svg.hashsalt": "kshot",  # deterministic SVG ids: same inputs, same bytes
+    }
+)
+
+
+def save(fig: Figure, out_stem: Path) -> list[Path]:
+    """Write ``out_stem``.png and .svg atomically and close ``fig``; returns the two paths."""
+    paths = []
+    for ext in ("png", "svg"):
+        path = Path(out_stem).with_suffix(f".{ext}")
+        with atomic_path(path) as tmp:
+            fig.savefig(
+                tmp,
+                format=ext,
+                dpi=150,
+                bbox_inches="tight",
+                metadata={"Date": None} if ext == "svg" else {"Software": None},
+            )
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def method_styles(methods: Sequence[str], baseline: str | None = None) -> dict[str, dict[str, Any]]:
+    """Colour, marker and line style per method: the baseline black and dashed, others in sorted
+    order, so the same set of methods gets the same styles in every figure."""
+    ordered = ([baseline] if baseline in methods else []) + sorted(m for m in set(methods) if m != baseline)
+    styles = {}
+    for i, m in enumerate(ordered):
+        styles[m] = {
+            "color": PALETTE[i % len(PALETTE)],
+            "marker": MARKERS[i % len(MARKERS)],
+            "linestyle": "--" if m == baseline else "-",
+        }
+    return styles
+
+
+def plot_accuracy_vs_k(
+    summary: pd.DataFrame,
+    out_stem: Path,
+    baseline: str | None = None,
+    chance: Mapping[str, float] | None = None,
+) -> list[Path]:
+    """Mean test accuracy (%) against k with 95% CI bands, one panel per benchmark, one legend.
+
+    ``summary``: :func:`kshot.report.summarise` output. ``chance``: optional benchmark -> chance
+    accuracy (%), stated in the panel title (a line at chance would squash the curves).
+    """
+    benches = sorted(summary.benchmark.unique())
+    styles = method_styles(summary.method.unique().tolist(), baseline)
+    fig, axes = plt.subplots(1, len(benches), figsize=(4.6 * len(benches), 3.8), squeeze=False, sharey=False)
+    for ax, bench in zip(axes[0], benches, strict=True):
+        g = summary[summary.benchmark == bench]
+        for method, st in styles.items():
+            m = g[g.method == method].sort_values("k")
+            if m.empty:
+                continue
+            ci = m.ci95.fillna(0)
+            ax.fill_between(m.k, m.test_acc - ci, m.test_acc + ci, color=st["color"], alpha=0.12, lw=0)
+            label = f"{method} (baseline)" if method == baseline else method
+            ax.plot(m.k, m.test_acc, label=label, ms=5, lw=1.6, **st)
+        ks = sorted(int(k) for k in g.k.unique())
+        ax.set_xscale("log")
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.minorticks_off()
+        ax.set_xlabel("shots per class k (log scale)")
+        ax.set_ylabel("test accuracy (%)")
+        n = sorted({int(x) for x in g.n_episodes}) if "n_episodes" in g else []
+        extra = [f"{'/'.join(map(str, n))} episodes"] if n else []
+        if chance and bench in chance:
+            extra.append(f"chance {chance[bench]:.0f}%")
+        ax.set_title(bench + (f" ({', '.join(extra)})" if extra else ""))
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 6), frameon=False)
+    fig.suptitle("Test accuracy vs shots per class (mean, band: 95% CI over episodes)")
+    fig.set_layout_engine("constrained")
+    return save(fig, out_stem)
+
+
+def plot_paired_scatter(
+    df: pd.DataFrame, baseline: str, out_stem: Path, methods: Sequence[str] | None = None
+) -> list[Path]:
+    """Per-episode test accuracy (%) of each method (rows) against ``baseline`` on the same
+    episode, one column per benchmark; colour/marker = k. Points above the diagonal: the method
+    beat the baseline on that episode. ``df``: :func:`kshot.report.load_runs` output."""
+    others = [m for m in (methods or sorted(df.method.unique())) if m != baseline]
+    if baseline not in set(df.method) or not others:
+        raise DataError(
+            f"paired scatter: expected '{baseline}' and another method, found {sorted(set(df.method))}"
+        )
+    benches = sorted(df.benchmark.unique())
+    ks = sorted(int(k) for k in df.k.unique())
+    base = df[df.method == baseline].set_index(["benchmark", "k", "episode"])["test_acc"] * 100
+    fig, axes = plt.subplots(
+        len(others), len(benches), figsize=(3.2 * len(benches), 3.0 * len(others)), squeeze=False
+    )
+    for i, method in enumerate(others):
+        for j, bench in enumerate(benches):
+            ax = axes[i][j]
+            sel = df[(df.method == method) & (df.benchmark == bench)]
+            x = sel.set_index(["benchmark", "k", "episode"])["test_acc"] * 100
+            common = x.index.intersection(base.index)
+            lo, hi = 100.0, 0.0
+            for c, k in enumerate(ks):
+                idx = [t for t in common if t[1] == k]
+                if not idx:
+                    continue
+                bx, mx = base[idx].to_numpy(), x[idx].to_numpy()
+                lo, hi = min(lo, bx.min(), mx.min()), max(hi, bx.max(), mx.max())
+                above, below = int((mx > bx).sum()), int((mx < bx).sum())
+                ax.scatter(
+                    bx,
+                    mx,
+                    s=18,
+                    color=PALETTE[(c + 1) % len(PALETTE)],
+                    marker=MARKERS[c % len(MARKERS)],
+                    alpha=0.8,
+                    label=f"k={k}: {above} above, {below} below of {len(idx)}",
+                )
+            if hi <= lo:
+                lo, hi = 0.0, 100.0
+            pad = 0.05 * (hi - lo) + 0.5
+            lim = (lo - pad, hi + pad)
+            ax.plot(lim, lim, color="grey", lw=1, ls="--", zorder=0)
+            ax.set_xlim(lim)
+            ax.set_ylim(lim)
+            ax.set_aspect("equal")
+            ax.grid(alpha=0.3)
+            ax.set_xlabel(f"{baseline}: test accuracy (%)")
+            ax.set_ylabel(f"{method}: test accuracy (%)")
+            ax.set_title(f"{bench}: {method} vs {baseline}", fontsize=10)
+            ax.legend(fontsize=7, loc="upper left", frameon=False)
+    fig.suptitle(f"Per-episode paired accuracy (dashed: equal to {baseline})")
+    fig.set_layout_engine("constrained")
+    return save(fig, out_stem)
+
+
+def group_order(assign: torch.Tensor) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+    """Neuron order that puts groups together: ``assign [N]`` -> (permutation ``[N]``,
+    ``[(group, start, size)]`` in display order), groups by decreasing size, then by label."""
+    a = assign.cpu().numpy()
+    labels, counts = np.unique(a, return_counts=True)
+    order_groups = sorted(zip(labels.tolist(), counts.tolist(), strict=True), key=lambda lc: (-lc[1], lc[0]))
+    perm, spans, start = [], [], 0
+    for g, n in order_groups:
+        perm += np.flatnonzero(a == g).tolist()
+        spans.append((int(g), start, int(n)))
+        start += n
+    return np.asarray(perm), spans
+
+
+def _filter_image(w: np.ndarray) -> np.ndarray:
+    """One filter ``[C, h, w]`` -> displayable ``[h, w]`` (grey) or ``[h, w, 3]`` (RGB) in [0, 1],
+    scaled by its own max |w| so a filter's pattern is visible whatever its norm (0.5 = zero)."""
+    scale = np.abs(w).max() or 1.0
+    img = 0.5 + 0.5 * w / scale
+    return img[0] if img.shape[0] != 3 else np.transpose(img, (1, 2, 0))
+
+
+def plot_filter_groups(
+    weight: torch.Tensor,
+    assign: torch.Tensor,
+    out_stem: Path,
+    title: str,
+    notes: Mapping[int, str] | None = None,
+    per_row: int = 10,
+) -> list[Path]:
+    """First-layer filters ``weight [N, C, h, w]`` as an image grid, one framed row per group
+    (the paper's Fig. 1 view with GNA's groups), largest group first.
+
+    A group of more than ``per_row`` filters wraps onto further rows inside its frame. Each row is
+    labelled at the left with the group, its size and ``notes[group]`` (e.g. its mean
+    within-group correlation). Each filter is scaled by its own max |w| (grey 0.5 = weight 0).
+    """
+    if weight.dim() != 4 or weight.shape[0] != len(assign):
+        raise DataError(
+            f"filters: expected weight [N, C, h, w] with N = {len(assign)} (the grouping), "
+            f"found {list(weight.shape)}"
+        )
+    w = weight.detach().cpu().float().numpy()
+    perm, spans = group_order(assign)
+    cols = min(per_row, max(size for _, _, size in spans))
+    layout = []  # (group, row offset, rows used)
+    row = 0
+    for g, _, size in spans:
+        used = math.ceil(size / cols)
+        layout.append((g, row, used))
+        row += used
+    rows = row
+    label_w = 2.6  # in filter cells
+    gap = 0.12
+    fig, ax = plt.subplots(figsize=(0.62 * (cols + label_w) + 0.3, 0.62 * rows + 0.9))
+    for (g, start, size), (_, r0, used) in zip(spans, layout, strict=True):
+        color = GROUP_COLORS[g % len(GROUP_COLORS)]
+        for i, idx in enumerate(perm[start : start + size]):
+            r, c = divmod(i, cols)
+            y = r0 + r
+            img = _filter_image(w[idx])
+            ax.imshow(
+                img,
+                cmap="gray" if img.ndim == 2 else None,
+                vmin=0,
+                vmax=1,
+                extent=(c + gap, c + 1 - gap, -(y + 1 - gap), -(y + gap)),
+                interpolation="nearest",
+            )
+        width = min(size, cols)
+        ax.add_patch(
+            Rectangle((0.02, -(r0 + used) + 0.02), width - 0.04, used - 0.04, fill=False, ec=color, lw=2)
+        )
+        note = f", {notes[g]}" if notes and g in notes else ""
+        ax.text(
+            -0.15,
+            -(r0 + used / 2),
+            f"group {g}\n{size} filter{'s' * (size != 1)}{note}",
+            ha="right",
+            va="center",
+            fontsize=8,
+            color="black",
+        )
+    ax.set_xlim(-label_w, cols)
+    ax.set_ylim(-rows - 0.05, 0.05)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    ax.set_title(title, fontsize=10)
+    return save(fig, out_stem)
+
+
+def plot_neuron_embedding(
+    patterns: torch.Tensor,
+    assign: torch.Tensor,
+    out_stem: Path,
+    title: str,
+    method: str = "pca",
+    seed: int = 0,
+) -> list[Path]:
+    """2-D embedding of a layer's normalised activation patterns ``[N, M]`` (as clustered by
+    :func:`kshot.grouping.group_neurons`), one colour per group; ``method``: ``pca`` | ``tsne``.
+    PCA axes give the share of variance they explain."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    from kshot.grouping import normalise_patterns
+
+    if patterns.dim() != 2 or patterns.shape[0] != len(assign):
+        raise DataError(
+            f"embedding: expected patterns [N, M] with N = {len(assign)}, found {list(patterns.shape)}"
+        )
+    z = normalise_patterns(patterns).double().numpy()
+    if method == "pca":
+        pca = PCA(n_components=2, random_state=seed)
+        xy = pca.fit_transform(z)
+        ev = pca.explained_variance_ratio_ * 100
+        xlabel, ylabel = f"PC 1 ({ev[0]:.0f}% of variance)", f"PC 2 ({ev[1]:.0f}% of variance)"
+    elif method == "tsne":
+        xy = TSNE(
+            n_components=2, perplexity=min(30.0, max(2.0, (len(z) - 1) / 3)), random_state=seed
+        ).fit_transform(z)
+        xlabel, ylabel = "t-SNE 1 (a.u.)", "t-SNE 2 (a.u.)"
+    else:
+        raise DataError(f"embedding method: expected 'pca' or 'tsne', found {method!r}")
+    a = assign.cpu().numpy()
+    cmap = plt.get_cmap(GROUP_CMAP)
+    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    groups = np.unique(a)
+    for g in groups:
+        sel = a == g
+        ax.scatter(
+            xy[sel, 0],
+            xy[sel, 1],
+            s=30,
+            color=cmap(int(g) % cmap.N),
+            label=f"g{g} ({int(sel.sum())})",
+            marker=MARKERS[int(g) % len(MARKERS)],
+            alpha=0.85,
+            edgecolors="none",
+        )
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    if len(groups) <= 20:
+        ax.legend(
+            title="group (neurons)",
+            fontsize=7,
+            title_fontsize=8,
+            loc="center left",
+            bbox_to_anchor=(1.01, 0.5),
+            frameon=False,
+            ncol=1 if len(groups) <= 12 else 2,
+        )
+    return save(fig, out_stem)
+
+
+def plot_search_curves(traces: Mapping[str, Mapping[str, Mapping[str, Any]]], out_stem: Path) -> list[Path]:
+    """Best-so-far validation reward (%) against evaluations, one panel per search label, one line
+    per strategy (``reinforce`` vs the ``random`` control); each sample's reward as a faint dot.
+
+    ``traces``: ``{label: {strategy: SearchTrace.to_dict()}}``, e.g. label ``"fashion k=5"``.
+    """
+    from kshot.tables import trace_curve
+
+    if not traces:
+        raise DataError("search curves: expected at least one search, found none")
+    labels = list(traces)
+    strategies = sorted({s for t in traces.values() for s in t}, key=lambda s: (s == "random", s))
+    styles = {
+        s: {
+            "color": PALETTE[(i + 5) % len(PALETTE)] if s != "random" else "#7f7f7f",
+            "linestyle": "-" if s != "random" else "--",
+        }
+        for i, s in enumerate(strategies)
+    }
+    ncol = min(3, len(labels))
+    nrow = math.ceil(len(labels) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.4 * ncol, 3.4 * nrow), squeeze=False)
+    for ax in axes.flat[len(labels) :]:
+        ax.set_visible(False)
+    for ax, label in zip(axes.flat, labels, strict=False):
+        for strategy, trace in traces[label].items():
+            c = trace_curve(trace)
+            st = styles[strategy]
+            fresh = c[~c.cached]
+            ax.scatter(fresh.evaluations, fresh.reward * 100, s=10, color=st["color"], alpha=0.3, lw=0)
+            ax.step(
+                c.evaluations,
+                c.best_so_far * 100,
+                where="post",
+                lw=1.8,
+                label=f"{strategy} (best so far)",
+                **st,
+            )
+        ax.set_xlabel("evaluations (distinct configurations fine-tuned)")
+        ax.set_ylabel("validation reward (accuracy, %)")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncol=len(names), frameon=False)
+    fig.suptitle("Group-count search: best validation reward so far (dots: each evaluation)")
+    fig.set_layout_engine("constrained")
+    return save(fig, out_stem)
+
+
+def plot_group_counts(traces: Mapping[str, Mapping[str, Any]], out_stem: Path) -> list[Path]:
+    """Chosen groups per layer as a fraction of the layer's neurons, one bar per search
+    (``{label: SearchTrace.to_dict()}``, e.g. ``"fashion k=5 reinforce"``); the layer's menu as
+    grey ticks. Bars are labelled with the absolute count ``G/N``."""
+    if not traces:
+        raise DataError("group counts: expected at least one search, found none")
+    layers: list[str] = []
+    for t in traces.values():
+        layers += [name for name in t["layers"] if name not in layers]
+    labels = list(traces)
+    width = 0.8 / len(labels)
+    fig, ax = plt.subplots(figsize=(1.2 + 1.3 * len(layers) * max(1, len(labels) / 2), 3.8))
+    for i, label in enumerate(labels):
+        t = traces[label]
+        xs, ys, texts = [], [], []
+        for j, name in enumerate(layers):
+            if name not in t.get("best_counts", {}):
+                continue
+            n = max(t["menu"][name])
+            g = t["best_counts"][name]
+            xs.append(j - 0.4 + width * (i + 0.5))
+            ys.append(g / n)
+            texts.append(f"{g}/{n}")
+            if i == 0:
+                for m in t["menu"][name]:
+                    ax.plot([j - 0.45, j + 0.45], [m / n] * 2, color="grey", lw=0.6, alpha=0.5, zorder=0)
+        bars = ax.bar(xs, ys, width=width * 0.9, color=PALETTE[(i + 1) % len(PALETTE)], label=label)
+        ax.bar_label(bars, labels=texts, fontsize=7, padding=1)
+    ax.set_xticks(range(len(layers)), layers)
+    ax.set_yscale("log", base=2)
+    ax.set_ylim(top=1.6)
+    ax.set_xlabel("layer (forward order)")
+    ax.set_ylabel("groups / neurons (log scale)")
+    ax.set_title("Chosen group counts per layer (grey ticks: the menu)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="best", frameon=False)
+    return save(fig, out_stem)

@@ -1,0 +1,430 @@
+"""Result tables, each rendered three ways from one :class:`Table`: Markdown (reports, README),
+LaTeX (booktabs, for a paper) and CSV (the numbers behind it, unformatted, for other tools).
+
+Every number comes from a pipeline output: the per-(benchmark, k, method) summary of
+:func:`kshot.report.summarise`, the source checkpoints' ``metrics.json`` and the search traces of
+:mod:`kshot.search` (``SearchTrace.to_dict()``). Nothing here computes a statistic that
+:mod:`kshot.report` does not define; this module formats and arranges.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kshot.errors import DataError
+from kshot.stats import mean_ci, paired_diff, significant
+
+DIGITS = 1  # accuracies in percent, one decimal: the CIs of 10 episodes are a few points wide
+
+
+@dataclass
+class Table:
+    """A formatted table: ``cells[i][j]`` is a string, ``bold[i][j]`` marks the best of a column.
+
+    ``groups`` optionally spans header cells: ``[(label, n_columns), ...]`` over ``columns[1:]``
+    (the first column is the row label). ``data`` holds the unformatted numbers for CSV.
+    """
+
+    title: str
+    note: str
+    columns: list[str]
+    cells: list[list[str]]
+    bold: list[list[bool]] = field(default_factory=list)
+    groups: list[tuple[str, int]] = field(default_factory=list)
+    data: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def __post_init__(self) -> None:
+        if not self.bold:
+            self.bold = [[False] * len(r) for r in self.cells]
+        for i, row in enumerate(self.cells):
+            if len(row) != len(self.columns):
+                raise DataError(
+                    f"table '{self.title}': row {i} has {len(row)} cells, expected {len(self.columns)}"
+                )
+
+
+def fmt_ci(mean: float, half: float, digits: int = DIGITS, signed: bool = False) -> str:
+    """``"81.2 ± 1.9"``; the mean alone when the half-width is ``nan`` (one episode); ``""`` for nan."""
+    if mean is None or math.isnan(mean):
+        return ""
+    if round(mean, digits) == 0:
+        mean = 0.0  # neither "-0.0" nor "+0.0"
+    m = f"{mean:+.{digits}f}" if signed and mean != 0 else f"{mean:.{digits}f}"
+    return m if half is None or math.isnan(half) else f"{m} ± {half:.{digits}f}"
+
+
+def _order(methods: Sequence[str], baseline: str | None, order: Sequence[str] | None) -> list[str]:
+    """``order`` where given (methods absent from it last, sorted), else the baseline first."""
+    present = list(dict.fromkeys(methods))
+    if order:
+        head = [m for m in order if m in present]
+        return head + sorted(m for m in present if m not in head)
+    rest = sorted(m for m in present if m != baseline)
+    return ([baseline] if baseline in present else []) + rest
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def to_markdown(t: Table) -> str:
+    """GitHub Markdown: a ``###`` title, the note, then the table (bold cells as ``**x**``)."""
+    lines = [f"### {t.title}", "", t.note, ""] if t.note else [f"### {t.title}", ""]
+    if t.groups:  # Markdown has no spanning headers: prefix the group label to each column
+        spans = [lbl for lbl, n in t.groups for _ in range(n)]
+        header = [t.columns[0]] + [f"{g} {c}".strip() for g, c in zip(spans, t.columns[1:], strict=True)]
+    else:
+        header = t.columns
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join(["---"] + ["--:"] * (len(header) - 1)) + "|")
+    for row, bold in zip(t.cells, t.bold, strict=True):
+        cells = [f"**{c}**" if b and c else c for c, b in zip(row, bold, strict=True)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_ESCAPE = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+
+
+def latex_escape(text: str) -> str:
+    """Escape LaTeX specials; ``±``, ``Δ`` and ``—`` become math/text commands."""
+    out = "".join(_LATEX_ESCAPE.get(ch, ch) for ch in text)
+    return out.replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("—", "---")
+
+
+def to_latex(t: Table, label: str | None = None) -> str:
+    """A booktabs ``table`` environment with caption (title + note) and optional ``\\label``."""
+    ncol = len(t.columns)
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\caption{" + latex_escape(t.title + (". " + t.note if t.note else "")) + "}",
+    ]
+    if label:
+        lines.append(r"\label{" + label + "}")
+    lines += [r"\begin{tabular}{l" + "r" * (ncol - 1) + "}", r"\toprule"]
+    if t.groups:
+        spans, rules, col = [""], [], 2
+        for lbl, n in t.groups:
+            spans.append(r"\multicolumn{" + str(n) + "}{c}{" + latex_escape(lbl) + "}")
+            if lbl:
+                rules.append(r"\cmidrule(lr){" + f"{col}-{col + n - 1}" + "}")
+            col += n
+        lines.append(" & ".join(spans) + r" \\")
+        if rules:
+            lines.append(" ".join(rules))
+    lines.append(" & ".join(latex_escape(c) for c in t.columns) + r" \\")
+    lines.append(r"\midrule")
+    for row, bold in zip(t.cells, t.bold, strict=True):
+        cells = [
+            r"\textbf{" + latex_escape(c) + "}" if b and c else latex_escape(c)
+            for c, b in zip(row, bold, strict=True)
+        ]
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- main results
+
+
+def main_tables(summary: pd.DataFrame, baseline: str, order: Sequence[str] | None = None) -> list[Table]:
+    """One table per benchmark: methods x k, mean test accuracy ± 95% CI, then the paired
+    difference against ``baseline`` per k (``*`` when its CI excludes 0).
+
+    The best mean of each k column is bold, and so is every mean equal to it at the printed
+    precision (a tie the reader cannot tell apart is shown as a tie).
+    """
+    need = {"benchmark", "k", "method", "test_acc", "ci95", "diff_vs_baseline", "diff_ci95"}
+    missing = sorted(need - set(summary.columns))
+    if missing:
+        raise DataError(f"summary: expected columns {sorted(need)}, missing {missing}")
+    tables = []
+    for bench, g in summary.groupby("benchmark", sort=True):
+        ks = sorted(int(k) for k in g.k.unique())
+        n_eps = sorted({int(n) for n in g.n_episodes}) if "n_episodes" in g else []
+        best = {k: round(float(g[g.k == k].test_acc.max()), DIGITS) for k in ks}
+        cells, bold = [], []
+        for method in _order(g.method.tolist(), baseline, order):
+            m = g[g.method == method].set_index("k")
+            row, brow = [method], [False]
+            for k in ks:
+                if k not in m.index:
+                    row.append("")
+                    brow.append(False)
+                    continue
+                r = m.loc[k]
+                row.append(fmt_ci(r.test_acc, r.ci95))
+                brow.append(round(float(r.test_acc), DIGITS) == best[k])
+            for k in ks:
+                if k not in m.index or method == baseline:
+                    row.append("—" if method == baseline else "")
+                else:
+                    r = m.loc[k]
+                    d = fmt_ci(r.diff_vs_baseline, r.diff_ci95, signed=True)
+                    row.append(d + (" *" if bool(r.get("significant", False)) else ""))
+                brow.append(False)
+            cells.append(row)
+            bold.append(brow)
+        eps = "/".join(str(n) for n in n_eps) or "?"
+        note = (
+            f"Test accuracy (%), mean ± 95% t-interval over {eps} episodes (the same episodes for "
+            f"every method). Δ: paired difference to `{baseline}` in percentage points, its 95% CI "
+            "computed on per-episode differences; * when that CI excludes 0. Bold: best mean per k."
+        )
+        cols = ["method"] + [f"k={k}" for k in ks] + [f"k={k}" for k in ks]
+        tables.append(
+            Table(
+                title=f"{bench}: test accuracy by method and shots per class",
+                note=note,
+                columns=cols,
+                cells=cells,
+                bold=bold,
+                groups=[("accuracy (%)", len(ks)), (f"Δ vs {baseline} (pp)", len(ks))],
+                data=g.reset_index(drop=True),
+            )
+        )
+    return tables
+
+
+def source_table(sources: Sequence[Mapping[str, Any]]) -> Table:
+    """Source pre-training: one row per source checkpoint ``metrics.json``."""
+    if not sources:
+        raise DataError("source metrics: expected at least one source, found none")
+    rows, data = [], []
+    for s in sorted(sources, key=lambda s: s.get("source", "")):
+        for key in ("source", "backbone", "source_test_acc"):
+            if key not in s:
+                raise DataError(f"source metrics: expected key '{key}', found {sorted(s)}")
+        epochs = s.get("epochs") or []
+        last_loss = epochs[-1]["train_loss"] if epochs else math.nan
+        rec = {
+            "source": s["source"],
+            "backbone": s["backbone"],
+            "n_params": s.get("n_params"),
+            "epochs": len(epochs),
+            "final_train_loss": last_loss,
+            "train_acc": 100 * s["source_train_acc"] if "source_train_acc" in s else math.nan,
+            "test_acc": 100 * s["source_test_acc"],
+        }
+        data.append(rec)
+        rows.append(
+            [
+                rec["source"],
+                rec["backbone"],
+                f"{rec['n_params']:,}" if rec["n_params"] is not None else "",
+                str(rec["epochs"]),
+                "" if math.isnan(last_loss) else f"{last_loss:.3f}",
+                "" if math.isnan(rec["train_acc"]) else f"{rec['train_acc']:.1f}",
+                f"{rec['test_acc']:.1f}",
+            ]
+        )
+    return Table(
+        title="Source pre-training",
+        note="Accuracy (%) of each source network on its own classes before any fine-tuning; "
+        "train accuracy on up to 10,000 training images.",
+        columns=["source", "backbone", "parameters", "epochs", "final train loss", "train acc", "test acc"],
+        cells=rows,
+        data=pd.DataFrame(data),
+    )
+
+
+# ---------------------------------------------------------------- search
+
+
+def trace_curve(trace: Mapping[str, Any]) -> pd.DataFrame:
+    """Best-so-far reward against evaluations for one ``SearchTrace`` dict.
+
+    One row per sample: ``iteration``, ``evaluations`` (distinct configurations fine-tuned so far,
+    the search's cost), ``reward``, ``cached``, ``best_so_far``.
+    """
+    samples = trace.get("samples")
+    if not samples:
+        raise DataError(f"search trace ({trace.get('strategy', '?')}): expected samples, found none")
+    rows, n_eval, best = [], 0, -math.inf
+    for s in samples:
+        if not s["cached"]:
+            n_eval += 1
+        best = max(best, float(s["reward"]))
+        rows.append(
+            {
+                "iteration": int(s["iteration"]),
+                "evaluations": n_eval,
+                "reward": float(s["reward"]),
+                "cached": bool(s["cached"]),
+                "best_so_far": best,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _key(key: Any) -> str:
+    return " ".join(str(k) for k in key) if isinstance(key, tuple) else str(key)
+
+
+def search_table(traces: Mapping[Any, Mapping[str, Any]]) -> Table:
+    """Chosen group counts per layer and rewards, one row per search.
+
+    ``traces`` maps a label (e.g. ``(benchmark, k)`` or ``(benchmark, k, strategy)``) to a
+    ``SearchTrace.to_dict()``. A count is shown as ``G/N`` (groups of the layer's largest menu
+    entry, its neuron count). ``final reward`` is the mean reward of the last quarter of samples
+    (where the policy has converged, that is the reward of what it now samples); ``best reward`` is
+    the validation reward of the chosen counts. Random search (the control) rows read the same.
+    """
+    if not traces:
+        raise DataError("search traces: expected at least one, found none")
+    layers: list[str] = []
+    for t in traces.values():
+        layers += [name for name in t["layers"] if name not in layers]
+    rows, data = [], []
+    for key, t in traces.items():
+        curve = trace_curve(t)
+        tail = curve.reward.iloc[-max(1, len(curve) // 4) :]
+        best = t.get("best_counts") or {}
+        rec: dict[str, Any] = {
+            "search": _key(key),
+            "strategy": t["strategy"],
+            **{f"groups_{name}": best.get(name) for name in layers},
+            "best_reward": 100 * float(t["best_reward"]),
+            "final_reward": 100 * float(tail.mean()),
+            "evaluations": int(t["n_evaluations"]),
+            "samples": len(curve),
+            "budget": int(t["budget"]),
+        }
+        data.append(rec)
+        counts = [f"{best[name]}/{max(t['menu'][name])}" if name in best else "" for name in layers]
+        rows.append(
+            [
+                rec["search"],
+                rec["strategy"],
+                *counts,
+                f"{rec['best_reward']:.1f}",
+                f"{rec['final_reward']:.1f}",
+                f"{rec['evaluations']}/{rec['budget']}",
+                str(rec["samples"]),
+            ]
+        )
+    return Table(
+        title="Group-count search",
+        note="Chosen groups per layer (groups/neurons), validation reward (%) of the chosen "
+        "counts (best) and mean reward of the last quarter of samples (final); evaluations: "
+        "distinct configurations fine-tuned out of the budget. `random` is the control search "
+        "with the same budget.",
+        columns=["search", "strategy", *layers, "best reward", "final reward", "evaluations", "samples"],
+        cells=rows,
+        data=pd.DataFrame(data),
+    )
+
+
+# ---------------------------------------------------------------- ablations and regimes
+
+
+def ablation_table(
+    df: pd.DataFrame,
+    pairs: Sequence[tuple[str, str]],
+    title: str = "Ablations",
+    note: str = "",
+) -> Table:
+    """Paired differences ``a - b`` (percentage points, 95% CI over episodes) for each
+    ``(a, b)`` of ``pairs``, per benchmark and k; ``df`` is the per-episode frame of
+    :func:`kshot.report.load_runs`. E.g. ``("grouped", "grouped_random")`` isolates what the
+    activation grouping adds beyond its degrees of freedom. A pair with no common episode is
+    left blank."""
+    cols_bk = sorted({(b, int(k)) for b, k in zip(df.benchmark, df.k, strict=True)})
+    acc = df.set_index(["method", "benchmark", "k", "episode"])["test_acc"].sort_index()
+    rows, bold, data = [], [], []
+    for a, b in pairs:
+        row, brow = [f"{a} − {b}"], [False]
+        for bench, k in cols_bk:
+            try:
+                xa, xb = acc.loc[(a, bench, k)], acc.loc[(b, bench, k)]
+            except KeyError:
+                row.append("")
+                brow.append(False)
+                continue
+            d, h, n = paired_diff(xa, xb)
+            if not n:
+                row.append("")
+                brow.append(False)
+                continue
+            row.append(fmt_ci(d, h, signed=True) + (" *" if significant(d, h) else ""))
+            brow.append(False)
+            data.append({"a": a, "b": b, "benchmark": bench, "k": k, "diff": d, "ci95": h, "n": n})
+        rows.append(row)
+        bold.append(brow)
+    return Table(
+        title=title,
+        note=note
+        or "Paired difference of test accuracy (percentage points), mean ± 95% CI over the "
+        "episodes both methods ran; * when the CI excludes 0.",
+        columns=["comparison"] + [f"{b} k={k}" for b, k in cols_bk],
+        cells=rows,
+        bold=bold,
+        data=pd.DataFrame(data),
+    )
+
+
+def regime_table(
+    df: pd.DataFrame, regimes: Mapping[str, str], baseline: str, k_split: int | None = None
+) -> Table:
+    """Paired gain over ``baseline`` pooled by regime: benchmarks are mapped to a regime label
+    (e.g. ``in-domain`` / ``cross-domain``) and, with ``k_split``, shots to ``k <= k_split`` /
+    ``k > k_split``. Each cell pools the per-episode differences of every benchmark and k of the
+    regime (mean ± 95% CI, percentage points), so a regime with more runs gets a tighter interval,
+    as it should."""
+    unknown = sorted(set(df.benchmark) - set(regimes))
+    if unknown:
+        raise DataError(f"regimes: expected a regime for every benchmark, missing {unknown}")
+    base = df[df.method == baseline].set_index(["benchmark", "k", "episode"])["test_acc"]
+    if base.empty:
+        raise DataError(f"regimes: baseline '{baseline}' has no runs; found {sorted(set(df.method))}")
+
+    def shot(k: int) -> str:
+        if k_split is None:
+            return "all k"
+        return f"k ≤ {k_split}" if k <= k_split else f"k > {k_split}"
+
+    diffs: dict[tuple[str, str, str], list[float]] = {}
+    for (method, bench, k), g in df[df.method != baseline].groupby(["method", "benchmark", "k"]):
+        x = g.set_index(["benchmark", "k", "episode"])["test_acc"]
+        common = x.index.intersection(base.index)
+        key = (str(method), regimes[bench], shot(int(k)))
+        diffs.setdefault(key, []).extend(((x[common] - base[common]) * 100).tolist())
+    cols = sorted({(r, s) for _, r, s in diffs})
+    methods = sorted({m for m, _, _ in diffs})
+    rows, data = [], []
+    for method in methods:
+        row = [method]
+        for r, s in cols:
+            vals = diffs.get((method, r, s))
+            if not vals:
+                row.append("")
+                continue
+            d, h = mean_ci(np.asarray(vals))
+            row.append(fmt_ci(d, h, signed=True) + (" *" if significant(d, h) else ""))
+            data.append({"method": method, "regime": r, "shots": s, "diff": d, "ci95": h, "n": len(vals)})
+        rows.append(row)
+    return Table(
+        title=f"Gain over {baseline} by regime",
+        note=f"Paired difference to `{baseline}` (percentage points), per-episode differences "
+        "pooled over the benchmarks and k of each regime, mean ± 95% CI; * when it excludes 0.",
+        columns=["method"] + [f"{r}, {s}" for r, s in cols],
+        cells=rows,
+        data=pd.DataFrame(data),
+    )

@@ -1,0 +1,59 @@
+"""The analysis notebook runs headless on pipeline outputs and says what they contain."""
+
+import json
+
+import nbformat
+import pytest
+
+from kshot.errors import DataError
+from kshot.io import write_json
+from kshot.notebook import execute_notebook, inject_parameters
+from kshot.report import write_group_figures, write_results, write_search_report
+from tests.conftest import REPO, make_images
+from tests.test_report import search_traces, write_runs, write_source, write_target
+
+TEMPLATE = REPO / "reports" / "analysis.ipynb"
+
+
+def test_parameters_are_injected_after_the_tagged_cell():
+    nb = nbformat.read(TEMPLATE, as_version=4)
+    tagged = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    inject_parameters(nb, {"ROOT": "/x"})
+    assert nb.cells[tagged + 1].source.endswith("ROOT = '/x'\n")
+
+
+def test_notebook_executes_on_pipeline_outputs_and_reports_their_numbers(tmp_path, tiny_model):
+    runs = write_runs(tmp_path)
+    ckpt, src = write_source(tmp_path, tiny_model)
+    rep = tmp_path / "reports"
+    write_results(runs, [src], rep / "tables", rep / "figures", "full", rep / "metrics.json", rep / "plots")
+    write_group_figures(
+        ckpt,
+        write_target(tmp_path, "b1", make_images(10, 3)[0]),
+        "b1",
+        rep / "figures" / "groups",
+        n_images=20,
+    )
+    for s, t in search_traces().items():
+        write_json(tmp_path / f"{s}.json", t)
+    write_search_report(
+        [tmp_path / "reinforce.json", tmp_path / "random.json"],
+        ["b1 k=1"] * 2,
+        rep / "tables",
+        rep / "figures",
+    )
+
+    out = tmp_path / "analysis.executed.ipynb"
+    execute_notebook(TEMPLATE, out, {"ROOT": str(tmp_path)}, cwd=tmp_path, out_html=tmp_path / "a.html")
+    nb = nbformat.read(out, as_version=4)
+    text = json.dumps([o for c in nb.cells if c.cell_type == "code" for o in c.outputs])
+    assert "3 methods" in text and "b1, k=1" in text
+    assert "best mean `better`" in text
+    assert "No search ran" not in text and "reinforce" in text
+    assert (tmp_path / "a.html").stat().st_size > 10_000
+
+
+def test_a_missing_output_fails_naming_the_notebook(tmp_path):
+    with pytest.raises(DataError, match="a cell failed"):
+        execute_notebook(TEMPLATE, tmp_path / "o.ipynb", {"ROOT": str(tmp_path)}, cwd=tmp_path)
+    assert not (tmp_path / "o.ipynb").exists()

@@ -1,0 +1,36 @@
+# Paths and target lists of the report rules (report.smk), kept apart from the rules.
+
+REPORT_FIG = "reports/figures"
+REPORT_TAB = "reports/tables"
+
+
+def report_benchmarks():
+    return config["run"]["benchmarks"]
+
+
+def search_labels():
+    """One label per search trace of search_targets(), e.g. "fashion k=5" (the strategy is read
+    from the trace itself)."""
+    from pathlib import PurePath
+
+    return [
+        f"{PurePath(p).parts[2]} k={PurePath(p).parts[3].removeprefix('k')}"
+        for p in search_targets()
+    ]
+
+
+def report_targets():
+    """Everything the report rules write that a full run should have (for final_outputs)."""
+    out = [
+        f"{REPORT_TAB}/results.md",
+        f"{REPORT_FIG}/accuracy_vs_k.png",
+        f"{REPORT_FIG}/paired_scatter.png",
+        "reports/metrics.json",
+        "reports/analysis.html",
+    ]
+    out += expand(
+        f"{REPORT_FIG}/groups/{{benchmark}}_filters.png", benchmark=report_benchmarks()
+    )
+    if search_targets():
+        out += [f"{REPORT_TAB}/search.md", f"{REPORT_FIG}/search_curves.png"]
+    return out
