@@ -14,6 +14,7 @@ include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/search.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/regime.smk"
 
 
 rule all:

@@ -234,6 +234,30 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class RegimeRuns:
+    """One block of the regime study: every method of ``methods`` on every benchmark of ``benchmarks``."""
+
+    benchmarks: list[str]
+    methods: list[str]
+
+
+@dataclass(frozen=True)
+class RegimeConfig:
+    """The regime study (``snakemake regime``): where does grouping help? ``runs`` lists what runs
+    (beyond the default run), ``pairs`` the paired comparisons ``[a, b]`` (a − b) of its table."""
+
+    runs: list[RegimeRuns] = field(default_factory=list)
+    pairs: list[list[str]] = field(default_factory=list)
+
+    def validate(self, where: str) -> None:
+        for i, pair in enumerate(self.pairs):
+            if len(pair) != 2 or pair[0] == pair[1]:
+                raise ConfigError(
+                    f"{where}.pairs[{i}]: expected two different method names [a, b], found {pair!r}"
+                )
+
+
+@dataclass(frozen=True)
 class Params:
     """The whole ``params.yaml``."""
 
@@ -247,6 +271,7 @@ class Params:
     episodes: EpisodeConfig = field(default_factory=EpisodeConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     search: dict[str, Any] = field(default_factory=dict)
+    regime: RegimeConfig = field(default_factory=RegimeConfig)
 
     def validate(self, where: str) -> None:
         from kshot.data.datasets import DATASETS
@@ -279,6 +304,18 @@ class Params:
         for i, m in enumerate(self.run.methods):
             if m not in self.methods:
                 raise _unknown(f"run.methods[{i}]", m, self.methods)
+        for i, block in enumerate(self.regime.runs):
+            for j, b in enumerate(block.benchmarks):
+                if b not in self.benchmarks:
+                    raise _unknown(f"regime.runs[{i}].benchmarks[{j}]", b, self.benchmarks)
+            for j, m in enumerate(block.methods):
+                if m not in self.methods:
+                    raise _unknown(f"regime.runs[{i}].methods[{j}]", m, self.methods)
+        regime_methods = {m for block in self.regime.runs for m in block.methods}
+        for i, pair in enumerate(self.regime.pairs):
+            for j, m in enumerate(pair):
+                if m not in regime_methods:
+                    raise _unknown(f"regime.pairs[{i}][{j}]", m, regime_methods)
 
 
 def _unknown(field_name: str, value: str, valid: Any) -> ConfigError:

@@ -36,7 +36,13 @@ from kshot.errors import ConfigError, DataError, suggest
 from kshot.finetune import train
 from kshot.grouping import ALGORITHMS, group_neurons, resolve_count
 from kshot.methods.base import EpisodeData, Tensors, init_head
-from kshot.methods.grouped import FEATURES, SEARCH_STRATEGIES, feature_images, layer_sizes
+from kshot.methods.grouped import (
+    FEATURES,
+    SEARCH_STRATEGIES,
+    feature_images,
+    layer_sizes,
+    select_layers,
+)
 from kshot.models import Backbone
 from kshot.population import train_population
 from kshot.shared_grad import GroupedGradient
@@ -355,7 +361,7 @@ def search_group_counts(
     search episode, evaluator, then the configured strategy. ``trace.best_counts`` is what
     ``grouped_rl`` takes as ``artifacts['search_counts']``."""
     model = model.to(device).eval()
-    layers = cfg.layers if cfg.layers is not None else model.groupable()
+    layers = select_layers(model, cfg.layers)
     menu = count_menu(layer_sizes(model, layers), cfg.menu)
     grouper = activation_grouper(model, episodes, layers, device, cfg.algorithm, cfg.features, cfg.pool_size)
     evaluate = make_evaluator(

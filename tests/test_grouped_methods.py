@@ -115,3 +115,13 @@ def test_counts_beyond_a_layer_and_unknown_layers_are_config_errors():
         method(Grouped, groups=10).run(episode())  # conv1 has 5 filters
     with pytest.raises(ConfigError, match="fc1"):
         method(Grouped, groups=2, layers=["fc_1"]).run(episode())
+
+
+def test_layer_selectors_expand_to_every_layer_of_that_type():
+    from kshot.methods.grouped import select_layers
+    from kshot.models import LeNet, WideCNN
+
+    assert select_layers(LeNet(1, 28, 3), ["conv"]) == ["conv1", "conv2"]
+    assert select_layers(WideCNN(1, 28, 3, width=0.25), ["fc"]) == ["fc1"]
+    assert select_layers(WideCNN(1, 28, 3, width=0.25), ["fc", "conv"]) == ["fc1", "conv1", "conv2", "conv3"]
+    assert select_layers(LeNet(1, 28, 3), None) == ["conv1", "conv2", "fc1"]

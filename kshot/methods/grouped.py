@@ -80,7 +80,8 @@ def _check_spec(spec: int | float, where: str) -> None:
 class GroupedOptions(GroupingOptions):
     """``groups``: an int (count) or a float in (0, 1] (fraction of the neurons) for every grouped
     layer, or a mapping layer -> count/fraction (then its keys are the grouped layers).
-    ``layers``: which layers are grouped (default: every groupable layer)."""
+    ``layers``: which layers are grouped: names, or ``conv`` / ``fc`` for every groupable layer of
+    that type (default: every groupable layer)."""
 
     groups: int | float | dict[str, int | float] = 0.25
     layers: list[str] | None = None
@@ -113,6 +114,28 @@ def feature_images(
     gen = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(unlabeled), generator=gen)[:pool_size]
     return torch.cat([support, unlabeled[pick]])
+
+
+LAYER_KINDS = {"conv": torch.nn.Conv2d, "fc": torch.nn.Linear}
+
+
+def select_layers(model: Backbone, layers: list[str] | None) -> list[str]:
+    """Expand a ``layers`` option into groupable layer names, in forward order.
+
+    ``None`` is every groupable layer; the selectors ``conv`` and ``fc`` stand for every groupable
+    Conv2d / Linear layer, so one option reads the same on backbones with other layer names.
+    """
+    groupable = model.groupable()
+    if layers is None:
+        return groupable
+    picked: list[str] = []
+    for name in layers:
+        if name in LAYER_KINDS:
+            kind = LAYER_KINDS[name]
+            picked += [n for n in groupable if isinstance(model.get_submodule(n), kind)]
+        else:
+            picked.append(name)
+    return list(dict.fromkeys(picked))
 
 
 def layer_sizes(model: Backbone, layers: list[str]) -> dict[str, int]:
@@ -179,11 +202,12 @@ class Grouped(_GroupedBase):
             if layers is None:
                 layers = [n for n in model.groupable() if n in groups]
                 layers += [n for n in groups if n not in layers]  # unknown names fail below
+            layers = select_layers(model, layers)
             missing = [n for n in layers if n not in groups]
             if missing:
                 raise ConfigError(f"groups: expected a count for each layer of layers, missing {missing}")
-        elif layers is None:
-            layers = model.groupable()
+        else:
+            layers = select_layers(model, layers)
         sizes = layer_sizes(model, layers)
         return {
             name: resolve_count(

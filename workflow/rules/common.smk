@@ -81,6 +81,14 @@ def used_sources():
     return sorted({source_of(b) for b in config["run"]["benchmarks"]})
 
 
+def regime_runs():
+    """Metrics of every run of the regime study (regime.runs blocks)."""
+    out = []
+    for block in config.get("regime", {}).get("runs", []):
+        out += run_metrics(block["benchmarks"], block["methods"])
+    return sorted(set(out))
+
+
 def data_targets():
     benches = config["run"]["benchmarks"]
     return (
