@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import FuncFormatter
 
 from kshot.errors import DataError
 from kshot.io import atomic_path
@@ -422,7 +423,11 @@ def plot_group_counts(traces: Mapping[str, Mapping[str, Any]], out_stem: Path) -
         ax.bar_label(bars, labels=texts, fontsize=7, padding=1)
     ax.set_xticks(range(len(layers)), layers)
     ax.set_yscale("log", base=2)
-    ax.set_ylim(top=1.6)
+    lowest = min(min(t["menu"][n]) / max(t["menu"][n]) for t in traces.values() for n in t["layers"])
+    ax.set_ylim(lowest / 1.6, 1.6)
+    ax.yaxis.set_major_formatter(
+        FuncFormatter(lambda y, _: "1" if y >= 1 else f"1/{round(1 / y)}" if y > 0 else "")
+    )
     ax.set_xlabel("layer (forward order)")
     ax.set_ylabel("groups / neurons (log scale)")
     ax.set_title("Chosen group counts per layer (grey ticks: the menu)")
