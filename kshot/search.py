@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -58,8 +58,12 @@ class SearchConfig:
 
     ``menu``: fractions in (0, 1] of each layer's neurons; ``budget``: distinct configurations
     fine-tuned; ``max_samples``: samples drawn at most (``None``: ``4 * budget``); ``layers``:
-    grouped layers (``None``: every groupable layer); ``population``: fine-tune the search episodes
-    of one configuration as one batched population (:mod:`kshot.population`).
+    grouped layers (``None``: every groupable layer; ``conv``/``fc`` select by type);
+    ``population``: fine-tune the search episodes of one configuration as one batched population
+    (:mod:`kshot.population`); ``steps``: fine-tuning steps of a search evaluation (``None``: the
+    ``finetune`` block's). Fewer steps make a low-fidelity, cheaper reward: it ranks group counts by
+    how well a shorter fine-tuning does with them, an approximation we accept to fit the search in
+    the default run's time (set ``steps: null`` for full-fidelity rewards).
     """
 
     strategy: str = "reinforce"
@@ -72,6 +76,7 @@ class SearchConfig:
     pool_size: int = 500
     share_bias: bool = True
     population: bool = True
+    steps: int | None = None
     controller: ControllerConfig = field(default_factory=ControllerConfig)
 
     def validate(self, where: str) -> None:
@@ -85,7 +90,7 @@ class SearchConfig:
                 raise ConfigError(
                     f"{where}.{name}: expected one of {list(valid)}, found {value!r}{suggest(value, valid)}"
                 )
-        for name in ("budget", "pool_size", "max_samples"):
+        for name in ("budget", "pool_size", "max_samples", "steps"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{where}.{name}: expected an integer >= 1, found {value}")
@@ -361,6 +366,8 @@ def search_group_counts(
     search episode, evaluator, then the configured strategy. ``trace.best_counts`` is what
     ``grouped_rl`` takes as ``artifacts['search_counts']``."""
     model = model.to(device).eval()
+    if cfg.steps is not None:
+        finetune = replace(finetune, steps=cfg.steps, eval_every=min(finetune.eval_every, cfg.steps))
     layers = select_layers(model, cfg.layers)
     menu = count_menu(layer_sizes(model, layers), cfg.menu)
     grouper = activation_grouper(model, episodes, layers, device, cfg.algorithm, cfg.features, cfg.pool_size)
