@@ -151,7 +151,7 @@ rule search_report:
 
 rule notebook:
     input:
-        template="reports/analysis.ipynb",
+        template=NOTEBOOK_TEMPLATE,
         results=f"{REPORT_TAB}/results.csv",
         metrics="reports/metrics.json",
         groups=expand(

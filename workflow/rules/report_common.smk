@@ -1,7 +1,10 @@
 # Paths and target lists of the report rules (report.smk), kept apart from the rules.
+import os
 
 REPORT_FIG = "reports/figures"
 REPORT_TAB = "reports/tables"
+# the notebook is workflow source: found beside the Snakefile, whatever the working directory
+NOTEBOOK_TEMPLATE = os.path.join(workflow.basedir, "reports", "analysis.ipynb")
 
 
 def report_benchmarks():
