@@ -167,11 +167,11 @@ def cmd_search(args: argparse.Namespace, raw: dict[str, Any]) -> None:
     write_json(args.out, trace.to_dict())
 
 
-def cmd_regime(args: argparse.Namespace, raw: dict[str, Any]) -> None:
-    from kshot.regime import write_regime
+def cmd_compare(args: argparse.Namespace, raw: dict[str, Any]) -> None:
+    from kshot.regime import write_comparisons
 
     pairs = [tuple(p.split(":", 1)) for p in args.pairs]
-    write_regime([Path(p) for p in args.runs], pairs, Path(args.tables_dir))
+    write_comparisons([Path(p) for p in args.runs], pairs, Path(args.out_stem), args.kind)
 
 
 def cmd_aggregate(args: argparse.Namespace, raw: dict[str, Any]) -> None:
@@ -229,10 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("benchmark", "checkpoint", "target", "episodes", "out"):
         p.add_argument(f"--{name}", required=True)
     p.add_argument("--strategy", choices=["reinforce", "random"], default=None)
-    p = add("regime", cmd_regime, "the regime study's table of paired differences")
+    p = add("compare", cmd_compare, "a table of paired differences (ablation or regime study)")
     p.add_argument("--runs", nargs="+", required=True, help="metrics.json files")
     p.add_argument("--pairs", nargs="+", required=True, help="comparisons as a:b (a - b)")
-    p.add_argument("--tables-dir", required=True)
+    p.add_argument("--kind", choices=["ablation", "regime"], required=True)
+    p.add_argument("--out-stem", required=True, help="output path without suffix")
     p.set_defaults(needs_params=False)
     p = add("aggregate", cmd_aggregate, "tables and figures from run metrics")
     p.add_argument("--runs", nargs="+", required=True, help="metrics.json files")

@@ -272,6 +272,7 @@ class Params:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     search: dict[str, Any] = field(default_factory=dict)
     regime: RegimeConfig = field(default_factory=RegimeConfig)
+    ablation: list[list[str]] = field(default_factory=list)
 
     def validate(self, where: str) -> None:
         from kshot.data.datasets import DATASETS
@@ -311,6 +312,14 @@ class Params:
             for j, m in enumerate(block.methods):
                 if m not in self.methods:
                     raise _unknown(f"regime.runs[{i}].methods[{j}]", m, self.methods)
+        for i, pair in enumerate(self.ablation):
+            if len(pair) != 2 or pair[0] == pair[1]:
+                raise ConfigError(
+                    f"ablation[{i}]: expected two different method names [a, b], found {pair!r}"
+                )
+            for j, m in enumerate(pair):
+                if m not in self.methods:
+                    raise _unknown(f"ablation[{i}][{j}]", m, self.methods)
         regime_methods = {m for block in self.regime.runs for m in block.methods}
         for i, pair in enumerate(self.regime.pairs):
             for j, m in enumerate(pair):

@@ -89,6 +89,14 @@ def regime_runs():
     return sorted(set(out))
 
 
+def comparison_pairs(kind):
+    """[a, b] pairs of the ablation table (those whose methods both run) or the regime study."""
+    if kind == "regime":
+        return config.get("regime", {}).get("pairs", [])
+    ran = set(config["run"]["methods"])
+    return [p for p in config.get("ablation", []) if set(p) <= ran]
+
+
 def data_targets():
     benches = config["run"]["benchmarks"]
     return (
@@ -115,7 +123,7 @@ def finetune_targets():
 
 
 def final_outputs():
-    return [
-        "reports/tables/results.md",
-        "reports/figures/accuracy_vs_k.png",
-    ] + search_targets()
+    out = report_targets() + search_targets()
+    if comparison_pairs("ablation"):
+        out.append("reports/tables/ablation.md")
+    return out

@@ -1,28 +1,31 @@
-# The regime study: `snakemake --cores N regime`. Not part of the default run.
+# Tables of paired comparisons: the default run's ablations, and the regime study
+# (`snakemake --cores N regime`, not part of the default run).
 
 
-rule regime_table:
+rule compare:
     input:
-        runs=regime_runs(),
+        runs=lambda w: regime_runs() if w.kind == "regime" else run_metrics(),
     output:
-        table="reports/tables/regime.md",
-        csv="reports/tables/regime.csv",
-        tex="reports/tables/regime.tex",
+        table="reports/tables/{kind}.md",
+        csv="reports/tables/{kind}.csv",
+        tex="reports/tables/{kind}.tex",
     log:
-        f"{LOGS}/regime_table.log",
+        f"{LOGS}/compare/{{kind}}.log",
+    wildcard_constraints:
+        kind="ablation|regime",
     conda:
         "../../environment.yml"
     threads: 1
     resources:
         mem_mb=2000,
     params:
-        pairs=[f"{a}:{b}" for a, b in config.get("regime", {}).get("pairs", [])],
-        tables=subpath(output.table, parent=True),
+        pairs=lambda w: [f"{a}:{b}" for a, b in comparison_pairs(w.kind)],
+        stem=lambda w: f"reports/tables/{w.kind}",
     shell:
-        "python -m kshot regime --runs {input.runs} --pairs {params.pairs} "
-        "--tables-dir {params.tables} > {log} 2>&1"
+        "python -m kshot compare --kind {wildcards.kind} --runs {input.runs} "
+        "--pairs {params.pairs} --out-stem {params.stem} > {log} 2>&1"
 
 
 rule regime:
     input:
-        rules.regime_table.output,
+        "reports/tables/regime.md",
