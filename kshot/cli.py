@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from kshot.config import (
     from_dict,
     method_spec,
 )
-from kshot.errors import ConfigError, KshotError, unknown
+from kshot.errors import ConfigError, KshotError, unknown, yaml_error
 
 
 def _raw_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -38,7 +39,7 @@ def _raw_params(args: argparse.Namespace) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ConfigError(f"params file '{path}': expected valid YAML, found a syntax error: {err}") from err
+        raise yaml_error(path, err) from err
     from kshot.config import params_from_dict
 
     params_from_dict(raw)  # a whole file is validated as a whole
@@ -246,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # SIGTERM (Snakemake cancelling a job) unwinds like an exception, so temporary files are removed
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -255,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"params: expected a mapping at the top level, found {raw!r}")
         args.fn(args, raw)
     except KshotError as err:
-        print(f"kshot {args.command}: error: {err}", file=sys.stderr)
+        message = " | ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        print(f"kshot {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0

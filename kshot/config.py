@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from kshot.errors import ConfigError, suggest
+from kshot.errors import ConfigError, suggest, yaml_error
 
 T = TypeVar("T")
 
@@ -297,6 +297,13 @@ class Params:
                 raise _unknown(f"benchmarks.{name}.source", bench.source, self.sources)
             if bench.target not in datasets:
                 raise _unknown(f"benchmarks.{name}.target", bench.target, datasets)
+            src = self.sources[bench.source]
+            shared = sorted(set(bench.target_classes) & set(src.classes))
+            if bench.target == src.dataset and shared:
+                raise ConfigError(
+                    f"benchmarks.{name}.target_classes: expected classes disjoint from "
+                    f"sources.{bench.source}.classes (same dataset '{src.dataset}'), found {shared} in both"
+                )
         for name, spec in self.methods.items():
             method_spec(name, spec)
         for i, b in enumerate(self.run.benchmarks):
@@ -356,7 +363,7 @@ def load_params(path: str | Path) -> Params:
     try:
         raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as err:
-        raise ConfigError(f"params file '{p}': expected valid YAML, found a syntax error: {err}") from err
+        raise yaml_error(p, err) from err
     return params_from_dict(raw)
 
 

@@ -10,6 +10,7 @@ byte-identical files; wall times go to ``timings.json``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import time
@@ -32,6 +33,18 @@ from kshot.pretrain import load_checkpoint
 def episode_seed(seed: int, benchmark: str, k: int, episode: int) -> int:
     """The seed of one episode, the same for every method so that comparisons are paired."""
     return int(zlib.crc32(f"{seed}/{benchmark}/{k}/{episode}".encode()))
+
+
+@functools.cache
+def code_digest() -> str:
+    """sha256 of kshot's own source files: a resumed episode is trusted only if it was computed by
+    the same code (any edit, even one that should not change numbers, recomputes)."""
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parent
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def stamp(obj: Any) -> str:
@@ -95,6 +108,7 @@ def run_episodes(
             "checkpoint": sha256(checkpoint),
             "episodes": ep_file[role],
             "artifacts": artifacts or {},
+            "code": code_digest(),
         }
     )
     records, timings = [], []

@@ -170,7 +170,9 @@ def main_tables(summary: pd.DataFrame, baseline: str, order: Sequence[str] | Non
                     brow.append(False)
                     continue
                 r = m.loc[k]
-                row.append(fmt_ci(r.test_acc, r.ci95))
+                n_div = int(r.get("n_diverged", 0) or 0)
+                diverged = f" ({n_div}/{int(r.n_episodes)} diverged)" if n_div else ""
+                row.append(fmt_ci(r.test_acc, r.ci95) + diverged)
                 brow.append(round(float(r.test_acc), DIGITS) == best[k])
             for k in ks:
                 if k not in m.index or method == baseline:

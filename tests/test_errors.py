@@ -92,7 +92,6 @@ def assert_no_run_output(out_dir: Path) -> None:
 # --- through the command line: exit status 2, one line, no traceback, nothing written ---------------
 
 
-@pytest.mark.xfail(strict=True, reason="needs kshot.errors.yaml_error used in kshot/cli.py (issue 5 report)")
 def test_cli_invalid_yaml_names_the_file_and_writes_nothing(tmp_path, upstream):
     (tmp_path / "params.yaml").write_text("seed: 0\nepisodes: {k: [1, 5\n")
     out = tmp_path / "k1.json"
@@ -220,7 +219,6 @@ def test_empty_source_class_list_is_rejected(tiny_params):
         params_from_dict(tiny_params)
 
 
-@pytest.mark.xfail(strict=True, reason="needs the kshot/config.py check proposed in issue 5's report")
 def test_target_classes_overlapping_the_source_classes_of_the_same_dataset_are_rejected(tiny_params):
     tiny_params["benchmarks"]["tiny"]["target_classes"] = [3, 4, 5]  # digits04 trains on 0..4
     with pytest.raises(ConfigError, match=r"benchmarks.tiny.target_classes.*disjoint.*\[3, 4\]"):
