@@ -49,7 +49,7 @@ def predict(
     fn: Callable[[torch.Tensor], torch.Tensor],
     images: torch.Tensor,
     device: torch.device,
-    batch_size: int = 1024,
+    batch_size: int = 256,
 ) -> torch.Tensor:
     """Apply ``fn`` to uint8 ``images`` in batches (bounded memory); returns outputs on CPU."""
     outs = [fn(to_input(chunk, device)).cpu() for chunk in images.split(batch_size)]
@@ -59,7 +59,7 @@ def predict(
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> float:
     """Top-1 accuracy of ``model`` on uint8 ``images [N, C, H, W]``, ``labels [N]``."""
     was_training = model.training
-    model.eval()
+    model.eval().to(memory_format=torch.channels_last)
     logits = predict(model, images, device)
     model.train(was_training)
     return float((logits.argmax(1) == labels).float().mean())
