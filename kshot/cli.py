@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from kshot.config import (
     BenchmarkConfig,
@@ -26,22 +25,16 @@ from kshot.config import (
     SourceConfig,
     from_dict,
     method_spec,
+    params_from_dict,
+    read_params_file,
 )
-from kshot.errors import ConfigError, KshotError, unknown, yaml_error
+from kshot.errors import ConfigError, KshotError, unknown
 
 
 def _raw_params(args: argparse.Namespace) -> dict[str, Any]:
     if args.params_json is not None:
         return json.loads(args.params_json)
-    path = Path(args.params)
-    if not path.is_file():
-        raise ConfigError(f"params file '{path}': expected an existing YAML file, found nothing")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise yaml_error(path, err) from err
-    from kshot.config import params_from_dict
-
+    raw = read_params_file(args.params)
     params_from_dict(raw)  # a whole file is validated as a whole
     return raw
 
@@ -175,18 +168,6 @@ def cmd_compare(args: argparse.Namespace, raw: dict[str, Any]) -> None:
     write_comparisons([Path(p) for p in args.runs], pairs, Path(args.out_stem), args.kind)
 
 
-def cmd_aggregate(args: argparse.Namespace, raw: dict[str, Any]) -> None:
-    from kshot.report import write_results
-
-    write_results(
-        [Path(p) for p in args.runs],
-        [Path(p) for p in args.sources],
-        Path(args.tables_dir),
-        Path(args.figures_dir),
-        baseline=args.baseline,
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kshot", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -235,13 +216,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", nargs="+", required=True, help="comparisons as a:b (a - b)")
     p.add_argument("--kind", choices=["ablation", "regime"], required=True)
     p.add_argument("--out-stem", required=True, help="output path without suffix")
-    p.set_defaults(needs_params=False)
-    p = add("aggregate", cmd_aggregate, "tables and figures from run metrics")
-    p.add_argument("--runs", nargs="+", required=True, help="metrics.json files")
-    p.add_argument("--sources", nargs="*", default=[], help="source metrics JSON files")
-    p.add_argument("--tables-dir", required=True)
-    p.add_argument("--figures-dir", required=True)
-    p.add_argument("--baseline", default="full")
     p.set_defaults(needs_params=False)
     return parser
 

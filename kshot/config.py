@@ -355,16 +355,20 @@ def method_spec(name: str, raw: Any) -> MethodSpec:
     return MethodSpec(kind=kind, options=options)
 
 
-def load_params(path: str | Path) -> Params:
-    """Read and validate a params file; raises :class:`ConfigError` naming the file and field."""
+def read_params_file(path: str | Path) -> Any:
+    """The parsed YAML of a params file (not yet validated); errors name the file."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"params file '{p}': expected an existing YAML file, found nothing")
     try:
-        raw = yaml.safe_load(p.read_text())
+        return yaml.safe_load(p.read_text())
     except yaml.YAMLError as err:
         raise yaml_error(p, err) from err
-    return params_from_dict(raw)
+
+
+def load_params(path: str | Path) -> Params:
+    """Read and validate a params file; raises :class:`ConfigError` naming the file and field."""
+    return params_from_dict(read_params_file(path))
 
 
 def params_from_dict(raw: Any) -> Params:
