@@ -158,7 +158,7 @@ def _fetch_digits(cfg: DataConfig, out: Path) -> None:
     np.savez_compressed(out / "digits.npz", images=images, labels=digits.target.astype(np.int64))
 
 
-def _stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
     """Per class, a seeded ``test_fraction`` of the indices goes to test, the rest to train."""
     rng = np.random.default_rng(seed)
     train, test = [], []
@@ -170,17 +170,21 @@ def _stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> di
     return {"train": np.sort(np.concatenate(train)), "test": np.sort(np.concatenate(test))}
 
 
-def _load_digits(raw: Path, split: str, cfg: DataConfig) -> ImageSet:
-    path = raw / "digits.npz"
+def load_npz(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """``images`` and ``labels`` arrays of an npz written at acquisition; errors name the file."""
     try:
         with np.load(path) as f:
-            images, labels = f["images"], f["labels"]
+            return f["images"], f["labels"]
     except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as err:
         raise DataError(
-            f"digits file '{path}': expected an npz with images and labels, found a missing, "
+            f"{what} '{path}': expected an npz with images and labels, found a missing, "
             f"corrupt or truncated file ({type(err).__name__}: {err})"
         ) from err
-    idx = _stratified_split(labels, cfg.digits_test_fraction, seed=0)[split]
+
+
+def _load_digits(raw: Path, split: str, cfg: DataConfig) -> ImageSet:
+    images, labels = load_npz(raw / "digits.npz", "digits file")
+    idx = stratified_split(labels, cfg.digits_test_fraction, seed=0)[split]
     return _from_hwc(images[idx], labels[idx])
 
 

@@ -8,7 +8,6 @@ one shape; the stored side is 64 unless the tree's name says otherwise in ``data
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -58,20 +57,12 @@ def _fetch(root: Path):
 
 
 def _load(raw: Path, split: str, cfg: DataConfig):
-    from kshot.data.datasets import ImageSet, _stratified_split
+    from kshot.data.datasets import ImageSet, load_npz, stratified_split
 
     whole = (raw / "all.npz").is_file()
-    path = raw / ("all.npz" if whole else f"{split}.npz")
-    try:
-        with np.load(path) as f:
-            images, labels = f["images"], f["labels"]
-    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as err:
-        raise DataError(
-            f"image folder file '{path}': expected an npz with images and labels, found a missing, "
-            f"corrupt or truncated file ({type(err).__name__}: {err})"
-        ) from err
+    images, labels = load_npz(raw / ("all.npz" if whole else f"{split}.npz"), "image folder file")
     if whole:
-        idx = _stratified_split(labels, cfg.digits_test_fraction, seed=0)[split]
+        idx = stratified_split(labels, cfg.digits_test_fraction, seed=0)[split]
         images, labels = images[idx], labels[idx]
     x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # [N, 3, S, S]
     return ImageSet(x, torch.from_numpy(labels))

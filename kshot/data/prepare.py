@@ -84,31 +84,52 @@ def source_geometry(src: SourceConfig, data: DataConfig) -> tuple[int, int]:
     return info.channels, src.image_size or info.size
 
 
+def _prepare(
+    name: str,
+    dataset: str,
+    classes: list[int],
+    field: str,
+    geometry: tuple[int, int],
+    splits: dict[str, str],
+    data: DataConfig,
+    raw_dir: Path,
+    out: Path,
+    cap: tuple[int | None, int] = (None, 0),
+) -> dict[str, Any]:
+    """Select ``classes`` of each split (``{dataset split: stored name}``), convert to ``geometry``,
+    save ``<stored>_x``/``<stored>_y`` and a summary to ``out``, and return the summary. ``cap`` is
+    (images per class at most, seed), applied to the first split."""
+    channels, side = geometry
+    parts: dict[str, torch.Tensor] = {}
+    for i, (split, key) in enumerate(splits.items()):
+        d = select_classes(load_split(dataset, split, data, raw_dir), classes, field, dataset)
+        if i == 0:
+            d = _cap_per_class(d, *cap)
+        parts[f"{key}_x"] = to_geometry(d.images, channels, side)
+        parts[f"{key}_y"] = d.labels
+    summary = {"name": name, "dataset": dataset, "classes": classes, "channels": channels, "side": side}
+    summary.update({f"n_{key}": len(parts[f"{key}_y"]) for key in splits.values()})
+    summary["sha256"] = digest(parts)
+    save_tensors(out, {**parts, "meta": summary})
+    return summary
+
+
 def prepare_source(
     name: str, src: SourceConfig, data: DataConfig, raw_dir: Path, out: Path, seed: int
 ) -> dict[str, Any]:
     """Write the source train/test split of ``sources.<name>`` to ``out``; return its summary."""
-    channels, side = source_geometry(src, data)
-    field = f"sources.{name}.classes"
-    parts: dict[str, torch.Tensor] = {}
-    for split in ("train", "test"):
-        d = select_classes(load_split(src.dataset, split, data, raw_dir), src.classes, field, src.dataset)
-        if split == "train":
-            d = _cap_per_class(d, src.max_per_class, seed)
-        parts[f"{split}_x"] = to_geometry(d.images, channels, side)
-        parts[f"{split}_y"] = d.labels
-    summary = {
-        "name": name,
-        "dataset": src.dataset,
-        "classes": src.classes,
-        "channels": channels,
-        "side": side,
-        "n_train": len(parts["train_y"]),
-        "n_test": len(parts["test_y"]),
-        "sha256": digest(parts),
-    }
-    save_tensors(out, {**parts, "meta": summary})
-    return summary
+    return _prepare(
+        name,
+        src.dataset,
+        src.classes,
+        f"sources.{name}.classes",
+        source_geometry(src, data),
+        {"train": "train", "test": "test"},
+        data,
+        raw_dir,
+        out,
+        cap=(src.max_per_class, seed),
+    )
 
 
 def prepare_target(
@@ -120,30 +141,17 @@ def prepare_target(
     out: Path,
 ) -> dict[str, Any]:
     """Write the target pool (episodes draw support and validation from it) and test split."""
-    channels, side = geometry
-    field = f"benchmarks.{name}.target_classes"
-    parts: dict[str, torch.Tensor] = {}
-    for split, key in (("train", "pool"), ("test", "test")):
-        d = select_classes(
-            load_split(bench.target, split, data, raw_dir),
-            bench.target_classes,
-            field,
-            bench.target,
-        )
-        parts[f"{key}_x"] = to_geometry(d.images, channels, side)
-        parts[f"{key}_y"] = d.labels
-    summary = {
-        "name": name,
-        "dataset": bench.target,
-        "classes": bench.target_classes,
-        "channels": channels,
-        "side": side,
-        "n_pool": len(parts["pool_y"]),
-        "n_test": len(parts["test_y"]),
-        "sha256": digest(parts),
-    }
-    save_tensors(out, {**parts, "meta": summary})
-    return summary
+    return _prepare(
+        name,
+        bench.target,
+        bench.target_classes,
+        f"benchmarks.{name}.target_classes",
+        geometry,
+        {"train": "pool", "test": "test"},
+        data,
+        raw_dir,
+        out,
+    )
 
 
 def load_prepared(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
