@@ -6,7 +6,10 @@
    processes on a shared machine, where a median still moves by tens of percent.
 2. Fine-tuning evaluations per minute of the RL search's inner loop: ``P`` grouped fine-tunings one
    after another (:func:`kshot.finetune.train`) vs one population (:func:`kshot.population`).
-3. A large float32 matmul's GFLOP/s, to put the machine's numbers in proportion.
+   Also the pipeline's setting: a population at half the steps (``search.steps``, low-fidelity
+   rewards) against the full-fidelity sequential loop.
+3. A large float32 matmul's GFLOP/s, and the GFLOP/s a plain fine-tuning step reaches (FLOPs counted
+   by ``torch.utils.flop_counter``) as a fraction of it.
 
 Runs in about two minutes on 2 CPU cores: ``python benchmarks/bench_grouping.py [--device cuda]``.
 """
@@ -22,6 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from kshot.config import FinetuneConfig
 from kshot.finetune import resolve_device, train
@@ -88,6 +92,8 @@ def step_times(k: int, device: torch.device, blocks: int, steps: int) -> dict[st
     sync(device)
     hook_s = (time.perf_counter() - start) / steps
     p, g = min(plain), min(grouped)
+    with FlopCounterMode(display=False) as counter:  # forward + backward FLOPs of one step
+        F.cross_entropy(model(x), y).backward()
     return {
         "k": k,
         "batch": N_CLASSES * k,
@@ -95,6 +101,8 @@ def step_times(k: int, device: torch.device, blocks: int, steps: int) -> dict[st
         "grouped_step_ms": 1e3 * g,
         "hook_only_ms": 1e3 * hook_s,
         "overhead_pct": 100 * (g - p) / p,
+        "step_gflop": counter.get_total_flops() / 1e9,
+        "finetune_gflops": counter.get_total_flops() / p / 1e9,
     }
 
 
@@ -118,6 +126,13 @@ def evaluations_per_minute(device: torch.device, members: int, steps: int) -> di
     train_population(models, [support] * members, [val] * members, cfg, device, groupings)
     sync(device)
     population = time.perf_counter() - start
+
+    # the pipeline's search setting: low-fidelity rewards (half the steps), population fine-tuning
+    low = FinetuneConfig(steps=steps // 2, lr=0.01, momentum=0.9, eval_every=min(10, steps // 2))
+    start = time.perf_counter()
+    train_population(models, [support] * members, [val] * members, low, device, groupings)
+    sync(device)
+    low_fidelity = time.perf_counter() - start
     return {
         "members": members,
         "steps": steps,
@@ -125,6 +140,8 @@ def evaluations_per_minute(device: torch.device, members: int, steps: int) -> di
         "sequential_evals_per_min": 60 * members / sequential,
         "population_evals_per_min": 60 * members / population,
         "speedup": sequential / population,
+        "low_fidelity_population_evals_per_min": 60 * members / low_fidelity,
+        "low_fidelity_speedup": sequential / low_fidelity,
     }
 
 
@@ -162,17 +179,21 @@ def main() -> None:
         "search_throughput": evaluations_per_minute(device, args.members, args.train_steps),
         "matmul": matmul_gflops(device),
     }
+    for row in result["step_time"]:
+        row["fraction_of_matmul"] = row["finetune_gflops"] / result["matmul"]["gflops"]
     write_json(args.out, result)
     for row in result["step_time"]:
         print(
             f"k={row['k']:>2}: plain {row['plain_step_ms']:.2f} ms, grouped "
             f"{row['grouped_step_ms']:.2f} ms ({row['overhead_pct']:+.1f}%), hook alone "
-            f"{row['hook_only_ms']:.3f} ms"
+            f"{row['hook_only_ms']:.3f} ms; {row['finetune_gflops']:.1f} GFLOP/s "
+            f"({100 * row['fraction_of_matmul']:.0f}% of matmul)"
         )
     s = result["search_throughput"]
     print(
         f"evaluations/min: sequential {s['sequential_evals_per_min']:.1f}, population "
-        f"{s['population_evals_per_min']:.1f} (x{s['speedup']:.2f})"
+        f"{s['population_evals_per_min']:.1f} (x{s['speedup']:.2f}), low-fidelity population "
+        f"{s['low_fidelity_population_evals_per_min']:.1f} (x{s['low_fidelity_speedup']:.2f})"
     )
     print(f"matmul {result['matmul']['n']}^2: {result['matmul']['gflops']:.1f} GFLOP/s -> {args.out}")
 
