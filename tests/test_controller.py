@@ -41,7 +41,7 @@ def test_first_update_has_zero_advantage_and_sets_the_baseline():
 def test_reinforce_learns_the_rewarded_configuration_of_a_bandit():
     best = [2, 0, 3]
     ctl = Reinforce([4, 4, 4], ControllerConfig(lr=0.1, entropy_weight=0.0), seed=0)
-    start = float(ctl.policy.evaluate(best).log_prob.exp())
+    start = float(ctl.policy.evaluate(best).log_prob.detach().exp())
     for _ in range(150):
         s = ctl.sample()
         ctl.update(s, sum(a == b for a, b in zip(s.actions, best, strict=True)) / 3)
