@@ -46,7 +46,7 @@ def test_reinforce_learns_the_rewarded_configuration_of_a_bandit():
         s = ctl.sample()
         ctl.update(s, sum(a == b for a, b in zip(s.actions, best, strict=True)) / 3)
     assert ctl.policy.greedy() == best
-    assert float(ctl.policy.evaluate(best).log_prob.exp()) > 10 * start
+    assert float(ctl.policy.evaluate(best).log_prob.detach().exp()) > 10 * start
 
 
 def test_controller_config_is_validated_by_name():
