@@ -64,7 +64,8 @@ def check_geometry(checkpoint: Path, target: Path, meta: dict[str, Any]) -> None
         )
 
 
-def _select(x: torch.Tensor, y: torch.Tensor, idx: list[int] | None):
+def select(x: torch.Tensor, y: torch.Tensor, idx: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``idx`` of images ``x [N, ...]`` and labels ``y [N]`` (all rows for ``None``)."""
     if idx is None:
         return x, y
     t = torch.as_tensor(idx, dtype=torch.int64)
@@ -128,9 +129,9 @@ def run_episodes(
         model, _ = load_checkpoint(checkpoint)
         ep_data = EpisodeData(
             model=model,
-            support=_select(data["pool_x"], data["pool_y"], ep.support),
-            val=_select(data["pool_x"], data["pool_y"], ep.val),
-            test=_select(data["test_x"], data["test_y"], ep.test),
+            support=select(data["pool_x"], data["pool_y"], ep.support),
+            val=select(data["pool_x"], data["pool_y"], ep.val),
+            test=select(data["test_x"], data["test_y"], ep.test),
             n_classes=int(ep_file["n_classes"]),
             seed=episode_seed(seed, benchmark, k, ep.id),
             device=device,

@@ -388,11 +388,7 @@ def search_episodes(
     fine-tuning seeds are namespaced apart from the evaluation episodes'; the target pool is passed
     as unlabeled images for ``features: support+pool``.
     """
-    from kshot.runner import episode_seed
-
-    def take(idx: list[int]) -> Tensors:
-        t = torch.as_tensor(idx, dtype=torch.int64)
-        return pool_x[t], pool_y[t]
+    from kshot.runner import episode_seed, select
 
     if not ep_file.get("search"):
         raise DataError(
@@ -402,7 +398,10 @@ def search_episodes(
     k = int(ep_file["k"])
     return [
         SearchEpisode(
-            take(e["support"]), take(e["val"]), episode_seed(seed, f"{benchmark}/search", k, e["id"]), pool_x
+            select(pool_x, pool_y, e["support"]),
+            select(pool_x, pool_y, e["val"]),
+            episode_seed(seed, f"{benchmark}/search", k, e["id"]),
+            pool_x,
         )
         for e in ep_file["search"]
     ]
