@@ -4,14 +4,16 @@
    5 classes, k = 1, 5, 10; a quarter of the neurons as groups in every groupable layer). Plain and
    grouped blocks alternate and the fastest block of each is kept: the least disturbed by other
    processes on a shared machine, where a median still moves by tens of percent.
-2. Fine-tuning evaluations per minute of the RL search's inner loop: ``P`` grouped fine-tunings one
-   after another (:func:`kshot.finetune.train`) vs one population (:func:`kshot.population`).
-   Also the pipeline's setting: a population at half the steps (``search.steps``, low-fidelity
-   rewards) against the full-fidelity sequential loop.
+2. Fine-tuning evaluations per minute of the RL search's inner loop at k = 1 and 5: ``P`` grouped
+   fine-tunings one after another (:func:`kshot.finetune.train`) vs one population
+   (:func:`kshot.population`), for P = 2 (the default search episodes) and 8. Also the pipeline's
+   setting: half the steps (``search.steps``, low-fidelity rewards), batched and one after another
+   (on CPU ``search.population: auto`` runs the loop), against the full-fidelity sequential loop.
 3. A large float32 matmul's GFLOP/s, and the GFLOP/s a plain fine-tuning step reaches (FLOPs counted
    by ``torch.utils.flop_counter``) as a fraction of it.
+4. The wall time of one whole search stage with ``params.yaml``'s settings, at k = 1 and 5.
 
-Runs in about two minutes on 2 CPU cores: ``python benchmarks/bench_grouping.py [--device cuda]``.
+Runs in a few minutes on 2 CPU cores: ``python benchmarks/bench_grouping.py [--device cuda]``.
 """
 
 from __future__ import annotations
@@ -106,42 +108,101 @@ def step_times(k: int, device: torch.device, blocks: int, steps: int) -> dict[st
     }
 
 
-def evaluations_per_minute(device: torch.device, members: int, steps: int) -> dict[str, float]:
+def evaluations_per_minute(
+    device: torch.device, members: int, steps: int, low_steps: int, k: int, repeats: int
+) -> dict[str, float]:
+    """``members`` grouped fine-tunings of ``steps`` steps one after another (the baseline) vs one
+    population of the same, vs one population at ``low_steps`` (the pipeline's low-fidelity search
+    reward). Each variant is timed ``repeats`` times, interleaved; the fastest run of each is kept."""
     cfg = FinetuneConfig(steps=steps, lr=0.01, momentum=0.9, eval_every=10)
+    low = FinetuneConfig(steps=low_steps, lr=0.01, momentum=0.9, eval_every=min(10, low_steps))
     torch.manual_seed(0)
     source = LeNet(1, 28, N_CLASSES)
     models = [copy.deepcopy(source) for _ in range(members)]
-    support, val = images(N_CLASSES, 1), images(N_CLASSES * 10, 2)  # k = 1, 10 val per class
+    support, val = images(N_CLASSES * k, 1), images(N_CLASSES * 10, 2)  # 10 val images per class
     groupings = [quarter_groups(source, s) for s in range(members)]
 
-    sync(device)
-    start = time.perf_counter()
-    for m, g in zip(models, groupings, strict=True):
-        m = copy.deepcopy(m).to(device)
-        train(m, list(m.parameters()), support, val, cfg, device, grad_hook=GroupedGradient(m, g))
-    sync(device)
-    sequential = time.perf_counter() - start
+    def sequential() -> None:
+        for m, g in zip(models, groupings, strict=True):
+            m = copy.deepcopy(m).to(device)
+            train(m, list(m.parameters()), support, val, cfg, device, grad_hook=GroupedGradient(m, g))
 
-    start = time.perf_counter()
-    train_population(models, [support] * members, [val] * members, cfg, device, groupings)
-    sync(device)
-    population = time.perf_counter() - start
+    def sequential_low() -> None:
+        for m, g in zip(models, groupings, strict=True):
+            m = copy.deepcopy(m).to(device)
+            train(m, list(m.parameters()), support, val, low, device, grad_hook=GroupedGradient(m, g))
 
-    # the pipeline's search setting: low-fidelity rewards (half the steps), population fine-tuning
-    low = FinetuneConfig(steps=steps // 2, lr=0.01, momentum=0.9, eval_every=min(10, steps // 2))
-    start = time.perf_counter()
-    train_population(models, [support] * members, [val] * members, low, device, groupings)
-    sync(device)
-    low_fidelity = time.perf_counter() - start
+    def population(ft: FinetuneConfig) -> None:
+        train_population(models, [support] * members, [val] * members, ft, device, groupings)
+
+    variants = {
+        "sequential": sequential,
+        "population": lambda: population(cfg),
+        "low": lambda: population(low),
+    }
+    best = dict.fromkeys(variants, float("inf"))
+    for _ in range(repeats):
+        for name, run in variants.items():
+            sync(device)
+            start = time.perf_counter()
+            run()
+            sync(device)
+            best[name] = min(best[name], time.perf_counter() - start)
     return {
         "members": members,
         "steps": steps,
-        "k": 1,
-        "sequential_evals_per_min": 60 * members / sequential,
-        "population_evals_per_min": 60 * members / population,
-        "speedup": sequential / population,
-        "low_fidelity_population_evals_per_min": 60 * members / low_fidelity,
-        "low_fidelity_speedup": sequential / low_fidelity,
+        "low_fidelity_steps": low_steps,
+        "k": k,
+        "sequential_evals_per_min": 60 * members / best["sequential"],
+        "population_evals_per_min": 60 * members / best["population"],
+        "speedup": best["sequential"] / best["population"],
+        "low_fidelity_population_evals_per_min": 60 * members / best["low"],
+        "low_fidelity_speedup": best["sequential"] / best["low"],
+        "low_fidelity_sequential_evals_per_min": 60 * members / best["low_sequential"],
+        "low_fidelity_sequential_speedup": best["sequential"] / best["low_sequential"],
+    }
+
+
+def full_search(device: torch.device, k: int, params: Path) -> dict[str, float]:
+    """Wall time of one search stage as the pipeline runs it (``params.yaml``'s ``search``,
+    ``finetune`` and ``episodes`` blocks: budget, low-fidelity steps, selection of finalists) on a
+    LeNet with synthetic images of the real shapes, 5-way k-shot."""
+    from kshot.config import from_dict, read_params_file
+    from kshot.search import SearchConfig, SearchEpisode, search_group_counts
+
+    raw = read_params_file(str(params))
+    cfg = from_dict(SearchConfig, raw["search"], "search")
+    ft = from_dict(FinetuneConfig, raw["finetune"], "finetune")
+    n_search, n_select = raw["episodes"]["search_episodes"], raw["episodes"].get("select_episodes", 0)
+    val_per_class = raw["episodes"]["val_per_class"]
+    torch.manual_seed(0)
+    model = LeNet(1, 28, N_CLASSES)
+
+    def episodes(n: int, offset: int) -> list[SearchEpisode]:
+        return [
+            SearchEpisode(
+                images(N_CLASSES * k, offset + 2 * i),
+                images(N_CLASSES * val_per_class, offset + 2 * i + 1),
+                i,
+            )
+            for i in range(n)
+        ]
+
+    start = time.perf_counter()
+    trace = search_group_counts(
+        model, episodes(n_search, 10), N_CLASSES, cfg, ft, device, 0, episodes(n_select, 100)
+    )
+    sync(device)
+    return {
+        "k": k,
+        "wall_s": time.perf_counter() - start,
+        "evaluations": trace.n_evaluations,
+        "samples": len(trace.samples),
+        "finalists": len(trace.finalists),
+        "search_episodes": n_search,
+        "select_episodes": n_select,
+        "budget": cfg.budget,
+        "steps": cfg.steps or ft.steps,
     }
 
 
@@ -164,8 +225,11 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_grouping.json"))
     parser.add_argument("--blocks", type=int, default=9)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--members", type=int, default=8)
-    parser.add_argument("--train-steps", type=int, default=30)
+    parser.add_argument("--members", type=int, nargs="+", default=[2, 8])
+    parser.add_argument("--train-steps", type=int, default=100, help="full-fidelity steps")
+    parser.add_argument("--low-steps", type=int, default=50, help="low-fidelity (search) steps")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--params", default=str(Path(__file__).parents[1] / "params.yaml"))
     args = parser.parse_args()
     device = resolve_device(args.device)
     result = {
@@ -176,7 +240,12 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "step_time": [step_times(k, device, args.blocks, args.steps) for k in (1, 5, 10)],
-        "search_throughput": evaluations_per_minute(device, args.members, args.train_steps),
+        "search_throughput": [
+            evaluations_per_minute(device, m, args.train_steps, args.low_steps, k, args.repeats)
+            for k in (1, 5)
+            for m in args.members
+        ],
+        "full_search": [full_search(device, k, Path(args.params)) for k in (1, 5)],
         "matmul": matmul_gflops(device),
     }
     for row in result["step_time"]:
@@ -189,12 +258,20 @@ def main() -> None:
             f"{row['hook_only_ms']:.3f} ms; {row['finetune_gflops']:.1f} GFLOP/s "
             f"({100 * row['fraction_of_matmul']:.0f}% of matmul)"
         )
-    s = result["search_throughput"]
-    print(
-        f"evaluations/min: sequential {s['sequential_evals_per_min']:.1f}, population "
-        f"{s['population_evals_per_min']:.1f} (x{s['speedup']:.2f}), low-fidelity population "
-        f"{s['low_fidelity_population_evals_per_min']:.1f} (x{s['low_fidelity_speedup']:.2f})"
-    )
+    for s in result["search_throughput"]:
+        print(
+            f"k={s['k']}, {s['members']} members: evaluations/min sequential "
+            f"{s['sequential_evals_per_min']:.1f}, population {s['population_evals_per_min']:.1f} "
+            f"(x{s['speedup']:.2f}), low-fidelity population "
+            f"{s['low_fidelity_population_evals_per_min']:.1f} (x{s['low_fidelity_speedup']:.2f}), "
+            f"low-fidelity sequential {s['low_fidelity_sequential_evals_per_min']:.1f} "
+            f"(x{s['low_fidelity_sequential_speedup']:.2f})"
+        )
+    for s in result["full_search"]:
+        print(
+            f"full search k={s['k']}: {s['wall_s']:.1f} s ({s['evaluations']} evaluations on "
+            f"{s['search_episodes']} episodes, {s['finalists']} finalists on {s['select_episodes']})"
+        )
     print(f"matmul {result['matmul']['n']}^2: {result['matmul']['gflops']:.1f} GFLOP/s -> {args.out}")
 
 

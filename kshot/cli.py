@@ -28,7 +28,7 @@ from kshot.config import (
     params_from_dict,
     read_params_file,
 )
-from kshot.errors import ConfigError, KshotError, unknown
+from kshot.errors import ConfigError, DataError, KshotError, unknown
 
 
 def _raw_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -123,7 +123,13 @@ def cmd_finetune(args: argparse.Namespace, raw: dict[str, Any]) -> None:
     if args.search:
         from kshot.io import read_json
 
-        artifacts["search_counts"] = read_json(args.search, what="search result")["best_counts"]
+        result = read_json(args.search, what="search result")
+        if not isinstance(result.get("chosen_counts"), dict):
+            raise DataError(
+                f"search result '{args.search}': expected a 'chosen_counts' mapping (rerun the search "
+                f"stage), found keys {sorted(result)}"
+            )
+        artifacts["search_counts"] = result["chosen_counts"]
     run_episodes(
         benchmark=args.benchmark,
         method_name=args.method,
@@ -155,9 +161,14 @@ def cmd_search(args: argparse.Namespace, raw: dict[str, Any]) -> None:
     data = load_prepared(Path(args.target), ("pool_x", "pool_y"))
     ep_file = read_json(args.episodes, what="episodes file")
     seed = raw.get("seed", 0)
-    episodes = search_episodes(ep_file, data["pool_x"], data["pool_y"], args.benchmark, seed)
+    episodes, select = (
+        search_episodes(ep_file, data["pool_x"], data["pool_y"], args.benchmark, seed, role)
+        for role in ("search", "select")
+    )
     model, _ = load_checkpoint(Path(args.checkpoint))
-    trace = search_group_counts(model, episodes, int(ep_file["n_classes"]), cfg, finetune, _device(raw), seed)
+    trace = search_group_counts(
+        model, episodes, int(ep_file["n_classes"]), cfg, finetune, _device(raw), seed, select
+    )
     write_json(args.out, trace.to_dict())
 
 

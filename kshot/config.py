@@ -176,6 +176,7 @@ class EpisodeConfig:
     val_per_class: int = 10
     test_per_class: int | None = None
     search_episodes: int = 3
+    select_episodes: int = 0
 
     def validate(self, where: str) -> None:
         if not self.k:
@@ -188,6 +189,7 @@ class EpisodeConfig:
         for name in ("n_episodes", "val_per_class", "test_per_class"):
             _positive(where, name, getattr(self, name))
         _positive(where, "search_episodes", self.search_episodes, strict=False)
+        _positive(where, "select_episodes", self.select_episodes, strict=False)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,10 @@
 
 An episode of a benchmark with C target classes holds ``k`` support and ``val_per_class``
 validation images per class, disjoint, drawn from the target pool (the target's training split),
-and test indices into the target test split (all of it by default). Evaluation episodes and the
-RL search's episodes come from independent seed streams, so the search never sees what is reported.
+and test indices into the target test split (all of it by default). Evaluation episodes, the RL
+search's episodes (``search``: the rewards) and its selection episodes (``select``: the final pick
+among the search's finalists) come from independent seed streams, so the search never sees what is
+reported and the final pick is not made on the episodes that ranked the candidates.
 """
 
 from __future__ import annotations
@@ -92,7 +94,8 @@ def make_episodes(
     check_feasible(pool_labels, n_classes, k, cfg.val_per_class)
     pool, test = pool_labels.numpy(), test_labels.numpy()
     out: dict = {"benchmark": benchmark, "k": k, "seed": seed, "n_classes": n_classes}
-    for role, n in (("eval", cfg.n_episodes), ("search", cfg.search_episodes)):
+    roles = (("eval", cfg.n_episodes), ("search", cfg.search_episodes), ("select", cfg.select_episodes))
+    for role, n in roles:
         out[role] = [
             sample_episode(
                 pool, test, n_classes, k, cfg, episode_rng(seed, benchmark, k, role, i), i

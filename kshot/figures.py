@@ -409,10 +409,11 @@ def plot_group_counts(traces: Mapping[str, Mapping[str, Any]], out_stem: Path) -
         t = traces[label]
         xs, ys, texts = [], [], []
         for j, name in enumerate(layers):
-            if name not in t.get("best_counts", {}):
+            chosen = t.get("chosen_counts") or t.get("best_counts") or {}
+            if name not in chosen:
                 continue
             n = max(t["menu"][name])
-            g = t["best_counts"][name]
+            g = chosen[name]
             xs.append(j - 0.4 + width * (i + 0.5))
             ys.append(g / n)
             texts.append(f"{g}/{n}")

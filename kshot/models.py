@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torchvision
 from torch import nn
 
 from kshot.errors import unknown
@@ -115,6 +114,8 @@ class ResNet18(Backbone):
     def __init__(self, in_channels: int, image_size: int, n_classes: int, width: float = 1.0):
         super().__init__(in_channels)
         del width  # torchvision's ResNet-18 has a fixed width
+        import torchvision  # lazily: importing it costs every job about 1.7 s
+
         body = torchvision.models.resnet18(weights=None)
         if image_size < 64:
             body.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
@@ -130,6 +131,8 @@ class ResNet18(Backbone):
 
     def load_imagenet(self) -> None:
         """Copy torchvision's ImageNet weights into the body (needs the network; never in tests)."""
+        import torchvision
+
         weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
         state = weights.get_state_dict(progress=False)
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}

@@ -14,9 +14,19 @@ Both spend the same ``budget`` of *evaluations* (fine-tunings, the cost): the re
 configuration already tried is taken from a cache (evaluations are deterministic given the seeds),
 logged with ``cached: true`` and, for the controller, still used for its update. ``max_samples``
 (default ``4 * budget``) bounds the samples drawn, so a policy that has converged onto a tried
-configuration ends the search. The result is the best configuration by reward (ties: the first
-evaluated). The search fine-tunes with the same :class:`FinetuneConfig` the ``grouped_rl`` method
-uses, so the counts are chosen for the recipe they will be used with.
+configuration ends the search. The search's best configuration is the one with the highest reward
+(ties: the first evaluated). The search fine-tunes with the same :class:`FinetuneConfig` the
+``grouped_rl`` method uses, so the counts are chosen for the recipe they will be used with.
+
+**Selection** (:func:`select_finalists`, ``finalists > 0``): the best of a few hundred validation
+images is an optimistic estimate (the winner's curse: with a budget of B noisy rewards, the maximum
+is biased upward), and a low-fidelity reward (``steps``) ranks by a shorter fine-tuning than the one
+used. So the ``finalists`` configurations with the highest search rewards, plus the *ungrouped*
+configuration (one neuron per group: plain fine-tuning, always in the menu's space as fraction 1.0),
+are fine-tuned again at full fidelity on separate *selection* episodes (their own seed stream, no
+test data), and the one with the highest mean selection reward is chosen (ties: the ungrouped one,
+then search order). ``chosen_counts`` is what ``grouped_rl`` uses; it falls back to no grouping
+when no searched configuration beats plain fine-tuning on validation data it was not chosen on.
 """
 
 from __future__ import annotations
@@ -60,10 +70,15 @@ class SearchConfig:
     fine-tuned; ``max_samples``: samples drawn at most (``None``: ``4 * budget``); ``layers``:
     grouped layers (``None``: every groupable layer; ``conv``/``fc`` select by type);
     ``population``: fine-tune the search episodes of one configuration as one batched population
-    (:mod:`kshot.population`); ``steps``: fine-tuning steps of a search evaluation (``None``: the
-    ``finetune`` block's). Fewer steps make a low-fidelity, cheaper reward: it ranks group counts by
-    how well a shorter fine-tuning does with them, an approximation we accept to fit the search in
-    the default run's time (set ``steps: null`` for full-fidelity rewards).
+    (:mod:`kshot.population`), or one after another; ``"auto"`` (the default) batches on CUDA only:
+    on CPU the batched population was measured slower than the loop (``benchmarks/``); ``steps``:
+    fine-tuning steps of a search evaluation (``None``: the ``finetune`` block's). Fewer steps make
+    a low-fidelity, cheaper reward: it ranks group counts by how well a shorter fine-tuning does with
+    them, an approximation we accept to fit the search in
+    the default run's time (set ``steps: null`` for full-fidelity rewards). ``finalists``: how many
+    of the best searched configurations are re-evaluated, with the ungrouped one, at full fidelity
+    on the selection episodes (``episodes.select_episodes``) to choose the counts; 0: take the
+    search's best as it is.
     """
 
     strategy: str = "reinforce"
@@ -75,8 +90,9 @@ class SearchConfig:
     features: str = "support"
     pool_size: int = 500
     share_bias: bool = True
-    population: bool = True
+    population: bool | str = "auto"
     steps: int | None = None
+    finalists: int = 0
     controller: ControllerConfig = field(default_factory=ControllerConfig)
 
     def validate(self, where: str) -> None:
@@ -90,6 +106,12 @@ class SearchConfig:
                 raise ConfigError(
                     f"{where}.{name}: expected one of {list(valid)}, found {value!r}{suggest(value, valid)}"
                 )
+        if self.population not in (True, False, "auto"):
+            raise ConfigError(
+                f"{where}.population: expected true, false or 'auto', found {self.population!r}"
+            )
+        if self.finalists < 0:
+            raise ConfigError(f"{where}.finalists: expected an integer >= 0, found {self.finalists}")
         for name in ("budget", "pool_size", "max_samples", "steps"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -126,6 +148,17 @@ class SearchSample:
 
 
 @dataclass
+class Finalist:
+    """A configuration re-evaluated in the selection stage. ``search_reward`` is ``None`` for the
+    ungrouped configuration when the search never sampled it."""
+
+    counts: dict[str, int]
+    search_reward: float | None
+    select_reward: float
+    ungrouped: bool
+
+
+@dataclass
 class SearchTrace:
     """Every sample of a search and its outcome (JSON-ready through :meth:`to_dict`)."""
 
@@ -138,6 +171,8 @@ class SearchTrace:
     best_counts: dict[str, int] = field(default_factory=dict)
     best_reward: float = -math.inf
     greedy_counts: dict[str, int] | None = None
+    chosen_counts: dict[str, int] = field(default_factory=dict)
+    finalists: list[Finalist] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -203,6 +238,32 @@ def _search(
             )
         )
         iteration += 1
+    trace.chosen_counts = dict(trace.best_counts)
+    return trace
+
+
+def select_finalists(
+    trace: SearchTrace, evaluate: Evaluate, sizes: dict[str, int], finalists: int
+) -> SearchTrace:
+    """The selection stage: re-evaluate the ungrouped configuration (``sizes``: one group per
+    neuron) and the ``finalists`` distinct configurations with the highest search rewards with
+    ``evaluate`` (full fidelity, selection episodes); set ``trace.chosen_counts`` to the best of
+    them (ties: the ungrouped one first, then by search rank) and record every re-evaluation."""
+    if finalists < 1:
+        raise ConfigError(f"search.finalists: expected an integer >= 1 to select, found {finalists}")
+    rewards: dict[tuple[tuple[str, int], ...], tuple[dict[str, int], float]] = {}
+    for sample in trace.samples:
+        rewards.setdefault(tuple(sorted(sample.counts.items())), (sample.counts, sample.reward))
+    ranked = sorted(rewards.values(), key=lambda cr: -cr[1])  # stable: ties keep search order
+    ungrouped = {name: sizes[name] for name in trace.layers}
+    key = tuple(sorted(ungrouped.items()))
+    candidates = [(ungrouped, rewards[key][1] if key in rewards else None, True)]
+    candidates += [(c, r, False) for c, r in ranked if tuple(sorted(c.items())) != key][:finalists]
+    trace.finalists = [
+        Finalist(dict(c), r, float(evaluate(c)), is_ungrouped) for c, r, is_ungrouped in candidates
+    ]
+    best = max(trace.finalists, key=lambda f: f.select_reward)  # max keeps the first of ties
+    trace.chosen_counts = dict(best.counts)
     return trace
 
 
@@ -361,36 +422,58 @@ def search_group_counts(
     finetune: FinetuneConfig,
     device: torch.device,
     seed: int,
+    select: list[SearchEpisode] | None = None,
 ) -> SearchTrace:
     """The search stage end to end: menu from the model's layers, activation groupings of each
-    search episode, evaluator, then the configured strategy. ``trace.best_counts`` is what
-    ``grouped_rl`` takes as ``artifacts['search_counts']``."""
+    search episode, evaluator, the configured strategy, then (``cfg.finalists > 0``) the selection
+    stage on the ``select`` episodes. ``trace.chosen_counts`` is what ``grouped_rl`` takes as
+    ``artifacts['search_counts']``."""
     model = model.to(device).eval()
+    if cfg.finalists > 0 and not select:
+        raise DataError(
+            f"search.finalists: {cfg.finalists} needs selection episodes (episodes.select_episodes >= 1), "
+            "found none in the episodes file"
+        )
+    low = finetune
     if cfg.steps is not None:
-        finetune = replace(finetune, steps=cfg.steps, eval_every=min(finetune.eval_every, cfg.steps))
+        low = replace(finetune, steps=cfg.steps, eval_every=min(finetune.eval_every, cfg.steps))
     layers = select_layers(model, cfg.layers)
-    menu = count_menu(layer_sizes(model, layers), cfg.menu)
-    grouper = activation_grouper(model, episodes, layers, device, cfg.algorithm, cfg.features, cfg.pool_size)
-    evaluate = make_evaluator(
-        model, episodes, n_classes, grouper, finetune, device, cfg.share_bias, cfg.population
-    )
+    sizes = layer_sizes(model, layers)
+    menu = count_menu(sizes, cfg.menu)
+
+    def evaluator(eps: list[SearchEpisode], ft: FinetuneConfig) -> Evaluate:
+        grouper = activation_grouper(model, eps, layers, device, cfg.algorithm, cfg.features, cfg.pool_size)
+        batched = device.type == "cuda" if cfg.population == "auto" else bool(cfg.population)
+        return make_evaluator(model, eps, n_classes, grouper, ft, device, cfg.share_bias, batched)
+
+    evaluate = evaluator(episodes, low)
     if cfg.strategy == "random":
-        return random_search(evaluate, layers, menu, cfg.budget, seed, cfg.max_samples)
-    return run_search(evaluate, layers, menu, cfg.budget, cfg.controller, seed, cfg.max_samples)
+        trace = random_search(evaluate, layers, menu, cfg.budget, seed, cfg.max_samples)
+    else:
+        trace = run_search(evaluate, layers, menu, cfg.budget, cfg.controller, seed, cfg.max_samples)
+    if cfg.finalists > 0:
+        select_finalists(trace, evaluator(select or [], finetune), sizes, cfg.finalists)
+    return trace
 
 
 def search_episodes(
-    ep_file: dict[str, Any], pool_x: torch.Tensor, pool_y: torch.Tensor, benchmark: str, seed: int
+    ep_file: dict[str, Any],
+    pool_x: torch.Tensor,
+    pool_y: torch.Tensor,
+    benchmark: str,
+    seed: int,
+    role: str = "search",
 ) -> list[SearchEpisode]:
-    """The search episodes of an episodes file (its ``search`` list) as tensors.
+    """The search (``role='search'``) or selection (``role='select'``) episodes of an episodes file
+    as tensors; selection episodes may be absent (an empty list).
 
-    They come from their own seed stream (:func:`kshot.episodes.make_episodes`), and their
+    They come from their own seed streams (:func:`kshot.episodes.make_episodes`), and their
     fine-tuning seeds are namespaced apart from the evaluation episodes'; the target pool is passed
     as unlabeled images for ``features: support+pool``.
     """
     from kshot.runner import episode_seed, select
 
-    if not ep_file.get("search"):
+    if role == "search" and not ep_file.get("search"):
         raise DataError(
             "episodes file: expected a non-empty 'search' list (episodes.search_episodes >= 1), "
             f"found {len(ep_file.get('search') or [])} search episodes"
@@ -400,8 +483,8 @@ def search_episodes(
         SearchEpisode(
             select(pool_x, pool_y, e["support"]),
             select(pool_x, pool_y, e["val"]),
-            episode_seed(seed, f"{benchmark}/search", k, e["id"]),
+            episode_seed(seed, f"{benchmark}/{role}", k, e["id"]),
             pool_x,
         )
-        for e in ep_file["search"]
+        for e in ep_file.get(role) or []
     ]

@@ -280,14 +280,21 @@ def _key(key: Any) -> str:
     return " ".join(str(k) for k in key) if isinstance(key, tuple) else str(key)
 
 
+def _pct(x: float | None) -> float:
+    return float("nan") if x is None else 100 * float(x)
+
+
 def search_table(traces: Mapping[Any, Mapping[str, Any]]) -> Table:
     """Chosen group counts per layer and rewards, one row per search.
 
     ``traces`` maps a label (e.g. ``(benchmark, k)`` or ``(benchmark, k, strategy)``) to a
     ``SearchTrace.to_dict()``. A count is shown as ``G/N`` (groups of the layer's largest menu
-    entry, its neuron count). ``final reward`` is the mean reward of the last quarter of samples
-    (where the policy has converged, that is the reward of what it now samples); ``best reward`` is
-    the validation reward of the chosen counts. Random search (the control) rows read the same.
+    entry, its neuron count); the counts are the *chosen* ones (what ``grouped_rl`` uses: after the
+    selection stage where there is one, else the search's best). ``best reward``: the highest search
+    reward; ``final reward``: the mean reward of the last quarter of samples (where the policy has
+    converged, that is the reward of what it now samples); ``chosen`` / ``ungrouped``: the
+    selection rewards of the chosen and of the ungrouped configuration (empty without selection).
+    Random search (the control) rows read the same.
     """
     if not traces:
         raise DataError("search traces: expected at least one, found none")
@@ -298,19 +305,25 @@ def search_table(traces: Mapping[Any, Mapping[str, Any]]) -> Table:
     for key, t in traces.items():
         curve = trace_curve(t)
         tail = curve.reward.iloc[-max(1, len(curve) // 4) :]
-        best = t.get("best_counts") or {}
+        chosen = t.get("chosen_counts") or t.get("best_counts") or {}
+        finalists = t.get("finalists") or []
+        picked = next((f for f in finalists if f["counts"] == chosen), None)
+        plain = next((f for f in finalists if f["ungrouped"]), None)
         rec: dict[str, Any] = {
             "search": _key(key),
             "strategy": t["strategy"],
-            **{f"groups_{name}": best.get(name) for name in layers},
+            **{f"groups_{name}": chosen.get(name) for name in layers},
             "best_reward": 100 * float(t["best_reward"]),
             "final_reward": 100 * float(tail.mean()),
+            "chosen_select_reward": _pct(picked and picked["select_reward"]),
+            "ungrouped_select_reward": _pct(plain and plain["select_reward"]),
+            "chosen_ungrouped": bool(picked and picked["ungrouped"]),
             "evaluations": int(t["n_evaluations"]),
             "samples": len(curve),
             "budget": int(t["budget"]),
         }
         data.append(rec)
-        counts = [f"{best[name]}/{max(t['menu'][name])}" if name in best else "" for name in layers]
+        counts = [f"{chosen[name]}/{max(t['menu'][name])}" if name in chosen else "" for name in layers]
         rows.append(
             [
                 rec["search"],
@@ -318,20 +331,38 @@ def search_table(traces: Mapping[Any, Mapping[str, Any]]) -> Table:
                 *counts,
                 f"{rec['best_reward']:.1f}",
                 f"{rec['final_reward']:.1f}",
+                _fmt_pct(rec["chosen_select_reward"]) + (" (ungrouped)" if rec["chosen_ungrouped"] else ""),
+                _fmt_pct(rec["ungrouped_select_reward"]),
                 f"{rec['evaluations']}/{rec['budget']}",
                 str(rec["samples"]),
             ]
         )
     return Table(
         title="Group-count search",
-        note="Chosen groups per layer (groups/neurons), validation reward (%) of the chosen "
-        "counts (best) and mean reward of the last quarter of samples (final); evaluations: "
-        "distinct configurations fine-tuned out of the budget. `random` is the control search "
-        "with the same budget.",
-        columns=["search", "strategy", *layers, "best reward", "final reward", "evaluations", "samples"],
+        note="Chosen groups per layer (groups/neurons: what `grouped_rl` uses); search rewards (%): "
+        "the best, and the mean of the last quarter of samples (final); selection rewards (%): the "
+        "full-fidelity validation accuracy, on selection episodes the search never saw, of the "
+        "chosen counts and of the ungrouped configuration (plain fine-tuning), which the chosen "
+        "counts must beat to be used; evaluations: distinct configurations fine-tuned out of the "
+        "budget. `random` is the control search with the same budget.",
+        columns=[
+            "search",
+            "strategy",
+            *layers,
+            "best reward",
+            "final reward",
+            "chosen (selection)",
+            "ungrouped (selection)",
+            "evaluations",
+            "samples",
+        ],
         cells=rows,
         data=pd.DataFrame(data),
     )
+
+
+def _fmt_pct(x: float) -> str:
+    return "" if x != x else f"{x:.1f}"
 
 
 # ---------------------------------------------------------------- ablations and regimes

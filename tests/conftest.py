@@ -35,6 +35,7 @@ TINY_PARAMS = {
         "val_per_class": 2,
         "test_per_class": 6,
         "search_episodes": 1,
+        "select_episodes": 1,
     },
     "finetune": {"steps": 4, "lr": 0.01, "eval_every": 2},
     "methods": {
@@ -46,7 +47,7 @@ TINY_PARAMS = {
         "grouped_random": {"kind": "grouped_random", "groups": 0.5},
         "grouped_rl": {"kind": "grouped_rl", "search": "reinforce"},
     },
-    "search": {"budget": 3, "menu": [0.25, 1.0]},
+    "search": {"budget": 3, "menu": [0.25, 1.0], "finalists": 1},
     "run": {
         "benchmarks": ["tiny"],
         "methods": ["full", "linear", "centroid", "l2sp", "grouped", "grouped_random", "grouped_rl"],

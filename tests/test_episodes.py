@@ -20,11 +20,15 @@ def test_episodes_have_k_per_class_and_disjoint_support_and_validation():
 
 
 def test_episodes_are_deterministic_and_differ_across_seeds_and_roles():
-    cfg = EpisodeConfig(n_episodes=2, search_episodes=2)
+    cfg = EpisodeConfig(n_episodes=2, search_episodes=2, select_episodes=3)
     a = make_episodes(POOL, TEST, 1, cfg, 0, "b")
     assert a == make_episodes(POOL, TEST, 1, cfg, 0, "b")
     assert a["eval"] != make_episodes(POOL, TEST, 1, cfg, 1, "b")["eval"]
     assert a["eval"][0]["support"] != a["search"][0]["support"]
+    assert len(a["select"]) == 3 and a["select"][0]["support"] != a["search"][0]["support"]
+    # adding selection episodes leaves the evaluation and search episodes as they were
+    b = make_episodes(POOL, TEST, 1, EpisodeConfig(n_episodes=2, search_episodes=2), 0, "b")
+    assert (b["eval"], b["search"], b["select"]) == (a["eval"], a["search"], [])
 
 
 def test_test_per_class_subsamples_the_test_split():

@@ -75,8 +75,10 @@ def test_search_runs_both_strategies_within_budget_and_feeds_grouped_rl(pipeline
     for trace in traces.values():
         evaluated = [s for s in trace["samples"] if not s["cached"]]
         assert 1 <= len(evaluated) <= 3
+        assert len(trace["finalists"]) == 2 and trace["finalists"][0]["ungrouped"]
+        assert trace["chosen_counts"] in [f["counts"] for f in trace["finalists"]]
     rl = json.loads((pipeline_dir / "data/runs/tiny/grouped_rl/k1/metrics.json").read_text())
-    assert rl["episodes"][0]["extra"]["counts"] == traces["reinforce"]["best_counts"]
+    assert rl["episodes"][0]["extra"]["counts"] == traces["reinforce"]["chosen_counts"]
 
 
 @pytest.mark.slow

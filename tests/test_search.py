@@ -6,7 +6,7 @@ from tiny_nets import tiny_lenet, tiny_task
 
 from kshot.config import FinetuneConfig, from_dict
 from kshot.controller import ControllerConfig
-from kshot.errors import ConfigError
+from kshot.errors import ConfigError, DataError
 from kshot.finetune import train
 from kshot.methods.base import EpisodeData, init_head
 from kshot.search import (
@@ -18,6 +18,7 @@ from kshot.search import (
     random_search,
     run_search,
     search_group_counts,
+    select_finalists,
 )
 
 CPU = torch.device("cpu")
@@ -151,6 +152,66 @@ def test_search_stage_end_to_end_returns_counts_from_the_menu():
         assert g in trace.menu[name]
 
 
+SIZES = {"a": 8, "b": 8, "c": 8}
+UNGROUPED = dict(SIZES)
+
+
+def ranked_keys(trace):
+    """Distinct sampled configurations (as sorted tuples), best search reward first."""
+    rewards = {tuple(sorted(s.counts.items())): s.reward for s in trace.samples}
+    return [key for key, _ in sorted(rewards.items(), key=lambda kv: -kv[1])]
+
+
+def test_selection_reevaluates_the_top_finalists_and_the_ungrouped_configuration():
+    trace = random_search(Counted(), LAYERS, MENU, 10, seed=0)
+    ranked = ranked_keys(trace)
+    seen = []
+    select_finalists(trace, lambda c: seen.append(dict(c)) or 0.5, SIZES, finalists=3)
+    assert seen[0] == UNGROUPED and len(seen) == 4
+    assert [tuple(sorted(c.items())) for c in seen[1:]] == [k for k in ranked if dict(k) != UNGROUPED][:3]
+    assert [f.ungrouped for f in trace.finalists] == [True, False, False, False]
+    # all tie: the ungrouped configuration wins, so grouping is used only when it does better
+    assert trace.chosen_counts == UNGROUPED
+    assert trace.best_counts != UNGROUPED  # the search's own best is kept for the record
+
+
+def test_selection_picks_the_finalist_with_the_best_selection_reward_not_the_best_search_reward():
+    trace = random_search(Counted(), LAYERS, MENU, 10, seed=0)
+    third = ranked_keys(trace)[2]
+    select_finalists(trace, lambda c: 0.9 if tuple(sorted(c.items())) == third else 0.6, SIZES, finalists=3)
+    assert tuple(sorted(trace.chosen_counts.items())) == third
+    assert max(f.select_reward for f in trace.finalists) == 0.9
+    assert trace.to_dict()["finalists"][0]["ungrouped"] is True
+
+
+def test_population_auto_runs_the_sequential_loop_on_cpu():
+    model, eps = tiny_lenet(n_classes=4), search_episodes()
+    ft = FinetuneConfig(steps=3, eval_every=1)
+
+    def trace(population):
+        cfg = from_dict(SearchConfig, {"budget": 3, "menu": [0.25, 1.0], "population": population}, "s")
+        return search_group_counts(model, eps, 3, cfg, ft, CPU, 0).to_dict()
+
+    assert trace("auto") == trace(False)
+
+
+def test_search_stage_with_selection_episodes_chooses_among_finalists():
+    model, eps = tiny_lenet(n_classes=4), search_episodes()
+    select = search_episodes(3)[1:]
+    cfg = from_dict(SearchConfig, {"budget": 3, "menu": [0.25, 1.0], "finalists": 2, "steps": 1}, "search")
+    ft = FinetuneConfig(steps=3, eval_every=1)
+    trace = search_group_counts(model, eps, 3, cfg, ft, CPU, 0, select)
+    assert len(trace.finalists) == 3
+    assert trace.chosen_counts in [f.counts for f in trace.finalists]
+    assert trace.finalists[0].counts == {"conv1": 5, "conv2": 12, "fc1": 125}
+    # the ungrouped configuration's selection reward is plain fine-tuning's on the selection episodes
+    grouper = activation_grouper(model, select, model.groupable(), CPU)
+    plain = make_evaluator(model, select, 3, grouper, ft, CPU)(trace.finalists[0].counts)
+    assert trace.finalists[0].select_reward == pytest.approx(plain)
+    with pytest.raises(DataError, match=r"search.finalists: 2 needs selection episodes \(episodes.select_ep"):
+        search_group_counts(model, eps, 3, cfg, ft, CPU, 0, [])
+
+
 @pytest.mark.parametrize(
     ("raw", "field"),
     [
@@ -158,6 +219,8 @@ def test_search_stage_end_to_end_returns_counts_from_the_menu():
         ({"budget": 0}, "budget"),
         ({"menu": [0.5, 2.0]}, r"menu\[1\]"),
         ({"controller": {"lr": -1.0}}, r"controller\.lr"),
+        ({"finalists": -1}, "finalists"),
+        ({"population": "sometimes"}, "population"),
     ],
 )
 def test_search_config_errors_name_the_field(raw, field):

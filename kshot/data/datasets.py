@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 
 from kshot.config import DataConfig
 from kshot.errors import DataError, unknown
@@ -87,8 +86,8 @@ def _fetch_fashion(cfg: DataConfig, out: Path) -> None:
                 ) from err
         return
     if cfg.download:
-        torchvision.datasets.FashionMNIST(str(out), train=True, download=True)
-        torchvision.datasets.FashionMNIST(str(out), train=False, download=True)
+        _tv("FashionMNIST")(str(out), train=True, download=True)
+        _tv("FashionMNIST")(str(out), train=False, download=True)
         return
     raise DataError(
         f"data.fashion_mnist_dir '{src}': expected the Fashion-MNIST idx files "
@@ -98,16 +97,24 @@ def _fetch_fashion(cfg: DataConfig, out: Path) -> None:
     )
 
 
-def _idx_loader(cls: type) -> Callable[[Path, str, DataConfig], ImageSet]:
+def _tv(name: str) -> type:
+    """The torchvision dataset class ``name``, imported on first use: importing torchvision costs
+    about 1.7 s (it pulls in torch._dynamo), which every pipeline job would otherwise pay."""
+    import torchvision.datasets
+
+    return getattr(torchvision.datasets, name)
+
+
+def _idx_loader(name: str) -> Callable[[Path, str, DataConfig], ImageSet]:
     """Read MNIST-format idx files with torchvision; corrupt or truncated files name the folder."""
 
     def load(raw: Path, split: str, cfg: DataConfig) -> ImageSet:
         try:
-            ds = cls(str(raw), train=split == "train", download=False)
+            ds = _tv(name)(str(raw), train=split == "train", download=False)
             data = _from_hwc(ds.data, ds.targets)
         except (ValueError, AssertionError, RuntimeError, IndexError) as err:
             raise DataError(
-                f"dataset folder '{raw}': expected well-formed {cls.__name__} idx files for the "
+                f"dataset folder '{raw}': expected well-formed {name} idx files for the "
                 f"{split} split, found missing, corrupt or truncated files "
                 f"({type(err).__name__}: {err})"
             ) from err
@@ -121,16 +128,16 @@ def _idx_loader(cls: type) -> Callable[[Path, str, DataConfig], ImageSet]:
     return load
 
 
-def _fetch_torchvision(cls: type, split_kw: str) -> Callable[[DataConfig, Path], None]:
+def _fetch_torchvision(name: str, split_kw: str) -> Callable[[DataConfig, Path], None]:
     def fetch(cfg: DataConfig, out: Path) -> None:
         splits = {"train": ("train", "test"), "bool": (True, False)}[split_kw]
         try:
             for s in splits:
                 kw = {"split": s} if split_kw == "train" else {"train": s}
-                cls(str(out), download=cfg.download, **kw)
+                _tv(name)(str(out), download=cfg.download, **kw)
         except RuntimeError as err:
             raise DataError(
-                f"dataset {cls.__name__}: expected its files under '{out}' or data.download: true "
+                f"dataset {name}: expected its files under '{out}' or data.download: true "
                 f"with network access; found neither ({err})"
             ) from err
 
@@ -138,13 +145,13 @@ def _fetch_torchvision(cls: type, split_kw: str) -> Callable[[DataConfig, Path],
 
 
 def _load_svhn(raw: Path, split: str, cfg: DataConfig) -> ImageSet:
-    ds = torchvision.datasets.SVHN(str(raw), split=split, download=False)
+    ds = _tv("SVHN")(str(raw), split=split, download=False)
     return _from_hwc(torch.as_tensor(ds.data), ds.labels)  # data is already [N, 3, 32, 32]
 
 
-def _load_tv(cls: type) -> Callable[[Path, str, DataConfig], ImageSet]:
+def _load_tv(name: str) -> Callable[[Path, str, DataConfig], ImageSet]:
     def load(raw: Path, split: str, cfg: DataConfig) -> ImageSet:
-        ds = cls(str(raw), train=split == "train", download=False)
+        ds = _tv(name)(str(raw), train=split == "train", download=False)
         return _from_hwc(ds.data, ds.targets)
 
     return load
@@ -189,26 +196,26 @@ def _load_digits(raw: Path, split: str, cfg: DataConfig) -> ImageSet:
 
 
 DATASETS: dict[str, DatasetInfo] = {
-    "fashion_mnist": DatasetInfo(1, 28, _fetch_fashion, _idx_loader(torchvision.datasets.FashionMNIST)),
+    "fashion_mnist": DatasetInfo(1, 28, _fetch_fashion, _idx_loader("FashionMNIST")),
     "digits": DatasetInfo(1, 8, _fetch_digits, _load_digits),
     "mnist": DatasetInfo(
         1,
         28,
-        _fetch_torchvision(torchvision.datasets.MNIST, "bool"),
-        _idx_loader(torchvision.datasets.MNIST),
+        _fetch_torchvision("MNIST", "bool"),
+        _idx_loader("MNIST"),
     ),
     "usps": DatasetInfo(
         1,
         16,
-        _fetch_torchvision(torchvision.datasets.USPS, "bool"),
-        _load_tv(torchvision.datasets.USPS),
+        _fetch_torchvision("USPS", "bool"),
+        _load_tv("USPS"),
     ),
-    "svhn": DatasetInfo(3, 32, _fetch_torchvision(torchvision.datasets.SVHN, "train"), _load_svhn),
+    "svhn": DatasetInfo(3, 32, _fetch_torchvision("SVHN", "train"), _load_svhn),
     "cifar10": DatasetInfo(
         3,
         32,
-        _fetch_torchvision(torchvision.datasets.CIFAR10, "bool"),
-        _load_tv(torchvision.datasets.CIFAR10),
+        _fetch_torchvision("CIFAR10", "bool"),
+        _load_tv("CIFAR10"),
     ),
 }
 

@@ -7,7 +7,12 @@ rule compare:
         runs=lambda w: regime_runs() if w.kind == "regime" else run_metrics(),
     output:
         table="reports/tables/{kind}.md",
-        csv="reports/tables/{kind}.csv",
+        csv=report(
+            "reports/tables/{kind}.csv",
+            caption="../report/comparisons.rst",
+            category="4. Paired comparisons",
+            labels={"table": "{kind}"},
+        ),
         tex="reports/tables/{kind}.tex",
     log:
         f"{LOGS}/compare/{{kind}}.log",

@@ -10,6 +10,7 @@ rule search:
         "data/search/{benchmark}/k{k}/{strategy}.json",
     log:
         f"{LOGS}/search/{{benchmark}}_k{{k}}_{{strategy}}.log",
+    priority: 10  # long jobs on the critical path (grouped_rl waits for them): start them first
     conda:
         "../../environment.yml"
     threads: 1
