@@ -139,6 +139,7 @@ def evaluations_per_minute(
         "sequential": sequential,
         "population": lambda: population(cfg),
         "low": lambda: population(low),
+        "low_sequential": sequential_low,
     }
     best = dict.fromkeys(variants, float("inf"))
     for _ in range(repeats):

@@ -18,10 +18,12 @@ Design choices:
   averages the gradient of the loss (plus any penalty). Weight decay, which ``torch.optim.SGD``
   adds inside ``step()``, stays per neuron; momentum accumulates the shared gradients, so with zero
   weight decay the neurons of a group receive identical updates at every step.
-- **Vectorised.** Per parameter: one ``index_add_`` of the ``[N, D]`` gradient rows into ``[G, D]``
-  group sums, one in-place scale by the precomputed ``1 / |group|``, one ``index_select`` written
-  straight back into the gradient. Assignments and inverse counts are moved to the device once, and
-  layers whose grouping is one neuron per group are skipped (no work, bitwise identical).
+- **Vectorised.** Per parameter: one ``index_add_`` of the ``[N, D]`` gradient rows into a reused
+  ``[G, D]`` buffer of group sums, one in-place scale by the precomputed ``1 / |group|``, one
+  ``index_select`` written straight back into the gradient (a channels_last conv gradient in place
+  too: each output channel's entries are one contiguous block). Assignments and inverse counts are
+  moved to the device once, and layers whose grouping is one neuron per group are skipped (no
+  work, bitwise identical).
 """
 
 from __future__ import annotations
@@ -36,15 +38,22 @@ from kshot.grouping import check_assignment
 
 
 def group_mean_rows_(
-    rows: torch.Tensor, assign: torch.Tensor, inv_counts: torch.Tensor, n_groups: int
+    rows: torch.Tensor,
+    assign: torch.Tensor,
+    inv_counts: torch.Tensor,
+    n_groups: int,
+    sums: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Replace each row of ``rows [N, D]`` in place by the mean of the rows of its group.
 
     ``assign [N]`` maps rows to groups ``0..n_groups-1``; ``inv_counts [n_groups, 1]`` holds
-    ``1 / |group|`` (0 for a label no row uses, as the population's offset labels have). Returns
-    ``rows``.
+    ``1 / |group|`` (0 for a label no row uses, as the population's offset labels have); ``sums``:
+    an optional ``[n_groups, D]`` scratch buffer to reuse. Returns ``rows``.
     """
-    sums = torch.zeros(n_groups, rows.shape[1], dtype=rows.dtype, device=rows.device)
+    if sums is None:
+        sums = torch.zeros(n_groups, rows.shape[1], dtype=rows.dtype, device=rows.device)
+    else:
+        sums.zero_()
     sums.index_add_(0, assign, rows).mul_(inv_counts)
     if rows.is_contiguous():
         torch.index_select(sums, 0, assign, out=rows)
@@ -67,14 +76,25 @@ class _Rows:
     assign: torch.Tensor  # [N] on the parameter's device
     inv_counts: torch.Tensor  # [G, 1], same device and dtype as the parameter
     n_groups: int
+    sums: torch.Tensor | None = None  # [G, D] scratch, allocated on first use
 
     def apply(self) -> None:
         g = self.param.grad
         if g is None:
             return
-        if not g.is_contiguous():  # e.g. channels_last: rows must be views
+        n = len(self.assign)
+        if g.is_contiguous():
+            rows = g.view(n, -1)
+        elif g.dim() == 4 and g.is_contiguous(memory_format=torch.channels_last):
+            # a channels_last conv gradient keeps each output channel's entries in one contiguous
+            # block (in another order, the same for every row): average those blocks, no copy
+            rows = g.permute(0, 2, 3, 1).view(n, -1)
+        else:
             g = self.param.grad = g.contiguous()
-        group_mean_rows_(g.view(len(self.assign), -1), self.assign, self.inv_counts, self.n_groups)
+            rows = g.view(n, -1)
+        if self.sums is None or self.sums.shape[1] != rows.shape[1]:
+            self.sums = rows.new_zeros(self.n_groups, rows.shape[1])
+        group_mean_rows_(rows, self.assign, self.inv_counts, self.n_groups, self.sums)
 
 
 @dataclass

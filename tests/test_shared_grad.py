@@ -109,3 +109,26 @@ def test_bad_assignments_are_named_errors():
         GroupedGradient(model, {"conv1": torch.arange(4)})
     with pytest.raises(ConfigError, match="'pool'"):
         GroupedGradient(model, {"pool": torch.arange(4)})
+
+
+def test_channels_last_conv_gradient_is_averaged_in_place_like_a_contiguous_one(monkeypatch):
+    from kshot import shared_grad
+
+    monkeypatch.setattr(shared_grad, "DENSE_MAX_MACS", 0)  # the row-wise index_add path for conv2
+    assign = torch.arange(12) % 4
+    results = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        model = tiny_lenet().to(memory_format=fmt)
+        grads_of(model)
+        grad = model.conv2.weight.grad
+        assert grad.is_contiguous(memory_format=fmt)
+        hook = GroupedGradient(model, {"conv2": assign})
+        assert [type(p).__name__ for p in hook._parts] == ["_Rows", "_Rows"]
+        hook(model)
+        hook(model)  # the reused scratch buffer starts from zero each time
+        assert model.conv2.weight.grad is grad  # averaged in place, no copy
+        results.append(grad.contiguous())
+    torch.testing.assert_close(results[0], results[1])
+    for g in range(4):
+        rows = results[1][assign == g]
+        assert torch.equal(rows, rows[:1].expand_as(rows))
