@@ -8,6 +8,7 @@ a half-written file that a later run would trust.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import pickle
@@ -25,9 +26,16 @@ from kshot.errors import CheckpointError, DataError
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    A process killed outright (SIGKILL, power loss) cannot remove its temporary file; the next
+    write of the same ``path`` does. Each output has one writer at a time (Snakemake runs one job
+    per output), so a temporary file of ``path`` that exists before the write is such a leftover.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)

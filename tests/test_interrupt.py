@@ -142,6 +142,7 @@ def test_killed_finetuning_resumes_without_redoing_episodes_and_matches_an_unint
     for name, ident in after_kill.items():
         assert final[name] == ident, f"{name} was redone after SIGKILL"
     assert (work / RUN / "metrics.json").read_bytes() == expected
+    assert not list((work / "data").rglob("*.tmp")), "a temporary file outlived the resumed run"
 
 
 @pytest.mark.slow

@@ -18,6 +18,15 @@ def test_atomic_write_leaves_nothing_when_interrupted(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_next_write_removes_a_killed_writers_leftover_temporary_file(tmp_path):
+    leftover = tmp_path / ".out.json.abc123.tmp"  # what a SIGKILL inside atomic_path leaves
+    other = tmp_path / ".other.json.abc123.tmp"  # another output's: not ours to remove
+    leftover.write_text("half")
+    other.write_text("half")
+    write_json(tmp_path / "out.json", {"a": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.json.abc123.tmp", "out.json"]
+
+
 def test_write_json_is_byte_identical_for_equal_objects(tmp_path):
     write_json(tmp_path / "a.json", {"b": 1, "a": [0.5, 2]})
     write_json(tmp_path / "b.json", {"a": [0.5, 2], "b": 1})
