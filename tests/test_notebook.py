@@ -27,6 +27,12 @@ def test_notebook_executes_on_pipeline_outputs_and_reports_their_numbers(tmp_pat
     ckpt, src = write_source(tmp_path, tiny_model)
     rep = tmp_path / "reports"
     write_results(runs, [src], rep / "tables", rep / "figures", "full", rep / "metrics.json", rep / "plots")
+    # another study's run beside them (as the regime target leaves in data/runs/): not in this report
+    extra = write_runs(tmp_path, benches=("b1",), ks=(1,))[0]
+    other = json.loads(extra.read_text())
+    for ep in other["episodes"]:
+        ep["method"] = "full_long"
+    write_json(tmp_path / "data" / "runs" / "b1" / "full_long" / "k1" / "metrics.json", other)
     write_group_figures(
         ckpt,
         write_target(tmp_path, "b1", make_images(10, 3)[0]),
@@ -47,7 +53,8 @@ def test_notebook_executes_on_pipeline_outputs_and_reports_their_numbers(tmp_pat
     execute_notebook(TEMPLATE, out, {"ROOT": str(tmp_path)}, cwd=tmp_path, out_html=tmp_path / "a.html")
     nb = nbformat.read(out, as_version=4)
     text = json.dumps([o for c in nb.cells if c.cell_type == "code" for o in c.outputs])
-    assert "3 methods" in text and "b1, k=1" in text
+    assert "3 methods" in text and "b1, k=1" in text and "full_long" not in text
+    assert f"{len(runs) * 4} fine-tuning runs in all" in text
     assert "best mean `better`" in text
     assert "No search ran" not in text and "reinforce" in text
     assert (tmp_path / "a.html").stat().st_size > 10_000
