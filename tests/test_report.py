@@ -214,6 +214,41 @@ def test_search_table_shows_chosen_counts_of_neurons_and_the_random_control():
     assert (t.data.evaluations <= t.data.budget).all()
 
 
+def test_search_table_reports_the_selection_stage_and_marks_an_ungrouped_choice():
+    traces = search_traces()
+    sizes = {"conv1": 10, "conv2": 25, "fc1": 250}
+    rl, rs = traces["reinforce"], traces["random"]
+    # reinforce: a grouped finalist wins the selection; random: the ungrouped configuration does
+    rl["finalists"] = [
+        {"counts": sizes, "search_reward": None, "select_reward": 0.70, "ungrouped": True},
+        {
+            "counts": rl["best_counts"],
+            "search_reward": rl["best_reward"],
+            "select_reward": 0.75,
+            "ungrouped": False,
+        },
+    ]
+    rl["chosen_counts"] = rl["best_counts"]
+    rs["finalists"] = [
+        {"counts": sizes, "search_reward": None, "select_reward": 0.80, "ungrouped": True},
+        {
+            "counts": rs["best_counts"],
+            "search_reward": rs["best_reward"],
+            "select_reward": 0.60,
+            "ungrouped": False,
+        },
+    ]
+    rs["chosen_counts"] = sizes
+    t = search_table({("b1", 5, s): tr for s, tr in traces.items()})
+    data = t.data.set_index("strategy")
+    assert data.loc["reinforce"].chosen_select_reward == pytest.approx(75.0)
+    assert data.loc["reinforce"].ungrouped_select_reward == pytest.approx(70.0)
+    assert not data.loc["reinforce"].chosen_ungrouped
+    assert data.loc["random"].chosen_ungrouped and data.loc["random"].groups_fc1 == 250
+    random_row = next(row for row in t.cells if row[1] == "random")
+    assert "80.0 (ungrouped)" in random_row and random_row[2:5] == ["10/10", "25/25", "250/250"]
+
+
 def test_trace_curve_counts_evaluations_without_cached_samples_and_never_decreases():
     tr = search_traces()["reinforce"]
     c = trace_curve(tr)
