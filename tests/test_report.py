@@ -217,28 +217,18 @@ def test_search_table_shows_chosen_counts_of_neurons_and_the_random_control():
 def test_search_table_reports_the_selection_stage_and_marks_an_ungrouped_choice():
     traces = search_traces()
     sizes = {"conv1": 10, "conv2": 25, "fc1": 250}
-    rl, rs = traces["reinforce"], traces["random"]
-    # reinforce: a grouped finalist wins the selection; random: the ungrouped configuration does
-    rl["finalists"] = [
-        {"counts": sizes, "search_reward": None, "select_reward": 0.70, "ungrouped": True},
-        {
-            "counts": rl["best_counts"],
-            "search_reward": rl["best_reward"],
-            "select_reward": 0.75,
-            "ungrouped": False,
-        },
-    ]
-    rl["chosen_counts"] = rl["best_counts"]
-    rs["finalists"] = [
-        {"counts": sizes, "search_reward": None, "select_reward": 0.80, "ungrouped": True},
-        {
-            "counts": rs["best_counts"],
-            "search_reward": rs["best_reward"],
-            "select_reward": 0.60,
-            "ungrouped": False,
-        },
-    ]
-    rs["chosen_counts"] = sizes
+
+    def select(trace: dict, plain: float, grouped: float) -> None:
+        """Give ``trace`` a selection stage: the ungrouped and the search's best configuration."""
+        trace["finalists"] = [
+            {"counts": sizes, "search_reward": None, "select_reward": plain, "ungrouped": True},
+            {"counts": trace["best_counts"], "search_reward": trace["best_reward"], "select_reward": grouped}
+            | {"ungrouped": False},
+        ]
+        trace["chosen_counts"] = trace["best_counts"] if grouped > plain else sizes
+
+    select(traces["reinforce"], plain=0.70, grouped=0.75)  # a grouped finalist wins
+    select(traces["random"], plain=0.80, grouped=0.60)  # the ungrouped configuration wins
     t = search_table({("b1", 5, s): tr for s, tr in traces.items()})
     data = t.data.set_index("strategy")
     assert data.loc["reinforce"].chosen_select_reward == pytest.approx(75.0)
