@@ -122,24 +122,19 @@ def evaluations_per_minute(
     support, val = images(N_CLASSES * k, 1), images(N_CLASSES * 10, 2)  # 10 val images per class
     groupings = [quarter_groups(source, s) for s in range(members)]
 
-    def sequential() -> None:
+    def sequential(ft: FinetuneConfig) -> None:
         for m, g in zip(models, groupings, strict=True):
             m = copy.deepcopy(m).to(device)
-            train(m, list(m.parameters()), support, val, cfg, device, grad_hook=GroupedGradient(m, g))
-
-    def sequential_low() -> None:
-        for m, g in zip(models, groupings, strict=True):
-            m = copy.deepcopy(m).to(device)
-            train(m, list(m.parameters()), support, val, low, device, grad_hook=GroupedGradient(m, g))
+            train(m, list(m.parameters()), support, val, ft, device, grad_hook=GroupedGradient(m, g))
 
     def population(ft: FinetuneConfig) -> None:
         train_population(models, [support] * members, [val] * members, ft, device, groupings)
 
     variants = {
-        "sequential": sequential,
+        "sequential": lambda: sequential(cfg),
         "population": lambda: population(cfg),
         "low": lambda: population(low),
-        "low_sequential": sequential_low,
+        "low_sequential": lambda: sequential(low),
     }
     best = dict.fromkeys(variants, float("inf"))
     for _ in range(repeats):

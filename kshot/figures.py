@@ -33,6 +33,7 @@ from matplotlib.ticker import FuncFormatter
 
 from kshot.errors import DataError
 from kshot.io import atomic_path
+from kshot.tables import chosen_counts
 
 PALETTE = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#D55E00", "#0072B2", "#CC79A7", "#F0E442"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
@@ -408,8 +409,8 @@ def plot_group_counts(traces: Mapping[str, Mapping[str, Any]], out_stem: Path) -
     for i, label in enumerate(labels):
         t = traces[label]
         xs, ys, texts = [], [], []
+        chosen = chosen_counts(t)
         for j, name in enumerate(layers):
-            chosen = t.get("chosen_counts") or t.get("best_counts") or {}
             if name not in chosen:
                 continue
             n = max(t["menu"][name])

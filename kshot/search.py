@@ -74,8 +74,8 @@ class SearchConfig:
     on CPU the batched population was measured slower than the loop (``benchmarks/``); ``steps``:
     fine-tuning steps of a search evaluation (``None``: the ``finetune`` block's). Fewer steps make
     a low-fidelity, cheaper reward: it ranks group counts by how well a shorter fine-tuning does with
-    them, an approximation we accept to fit the search in
-    the default run's time (set ``steps: null`` for full-fidelity rewards). ``finalists``: how many
+    them, an approximation we accept to fit the search in the default run's time (set ``steps:
+    null`` for full-fidelity rewards). ``finalists``: how many
     of the best searched configurations are re-evaluated, with the ungrouped one, at full fidelity
     on the selection episodes (``episodes.select_episodes``) to choose the counts; 0: take the
     search's best as it is.
@@ -254,11 +254,11 @@ def select_finalists(
     rewards: dict[tuple[tuple[str, int], ...], tuple[dict[str, int], float]] = {}
     for sample in trace.samples:
         rewards.setdefault(tuple(sorted(sample.counts.items())), (sample.counts, sample.reward))
-    ranked = sorted(rewards.values(), key=lambda cr: -cr[1])  # stable: ties keep search order
     ungrouped = {name: sizes[name] for name in trace.layers}
-    key = tuple(sorted(ungrouped.items()))
-    candidates = [(ungrouped, rewards[key][1] if key in rewards else None, True)]
-    candidates += [(c, r, False) for c, r in ranked if tuple(sorted(c.items())) != key][:finalists]
+    plain = rewards.pop(tuple(sorted(ungrouped.items())), None)  # never among the grouped finalists
+    ranked = sorted(rewards.values(), key=lambda cr: -cr[1])  # stable: ties keep search order
+    candidates = [(ungrouped, plain[1] if plain else None, True)]
+    candidates += [(c, r, False) for c, r in ranked[:finalists]]
     trace.finalists = [
         Finalist(dict(c), r, float(evaluate(c)), is_ungrouped) for c, r, is_ungrouped in candidates
     ]
@@ -441,9 +441,10 @@ def search_group_counts(
     sizes = layer_sizes(model, layers)
     menu = count_menu(sizes, cfg.menu)
 
+    batched = device.type == "cuda" if cfg.population == "auto" else bool(cfg.population)
+
     def evaluator(eps: list[SearchEpisode], ft: FinetuneConfig) -> Evaluate:
         grouper = activation_grouper(model, eps, layers, device, cfg.algorithm, cfg.features, cfg.pool_size)
-        batched = device.type == "cuda" if cfg.population == "auto" else bool(cfg.population)
         return make_evaluator(model, eps, n_classes, grouper, ft, device, cfg.share_bias, batched)
 
     evaluate = evaluator(episodes, low)
@@ -452,7 +453,7 @@ def search_group_counts(
     else:
         trace = run_search(evaluate, layers, menu, cfg.budget, cfg.controller, seed, cfg.max_samples)
     if cfg.finalists > 0:
-        select_finalists(trace, evaluator(select or [], finetune), sizes, cfg.finalists)
+        select_finalists(trace, evaluator(select, finetune), sizes, cfg.finalists)
     return trace
 
 

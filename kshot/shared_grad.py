@@ -28,7 +28,7 @@ Design choices:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -76,7 +76,11 @@ class _Rows:
     assign: torch.Tensor  # [N] on the parameter's device
     inv_counts: torch.Tensor  # [G, 1], same device and dtype as the parameter
     n_groups: int
-    sums: torch.Tensor | None = None  # [G, D] scratch, allocated on first use
+    sums: torch.Tensor = field(init=False)  # [G, D] scratch for the group sums
+
+    def __post_init__(self) -> None:
+        p = self.param
+        self.sums = p.new_zeros(self.n_groups, p.numel() // len(self.assign), requires_grad=False)
 
     def apply(self) -> None:
         g = self.param.grad
@@ -92,8 +96,6 @@ class _Rows:
         else:
             g = self.param.grad = g.contiguous()
             rows = g.view(n, -1)
-        if self.sums is None or self.sums.shape[1] != rows.shape[1]:
-            self.sums = rows.new_zeros(self.n_groups, rows.shape[1])
         group_mean_rows_(rows, self.assign, self.inv_counts, self.n_groups, self.sums)
 
 

@@ -280,6 +280,12 @@ def _key(key: Any) -> str:
     return " ".join(str(k) for k in key) if isinstance(key, tuple) else str(key)
 
 
+def chosen_counts(trace: Mapping[str, Any]) -> dict[str, int]:
+    """The counts per layer ``grouped_rl`` uses from a ``SearchTrace.to_dict()``: ``chosen_counts``
+    (after the selection stage), else, for a trace written before that stage, ``best_counts``."""
+    return trace.get("chosen_counts") or trace.get("best_counts") or {}
+
+
 def _pct(x: float | None) -> float:
     return float("nan") if x is None else 100 * float(x)
 
@@ -305,7 +311,7 @@ def search_table(traces: Mapping[Any, Mapping[str, Any]]) -> Table:
     for key, t in traces.items():
         curve = trace_curve(t)
         tail = curve.reward.iloc[-max(1, len(curve) // 4) :]
-        chosen = t.get("chosen_counts") or t.get("best_counts") or {}
+        chosen = chosen_counts(t)
         finalists = t.get("finalists") or []
         picked = next((f for f in finalists if f["counts"] == chosen), None)
         plain = next((f for f in finalists if f["ungrouped"]), None)
@@ -331,8 +337,9 @@ def search_table(traces: Mapping[Any, Mapping[str, Any]]) -> Table:
                 *counts,
                 f"{rec['best_reward']:.1f}",
                 f"{rec['final_reward']:.1f}",
-                _fmt_pct(rec["chosen_select_reward"]) + (" (ungrouped)" if rec["chosen_ungrouped"] else ""),
-                _fmt_pct(rec["ungrouped_select_reward"]),
+                fmt_ci(rec["chosen_select_reward"], None)
+                + (" (ungrouped)" if rec["chosen_ungrouped"] else ""),
+                fmt_ci(rec["ungrouped_select_reward"], None),
                 f"{rec['evaluations']}/{rec['budget']}",
                 str(rec["samples"]),
             ]
@@ -359,10 +366,6 @@ def search_table(traces: Mapping[Any, Mapping[str, Any]]) -> Table:
         cells=rows,
         data=pd.DataFrame(data),
     )
-
-
-def _fmt_pct(x: float) -> str:
-    return "" if x != x else f"{x:.1f}"
 
 
 # ---------------------------------------------------------------- ablations and regimes
