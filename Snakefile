@@ -11,6 +11,7 @@ configfile: "params.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/grouping.smk"
 include: "workflow/rules/search.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/report.smk"
@@ -32,6 +33,11 @@ rule stage_data:
 rule stage_pretrain:
     input:
         pretrain_targets(),
+
+
+rule stage_activations:
+    input:
+        activation_targets(),
 
 
 rule stage_finetune:

@@ -34,6 +34,7 @@ from kshot.finetune import resolve_device, train
 from kshot.io import write_json
 from kshot.models import LeNet
 from kshot.population import train_population
+from kshot.runtime import keep_freed_memory
 from kshot.shared_grad import GroupedGradient
 
 N_CLASSES = 5
@@ -227,6 +228,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--params", default=str(Path(__file__).parents[1] / "params.yaml"))
     args = parser.parse_args()
+    keep_freed_memory()  # as every kshot command does (kshot.runtime)
     device = resolve_device(args.device)
     result = {
         "device": str(device),

@@ -18,15 +18,38 @@ Design choices (the paper does not state them):
 - **Spatial mean for conv maps.** A filter's map ``[H, W]`` is averaged to one number per image, so
   the pattern measures *how much* of each image excites the filter, invariant to where. It keeps the
   matrix small (``N x M`` whatever the resolution), which is what lets us stream it.
+- **Which images** (``features``): ``support``, the episode's k-shot support images, or
+  ``support+pool``, which adds up to ``pool_size`` unlabeled target images drawn with the episode's
+  seed, because with ``k = 1`` a pattern over 5 images is a poor estimate of how alike two neurons
+  are. Validation and test images never feed a grouping.
+
+**The activation file** (the pipeline's ``activations`` stage, :func:`episode_activations` and
+:func:`read_activations`): for one benchmark and k, the patterns of every groupable layer on every
+episode of every role (evaluation, search, selection), for one :class:`ActivationSpec`, named by
+its :attr:`~ActivationSpec.tag` (``support``, ``support+pool500``, and ``-raw`` when not
+rectified). Each episode's entry records a digest of its support indices, so a file made for other
+episodes, or from another checkpoint, is refused rather than silently used.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 import torch
 from torch import nn
 
-from kshot.errors import ConfigError, suggest
+from kshot.episodes import ROLES, role_seed
+from kshot.errors import ConfigError, DataError, suggest
 from kshot.finetune import to_input
+from kshot.io import load_tensors, save_tensors
+
+FEATURES = ("support", "support+pool")
+FORMAT = "kshot-activations/1"
 
 
 def _module(model: nn.Module, name: str) -> nn.Conv2d | nn.Linear:
@@ -101,4 +124,148 @@ def layer_activations(
                 f"layers: layer '{name}' produced {acts.shape[1]} responses for {len(images)} "
                 "images; expected a module called once per forward pass"
             )
+    return out
+
+
+@dataclass(frozen=True)
+class ActivationSpec:
+    """Which images feed the patterns and whether responses are rectified (see the module doc)."""
+
+    features: str = "support"
+    pool_size: int = 500
+    rectify: bool = True
+
+    def validate(self, where: str) -> None:
+        if self.features not in FEATURES:
+            raise ConfigError(
+                f"{where}.features: expected one of {list(FEATURES)}, found {self.features!r}"
+                f"{suggest(self.features, FEATURES)}"
+            )
+        if self.pool_size < 1:
+            raise ConfigError(f"{where}.pool_size: expected an integer >= 1, found {self.pool_size}")
+
+    @property
+    def tag(self) -> str:
+        """The name of this spec's activation file: equal tags mean equal patterns."""
+        tag = "support" if self.features == "support" else f"support+pool{self.pool_size}"
+        return tag if self.rectify else f"{tag}-raw"
+
+    @classmethod
+    def from_tag(cls, tag: str) -> ActivationSpec:
+        match = re.fullmatch(r"support(?:\+pool(\d+))?(-raw)?", tag)
+        if not match or (match.group(1) is not None and int(match.group(1)) < 1):
+            raise ConfigError(
+                f"activations tag: expected 'support' or 'support+pool<N>' (N >= 1), optionally "
+                f"followed by '-raw', found {tag!r}"
+            )
+        pool = match.group(1)
+        return cls(
+            features="support" if pool is None else "support+pool",
+            pool_size=int(pool) if pool else cls.pool_size,
+            rectify=match.group(2) is None,
+        )
+
+
+def feature_images(
+    support: torch.Tensor, unlabeled: torch.Tensor | None, features: str, pool_size: int, seed: int
+) -> torch.Tensor:
+    """uint8 images ``[M, C, H, W]`` whose activations define the grouping: the ``support`` images,
+    plus up to ``pool_size`` images of ``unlabeled`` drawn with ``seed`` for ``support+pool``."""
+    if features == "support":
+        return support
+    if unlabeled is None:
+        raise DataError(
+            "features: 'support+pool' needs unlabeled target images in the episode's "
+            "artifacts['unlabeled'], found none; use features: support"
+        )
+    gen = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(unlabeled), generator=gen)[:pool_size]
+    return torch.cat([support, unlabeled[pick]])
+
+
+def support_digest(indices: list[int]) -> str:
+    """A short digest of an episode's support indices (what its patterns were computed from)."""
+    return hashlib.sha256(json.dumps([int(i) for i in indices]).encode()).hexdigest()[:16]
+
+
+def episode_activations(
+    model: nn.Module,
+    ep_file: dict[str, Any],
+    pool_x: torch.Tensor,
+    spec: ActivationSpec,
+    layers: list[str],
+    device: torch.device,
+    seed: int,
+    benchmark: str,
+    checkpoint_sha: str,
+) -> dict[str, Any]:
+    """The activation file's content for an episodes file ``ep_file`` of one benchmark and k.
+
+    For each role of :data:`kshot.episodes.ROLES` present and each of its episodes, the patterns
+    ``{layer: [N, M]}`` of ``layers`` on :func:`feature_images` (support rows of the target pool
+    ``pool_x``, plus unlabeled pool images for ``support+pool``), streamed in batches.
+    """
+    k = int(ep_file["k"])
+    roles: dict[str, dict[str, Any]] = {}
+    for role in ROLES:
+        entries = {}
+        for e in ep_file.get(role) or []:
+            support = pool_x[torch.as_tensor(e["support"], dtype=torch.int64)]
+            ep_seed = role_seed(seed, benchmark, role, k, int(e["id"]))
+            images = feature_images(support, pool_x, spec.features, spec.pool_size, ep_seed)
+            entries[str(int(e["id"]))] = {
+                "support": support_digest(e["support"]),
+                "acts": layer_activations(model, images, layers, device, rectify=spec.rectify),
+            }
+        roles[role] = entries
+    return {
+        "format": FORMAT,
+        "tag": spec.tag,
+        "benchmark": benchmark,
+        "k": k,
+        "layers": list(layers),
+        "checkpoint": checkpoint_sha,
+        "roles": roles,
+    }
+
+
+def save_activations(path: str | Path, content: dict[str, Any]) -> None:
+    save_tensors(path, content)
+
+
+def read_activations(
+    path: str | Path,
+    spec: ActivationSpec,
+    role: str,
+    episodes: list[dict[str, Any]],
+    checkpoint_sha: str,
+) -> list[dict[str, torch.Tensor]]:
+    """The patterns ``{layer: [N, M]}`` of each of ``episodes`` (dicts of an episodes file's
+    ``role`` list, in their order) from activation file ``path``, checked to be for ``spec``, this
+    checkpoint and these episodes; raises :class:`DataError` naming the file otherwise."""
+    content = load_tensors(path, what="activation file")
+    where = f"activation file '{path}'"
+    if content.get("format") != FORMAT:
+        raise DataError(f"{where}: expected format {FORMAT!r}, found {content.get('format')!r}")
+    if content.get("tag") != spec.tag:
+        raise DataError(
+            f"{where}: expected activations '{spec.tag}' (features, pool_size, rectify), "
+            f"found '{content.get('tag')}'"
+        )
+    if content.get("checkpoint") != checkpoint_sha:
+        raise DataError(
+            f"{where}: expected activations of checkpoint sha256 {checkpoint_sha[:12]}..., found "
+            f"{str(content.get('checkpoint'))[:12]}... (rerun the activations stage)"
+        )
+    entries = content["roles"].get(role) or {}
+    out = []
+    for e in episodes:
+        entry = entries.get(str(int(e["id"])))
+        if entry is None or entry["support"] != support_digest(e["support"]):
+            found = "no entry" if entry is None else "other support images"
+            raise DataError(
+                f"{where}: expected the patterns of {role} episode {e['id']} of the episodes file, "
+                f"found {found} (rerun the activations stage)"
+            )
+        out.append(entry["acts"])
     return out

@@ -29,6 +29,7 @@ from kshot.config import (
     read_params_file,
 )
 from kshot.errors import ConfigError, DataError, KshotError, unknown
+from kshot.runtime import keep_freed_memory
 
 
 def _raw_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -121,15 +122,7 @@ def cmd_finetune(args: argparse.Namespace, raw: dict[str, Any]) -> None:
         raise unknown("methods", args.method, methods)
     artifacts: dict[str, Any] = {}
     if args.search:
-        from kshot.io import read_json
-
-        result = read_json(args.search, what="search result")
-        if not isinstance(result.get("chosen_counts"), dict):
-            raise DataError(
-                f"search result '{args.search}': expected a 'chosen_counts' mapping (rerun the search "
-                f"stage), found keys {sorted(result)}"
-            )
-        artifacts["search_counts"] = result["chosen_counts"]
+        artifacts["search_counts"] = _search_counts(args.search)
     run_episodes(
         benchmark=args.benchmark,
         method_name=args.method,
@@ -143,7 +136,97 @@ def cmd_finetune(args: argparse.Namespace, raw: dict[str, Any]) -> None:
         seed=raw.get("seed", 0),
         device=_device(raw),
         artifacts=artifacts,
+        groups=Path(args.groups) if args.groups else None,
     )
+
+
+def _search_counts(path: str) -> dict[str, Any]:
+    """The counts per layer a search chose (its result JSON's ``chosen_counts``)."""
+    from kshot.io import read_json
+
+    result = read_json(path, what="search result")
+    if not isinstance(result.get("chosen_counts"), dict):
+        raise DataError(
+            f"search result '{path}': expected a 'chosen_counts' mapping (rerun the search "
+            f"stage), found keys {sorted(result)}"
+        )
+    return result["chosen_counts"]
+
+
+def cmd_activations(args: argparse.Namespace, raw: dict[str, Any]) -> None:
+    from kshot.activations import ActivationSpec, episode_activations, save_activations
+    from kshot.data.datasets import sha256
+    from kshot.data.prepare import load_prepared
+    from kshot.io import read_json
+    from kshot.pretrain import load_checkpoint
+    from kshot.runner import check_geometry
+
+    spec = ActivationSpec.from_tag(args.tag)
+    data = load_prepared(Path(args.target), ("pool_x", "meta"))
+    check_geometry(Path(args.checkpoint), Path(args.target), data["meta"])
+    ep_file = read_json(args.episodes, what="episodes file")
+    model, _ = load_checkpoint(Path(args.checkpoint))
+    device = _device(raw)
+    content = episode_activations(
+        model.to(device),
+        ep_file,
+        data["pool_x"],
+        spec,
+        model.groupable(),
+        device,
+        raw.get("seed", 0),
+        args.benchmark,
+        sha256(Path(args.checkpoint)),
+    )
+    save_activations(args.out, content)
+
+
+def cmd_group(args: argparse.Namespace, raw: dict[str, Any]) -> None:
+    from kshot.activations import read_activations
+    from kshot.data.datasets import sha256
+    from kshot.data.prepare import load_prepared
+    from kshot.episodes import role_seed
+    from kshot.io import read_json, save_tensors, write_json
+    from kshot.methods import METHODS, EpisodeData
+    from kshot.methods.grouped import GROUPED_METHODS, make_groups
+    from kshot.pretrain import load_checkpoint
+    from kshot.runner import select
+
+    methods = raw.get("methods") or {}
+    if args.method not in methods:
+        raise unknown("methods", args.method, methods)
+    spec = method_spec(args.method, methods[args.method])
+    grouped = {cls.kind for cls in GROUPED_METHODS}
+    if spec.kind not in grouped:
+        raise ConfigError(
+            f"methods.{args.method}.kind: the group stage expected a grouped kind {sorted(grouped)}, "
+            f"found '{spec.kind}'"
+        )
+    cls = METHODS[spec.kind]
+    method = cls(cls.parse_options(spec.options, f"methods.{args.method}"), FinetuneConfig())
+    artifacts = {"search_counts": _search_counts(args.search)} if args.search else {}
+    data = load_prepared(Path(args.target), ("pool_x", "pool_y"))
+    ep_file = read_json(args.episodes, what="episodes file")
+    if ep_file.get("k") != args.k:
+        raise DataError(
+            f"episodes file '{args.episodes}': expected episodes for k={args.k}, found k={ep_file.get('k')!r}"
+        )
+    model, _ = load_checkpoint(Path(args.checkpoint))
+    ckpt_sha = sha256(Path(args.checkpoint))
+    device = _device(raw)
+    seed = raw.get("seed", 0)
+    entries = ep_file.get("eval") or []
+    episodes = []
+    for e in entries:
+        support = select(data["pool_x"], data["pool_y"], e["support"])
+        val = select(data["pool_x"], data["pool_y"], e["val"])
+        ep_seed = role_seed(seed, args.benchmark, "eval", args.k, int(e["id"]))
+        ep = EpisodeData(model, support, val, val, int(ep_file["n_classes"]), ep_seed, device, artifacts)
+        episodes.append((e, ep))
+    patterns = read_activations(args.activations, method.options.activation_spec, "eval", entries, ckpt_sha)
+    content, summary = make_groups(method, args.method, model, episodes, patterns, ckpt_sha)
+    write_json(args.summary, {"benchmark": args.benchmark, "k": args.k, **summary})
+    save_tensors(args.out, content)
 
 
 def cmd_search(args: argparse.Namespace, raw: dict[str, Any]) -> None:
@@ -166,8 +249,19 @@ def cmd_search(args: argparse.Namespace, raw: dict[str, Any]) -> None:
         for role in ("search", "select")
     )
     model, _ = load_checkpoint(Path(args.checkpoint))
+    patterns = None
+    if args.activations:
+        from kshot.activations import read_activations
+        from kshot.data.datasets import sha256
+
+        ckpt_sha = sha256(Path(args.checkpoint))
+        spec = cfg.activation_spec
+        patterns = {
+            role: read_activations(args.activations, spec, role, ep_file.get(role) or [], ckpt_sha)
+            for role in ("search", "select")
+        }
     trace = search_group_counts(
-        model, episodes, int(ep_file["n_classes"]), cfg, finetune, _device(raw), seed, select
+        model, episodes, int(ep_file["n_classes"]), cfg, finetune, _device(raw), seed, select, patterns
     )
     write_json(args.out, trace.to_dict())
 
@@ -218,10 +312,21 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{name}", required=True)
     p.add_argument("--k", type=int, required=True)
     p.add_argument("--search", default=None, help="search result JSON (grouped_rl)")
+    p.add_argument("--groups", default=None, help="the group stage's file (grouped methods)")
+    p = add("activations", cmd_activations, "neuron x image activation patterns of every episode")
+    for name in ("benchmark", "checkpoint", "target", "episodes", "out"):
+        p.add_argument(f"--{name}", required=True)
+    p.add_argument("--tag", default="support", help="support | support+pool<N>, optionally -raw")
+    p = add("group", cmd_group, "a grouped method's neuron groups on every evaluation episode")
+    for name in ("benchmark", "method", "checkpoint", "target", "episodes", "activations", "out", "summary"):
+        p.add_argument(f"--{name}", required=True)
+    p.add_argument("--k", type=int, required=True)
+    p.add_argument("--search", default=None, help="search result JSON (grouped_rl)")
     p = add("search", cmd_search, "search the group count per layer (RL or random)")
     for name in ("benchmark", "checkpoint", "target", "episodes", "out"):
         p.add_argument(f"--{name}", required=True)
     p.add_argument("--strategy", choices=["reinforce", "random"], default=None)
+    p.add_argument("--activations", default=None, help="the activation stage's file")
     p = add("compare", cmd_compare, "a table of paired differences (ablation or regime study)")
     p.add_argument("--runs", nargs="+", required=True, help="metrics.json files")
     p.add_argument("--pairs", nargs="+", required=True, help="comparisons as a:b (a - b)")
@@ -232,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_freed_memory()  # malloc reuses freed feature maps: see kshot.runtime
     # SIGTERM (Snakemake cancelling a job) unwinds like an exception, so temporary files are removed
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     args = build_parser().parse_args(argv)

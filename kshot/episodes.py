@@ -19,6 +19,21 @@ import torch
 from kshot.config import EpisodeConfig
 from kshot.errors import ConfigError, DataError
 
+ROLES = ("eval", "search", "select")
+
+
+def episode_seed(seed: int, benchmark: str, k: int, episode: int) -> int:
+    """The seed of one episode, the same for every method so that comparisons are paired."""
+    return int(zlib.crc32(f"{seed}/{benchmark}/{k}/{episode}".encode()))
+
+
+def role_seed(seed: int, benchmark: str, role: str, k: int, episode: int) -> int:
+    """The fine-tuning (and grouping) seed of episode ``episode`` of ``role``: evaluation episodes
+    use :func:`episode_seed` of the benchmark, the search's and selection's are namespaced apart."""
+    if role not in ROLES:
+        raise DataError(f"episode role: expected one of {list(ROLES)}, found {role!r}")
+    return episode_seed(seed, benchmark if role == "eval" else f"{benchmark}/{role}", k, episode)
+
 
 @dataclass(frozen=True)
 class Episode:

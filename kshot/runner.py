@@ -14,7 +14,6 @@ import functools
 import hashlib
 import json
 import time
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +22,11 @@ import torch
 from kshot.config import FinetuneConfig, MethodSpec
 from kshot.data.datasets import sha256
 from kshot.data.prepare import load_prepared
-from kshot.episodes import Episode
+from kshot.episodes import Episode, episode_seed
 from kshot.errors import CheckpointError, DataError
 from kshot.io import load_tensors, read_json, write_json
 from kshot.methods import METHODS, EpisodeData, EpisodeResult
 from kshot.pretrain import load_checkpoint
-
-
-def episode_seed(seed: int, benchmark: str, k: int, episode: int) -> int:
-    """The seed of one episode, the same for every method so that comparisons are paired."""
-    return int(zlib.crc32(f"{seed}/{benchmark}/{k}/{episode}".encode()))
 
 
 @functools.cache
@@ -87,8 +81,12 @@ def run_episodes(
     device: torch.device,
     role: str = "eval",
     artifacts: dict[str, Any] | None = None,
+    groups: Path | None = None,
 ) -> dict[str, Any]:
-    """Run ``method_name`` on each episode of ``role`` in ``episodes``; write and return the summary."""
+    """Run ``method_name`` on each episode of ``role`` in ``episodes``; write and return the summary.
+
+    ``groups``: the group stage's file for a grouped method (its assignments are used instead of
+    clustering here, see :func:`kshot.methods.grouped.read_groups`)."""
     data = load_prepared(target, ("pool_x", "pool_y", "test_x", "test_y", "meta"))
     ep_file = read_json(episodes, what="episodes file")
     if role not in ep_file:
@@ -100,13 +98,20 @@ def run_episodes(
     check_geometry(checkpoint, target, data["meta"])
     method_cls = METHODS[spec.kind]
     method = method_cls(method_cls.parse_options(spec.options, f"methods.{method_name}"), finetune)
+    ckpt_sha = sha256(checkpoint)
+    given = None
+    if groups is not None:
+        from kshot.methods.grouped import read_groups
+
+        given = read_groups(groups, method_name, ep_file[role], ckpt_sha)
     key = stamp(
         {
             "spec": dataclasses.asdict(spec),
             "finetune": dataclasses.asdict(method.cfg),
             "seed": seed,
             "target": data["meta"]["sha256"],
-            "checkpoint": sha256(checkpoint),
+            "checkpoint": ckpt_sha,
+            "groups": sha256(groups) if groups is not None else None,
             "episodes": ep_file[role],
             "artifacts": artifacts or {},
             "code": code_digest(),
@@ -135,7 +140,11 @@ def run_episodes(
             n_classes=int(ep_file["n_classes"]),
             seed=episode_seed(seed, benchmark, k, ep.id),
             device=device,
-            artifacts={**(artifacts or {}), "unlabeled": data["pool_x"]},
+            artifacts={
+                **(artifacts or {}),
+                "unlabeled": data["pool_x"],
+                **({"groups": given[ep.id]} if given is not None else {}),
+            },
         )
         result: EpisodeResult = method.run(ep_data)
         metrics = {

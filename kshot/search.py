@@ -39,20 +39,14 @@ from typing import Any
 
 import torch
 
-from kshot.activations import layer_activations
+from kshot.activations import FEATURES, ActivationSpec, feature_images, layer_activations
 from kshot.config import FinetuneConfig
 from kshot.controller import ControllerConfig, Reinforce
 from kshot.errors import ConfigError, DataError, suggest
 from kshot.finetune import train
 from kshot.grouping import ALGORITHMS, group_neurons, resolve_count
 from kshot.methods.base import EpisodeData, Tensors, init_head
-from kshot.methods.grouped import (
-    FEATURES,
-    SEARCH_STRATEGIES,
-    feature_images,
-    layer_sizes,
-    select_layers,
-)
+from kshot.methods.grouped import SEARCH_STRATEGIES, layer_sizes, select_layers
 from kshot.models import Backbone
 from kshot.population import train_population
 from kshot.shared_grad import GroupedGradient
@@ -94,6 +88,11 @@ class SearchConfig:
     steps: int | None = None
     finalists: int = 0
     controller: ControllerConfig = field(default_factory=ControllerConfig)
+
+    @property
+    def activation_spec(self) -> ActivationSpec:
+        """The activation patterns the search's groupings cluster (rectified, as the methods')."""
+        return ActivationSpec(self.features, self.pool_size)
 
     def validate(self, where: str) -> None:
         for name, valid in (
@@ -321,14 +320,20 @@ def activation_grouper(
     algorithm: str = "kmeans",
     features: str = "support",
     pool_size: int = 500,
+    patterns: list[dict[str, torch.Tensor]] | None = None,
 ) -> Grouper:
     """``(episode index, counts) -> {layer: assign}`` from the source ``model``'s activations.
 
-    Activations are computed once per episode (on first use) and each ``(episode, layer, count)``
-    grouping once: configurations share most of their per-layer choices, so the cache makes a
-    search's clustering cost grow with the menu, not with the number of samples.
+    ``patterns``: each episode's ``{layer: [N, M]}`` (the pipeline's activation file); when
+    ``None``, activations are computed here, once per episode on first use. Each ``(episode,
+    layer, count)`` grouping is made once: configurations share most of their per-layer choices, so
+    the cache makes a search's clustering cost grow with the menu, not with the number of samples.
     """
-    acts: dict[int, dict[str, torch.Tensor]] = {}
+    if patterns is not None and len(patterns) != len(episodes):
+        raise DataError(
+            f"activation patterns: expected one entry per episode ({len(episodes)}), found {len(patterns)}"
+        )
+    acts: dict[int, dict[str, torch.Tensor]] = dict(enumerate(patterns or []))
     groups: dict[tuple[int, str, int], torch.Tensor] = {}
 
     def grouper(index: int, counts: dict[str, int]) -> dict[str, torch.Tensor]:
@@ -423,11 +428,13 @@ def search_group_counts(
     device: torch.device,
     seed: int,
     select: list[SearchEpisode] | None = None,
+    patterns: dict[str, list[dict[str, torch.Tensor]]] | None = None,
 ) -> SearchTrace:
     """The search stage end to end: menu from the model's layers, activation groupings of each
     search episode, evaluator, the configured strategy, then (``cfg.finalists > 0``) the selection
-    stage on the ``select`` episodes. ``trace.chosen_counts`` is what ``grouped_rl`` takes as
-    ``artifacts['search_counts']``."""
+    stage on the ``select`` episodes. ``patterns``: the activation patterns of the ``search`` and
+    ``select`` episodes (role -> one ``{layer: [N, M]}`` per episode), or ``None`` to compute them
+    here. ``trace.chosen_counts`` is what ``grouped_rl`` takes as ``artifacts['search_counts']``."""
     model = model.to(device).eval()
     if cfg.finalists > 0 and not select:
         raise DataError(
@@ -443,17 +450,20 @@ def search_group_counts(
 
     batched = device.type == "cuda" if cfg.population == "auto" else bool(cfg.population)
 
-    def evaluator(eps: list[SearchEpisode], ft: FinetuneConfig) -> Evaluate:
-        grouper = activation_grouper(model, eps, layers, device, cfg.algorithm, cfg.features, cfg.pool_size)
+    def evaluator(role: str, eps: list[SearchEpisode], ft: FinetuneConfig) -> Evaluate:
+        given = None if patterns is None else patterns[role]
+        grouper = activation_grouper(
+            model, eps, layers, device, cfg.algorithm, cfg.features, cfg.pool_size, given
+        )
         return make_evaluator(model, eps, n_classes, grouper, ft, device, cfg.share_bias, batched)
 
-    evaluate = evaluator(episodes, low)
+    evaluate = evaluator("search", episodes, low)
     if cfg.strategy == "random":
         trace = random_search(evaluate, layers, menu, cfg.budget, seed, cfg.max_samples)
     else:
         trace = run_search(evaluate, layers, menu, cfg.budget, cfg.controller, seed, cfg.max_samples)
     if cfg.finalists > 0:
-        select_finalists(trace, evaluator(select, finetune), sizes, cfg.finalists)
+        select_finalists(trace, evaluator("select", select, finetune), sizes, cfg.finalists)
     return trace
 
 
@@ -472,7 +482,8 @@ def search_episodes(
     fine-tuning seeds are namespaced apart from the evaluation episodes'; the target pool is passed
     as unlabeled images for ``features: support+pool``.
     """
-    from kshot.runner import episode_seed, select
+    from kshot.episodes import role_seed
+    from kshot.runner import select
 
     if role == "search" and not ep_file.get("search"):
         raise DataError(
@@ -484,7 +495,7 @@ def search_episodes(
         SearchEpisode(
             select(pool_x, pool_y, e["support"]),
             select(pool_x, pool_y, e["val"]),
-            episode_seed(seed, f"{benchmark}/{role}", k, e["id"]),
+            role_seed(seed, benchmark, role, k, e["id"]),
             pool_x,
         )
         for e in ep_file.get(role) or []

@@ -62,3 +62,64 @@ def test_non_uint8_images_are_rejected():
     model = tiny_lenet()
     with pytest.raises(ConfigError, match="uint8"):
         layer_activations(model, torch.zeros(2, 1, 16, 16), ["conv1"], CPU)
+
+
+# --- the activation stage's file --------------------------------------------------------------
+
+
+def test_activation_tags_name_the_spec_and_round_trip():
+    from kshot.activations import ActivationSpec
+
+    for spec, tag in [
+        (ActivationSpec(), "support"),
+        (ActivationSpec("support+pool", 40), "support+pool40"),
+        (ActivationSpec("support", rectify=False), "support-raw"),
+        (ActivationSpec("support+pool", 7, False), "support+pool7-raw"),
+    ]:
+        assert spec.tag == tag
+        assert ActivationSpec.from_tag(tag).tag == tag
+    with pytest.raises(ConfigError, match=r"activations tag: expected 'support' or 'support\+pool<N>'"):
+        ActivationSpec.from_tag("pool")
+
+
+def _episodes_file():
+    """An episodes file over a pool of 30 tiny images: 2 evaluation and 1 search episode."""
+    eps = {
+        "eval": [{"id": 0, "support": [0, 1, 2]}, {"id": 1, "support": [3, 4, 5]}],
+        "search": [{"id": 0, "support": [6, 7, 8]}],
+    }
+    return {"k": 1, "n_classes": 3, **eps}
+
+
+def test_activation_file_holds_every_role_and_is_checked_on_reading(tmp_path):
+    from kshot.activations import (
+        ActivationSpec,
+        episode_activations,
+        feature_images,
+        read_activations,
+        save_activations,
+    )
+    from kshot.episodes import role_seed
+    from kshot.errors import DataError
+
+    model, pool, ep_file = tiny_lenet(), tiny_images(30), _episodes_file()
+    spec = ActivationSpec("support+pool", 10)
+    content = episode_activations(model, ep_file, pool, spec, model.groupable(), CPU, 0, "b", "abc")
+    path = tmp_path / "acts.pt"
+    save_activations(path, content)
+    got = read_activations(path, spec, "eval", ep_file["eval"], "abc")
+    # the same patterns the in-process path computes from the same images and seed
+    images = feature_images(pool[[3, 4, 5]], pool, "support+pool", 10, role_seed(0, "b", "eval", 1, 1))
+    want = layer_activations(model, images, ["fc1"], CPU)
+    assert torch.equal(got[1]["fc1"], want["fc1"]) and got[1]["fc1"].shape == (125, 13)
+    assert set(got[0]) == {"conv1", "conv2", "fc1"}
+    assert read_activations(path, spec, "search", ep_file["search"], "abc")[0]["conv1"].shape == (5, 13)
+    with pytest.raises(DataError, match=r"activation file '.*acts.pt': expected activations 'support'"):
+        read_activations(path, ActivationSpec(), "eval", ep_file["eval"], "abc")
+    with pytest.raises(DataError, match=r"expected activations of checkpoint sha256 other"):
+        read_activations(path, spec, "eval", ep_file["eval"], "other")
+    moved = [{"id": 1, "support": [3, 4, 9]}]
+    with pytest.raises(DataError, match=r"episode 1 of the episodes file, found other support images"):
+        read_activations(path, spec, "eval", moved, "abc")
+    with pytest.raises(DataError, match=r"select episode 0 of the episodes file, found no entry"):
+        read_activations(path, spec, "select", [{"id": 0, "support": [0]}], "abc")

@@ -364,3 +364,62 @@ def test_run_outputs_are_written_only_as_whole_files(tmp_path, upstream, monkeyp
         run(upstream, tmp_path / "run")
     assert not (tmp_path / "run" / "metrics.json").exists()
     assert sorted(p.name for p in (tmp_path / "run").rglob("*")) == ["ep000.json", "ep001.json", "episodes"]
+
+
+# --- the activation and group stages ----------------------------------------------------------
+
+
+def stage_args(upstream: dict, tmp_path: Path, method: str = "grouped") -> tuple[list[str], list[str]]:
+    common = [
+        "--benchmark",
+        "tiny",
+        "--checkpoint",
+        str(upstream["ckpt"]),
+        "--target",
+        str(upstream["target"]),
+    ]
+    common += ["--episodes", str(upstream["episodes"])]
+    acts = ["activations", *common, "--out", str(tmp_path / "acts.pt")]
+    group = ["group", *common, "--method", method, "--k", "1", "--activations", str(tmp_path / "acts.pt")]
+    group += ["--out", str(tmp_path / "g.pt"), "--summary", str(tmp_path / "g.json")]
+    return acts, group
+
+
+def test_staged_grouping_through_the_cli_equals_grouping_inside_the_run(tmp_path, upstream, capsys):
+    acts, group = stage_args(upstream, tmp_path)
+    p = params_json()
+    # one thread everywhere, as the rules run: float sums in another order move the last bits
+    assert main([*acts, "--params-json", p, "--threads", "1"]) == 0
+    assert main([*group, "--params-json", p, "--threads", "1"]) == 0
+    staged, direct = tmp_path / "staged", tmp_path / "direct"
+    args = finetune_args(upstream, staged, method="grouped")
+    assert main([*args, "--groups", str(tmp_path / "g.pt"), "--params-json", p]) == 0
+    assert main([*finetune_args(upstream, direct, method="grouped"), "--params-json", p]) == 0
+    assert (staged / "metrics.json").read_bytes() == (direct / "metrics.json").read_bytes()
+    summary = json.loads((tmp_path / "g.json").read_text())
+    assert summary["method"] == "grouped" and summary["activations"] == "support"
+    assert set(summary["mean_quality"]["fc1"]) == {"silhouette", "intra_corr", "inter_corr"}
+    # the group file belongs to one method: another method's run refuses it and writes nothing
+    out = tmp_path / "other"
+    args = finetune_args(upstream, out, method="grouped_random")
+    assert main([*args, "--groups", str(tmp_path / "g.pt"), "--params-json", p]) == 2
+    assert "expected the groups of method 'grouped_random', found 'grouped'" in capsys.readouterr().err
+    assert_no_run_output(out)
+
+
+def test_group_stage_refuses_a_method_that_does_not_group(tmp_path, upstream, capsys):
+    _, group = stage_args(upstream, tmp_path, method="full")
+    assert main([*group, "--params-json", params_json()]) == 2
+    err = capsys.readouterr().err
+    assert "methods.full.kind: the group stage expected a grouped kind" in err and "found 'full'" in err
+    assert not (tmp_path / "g.pt").exists() and not (tmp_path / "g.json").exists()
+
+
+def test_group_stage_refuses_activations_of_another_spec_and_writes_nothing(tmp_path, upstream, capsys):
+    acts, group = stage_args(upstream, tmp_path)
+    assert main([*acts, "--tag", "support-raw", "--params-json", params_json()]) == 0
+    assert main([*group, "--params-json", params_json()]) == 2
+    err = capsys.readouterr().err
+    assert f"activation file '{tmp_path / 'acts.pt'}': expected activations 'support'" in err
+    assert "found 'support-raw'" in err
+    assert not (tmp_path / "g.pt").exists() and not (tmp_path / "g.json").exists()

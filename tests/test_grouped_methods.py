@@ -125,3 +125,38 @@ def test_layer_selectors_expand_to_every_layer_of_that_type():
     assert select_layers(WideCNN(1, 28, 3, width=0.25), ["fc"]) == ["fc1"]
     assert select_layers(WideCNN(1, 28, 3, width=0.25), ["fc", "conv"]) == ["fc1", "conv1", "conv2", "conv3"]
     assert select_layers(LeNet(1, 28, 3), None) == ["conv1", "conv2", "fc1"]
+
+
+@pytest.mark.parametrize("cls", [Grouped, GroupedRandom])
+def test_group_stage_file_gives_the_same_run_as_grouping_in_process(cls, tmp_path):
+    """The pipeline's path (activation file -> group file -> fine-tuning) and the library's
+    (method.run computing its own grouping) are the same computation."""
+    from kshot.activations import feature_images, layer_activations
+    from kshot.io import save_tensors
+    from kshot.methods.grouped import make_groups, read_groups
+
+    m = method(cls, groups=0.5)
+    ep = episode()
+    acts = layer_activations(
+        ep.model, feature_images(ep.support[0], None, "support", 1, ep.seed), ["conv1", "conv2", "fc1"], CPU
+    )
+    raw = {"id": 3, "support": [1, 2, 3]}
+    content, summary = make_groups(m, "g", ep.model, [(raw, ep)], [acts], "sha")
+    save_tensors(tmp_path / "g.pt", content)
+    given = read_groups(tmp_path / "g.pt", "g", [raw], "sha")
+    staged = m.run(episode(groups=given[3]))
+    direct = m.run(episode())
+    assert staged.metrics() == direct.metrics()
+    assert summary["episodes"]["3"] == direct.extra
+    assert set(summary["mean_quality"]) == {"conv1", "conv2", "fc1"}
+    with pytest.raises(DataError, match=r"group file '.*g.pt': expected the groups of method 'h'"):
+        read_groups(tmp_path / "g.pt", "h", [raw], "sha")
+    with pytest.raises(DataError, match=r"expected the groups of episode 4 of the episodes file, found no"):
+        read_groups(tmp_path / "g.pt", "g", [{"id": 4, "support": [1]}], "sha")
+
+
+def test_a_group_file_for_another_network_is_refused():
+    m = method(Grouped, groups=0.5)
+    bad = {"assign": {"fc1": torch.zeros(7, dtype=torch.long)}, "extra": {}}
+    with pytest.raises(DataError, match=r"groups of layer 'fc1': expected an int64 tensor \[125\]"):
+        m.run(episode(groups=bad))

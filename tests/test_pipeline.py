@@ -82,6 +82,21 @@ def test_search_runs_both_strategies_within_budget_and_feeds_grouped_rl(pipeline
 
 
 @pytest.mark.slow
+def test_activation_and_group_stages_feed_the_grouped_runs(pipeline_dir):
+    import json
+
+    assert (pipeline_dir / "data/activations/tiny/k1/support.pt").stat().st_size > 1000
+    for method in ("grouped", "grouped_random", "grouped_rl"):
+        summary = json.loads((pipeline_dir / f"data/groups/tiny/{method}/k1.json").read_text())
+        run = json.loads((pipeline_dir / f"data/runs/tiny/{method}/k1/metrics.json").read_text())
+        assert [summary["episodes"][str(e["episode"])] for e in run["episodes"]] == [
+            e["extra"] if method != "grouped_rl" else {k: v for k, v in e["extra"].items() if k != "search"}
+            for e in run["episodes"]
+        ]
+        assert set(summary["mean_quality"]) == {"conv1", "conv2", "fc1"}
+
+
+@pytest.mark.slow
 def test_second_run_has_nothing_to_do(pipeline_dir):
     proc = run_snakemake(pipeline_dir, "-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr

@@ -226,3 +226,28 @@ def test_search_stage_with_selection_episodes_chooses_among_finalists():
 def test_search_config_errors_name_the_field(raw, field):
     with pytest.raises(ConfigError, match=rf"search\.{field}"):
         from_dict(SearchConfig, raw, "search")
+
+
+def test_search_from_an_activation_file_equals_computing_activations_in_process():
+    from kshot.activations import feature_images, layer_activations
+
+    model, eps = tiny_lenet(n_classes=4), search_episodes()
+    select = search_episodes(3)[1:]
+    cfg = from_dict(SearchConfig, {"budget": 3, "menu": [0.25, 1.0], "finalists": 1, "steps": 1}, "search")
+    ft = FinetuneConfig(steps=2, eval_every=1)
+
+    def patterns(episodes):
+        return [
+            layer_activations(
+                model, feature_images(e.support[0], None, "support", 1, e.seed), model.groupable(), CPU
+            )
+            for e in episodes
+        ]
+
+    given = {"search": patterns(eps), "select": patterns(select)}
+    staged = search_group_counts(model, eps, 3, cfg, ft, CPU, 0, select, given).to_dict()
+    assert staged == search_group_counts(model, eps, 3, cfg, ft, CPU, 0, select).to_dict()
+    with pytest.raises(
+        DataError, match=r"activation patterns: expected one entry per episode \(2\), found 1"
+    ):
+        search_group_counts(model, eps, 3, cfg, ft, CPU, 0, select, {**given, "search": given["search"][:1]})

@@ -21,24 +21,26 @@ and test images never feed the grouping.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
-from kshot.activations import layer_activations
+from kshot.activations import ActivationSpec, feature_images, layer_activations, support_digest
 from kshot.errors import ConfigError, DataError, suggest
 from kshot.grouping import (
     ALGORITHMS,
+    check_assignment,
     cluster_quality,
     group_layers,
     random_grouping,
     resolve_count,
 )
+from kshot.io import load_tensors
 from kshot.methods.base import EpisodeData, GradientMethod, TrainOverrides
 from kshot.models import Backbone
 from kshot.shared_grad import GroupedGradient
 
-FEATURES = ("support", "support+pool")
 SEARCH_STRATEGIES = ("reinforce", "random")
 
 
@@ -58,14 +60,17 @@ class GroupingOptions(TrainOverrides):
     rectify: bool = True
 
     def validate(self, where: str) -> None:
-        for name, valid in (("algorithm", ALGORITHMS), ("features", FEATURES)):
-            value = getattr(self, name)
-            if value not in valid:
-                raise ConfigError(
-                    f"{where}.{name}: expected one of {list(valid)}, found {value!r}{suggest(value, valid)}"
-                )
-        if self.pool_size < 1:
-            raise ConfigError(f"{where}.pool_size: expected an integer >= 1, found {self.pool_size}")
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigError(
+                f"{where}.algorithm: expected one of {list(ALGORITHMS)}, found {self.algorithm!r}"
+                f"{suggest(self.algorithm, ALGORITHMS)}"
+            )
+        self.activation_spec.validate(where)
+
+    @property
+    def activation_spec(self) -> ActivationSpec:
+        """Which activation patterns this method clusters (the pipeline's activation file)."""
+        return ActivationSpec(self.features, self.pool_size, self.rectify)
 
 
 def _check_spec(spec: int | float, where: str) -> None:
@@ -97,23 +102,6 @@ class GroupedOptions(GroupingOptions):
             _check_spec(self.groups, f"{where}.groups")
         if self.layers is not None and not self.layers:
             raise ConfigError(f"{where}.layers: expected a non-empty list or null, found []")
-
-
-def feature_images(
-    support: torch.Tensor, unlabeled: torch.Tensor | None, features: str, pool_size: int, seed: int
-) -> torch.Tensor:
-    """uint8 images ``[M, C, H, W]`` whose activations define the grouping: the ``support`` images,
-    plus up to ``pool_size`` images of ``unlabeled`` drawn with ``seed`` for ``support+pool``."""
-    if features == "support":
-        return support
-    if unlabeled is None:
-        raise DataError(
-            "features: 'support+pool' needs unlabeled target images in the episode's "
-            "artifacts['unlabeled'], found none; use features: support"
-        )
-    gen = torch.Generator().manual_seed(seed)
-    pick = torch.randperm(len(unlabeled), generator=gen)[:pool_size]
-    return torch.cat([support, unlabeled[pick]])
 
 
 LAYER_KINDS = {"conv": torch.nn.Conv2d, "fc": torch.nn.Linear}
@@ -163,28 +151,47 @@ class _GroupedBase(GradientMethod):
     def counts(self, model: Backbone, ep: EpisodeData) -> dict[str, int]:
         raise NotImplementedError
 
-    def grad_hook(self, model: Backbone, ep: EpisodeData) -> GroupedGradient:
+    def grouping(
+        self, model: Backbone, ep: EpisodeData, acts: dict[str, torch.Tensor] | None = None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """This episode's assignments ``{layer: [N]}`` and their diagnostics (counts, cluster
+        quality), from the patterns ``acts`` ``{layer: [N, M]}`` (the pipeline's activation file)
+        or, when ``None``, from activations computed here on ``ep``'s feature images."""
         opts = self.options
         counts = self.counts(model, ep)
-        images = feature_images(
-            ep.support[0], ep.artifacts.get("unlabeled"), opts.features, opts.pool_size, ep.seed
-        )
-        acts = layer_activations(model, images, list(counts), ep.device, rectify=opts.rectify)
+        if acts is None:
+            images = feature_images(
+                ep.support[0], ep.artifacts.get("unlabeled"), opts.features, opts.pool_size, ep.seed
+            )
+            acts = layer_activations(model, images, list(counts), ep.device, rectify=opts.rectify)
         assign = group_layers(acts, counts, opts.algorithm, seed=ep.seed)
         if self.random_membership:
             assign = {
                 name: random_grouping(a, seed=ep.seed + i) for i, (name, a) in enumerate(assign.items())
             }
-        self._extra: dict[str, Any] = {
+        extra: dict[str, Any] = {
             "counts": counts,
             "n_neurons": {name: len(a) for name, a in assign.items()},
             "algorithm": opts.algorithm,
             "features": opts.features,
-            "n_feature_images": len(images),
+            "n_feature_images": int(acts[next(iter(counts))].shape[1]),
             "random_membership": self.random_membership,
             "quality": {name: cluster_quality(acts[name], a) for name, a in assign.items()},
         }
-        return GroupedGradient(model, assign, share_bias=opts.share_bias)
+        return assign, extra
+
+    def grad_hook(self, model: Backbone, ep: EpisodeData) -> GroupedGradient:
+        """The shared-gradient hook of this episode's grouping: the one the pipeline's group stage
+        made (``ep.artifacts['groups']``: ``{'assign': ..., 'extra': ...}``) or one made here."""
+        given = ep.artifacts.get("groups")
+        if given is None:
+            assign, self._extra = self.grouping(model, ep)
+        else:
+            assign, self._extra = given["assign"], given["extra"]
+            sizes = layer_sizes(model, list(assign))
+            for name, a in assign.items():
+                check_assignment(a, sizes[name], f"groups of layer '{name}'")
+        return GroupedGradient(model, assign, share_bias=self.options.share_bias)
 
     def extra(self, model: Backbone, ep: EpisodeData) -> dict[str, Any]:
         return self._extra
@@ -270,3 +277,71 @@ class GroupedRL(_GroupedBase):
 
 
 GROUPED_METHODS = (Grouped, GroupedRandom, GroupedRL)
+
+
+GROUPS_FORMAT = "kshot-groups/1"
+
+
+def make_groups(
+    method: _GroupedBase,
+    method_name: str,
+    model: Backbone,
+    episodes: list[tuple[dict[str, Any], EpisodeData]],
+    patterns: list[dict[str, torch.Tensor]],
+    checkpoint_sha: str,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The group stage: each evaluation episode's assignments from its activation ``patterns``.
+
+    ``episodes``: pairs of an episodes-file entry and its :class:`EpisodeData`. Returns the group
+    file's content (assignments and diagnostics per episode, read by :func:`read_groups`) and a
+    JSON-ready summary: each episode's counts and cluster quality, and per layer the mean
+    silhouette and intra- and inter-group correlation over the episodes.
+    """
+    entries, extras = {}, {}
+    for (raw, ep), acts in zip(episodes, patterns, strict=True):
+        assign, extra = method.grouping(model, ep, acts)
+        key = str(int(raw["id"]))
+        entries[key] = {"support": support_digest(raw["support"]), "assign": assign, "extra": extra}
+        extras[key] = extra
+    mean: dict[str, dict[str, float | None]] = {}
+    for layer in next(iter(extras.values()))["quality"] if extras else []:
+        mean[layer] = {}
+        for stat in ("silhouette", "intra_corr", "inter_corr"):
+            values = [e["quality"][layer][stat] for e in extras.values()]
+            values = [v for v in values if v is not None]
+            mean[layer][stat] = sum(values) / len(values) if values else None
+    header = {"method": method_name, "kind": method.kind, "activations": method.options.activation_spec.tag}
+    content = {"format": GROUPS_FORMAT, **header, "checkpoint": checkpoint_sha, "episodes": entries}
+    return content, {**header, "mean_quality": mean, "episodes": extras}
+
+
+def read_groups(
+    path: str | Path, method_name: str, episodes: list[dict[str, Any]], checkpoint_sha: str
+) -> dict[int, dict[str, Any]]:
+    """``{episode id: {'assign': ..., 'extra': ...}}`` from group file ``path``, checked to be
+    ``method_name``'s, from this checkpoint and for these evaluation ``episodes`` (an episodes
+    file's entries); raises :class:`DataError` naming the file otherwise."""
+    content = load_tensors(path, what="group file")
+    where = f"group file '{path}'"
+    if content.get("format") != GROUPS_FORMAT:
+        raise DataError(f"{where}: expected format {GROUPS_FORMAT!r}, found {content.get('format')!r}")
+    if content.get("method") != method_name:
+        raise DataError(
+            f"{where}: expected the groups of method '{method_name}', found '{content.get('method')}'"
+        )
+    if content.get("checkpoint") != checkpoint_sha:
+        raise DataError(
+            f"{where}: expected groups made from checkpoint sha256 {checkpoint_sha[:12]}..., found "
+            f"{str(content.get('checkpoint'))[:12]}... (rerun the group stage)"
+        )
+    out = {}
+    for e in episodes:
+        entry = content["episodes"].get(str(int(e["id"])))
+        if entry is None or entry["support"] != support_digest(e["support"]):
+            found = "no entry" if entry is None else "other support images"
+            raise DataError(
+                f"{where}: expected the groups of episode {e['id']} of the episodes file, found "
+                f"{found} (rerun the group stage)"
+            )
+        out[int(e["id"])] = {"assign": entry["assign"], "extra": entry["extra"]}
+    return out

@@ -3,7 +3,10 @@ import json
 
 from snakemake.utils import validate
 
-from kshot.config import params_from_dict
+from kshot.config import from_dict, method_spec, params_from_dict
+from kshot.methods import METHODS
+from kshot.methods.grouped import GROUPED_METHODS
+from kshot.search import SearchConfig
 
 validate(config, schema="../schemas/config.schema.yaml")
 PARAMS = params_from_dict(
@@ -21,6 +24,7 @@ wildcard_constraints:
     benchmark=r"[A-Za-z0-9_\-]+",
     method=r"[A-Za-z0-9_\-]+",
     strategy=r"reinforce|random",
+    tag=r"support(\+pool\d+)?(-raw)?",
 
 
 def params_json(*sections, **named):
@@ -44,6 +48,47 @@ def source_dataset(source):
 
 def target_dataset(benchmark):
     return config["benchmarks"][benchmark]["target"]
+
+
+GROUPED_KINDS = {cls.kind for cls in GROUPED_METHODS}
+
+
+def is_grouped(method):
+    return config["methods"][method]["kind"] in GROUPED_KINDS
+
+
+def activation_tag(method=None):
+    """The activation file (tag) a grouped ``method`` clusters; for ``None``, the search's."""
+    if method is None:
+        return from_dict(SearchConfig, config.get("search"), "search").activation_spec.tag
+    spec = method_spec(method, config["methods"][method])
+    options = METHODS[spec.kind].parse_options(spec.options, f"methods.{method}")
+    return options.activation_spec.tag
+
+
+def activations_file(benchmark, k, tag):
+    return f"data/activations/{benchmark}/k{k}/{tag}.pt"
+
+
+def groups_input(wildcards):
+    """The group stage's file a grouped method reads (none for other kinds)."""
+    if not is_grouped(wildcards.method):
+        return []
+    return f"data/groups/{wildcards.benchmark}/{wildcards.method}/k{wildcards.k}.pt"
+
+
+def activation_targets():
+    """Every activation file the run's grouped methods and searches read."""
+    methods = [m for m in config["run"]["methods"] if is_grouped(m)]
+    tags = {activation_tag(m) for m in methods}
+    if search_targets():
+        tags.add(activation_tag())
+    return expand(
+        "data/activations/{benchmark}/k{k}/{tag}.pt",
+        benchmark=config["run"]["benchmarks"],
+        k=config["episodes"]["k"],
+        tag=sorted(tags),
+    )
 
 
 def search_input(wildcards):

@@ -6,7 +6,7 @@ rule finetune:
         ckpt=lambda w: f"data/checkpoints/{source_of(w.benchmark)}/source.pt",
         target="data/prepared/targets/{benchmark}.pt",
         episodes="data/episodes/{benchmark}/k{k}.json",
-        search=search_input,
+        groups=groups_input,
     output:
         metrics="data/runs/{benchmark}/{method}/k{k}/metrics.json",
         timings="data/runs/{benchmark}/{method}/k{k}/timings.json",
@@ -20,9 +20,9 @@ rule finetune:
     params:
         cfg=lambda w: params_json("seed", "device", "finetune", methods=w.method),
         out_dir=subpath(output.metrics, parent=True),
-        search=lambda w, input: f"--search {input.search}" if input.search else "",
+        groups=lambda w, input: f"--groups {input.groups}" if input.groups else "",
     shell:
         "python -m kshot finetune --benchmark {wildcards.benchmark} --method {wildcards.method} "
         "--k {wildcards.k} --checkpoint {input.ckpt} --target {input.target} "
-        "--episodes {input.episodes} --out-dir {params.out_dir} {params.search} --threads {threads} "
+        "--episodes {input.episodes} --out-dir {params.out_dir} {params.groups} --threads {threads} "
         "--params-json {params.cfg:q} > {log} 2>&1"

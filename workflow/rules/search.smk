@@ -6,6 +6,7 @@ rule search:
         ckpt=lambda w: f"data/checkpoints/{source_of(w.benchmark)}/source.pt",
         target="data/prepared/targets/{benchmark}.pt",
         episodes="data/episodes/{benchmark}/k{k}.json",
+        acts=lambda w: activations_file(w.benchmark, w.k, activation_tag()),
     output:
         "data/search/{benchmark}/k{k}/{strategy}.json",
     log:
@@ -21,5 +22,5 @@ rule search:
     shell:
         "python -m kshot search --benchmark {wildcards.benchmark} "
         "--strategy {wildcards.strategy} --checkpoint {input.ckpt} --target {input.target} "
-        "--episodes {input.episodes} --out {output} --threads {threads} "
+        "--episodes {input.episodes} --activations {input.acts} --out {output} --threads {threads} "
         "--params-json {params.cfg:q} > {log} 2>&1"

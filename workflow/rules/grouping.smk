@@ -1,0 +1,56 @@
+# Activation extraction and neuron grouping: the inputs of the grouped methods and of the search.
+
+
+# One file per benchmark, k and activation spec (tag): the neuron x image patterns of every
+# groupable layer on every episode (evaluation, search and selection).
+rule activations:
+    input:
+        ckpt=lambda w: f"data/checkpoints/{source_of(w.benchmark)}/source.pt",
+        target="data/prepared/targets/{benchmark}.pt",
+        episodes="data/episodes/{benchmark}/k{k}.json",
+    output:
+        "data/activations/{benchmark}/k{k}/{tag}.pt",
+    log:
+        f"{LOGS}/activations/{{benchmark}}_k{{k}}_{{tag}}.log",
+    priority: 20  # the searches wait for it
+    conda:
+        "../../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    params:
+        cfg=lambda w: params_json("seed", "device"),
+    shell:
+        "python -m kshot activations --benchmark {wildcards.benchmark} --tag {wildcards.tag} "
+        "--checkpoint {input.ckpt} --target {input.target} --episodes {input.episodes} "
+        "--out {output} --threads {threads} --params-json {params.cfg:q} > {log} 2>&1"
+
+
+# One file per benchmark, grouped method and k: the assignments of every evaluation episode, with
+# their cluster quality (the .json summary). grouped_rl's counts come from its search.
+rule group:
+    input:
+        ckpt=lambda w: f"data/checkpoints/{source_of(w.benchmark)}/source.pt",
+        target="data/prepared/targets/{benchmark}.pt",
+        episodes="data/episodes/{benchmark}/k{k}.json",
+        acts=lambda w: activations_file(w.benchmark, w.k, activation_tag(w.method)),
+        search=search_input,
+    output:
+        groups="data/groups/{benchmark}/{method}/k{k}.pt",
+        summary="data/groups/{benchmark}/{method}/k{k}.json",
+    log:
+        f"{LOGS}/group/{{benchmark}}_{{method}}_k{{k}}.log",
+    conda:
+        "../../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    params:
+        cfg=lambda w: params_json("seed", "device", methods=w.method),
+        search=lambda w, input: f"--search {input.search}" if input.search else "",
+    shell:
+        "python -m kshot group --benchmark {wildcards.benchmark} --method {wildcards.method} "
+        "--k {wildcards.k} --checkpoint {input.ckpt} --target {input.target} "
+        "--episodes {input.episodes} --activations {input.acts} {params.search} "
+        "--out {output.groups} --summary {output.summary} --threads {threads} "
+        "--params-json {params.cfg:q} > {log} 2>&1"
