@@ -60,7 +60,8 @@ def is_grouped(method):
 def activation_tag(method=None):
     """The activation file (tag) a grouped ``method`` clusters; for ``None``, the search's."""
     if method is None:
-        return from_dict(SearchConfig, config.get("search"), "search").activation_spec.tag
+        search = from_dict(SearchConfig, config.get("search"), "search")
+        return search.activation_spec.tag
     spec = method_spec(method, config["methods"][method])
     options = METHODS[spec.kind].parse_options(spec.options, f"methods.{method}")
     return options.activation_spec.tag
