@@ -24,6 +24,16 @@ import torch
 from kshot.errors import CheckpointError, DataError
 
 
+def _default_mode() -> int:
+    """The mode ``open()`` would give a new file under the current umask (mkstemp gives 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+FILE_MODE = _default_mode()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
@@ -41,6 +51,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, FILE_MODE)  # as readable as any other new file, e.g. on a shared cluster
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)

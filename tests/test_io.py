@@ -76,3 +76,10 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     torch.save({"arch": arch, "state_dict": LeNet(1, 28, 3, width=0.5).state_dict()}, path)
     with pytest.raises(CheckpointError, match=r"c.pt.*another architecture"):
         load_checkpoint(path)
+
+
+def test_written_files_get_the_usual_permissions_not_mkstemps_private_ones(tmp_path):
+    from kshot.io import FILE_MODE
+
+    write_json(tmp_path / "a.json", {"a": 1})
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == FILE_MODE
