@@ -13,7 +13,10 @@
    by ``torch.utils.flop_counter``) as a fraction of it.
 4. The wall time of one whole search stage with ``params.yaml``'s settings, at k = 1 and 5.
 
-Runs in a few minutes on 2 CPU cores: ``python benchmarks/bench_grouping.py [--device cuda]``.
+Everything is measured once per thread count of ``--threads`` (default 1 and 2): one thread is the
+pipeline's setting (each job runs single-threaded, two side by side on 2 cores), two is one process
+using both cores. Ratios are taken within one setting of one run. Runs in about 5 minutes on 2 CPU
+cores: ``python benchmarks/bench_grouping.py [--device cuda]``.
 """
 
 from __future__ import annotations
@@ -227,6 +230,14 @@ def main() -> None:
     parser.add_argument("--low-steps", type=int, default=50, help="low-fidelity (search) steps")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--params", default=str(Path(__file__).parents[1] / "params.yaml"))
+    parser.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="torch threads, each measured in turn: 1 is the pipeline's (every job runs with one "
+        "thread, two jobs side by side on 2 cores), 2 one process on both cores",
+    )
     args = parser.parse_args()
     keep_freed_memory()  # as every kshot command does (kshot.runtime)
     device = resolve_device(args.device)
@@ -234,29 +245,42 @@ def main() -> None:
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
-        "step_time": [step_times(k, device, args.blocks, args.steps) for k in (1, 5, 10)],
-        "search_throughput": [
-            evaluations_per_minute(device, m, args.train_steps, args.low_steps, k, args.repeats)
-            for k in (1, 5)
-            for m in args.members
-        ],
-        "full_search": [full_search(device, k, Path(args.params)) for k in (1, 5)],
-        "matmul": matmul_gflops(device),
+        "settings": [],
     }
-    for row in result["step_time"]:
-        row["fraction_of_matmul"] = row["finetune_gflops"] / result["matmul"]["gflops"]
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        setting = {
+            "threads": threads,
+            "matmul": matmul_gflops(device),
+            "step_time": [step_times(k, device, args.blocks, args.steps) for k in (1, 5, 10)],
+            "search_throughput": [
+                evaluations_per_minute(device, m, args.train_steps, args.low_steps, k, args.repeats)
+                for k in (1, 5)
+                for m in args.members
+            ],
+            "full_search": [full_search(device, k, Path(args.params)) for k in (1, 5)],
+        }
+        for row in setting["step_time"]:
+            row["fraction_of_matmul"] = row["finetune_gflops"] / setting["matmul"]["gflops"]
+        result["settings"].append(setting)
+        report(setting)
     write_json(args.out, result)
-    for row in result["step_time"]:
+    print(f"-> {args.out}")
+
+
+def report(setting: dict) -> None:
+    print(f"--- {setting['threads']} thread(s): matmul {setting['matmul']['gflops']:.1f} GFLOP/s")
+    for row in setting["step_time"]:
         print(
             f"k={row['k']:>2}: plain {row['plain_step_ms']:.2f} ms, grouped "
             f"{row['grouped_step_ms']:.2f} ms ({row['overhead_pct']:+.1f}%), hook alone "
-            f"{row['hook_only_ms']:.3f} ms; {row['finetune_gflops']:.1f} GFLOP/s "
+            f"{row['hook_only_ms']:.3f} ms ({100 * row['hook_only_ms'] / row['plain_step_ms']:.1f}% "
+            f"of a plain step); {row['finetune_gflops']:.1f} GFLOP/s "
             f"({100 * row['fraction_of_matmul']:.0f}% of matmul)"
         )
-    for s in result["search_throughput"]:
+    for s in setting["search_throughput"]:
         print(
             f"k={s['k']}, {s['members']} members: evaluations/min sequential "
             f"{s['sequential_evals_per_min']:.1f}, population {s['population_evals_per_min']:.1f} "
@@ -265,12 +289,11 @@ def main() -> None:
             f"low-fidelity sequential {s['low_fidelity_sequential_evals_per_min']:.1f} "
             f"(x{s['low_fidelity_sequential_speedup']:.2f})"
         )
-    for s in result["full_search"]:
+    for s in setting["full_search"]:
         print(
             f"full search k={s['k']}: {s['wall_s']:.1f} s ({s['evaluations']} evaluations on "
             f"{s['search_episodes']} episodes, {s['finalists']} finalists on {s['select_episodes']})"
         )
-    print(f"matmul {result['matmul']['n']}^2: {result['matmul']['gflops']:.1f} GFLOP/s -> {args.out}")
 
 
 if __name__ == "__main__":
