@@ -27,8 +27,9 @@ Design choices (the paper does not state them):
 :func:`read_activations`): for one benchmark and k, the patterns of every groupable layer on every
 episode of every role (evaluation, search, selection), for one :class:`ActivationSpec`, named by
 its :attr:`~ActivationSpec.tag` (``support``, ``support+pool500``, and ``-raw`` when not
-rectified). Each episode's entry records a digest of its support indices, so a file made for other
-episodes, or from another checkpoint, is refused rather than silently used.
+rectified). The file records what it was made from (checkpoint, prepared target, seed, benchmark,
+k, tag) and each episode's entry a digest of its support and validation indices, so a file made
+for other inputs is refused rather than silently used.
 """
 
 from __future__ import annotations
@@ -46,10 +47,11 @@ from torch import nn
 from kshot.episodes import ROLES, role_seed
 from kshot.errors import ConfigError, DataError, suggest
 from kshot.finetune import to_input
-from kshot.io import load_tensors, save_tensors
+from kshot.io import episode_entries, read_stage_file
 
 FEATURES = ("support", "support+pool")
-FORMAT = "kshot-activations/1"
+FORMAT = "kshot-activations/2"
+TAG_PATTERN = r"support(\+pool\d+)?(-raw)?"  # also the Snakemake wildcard constraint of {tag}
 
 
 def _module(model: nn.Module, name: str) -> nn.Conv2d | nn.Linear:
@@ -152,13 +154,13 @@ class ActivationSpec:
 
     @classmethod
     def from_tag(cls, tag: str) -> ActivationSpec:
-        match = re.fullmatch(r"support(?:\+pool(\d+))?(-raw)?", tag)
-        if not match or (match.group(1) is not None and int(match.group(1)) < 1):
+        match = re.fullmatch(TAG_PATTERN, tag)
+        pool = match.group(1)[len("+pool") :] if match and match.group(1) else None
+        if not match or (pool is not None and int(pool) < 1):
             raise ConfigError(
                 f"activations tag: expected 'support' or 'support+pool<N>' (N >= 1), optionally "
                 f"followed by '-raw', found {tag!r}"
             )
-        pool = match.group(1)
         return cls(
             features="support" if pool is None else "support+pool",
             pool_size=int(pool) if pool else cls.pool_size,
@@ -167,10 +169,17 @@ class ActivationSpec:
 
 
 def feature_images(
-    support: torch.Tensor, unlabeled: torch.Tensor | None, features: str, pool_size: int, seed: int
+    support: torch.Tensor,
+    unlabeled: torch.Tensor | None,
+    features: str,
+    pool_size: int,
+    seed: int,
+    exclude: torch.Tensor | list[int] | None = None,
 ) -> torch.Tensor:
     """uint8 images ``[M, C, H, W]`` whose activations define the grouping: the ``support`` images,
-    plus up to ``pool_size`` images of ``unlabeled`` drawn with ``seed`` for ``support+pool``."""
+    plus, for ``support+pool``, up to ``pool_size`` images of ``unlabeled`` drawn with ``seed``
+    among the rows not in ``exclude`` (the episode's own support and validation rows: validation
+    images choose the fine-tuned state, so they never feed the grouping, even without labels)."""
     if features == "support":
         return support
     if unlabeled is None:
@@ -179,13 +188,34 @@ def feature_images(
             "artifacts['unlabeled'], found none; use features: support"
         )
     gen = torch.Generator().manual_seed(seed)
-    pick = torch.randperm(len(unlabeled), generator=gen)[:pool_size]
-    return torch.cat([support, unlabeled[pick]])
+    pick = torch.randperm(len(unlabeled), generator=gen)
+    if exclude is not None and len(exclude):
+        pick = pick[~torch.isin(pick, torch.as_tensor(exclude, dtype=torch.int64))]
+    return torch.cat([support, unlabeled[pick[:pool_size]]])
 
 
-def support_digest(indices: list[int]) -> str:
-    """A short digest of an episode's support indices (what its patterns were computed from)."""
-    return hashlib.sha256(json.dumps([int(i) for i in indices]).encode()).hexdigest()[:16]
+def episode_indices(e: dict[str, Any]) -> list[int]:
+    """An episodes-file entry's support and validation rows of the target pool."""
+    return [int(i) for i in e["support"]] + [int(i) for i in e.get("val") or []]
+
+
+def episode_digest(e: dict[str, Any]) -> str:
+    """A short digest of an episode's support and validation indices (what its patterns and groups
+    were computed from)."""
+    rows = [[int(i) for i in e["support"]], [int(i) for i in e.get("val") or []]]
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
+def made_from(checkpoint_sha: str, target_sha: str, seed: int, benchmark: str, k: int, tag: str) -> dict:
+    """What an activation file depends on besides its episodes (checked on reading)."""
+    return {
+        "checkpoint": checkpoint_sha,
+        "target": target_sha,
+        "seed": seed,
+        "benchmark": benchmark,
+        "k": k,
+        "tag": tag,
+    }
 
 
 def episode_activations(
@@ -195,77 +225,60 @@ def episode_activations(
     spec: ActivationSpec,
     layers: list[str],
     device: torch.device,
-    seed: int,
-    benchmark: str,
-    checkpoint_sha: str,
+    provenance: dict[str, Any],
 ) -> dict[str, Any]:
     """The activation file's content for an episodes file ``ep_file`` of one benchmark and k.
 
     For each role of :data:`kshot.episodes.ROLES` present and each of its episodes, the patterns
     ``{layer: [N, M]}`` of ``layers`` on :func:`feature_images` (support rows of the target pool
-    ``pool_x``, plus unlabeled pool images for ``support+pool``), streamed in batches.
+    ``pool_x``, plus unlabeled pool images for ``support+pool``), streamed in batches. Every role
+    is computed whichever stage reads the file: they cost little next to one fine-tuning.
+    ``provenance``: :func:`made_from` (its seed, benchmark and k seed the pool draws).
     """
-    k = int(ep_file["k"])
     roles: dict[str, dict[str, Any]] = {}
     for role in ROLES:
         entries = {}
         for e in ep_file.get(role) or []:
             support = pool_x[torch.as_tensor(e["support"], dtype=torch.int64)]
-            ep_seed = role_seed(seed, benchmark, role, k, int(e["id"]))
-            images = feature_images(support, pool_x, spec.features, spec.pool_size, ep_seed)
+            p = provenance
+            ep_seed = role_seed(p["seed"], p["benchmark"], role, p["k"], int(e["id"]))
+            images = feature_images(
+                support, pool_x, spec.features, spec.pool_size, ep_seed, episode_indices(e)
+            )
             entries[str(int(e["id"]))] = {
-                "support": support_digest(e["support"]),
+                "digest": episode_digest(e),
                 "acts": layer_activations(model, images, layers, device, rectify=spec.rectify),
             }
         roles[role] = entries
-    return {
-        "format": FORMAT,
-        "tag": spec.tag,
-        "benchmark": benchmark,
-        "k": k,
-        "layers": list(layers),
-        "checkpoint": checkpoint_sha,
-        "roles": roles,
-    }
-
-
-def save_activations(path: str | Path, content: dict[str, Any]) -> None:
-    save_tensors(path, content)
+    return {"format": FORMAT, "made_from": provenance, "layers": list(layers), "roles": roles}
 
 
 def read_activations(
     path: str | Path,
-    spec: ActivationSpec,
+    provenance: dict[str, Any],
     role: str,
     episodes: list[dict[str, Any]],
-    checkpoint_sha: str,
+    sizes: dict[str, int],
 ) -> list[dict[str, torch.Tensor]]:
     """The patterns ``{layer: [N, M]}`` of each of ``episodes`` (dicts of an episodes file's
-    ``role`` list, in their order) from activation file ``path``, checked to be for ``spec``, this
-    checkpoint and these episodes; raises :class:`DataError` naming the file otherwise."""
-    content = load_tensors(path, what="activation file")
-    where = f"activation file '{path}'"
-    if content.get("format") != FORMAT:
-        raise DataError(f"{where}: expected format {FORMAT!r}, found {content.get('format')!r}")
-    if content.get("tag") != spec.tag:
-        raise DataError(
-            f"{where}: expected activations '{spec.tag}' (features, pool_size, rectify), "
-            f"found '{content.get('tag')}'"
-        )
-    if content.get("checkpoint") != checkpoint_sha:
-        raise DataError(
-            f"{where}: expected activations of checkpoint sha256 {checkpoint_sha[:12]}..., found "
-            f"{str(content.get('checkpoint'))[:12]}... (rerun the activations stage)"
-        )
-    entries = content["roles"].get(role) or {}
+    ``role`` list, in their order) from activation file ``path``, checked to be made from
+    ``provenance`` (:func:`made_from`) and these episodes' images, with a ``[N, M]`` matrix for
+    every layer of ``sizes`` (``{layer: N}``); raises :class:`DataError` naming the file otherwise."""
+    what = "activation file"
+    content = read_stage_file(path, what, FORMAT, provenance, "activations")
+    roles = content.get("roles")
+    keys = [(str(int(e["id"])), episode_digest(e)) for e in episodes]
+    entries = episode_entries(roles if isinstance(roles, dict) else {}, path, what, role, keys, "activations")
     out = []
-    for e in episodes:
-        entry = entries.get(str(int(e["id"])))
-        if entry is None or entry["support"] != support_digest(e["support"]):
-            found = "no entry" if entry is None else "other support images"
-            raise DataError(
-                f"{where}: expected the patterns of {role} episode {e['id']} of the episodes file, "
-                f"found {found} (rerun the activations stage)"
-            )
-        out.append(entry["acts"])
+    for (ep_id, _), entry in zip(keys, entries, strict=True):
+        acts = entry.get("acts")
+        for layer, n in sizes.items():
+            a = acts.get(layer) if isinstance(acts, dict) else None
+            if not isinstance(a, torch.Tensor) or a.dim() != 2 or a.shape[0] != n:
+                found = f"shape {list(a.shape)}" if isinstance(a, torch.Tensor) else "none"
+                raise DataError(
+                    f"{what} '{path}': expected a [{n}, images] matrix for layer '{layer}' of "
+                    f"{role} episode {ep_id}, found {found}; rerun the activations stage"
+                )
+        out.append(acts)
     return out

@@ -153,32 +153,45 @@ def _search_counts(path: str) -> dict[str, Any]:
     return result["chosen_counts"]
 
 
-def cmd_activations(args: argparse.Namespace, raw: dict[str, Any]) -> None:
-    from kshot.activations import ActivationSpec, episode_activations, save_activations
-    from kshot.data.datasets import sha256
-    from kshot.data.prepare import load_prepared
+def _episodes_for_k(path: str, k: int) -> dict[str, Any]:
+    """An episodes file, checked to hold the episodes of ``k``."""
     from kshot.io import read_json
+
+    ep_file = read_json(path, what="episodes file")
+    if ep_file.get("k") != k:
+        raise DataError(f"episodes file '{path}': expected episodes for k={k}, found k={ep_file.get('k')!r}")
+    return ep_file
+
+
+def _activation_provenance(
+    args: argparse.Namespace, raw: dict[str, Any], meta: dict, k: int, tag: str
+) -> dict[str, Any]:
+    """What the activation file of this command's inputs must have been made from."""
+    from kshot.activations import made_from
+    from kshot.data.datasets import sha256
+
+    seed = raw.get("seed", 0)
+    return made_from(sha256(Path(args.checkpoint)), meta["sha256"], seed, args.benchmark, k, tag)
+
+
+def cmd_activations(args: argparse.Namespace, raw: dict[str, Any]) -> None:
+    from kshot.activations import ActivationSpec, episode_activations
+    from kshot.data.prepare import load_prepared
+    from kshot.io import save_tensors
     from kshot.pretrain import load_checkpoint
     from kshot.runner import check_geometry
 
     spec = ActivationSpec.from_tag(args.tag)
     data = load_prepared(Path(args.target), ("pool_x", "meta"))
     check_geometry(Path(args.checkpoint), Path(args.target), data["meta"])
-    ep_file = read_json(args.episodes, what="episodes file")
+    ep_file = _episodes_for_k(args.episodes, args.k)
     model, _ = load_checkpoint(Path(args.checkpoint))
     device = _device(raw)
+    provenance = _activation_provenance(args, raw, data["meta"], args.k, spec.tag)
     content = episode_activations(
-        model.to(device),
-        ep_file,
-        data["pool_x"],
-        spec,
-        model.groupable(),
-        device,
-        raw.get("seed", 0),
-        args.benchmark,
-        sha256(Path(args.checkpoint)),
+        model.to(device), ep_file, data["pool_x"], spec, model.groupable(), device, provenance
     )
-    save_activations(args.out, content)
+    save_tensors(args.out, content)
 
 
 def cmd_group(args: argparse.Namespace, raw: dict[str, Any]) -> None:
@@ -186,9 +199,9 @@ def cmd_group(args: argparse.Namespace, raw: dict[str, Any]) -> None:
     from kshot.data.datasets import sha256
     from kshot.data.prepare import load_prepared
     from kshot.episodes import role_seed
-    from kshot.io import read_json, save_tensors, write_json
+    from kshot.io import save_tensors, write_json
     from kshot.methods import METHODS, EpisodeData
-    from kshot.methods.grouped import GROUPED_METHODS, make_groups
+    from kshot.methods.grouped import GROUPED_KINDS, groups_made_from, layer_sizes, make_groups
     from kshot.pretrain import load_checkpoint
     from kshot.runner import select
 
@@ -196,37 +209,35 @@ def cmd_group(args: argparse.Namespace, raw: dict[str, Any]) -> None:
     if args.method not in methods:
         raise unknown("methods", args.method, methods)
     spec = method_spec(args.method, methods[args.method])
-    grouped = {cls.kind for cls in GROUPED_METHODS}
-    if spec.kind not in grouped:
+    if spec.kind not in GROUPED_KINDS:
         raise ConfigError(
-            f"methods.{args.method}.kind: the group stage expected a grouped kind {sorted(grouped)}, "
-            f"found '{spec.kind}'"
+            f"methods.{args.method}.kind: the group stage expected a grouped kind "
+            f"{sorted(GROUPED_KINDS)}, found '{spec.kind}'"
         )
     cls = METHODS[spec.kind]
     method = cls(cls.parse_options(spec.options, f"methods.{args.method}"), FinetuneConfig())
     artifacts = {"search_counts": _search_counts(args.search)} if args.search else {}
-    data = load_prepared(Path(args.target), ("pool_x", "pool_y"))
-    ep_file = read_json(args.episodes, what="episodes file")
-    if ep_file.get("k") != args.k:
-        raise DataError(
-            f"episodes file '{args.episodes}': expected episodes for k={args.k}, found k={ep_file.get('k')!r}"
-        )
+    data = load_prepared(Path(args.target), ("pool_x", "pool_y", "meta"))
+    ep_file = _episodes_for_k(args.episodes, args.k)
     model, _ = load_checkpoint(Path(args.checkpoint))
-    ckpt_sha = sha256(Path(args.checkpoint))
     device = _device(raw)
-    seed = raw.get("seed", 0)
     entries = ep_file.get("eval") or []
     episodes = []
     for e in entries:
+        # what a grouping may use of an episode: its support images, seed and the searched counts
         support = select(data["pool_x"], data["pool_y"], e["support"])
-        val = select(data["pool_x"], data["pool_y"], e["val"])
-        ep_seed = role_seed(seed, args.benchmark, "eval", args.k, int(e["id"]))
-        ep = EpisodeData(model, support, val, val, int(ep_file["n_classes"]), ep_seed, device, artifacts)
-        episodes.append((e, ep))
-    patterns = read_activations(args.activations, method.options.activation_spec, "eval", entries, ckpt_sha)
-    content, summary = make_groups(method, args.method, model, episodes, patterns, ckpt_sha)
-    write_json(args.summary, {"benchmark": args.benchmark, "k": args.k, **summary})
+        empty = (support[0][:0], support[1][:0])
+        ep_seed = role_seed(raw.get("seed", 0), args.benchmark, "eval", args.k, int(e["id"]))
+        n_classes = int(ep_file["n_classes"])
+        episodes.append((e, EpisodeData(model, support, empty, empty, n_classes, ep_seed, device, artifacts)))
+    tag = method.options.activation_spec.tag
+    sizes = layer_sizes(model, model.groupable())
+    provenance = _activation_provenance(args, raw, data["meta"], args.k, tag)
+    patterns = read_activations(args.activations, provenance, "eval", entries, sizes)
+    made = groups_made_from(method, args.method, sha256(Path(args.checkpoint)))
+    content, summary = make_groups(method, model, episodes, patterns, made)
     save_tensors(args.out, content)
+    write_json(args.summary, {"benchmark": args.benchmark, "k": args.k, **summary})
 
 
 def cmd_search(args: argparse.Namespace, raw: dict[str, Any]) -> None:
@@ -241,7 +252,7 @@ def cmd_search(args: argparse.Namespace, raw: dict[str, Any]) -> None:
     if args.strategy:
         cfg = dataclasses.replace(cfg, strategy=args.strategy)
     finetune = from_dict(FinetuneConfig, raw.get("finetune"), "finetune")
-    data = load_prepared(Path(args.target), ("pool_x", "pool_y"))
+    data = load_prepared(Path(args.target), ("pool_x", "pool_y", "meta"))
     ep_file = read_json(args.episodes, what="episodes file")
     seed = raw.get("seed", 0)
     episodes, select = (
@@ -252,12 +263,13 @@ def cmd_search(args: argparse.Namespace, raw: dict[str, Any]) -> None:
     patterns = None
     if args.activations:
         from kshot.activations import read_activations
-        from kshot.data.datasets import sha256
+        from kshot.methods.grouped import layer_sizes
 
-        ckpt_sha = sha256(Path(args.checkpoint))
-        spec = cfg.activation_spec
+        k, tag = int(ep_file["k"]), cfg.activation_spec.tag
+        provenance = _activation_provenance(args, raw, data["meta"], k, tag)
+        sizes = layer_sizes(model, model.groupable())
         patterns = {
-            role: read_activations(args.activations, spec, role, ep_file.get(role) or [], ckpt_sha)
+            role: read_activations(args.activations, provenance, role, ep_file.get(role) or [], sizes)
             for role in ("search", "select")
         }
     trace = search_group_counts(
@@ -316,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("activations", cmd_activations, "neuron x image activation patterns of every episode")
     for name in ("benchmark", "checkpoint", "target", "episodes", "out"):
         p.add_argument(f"--{name}", required=True)
+    p.add_argument("--k", type=int, required=True)
     p.add_argument("--tag", default="support", help="support | support+pool<N>, optionally -raw")
     p = add("group", cmd_group, "a grouped method's neuron groups on every evaluation episode")
     for name in ("benchmark", "method", "checkpoint", "target", "episodes", "activations", "out", "summary"):

@@ -121,6 +121,8 @@ def group_neurons(
 def check_assignment(assign: torch.Tensor, n_neurons: int, where: str) -> int:
     """Check ``assign`` is a LongTensor ``[n_neurons]`` labelled ``0..G-1`` with no empty group;
     return ``G``. Raises :class:`DataError` naming ``where``."""
+    if not isinstance(assign, torch.Tensor):
+        raise DataError(f"{where}: expected an int64 tensor [{n_neurons}], found a {type(assign).__name__}")
     if assign.dtype != torch.long or assign.dim() != 1 or len(assign) != n_neurons:
         raise DataError(
             f"{where}: expected an int64 tensor [{n_neurons}] (one group per neuron), "

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from kshot.activations import episode_indices
 from kshot.config import FinetuneConfig, MethodSpec
 from kshot.data.datasets import sha256
 from kshot.data.prepare import load_prepared
@@ -101,9 +102,9 @@ def run_episodes(
     ckpt_sha = sha256(checkpoint)
     given = None
     if groups is not None:
-        from kshot.methods.grouped import read_groups
+        from kshot.methods.grouped import groups_made_from, read_groups
 
-        given = read_groups(groups, method_name, ep_file[role], ckpt_sha)
+        given = read_groups(groups, groups_made_from(method, method_name, ckpt_sha), ep_file[role])
     key = stamp(
         {
             "spec": dataclasses.asdict(spec),
@@ -143,6 +144,7 @@ def run_episodes(
             artifacts={
                 **(artifacts or {}),
                 "unlabeled": data["pool_x"],
+                "unlabeled_exclude": episode_indices(raw),
                 **({"groups": given[ep.id]} if given is not None else {}),
             },
         )

@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from kshot.activations import FEATURES, ActivationSpec, feature_images, layer_activations
+from kshot.activations import ActivationSpec, feature_images, layer_activations
 from kshot.config import FinetuneConfig
 from kshot.controller import ControllerConfig, Reinforce
 from kshot.errors import ConfigError, DataError, suggest
@@ -95,11 +95,8 @@ class SearchConfig:
         return ActivationSpec(self.features, self.pool_size)
 
     def validate(self, where: str) -> None:
-        for name, valid in (
-            ("strategy", STRATEGIES),
-            ("algorithm", ALGORITHMS),
-            ("features", FEATURES),
-        ):
+        self.activation_spec.validate(where)
+        for name, valid in (("strategy", STRATEGIES), ("algorithm", ALGORITHMS)):
             value = getattr(self, name)
             if value not in valid:
                 raise ConfigError(
@@ -111,7 +108,7 @@ class SearchConfig:
             )
         if self.finalists < 0:
             raise ConfigError(f"{where}.finalists: expected an integer >= 0, found {self.finalists}")
-        for name in ("budget", "pool_size", "max_samples", "steps"):
+        for name in ("budget", "max_samples", "steps"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{where}.{name}: expected an integer >= 1, found {value}")
@@ -130,6 +127,7 @@ class SearchEpisode:
     val: Tensors
     seed: int
     unlabeled: torch.Tensor | None = None
+    exclude: list[int] | None = None  # rows of ``unlabeled`` never drawn (its support and val)
 
 
 @dataclass
@@ -339,7 +337,7 @@ def activation_grouper(
     def grouper(index: int, counts: dict[str, int]) -> dict[str, torch.Tensor]:
         ep = episodes[index]
         if index not in acts:
-            images = feature_images(ep.support[0], ep.unlabeled, features, pool_size, ep.seed)
+            images = feature_images(ep.support[0], ep.unlabeled, features, pool_size, ep.seed, ep.exclude)
             acts[index] = layer_activations(model, images, layers, device)
         out = {}
         for name, g in counts.items():
@@ -482,6 +480,7 @@ def search_episodes(
     fine-tuning seeds are namespaced apart from the evaluation episodes'; the target pool is passed
     as unlabeled images for ``features: support+pool``.
     """
+    from kshot.activations import episode_indices
     from kshot.episodes import role_seed
     from kshot.runner import select
 
@@ -497,6 +496,7 @@ def search_episodes(
             select(pool_x, pool_y, e["val"]),
             role_seed(seed, benchmark, role, k, e["id"]),
             pool_x,
+            episode_indices(e),
         )
         for e in ep_file.get(role) or []
     ]

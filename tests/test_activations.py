@@ -85,10 +85,13 @@ def test_activation_tags_name_the_spec_and_round_trip():
 def _episodes_file():
     """An episodes file over a pool of 30 tiny images: 2 evaluation and 1 search episode."""
     eps = {
-        "eval": [{"id": 0, "support": [0, 1, 2]}, {"id": 1, "support": [3, 4, 5]}],
-        "search": [{"id": 0, "support": [6, 7, 8]}],
+        "eval": [{"id": 0, "support": [0, 1, 2], "val": [9]}, {"id": 1, "support": [3, 4, 5], "val": [10]}],
+        "search": [{"id": 0, "support": [6, 7, 8], "val": [11]}],
     }
     return {"k": 1, "n_classes": 3, **eps}
+
+
+SIZES = {"conv1": 5, "conv2": 12, "fc1": 125}
 
 
 def test_activation_file_holds_every_role_and_is_checked_on_reading(tmp_path):
@@ -96,30 +99,64 @@ def test_activation_file_holds_every_role_and_is_checked_on_reading(tmp_path):
         ActivationSpec,
         episode_activations,
         feature_images,
+        made_from,
         read_activations,
-        save_activations,
     )
     from kshot.episodes import role_seed
     from kshot.errors import DataError
+    from kshot.io import save_tensors
 
     model, pool, ep_file = tiny_lenet(), tiny_images(30), _episodes_file()
     spec = ActivationSpec("support+pool", 10)
-    content = episode_activations(model, ep_file, pool, spec, model.groupable(), CPU, 0, "b", "abc")
+    prov = made_from("ckpt", "target", 0, "b", 1, spec.tag)
+    content = episode_activations(model, ep_file, pool, spec, model.groupable(), CPU, prov)
     path = tmp_path / "acts.pt"
-    save_activations(path, content)
-    got = read_activations(path, spec, "eval", ep_file["eval"], "abc")
+    save_tensors(path, content)
+    got = read_activations(path, prov, "eval", ep_file["eval"], SIZES)
     # the same patterns the in-process path computes from the same images and seed
-    images = feature_images(pool[[3, 4, 5]], pool, "support+pool", 10, role_seed(0, "b", "eval", 1, 1))
+    seed = role_seed(0, "b", "eval", 1, 1)
+    images = feature_images(pool[[3, 4, 5]], pool, "support+pool", 10, seed, [3, 4, 5, 10])
     want = layer_activations(model, images, ["fc1"], CPU)
     assert torch.equal(got[1]["fc1"], want["fc1"]) and got[1]["fc1"].shape == (125, 13)
     assert set(got[0]) == {"conv1", "conv2", "fc1"}
-    assert read_activations(path, spec, "search", ep_file["search"], "abc")[0]["conv1"].shape == (5, 13)
-    with pytest.raises(DataError, match=r"activation file '.*acts.pt': expected activations 'support'"):
-        read_activations(path, ActivationSpec(), "eval", ep_file["eval"], "abc")
-    with pytest.raises(DataError, match=r"expected activations of checkpoint sha256 other"):
-        read_activations(path, spec, "eval", ep_file["eval"], "other")
-    moved = [{"id": 1, "support": [3, 4, 9]}]
-    with pytest.raises(DataError, match=r"episode 1 of the episodes file, found other support images"):
-        read_activations(path, spec, "eval", moved, "abc")
-    with pytest.raises(DataError, match=r"select episode 0 of the episodes file, found no entry"):
-        read_activations(path, spec, "select", [{"id": 0, "support": [0]}], "abc")
+    assert read_activations(path, prov, "search", ep_file["search"], SIZES)[0]["conv1"].shape == (5, 13)
+    with pytest.raises(
+        DataError, match=r"activation file '.*acts.pt': expected a file made from tag 'support'"
+    ):
+        read_activations(path, {**prov, "tag": "support"}, "eval", ep_file["eval"], SIZES)
+    with pytest.raises(DataError, match=r"made from checkpoint 'other' \(found 'ckpt'\); seed 1 \(found 0\)"):
+        read_activations(path, {**prov, "checkpoint": "other", "seed": 1}, "eval", ep_file["eval"], SIZES)
+    moved = [{"id": 1, "support": [3, 4, 5], "val": [12]}]
+    with pytest.raises(DataError, match=r"episode 1 \(eval\) of the episodes file, found an entry for other"):
+        read_activations(path, prov, "eval", moved, SIZES)
+    with pytest.raises(DataError, match=r"episode 0 \(select\) of the episodes file, found no entry"):
+        read_activations(path, prov, "select", [{"id": 0, "support": [0]}], SIZES)
+    with pytest.raises(
+        DataError, match=r"expected a \[64, images\] matrix for layer 'fc1' of eval episode 0"
+    ):
+        read_activations(path, prov, "eval", ep_file["eval"], {**SIZES, "fc1": 64})
+
+
+def test_support_plus_pool_never_draws_the_episodes_own_support_or_validation_images():
+    from kshot.activations import feature_images
+
+    pool = torch.arange(20, dtype=torch.uint8).view(20, 1, 1, 1)
+    exclude = [0, 1, 2, 5, 7]
+    images = feature_images(pool[[0, 1, 2]], pool, "support+pool", 100, seed=3, exclude=exclude)
+    drawn = images[3:].flatten().tolist()
+    assert len(drawn) == 15 and not set(drawn) & set(exclude)
+    assert len(feature_images(pool[[0]], pool, "support+pool", 100, seed=3)) == 21  # nothing excluded
+
+
+def test_a_malformed_activation_file_is_a_named_error_not_a_traceback(tmp_path):
+    from kshot.activations import FORMAT, made_from, read_activations
+    from kshot.errors import DataError
+    from kshot.io import save_tensors
+
+    prov = made_from("ckpt", "target", 0, "b", 1, "support")
+    save_tensors(tmp_path / "a.pt", {"format": FORMAT, "made_from": prov, "roles": {"eval": {"0": 3}}})
+    with pytest.raises(DataError, match=r"activation file '.*a.pt': expected an entry for episode 0"):
+        read_activations(tmp_path / "a.pt", prov, "eval", _episodes_file()["eval"], SIZES)
+    save_tensors(tmp_path / "b.pt", {"format": FORMAT, "made_from": 7})
+    with pytest.raises(DataError, match=r"expected a 'made_from' record of its inputs, found 7"):
+        read_activations(tmp_path / "b.pt", prov, "eval", [], SIZES)

@@ -379,7 +379,7 @@ def stage_args(upstream: dict, tmp_path: Path, method: str = "grouped") -> tuple
         str(upstream["target"]),
     ]
     common += ["--episodes", str(upstream["episodes"])]
-    acts = ["activations", *common, "--out", str(tmp_path / "acts.pt")]
+    acts = ["activations", *common, "--k", "1", "--out", str(tmp_path / "acts.pt")]
     group = ["group", *common, "--method", method, "--k", "1", "--activations", str(tmp_path / "acts.pt")]
     group += ["--out", str(tmp_path / "g.pt"), "--summary", str(tmp_path / "g.json")]
     return acts, group
@@ -387,14 +387,18 @@ def stage_args(upstream: dict, tmp_path: Path, method: str = "grouped") -> tuple
 
 def test_staged_grouping_through_the_cli_equals_grouping_inside_the_run(tmp_path, upstream, capsys):
     acts, group = stage_args(upstream, tmp_path)
-    p = params_json()
+    p, one = params_json(), ["--threads", "1"]
     # one thread everywhere, as the rules run: float sums in another order move the last bits
-    assert main([*acts, "--params-json", p, "--threads", "1"]) == 0
-    assert main([*group, "--params-json", p, "--threads", "1"]) == 0
-    staged, direct = tmp_path / "staged", tmp_path / "direct"
-    args = finetune_args(upstream, staged, method="grouped")
-    assert main([*args, "--groups", str(tmp_path / "g.pt"), "--params-json", p]) == 0
-    assert main([*finetune_args(upstream, direct, method="grouped"), "--params-json", p]) == 0
+    threads = torch.get_num_threads()
+    try:
+        assert main([*acts, "--params-json", p, *one]) == 0
+        assert main([*group, "--params-json", p, *one]) == 0
+        staged, direct = tmp_path / "staged", tmp_path / "direct"
+        args = finetune_args(upstream, staged, method="grouped")
+        assert main([*args, "--groups", str(tmp_path / "g.pt"), "--params-json", p, *one]) == 0
+        assert main([*finetune_args(upstream, direct, method="grouped"), "--params-json", p, *one]) == 0
+    finally:
+        torch.set_num_threads(threads)
     assert (staged / "metrics.json").read_bytes() == (direct / "metrics.json").read_bytes()
     summary = json.loads((tmp_path / "g.json").read_text())
     assert summary["method"] == "grouped" and summary["activations"] == "support"
@@ -403,7 +407,7 @@ def test_staged_grouping_through_the_cli_equals_grouping_inside_the_run(tmp_path
     out = tmp_path / "other"
     args = finetune_args(upstream, out, method="grouped_random")
     assert main([*args, "--groups", str(tmp_path / "g.pt"), "--params-json", p]) == 2
-    assert "expected the groups of method 'grouped_random', found 'grouped'" in capsys.readouterr().err
+    assert "expected a file made from method 'grouped_random' (found 'grouped')" in capsys.readouterr().err
     assert_no_run_output(out)
 
 
@@ -420,6 +424,6 @@ def test_group_stage_refuses_activations_of_another_spec_and_writes_nothing(tmp_
     assert main([*acts, "--tag", "support-raw", "--params-json", params_json()]) == 0
     assert main([*group, "--params-json", params_json()]) == 2
     err = capsys.readouterr().err
-    assert f"activation file '{tmp_path / 'acts.pt'}': expected activations 'support'" in err
-    assert "found 'support-raw'" in err
+    assert f"activation file '{tmp_path / 'acts.pt'}': expected a file made from tag 'support'" in err
+    assert "(found 'support-raw')" in err
     assert not (tmp_path / "g.pt").exists() and not (tmp_path / "g.json").exists()

@@ -133,26 +133,39 @@ def test_group_stage_file_gives_the_same_run_as_grouping_in_process(cls, tmp_pat
     (method.run computing its own grouping) are the same computation."""
     from kshot.activations import feature_images, layer_activations
     from kshot.io import save_tensors
-    from kshot.methods.grouped import make_groups, read_groups
+    from kshot.methods.grouped import groups_made_from, make_groups, read_groups
 
     m = method(cls, groups=0.5)
     ep = episode()
-    acts = layer_activations(
-        ep.model, feature_images(ep.support[0], None, "support", 1, ep.seed), ["conv1", "conv2", "fc1"], CPU
-    )
-    raw = {"id": 3, "support": [1, 2, 3]}
-    content, summary = make_groups(m, "g", ep.model, [(raw, ep)], [acts], "sha")
+    images = feature_images(ep.support[0], None, "support", 1, ep.seed)
+    acts = layer_activations(ep.model, images, ["conv1", "conv2", "fc1"], CPU)
+    raw = {"id": 3, "support": [1, 2, 3], "val": [4]}
+    made = groups_made_from(m, "g", "sha")
+    content, summary = make_groups(m, ep.model, [(raw, ep)], [acts], made)
     save_tensors(tmp_path / "g.pt", content)
-    given = read_groups(tmp_path / "g.pt", "g", [raw], "sha")
+    given = read_groups(tmp_path / "g.pt", made, [raw])
     staged = m.run(episode(groups=given[3]))
     direct = m.run(episode())
     assert staged.metrics() == direct.metrics()
     assert summary["episodes"]["3"] == direct.extra
     assert set(summary["mean_quality"]) == {"conv1", "conv2", "fc1"}
-    with pytest.raises(DataError, match=r"group file '.*g.pt': expected the groups of method 'h'"):
-        read_groups(tmp_path / "g.pt", "h", [raw], "sha")
-    with pytest.raises(DataError, match=r"expected the groups of episode 4 of the episodes file, found no"):
-        read_groups(tmp_path / "g.pt", "g", [{"id": 4, "support": [1]}], "sha")
+    with pytest.raises(DataError, match=r"group file '.*g.pt': expected a file made from method 'h'"):
+        read_groups(tmp_path / "g.pt", {**made, "method": "h"}, [raw])
+    other = groups_made_from(method(cls, groups=0.25), "g", "sha")
+    with pytest.raises(DataError, match=r"expected a file made from options .*rerun the group stage"):
+        read_groups(tmp_path / "g.pt", other, [raw])
+    with pytest.raises(DataError, match=r"expected an entry for episode 4 \(episodes\) of the episodes file"):
+        read_groups(tmp_path / "g.pt", made, [{"id": 4, "support": [1]}])
+
+
+def test_given_groups_are_the_ones_used():
+    """A hand-made grouping handed in is what the run shares gradients over and reports."""
+    m = method(Grouped, groups=0.5)
+    given = {"assign": {"fc1": torch.zeros(125, dtype=torch.long)}, "extra": {"marker": 1}}
+    res = m.run(episode(groups=given))
+    assert res.extra == {"marker": 1}
+    one_group = method(Grouped, groups={"fc1": 1}).run(episode())
+    assert res.loss_curve == one_group.loss_curve  # fc1 as one group, the other layers ungrouped
 
 
 def test_a_group_file_for_another_network_is_refused():
@@ -160,3 +173,7 @@ def test_a_group_file_for_another_network_is_refused():
     bad = {"assign": {"fc1": torch.zeros(7, dtype=torch.long)}, "extra": {}}
     with pytest.raises(DataError, match=r"groups of layer 'fc1': expected an int64 tensor \[125\]"):
         m.run(episode(groups=bad))
+    with pytest.raises(
+        DataError, match=r"groups of layer 'fc1': expected an int64 tensor \[125\], found a list"
+    ):
+        m.run(episode(groups={"assign": {"fc1": [0] * 125}, "extra": {}}))

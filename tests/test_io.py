@@ -78,8 +78,12 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
         load_checkpoint(path)
 
 
-def test_written_files_get_the_usual_permissions_not_mkstemps_private_ones(tmp_path):
-    from kshot.io import FILE_MODE
+def test_written_files_get_the_umasks_permissions_not_mkstemps_private_ones(tmp_path):
+    import os
 
-    write_json(tmp_path / "a.json", {"a": 1})
-    assert (tmp_path / "a.json").stat().st_mode & 0o777 == FILE_MODE
+    old = os.umask(0o027)
+    try:
+        write_json(tmp_path / "a.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640

@@ -1,11 +1,11 @@
-import sys
+import platform
 
 import pytest
 
 from kshot.runtime import keep_freed_memory
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
 def test_malloc_settings_are_applied_on_glibc():
     assert keep_freed_memory() is True
 

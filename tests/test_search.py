@@ -8,6 +8,7 @@ from kshot.config import FinetuneConfig, from_dict
 from kshot.controller import ControllerConfig
 from kshot.errors import ConfigError, DataError
 from kshot.finetune import train
+from kshot.grouping import group_neurons
 from kshot.methods.base import EpisodeData, init_head
 from kshot.search import (
     SearchConfig,
@@ -245,6 +246,10 @@ def test_search_from_an_activation_file_equals_computing_activations_in_process(
         ]
 
     given = {"search": patterns(eps), "select": patterns(select)}
+    # the grouper clusters the patterns it is given, not activations of its own
+    other = [{name: torch.rand(a.shape) for name, a in p.items()} for p in given["search"]]
+    grouper = activation_grouper(model, eps, model.groupable(), CPU, patterns=other)
+    assert torch.equal(grouper(0, {"fc1": 7})["fc1"], group_neurons(other[0]["fc1"], 7, seed=eps[0].seed))
     staged = search_group_counts(model, eps, 3, cfg, ft, CPU, 0, select, given).to_dict()
     assert staged == search_group_counts(model, eps, 3, cfg, ft, CPU, 0, select).to_dict()
     with pytest.raises(

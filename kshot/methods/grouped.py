@@ -20,13 +20,15 @@ and test images never feed the grouping.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
-from kshot.activations import ActivationSpec, feature_images, layer_activations, support_digest
+from kshot.activations import ActivationSpec, episode_digest, feature_images, layer_activations
 from kshot.errors import ConfigError, DataError, suggest
 from kshot.grouping import (
     ALGORITHMS,
@@ -36,7 +38,7 @@ from kshot.grouping import (
     random_grouping,
     resolve_count,
 )
-from kshot.io import load_tensors
+from kshot.io import episode_entries, read_stage_file
 from kshot.methods.base import EpisodeData, GradientMethod, TrainOverrides
 from kshot.models import Backbone
 from kshot.shared_grad import GroupedGradient
@@ -161,7 +163,12 @@ class _GroupedBase(GradientMethod):
         counts = self.counts(model, ep)
         if acts is None:
             images = feature_images(
-                ep.support[0], ep.artifacts.get("unlabeled"), opts.features, opts.pool_size, ep.seed
+                ep.support[0],
+                ep.artifacts.get("unlabeled"),
+                opts.features,
+                opts.pool_size,
+                ep.seed,
+                ep.artifacts.get("unlabeled_exclude"),
             )
             acts = layer_activations(model, images, list(counts), ep.device, rectify=opts.rectify)
         assign = group_layers(acts, counts, opts.algorithm, seed=ep.seed)
@@ -188,6 +195,11 @@ class _GroupedBase(GradientMethod):
             assign, self._extra = self.grouping(model, ep)
         else:
             assign, self._extra = given["assign"], given["extra"]
+            if not isinstance(assign, dict) or not isinstance(self._extra, dict) or not assign:
+                raise DataError(
+                    "groups: expected {'assign': {layer: assignment}, 'extra': {...}} from the group "
+                    f"file, found assign={type(assign).__name__}, extra={type(self._extra).__name__}"
+                )
             sizes = layer_sizes(model, list(assign))
             for name, a in assign.items():
                 check_assignment(a, sizes[name], f"groups of layer '{name}'")
@@ -277,31 +289,38 @@ class GroupedRL(_GroupedBase):
 
 
 GROUPED_METHODS = (Grouped, GroupedRandom, GroupedRL)
+GROUPED_KINDS = frozenset(cls.kind for cls in GROUPED_METHODS)
 
 
 GROUPS_FORMAT = "kshot-groups/1"
 
 
+def groups_made_from(method: _GroupedBase, method_name: str, checkpoint_sha: str) -> dict[str, Any]:
+    """What a group file depends on besides its episodes and activations (checked on reading):
+    the checkpoint, the method's name and kind and all its options."""
+    options = json.loads(json.dumps(dataclasses.asdict(method.options), sort_keys=True))
+    return {"checkpoint": checkpoint_sha, "method": method_name, "kind": method.kind, "options": options}
+
+
 def make_groups(
     method: _GroupedBase,
-    method_name: str,
     model: Backbone,
     episodes: list[tuple[dict[str, Any], EpisodeData]],
     patterns: list[dict[str, torch.Tensor]],
-    checkpoint_sha: str,
+    provenance: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The group stage: each evaluation episode's assignments from its activation ``patterns``.
 
-    ``episodes``: pairs of an episodes-file entry and its :class:`EpisodeData`. Returns the group
-    file's content (assignments and diagnostics per episode, read by :func:`read_groups`) and a
-    JSON-ready summary: each episode's counts and cluster quality, and per layer the mean
-    silhouette and intra- and inter-group correlation over the episodes.
+    ``episodes``: pairs of an episodes-file entry and its :class:`EpisodeData`; ``provenance``:
+    :func:`groups_made_from`. Returns the group file's content (assignments and diagnostics per
+    episode, read by :func:`read_groups`) and a JSON-ready summary: each episode's counts and
+    cluster quality, and per layer the mean silhouette and intra- and inter-group correlation.
     """
     entries, extras = {}, {}
     for (raw, ep), acts in zip(episodes, patterns, strict=True):
         assign, extra = method.grouping(model, ep, acts)
         key = str(int(raw["id"]))
-        entries[key] = {"support": support_digest(raw["support"]), "assign": assign, "extra": extra}
+        entries[key] = {"digest": episode_digest(raw), "assign": assign, "extra": extra}
         extras[key] = extra
     mean: dict[str, dict[str, float | None]] = {}
     for layer in next(iter(extras.values()))["quality"] if extras else []:
@@ -310,38 +329,26 @@ def make_groups(
             values = [e["quality"][layer][stat] for e in extras.values()]
             values = [v for v in values if v is not None]
             mean[layer][stat] = sum(values) / len(values) if values else None
-    header = {"method": method_name, "kind": method.kind, "activations": method.options.activation_spec.tag}
-    content = {"format": GROUPS_FORMAT, **header, "checkpoint": checkpoint_sha, "episodes": entries}
+    header = {
+        "method": provenance["method"],
+        "kind": method.kind,
+        "activations": method.options.activation_spec.tag,
+    }
+    content = {"format": GROUPS_FORMAT, "made_from": provenance, "episodes": entries}
     return content, {**header, "mean_quality": mean, "episodes": extras}
 
 
 def read_groups(
-    path: str | Path, method_name: str, episodes: list[dict[str, Any]], checkpoint_sha: str
+    path: str | Path, provenance: dict[str, Any], episodes: list[dict[str, Any]]
 ) -> dict[int, dict[str, Any]]:
-    """``{episode id: {'assign': ..., 'extra': ...}}`` from group file ``path``, checked to be
-    ``method_name``'s, from this checkpoint and for these evaluation ``episodes`` (an episodes
-    file's entries); raises :class:`DataError` naming the file otherwise."""
-    content = load_tensors(path, what="group file")
-    where = f"group file '{path}'"
-    if content.get("format") != GROUPS_FORMAT:
-        raise DataError(f"{where}: expected format {GROUPS_FORMAT!r}, found {content.get('format')!r}")
-    if content.get("method") != method_name:
-        raise DataError(
-            f"{where}: expected the groups of method '{method_name}', found '{content.get('method')}'"
-        )
-    if content.get("checkpoint") != checkpoint_sha:
-        raise DataError(
-            f"{where}: expected groups made from checkpoint sha256 {checkpoint_sha[:12]}..., found "
-            f"{str(content.get('checkpoint'))[:12]}... (rerun the group stage)"
-        )
-    out = {}
-    for e in episodes:
-        entry = content["episodes"].get(str(int(e["id"])))
-        if entry is None or entry["support"] != support_digest(e["support"]):
-            found = "no entry" if entry is None else "other support images"
-            raise DataError(
-                f"{where}: expected the groups of episode {e['id']} of the episodes file, found "
-                f"{found} (rerun the group stage)"
-            )
-        out[int(e["id"])] = {"assign": entry["assign"], "extra": entry["extra"]}
-    return out
+    """``{episode id: {'assign': ..., 'extra': ...}}`` from group file ``path``, checked to be made
+    from ``provenance`` (:func:`groups_made_from`: this checkpoint, method and options) and for
+    these evaluation ``episodes`` (an episodes file's entries); raises :class:`DataError` naming
+    the file otherwise."""
+    content = read_stage_file(path, "group file", GROUPS_FORMAT, provenance, "group")
+    keys = [(str(int(e["id"])), episode_digest(e)) for e in episodes]
+    entries = episode_entries(content, path, "group file", "episodes", keys, "group")
+    return {
+        int(ep_id): {"assign": entry.get("assign"), "extra": entry.get("extra")}
+        for (ep_id, _), entry in zip(keys, entries, strict=True)
+    }

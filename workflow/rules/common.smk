@@ -4,8 +4,9 @@ import json
 from snakemake.utils import validate
 
 from kshot.config import from_dict, method_spec, params_from_dict
+from kshot.activations import TAG_PATTERN
 from kshot.methods import METHODS
-from kshot.methods.grouped import GROUPED_METHODS
+from kshot.methods.grouped import GROUPED_KINDS
 from kshot.search import SearchConfig
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -24,7 +25,7 @@ wildcard_constraints:
     benchmark=r"[A-Za-z0-9_\-]+",
     method=r"[A-Za-z0-9_\-]+",
     strategy=r"reinforce|random",
-    tag=r"support(\+pool\d+)?(-raw)?",
+    tag=TAG_PATTERN,
 
 
 def params_json(*sections, **named):
@@ -48,9 +49,6 @@ def source_dataset(source):
 
 def target_dataset(benchmark):
     return config["benchmarks"][benchmark]["target"]
-
-
-GROUPED_KINDS = {cls.kind for cls in GROUPED_METHODS}
 
 
 def is_grouped(method):

@@ -21,7 +21,7 @@ rule activations:
     params:
         cfg=lambda w: params_json("seed", "device"),
     shell:
-        "python -m kshot activations --benchmark {wildcards.benchmark} --tag {wildcards.tag} "
+        "python -m kshot activations --benchmark {wildcards.benchmark} --k {wildcards.k} --tag {wildcards.tag} "
         "--checkpoint {input.ckpt} --target {input.target} --episodes {input.episodes} "
         "--out {output} --threads {threads} --params-json {params.cfg:q} > {log} 2>&1"
 
