@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from kshot.episodes import ROLES, role_seed
-from kshot.errors import ConfigError, DataError, suggest
+from kshot.errors import ConfigError, DataError, check_choice, suggest
 from kshot.finetune import to_input
 from kshot.io import episode_entries, read_stage_file
 
@@ -138,11 +138,7 @@ class ActivationSpec:
     rectify: bool = True
 
     def validate(self, where: str) -> None:
-        if self.features not in FEATURES:
-            raise ConfigError(
-                f"{where}.features: expected one of {list(FEATURES)}, found {self.features!r}"
-                f"{suggest(self.features, FEATURES)}"
-            )
+        check_choice(f"{where}.features", self.features, FEATURES)
         if self.pool_size < 1:
             raise ConfigError(f"{where}.pool_size: expected an integer >= 1, found {self.pool_size}")
 
@@ -194,16 +190,20 @@ def feature_images(
     return torch.cat([support, unlabeled[pick[:pool_size]]])
 
 
+def _support_and_val(e: dict[str, Any]) -> tuple[list[int], list[int]]:
+    return [int(i) for i in e["support"]], [int(i) for i in e.get("val") or []]
+
+
 def episode_indices(e: dict[str, Any]) -> list[int]:
     """An episodes-file entry's support and validation rows of the target pool."""
-    return [int(i) for i in e["support"]] + [int(i) for i in e.get("val") or []]
+    support, val = _support_and_val(e)
+    return support + val
 
 
 def episode_digest(e: dict[str, Any]) -> str:
     """A short digest of an episode's support and validation indices (what its patterns and groups
     were computed from)."""
-    rows = [[int(i) for i in e["support"]], [int(i) for i in e.get("val") or []]]
-    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(list(_support_and_val(e))).encode()).hexdigest()[:16]
 
 
 def made_from(checkpoint_sha: str, target_sha: str, seed: int, benchmark: str, k: int, tag: str) -> dict:

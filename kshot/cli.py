@@ -164,18 +164,17 @@ def _episodes_for_k(path: str, k: int) -> dict[str, Any]:
 
 
 def _activation_provenance(
-    args: argparse.Namespace, raw: dict[str, Any], meta: dict, k: int, tag: str
+    args: argparse.Namespace, raw: dict[str, Any], ckpt_sha: str, meta: dict, k: int, tag: str
 ) -> dict[str, Any]:
     """What the activation file of this command's inputs must have been made from."""
     from kshot.activations import made_from
-    from kshot.data.datasets import sha256
 
-    seed = raw.get("seed", 0)
-    return made_from(sha256(Path(args.checkpoint)), meta["sha256"], seed, args.benchmark, k, tag)
+    return made_from(ckpt_sha, meta["sha256"], raw.get("seed", 0), args.benchmark, k, tag)
 
 
 def cmd_activations(args: argparse.Namespace, raw: dict[str, Any]) -> None:
     from kshot.activations import ActivationSpec, episode_activations
+    from kshot.data.datasets import sha256
     from kshot.data.prepare import load_prepared
     from kshot.io import save_tensors
     from kshot.pretrain import load_checkpoint
@@ -187,7 +186,8 @@ def cmd_activations(args: argparse.Namespace, raw: dict[str, Any]) -> None:
     ep_file = _episodes_for_k(args.episodes, args.k)
     model, _ = load_checkpoint(Path(args.checkpoint))
     device = _device(raw)
-    provenance = _activation_provenance(args, raw, data["meta"], args.k, spec.tag)
+    ckpt_sha = sha256(Path(args.checkpoint))
+    provenance = _activation_provenance(args, raw, ckpt_sha, data["meta"], args.k, spec.tag)
     content = episode_activations(
         model.to(device), ep_file, data["pool_x"], spec, model.groupable(), device, provenance
     )
@@ -232,9 +232,10 @@ def cmd_group(args: argparse.Namespace, raw: dict[str, Any]) -> None:
         episodes.append((e, EpisodeData(model, support, empty, empty, n_classes, ep_seed, device, artifacts)))
     tag = method.options.activation_spec.tag
     sizes = layer_sizes(model, model.groupable())
-    provenance = _activation_provenance(args, raw, data["meta"], args.k, tag)
+    ckpt_sha = sha256(Path(args.checkpoint))
+    provenance = _activation_provenance(args, raw, ckpt_sha, data["meta"], args.k, tag)
     patterns = read_activations(args.activations, provenance, "eval", entries, sizes)
-    made = groups_made_from(method, args.method, sha256(Path(args.checkpoint)))
+    made = groups_made_from(method, args.method, ckpt_sha)
     content, summary = make_groups(method, model, episodes, patterns, made)
     save_tensors(args.out, content)
     write_json(args.summary, {"benchmark": args.benchmark, "k": args.k, **summary})
@@ -263,10 +264,12 @@ def cmd_search(args: argparse.Namespace, raw: dict[str, Any]) -> None:
     patterns = None
     if args.activations:
         from kshot.activations import read_activations
+        from kshot.data.datasets import sha256
         from kshot.methods.grouped import layer_sizes
 
         k, tag = int(ep_file["k"]), cfg.activation_spec.tag
-        provenance = _activation_provenance(args, raw, data["meta"], k, tag)
+        ckpt_sha = sha256(Path(args.checkpoint))
+        provenance = _activation_provenance(args, raw, ckpt_sha, data["meta"], k, tag)
         sizes = layer_sizes(model, model.groupable())
         patterns = {
             role: read_activations(args.activations, provenance, role, ep_file.get(role) or [], sizes)

@@ -28,6 +28,13 @@ def suggest(name: str, valid: Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def check_choice(field: str, value: object, valid: Iterable[str]) -> None:
+    """Raise a :class:`ConfigError` naming ``field`` unless ``value`` is one of ``valid``."""
+    valid = list(valid)
+    if value not in valid:
+        raise ConfigError(f"{field}: expected one of {valid}, found {value!r}{suggest(str(value), valid)}")
+
+
 def unknown(field: str, name: object, valid: Iterable[str]) -> ConfigError:
     """Build the error for ``field`` naming an unknown ``name``; lists the valid names and the closest."""
     valid = sorted(valid)

@@ -42,7 +42,7 @@ import torch
 from kshot.activations import ActivationSpec, feature_images, layer_activations
 from kshot.config import FinetuneConfig
 from kshot.controller import ControllerConfig, Reinforce
-from kshot.errors import ConfigError, DataError, suggest
+from kshot.errors import ConfigError, DataError, check_choice
 from kshot.finetune import train
 from kshot.grouping import ALGORITHMS, group_neurons, resolve_count
 from kshot.methods.base import EpisodeData, Tensors, init_head
@@ -96,12 +96,8 @@ class SearchConfig:
 
     def validate(self, where: str) -> None:
         self.activation_spec.validate(where)
-        for name, valid in (("strategy", STRATEGIES), ("algorithm", ALGORITHMS)):
-            value = getattr(self, name)
-            if value not in valid:
-                raise ConfigError(
-                    f"{where}.{name}: expected one of {list(valid)}, found {value!r}{suggest(value, valid)}"
-                )
+        check_choice(f"{where}.strategy", self.strategy, STRATEGIES)
+        check_choice(f"{where}.algorithm", self.algorithm, ALGORITHMS)
         if self.population not in (True, False, "auto"):
             raise ConfigError(
                 f"{where}.population: expected true, false or 'auto', found {self.population!r}"

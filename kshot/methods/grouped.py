@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import torch
 
 from kshot.activations import ActivationSpec, episode_digest, feature_images, layer_activations
-from kshot.errors import ConfigError, DataError, suggest
+from kshot.errors import ConfigError, DataError, check_choice, suggest
 from kshot.grouping import (
     ALGORITHMS,
     check_assignment,
@@ -62,11 +62,7 @@ class GroupingOptions(TrainOverrides):
     rectify: bool = True
 
     def validate(self, where: str) -> None:
-        if self.algorithm not in ALGORITHMS:
-            raise ConfigError(
-                f"{where}.algorithm: expected one of {list(ALGORITHMS)}, found {self.algorithm!r}"
-                f"{suggest(self.algorithm, ALGORITHMS)}"
-            )
+        check_choice(f"{where}.algorithm", self.algorithm, ALGORITHMS)
         self.activation_spec.validate(where)
 
     @property
@@ -254,11 +250,7 @@ class GroupedRLOptions(GroupingOptions):
 
     def validate(self, where: str) -> None:
         super().validate(where)
-        if self.search not in SEARCH_STRATEGIES:
-            raise ConfigError(
-                f"{where}.search: expected one of {list(SEARCH_STRATEGIES)}, found {self.search!r}"
-                f"{suggest(self.search, SEARCH_STRATEGIES)}"
-            )
+        check_choice(f"{where}.search", self.search, SEARCH_STRATEGIES)
 
 
 class GroupedRL(_GroupedBase):
