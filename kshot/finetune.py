@@ -23,6 +23,7 @@ from torch import nn
 
 from kshot.config import FinetuneConfig
 from kshot.errors import ConfigError
+from kshot.shared_grad import GroupedGradient
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -105,6 +106,37 @@ def train(
     ``trainable`` are frozen for the run. A non-finite loss stops the run and records its step.
     """
     start = time.perf_counter()
+    # Momentum SGD without weight decay or penalty: coarsely grouped linear layers can train through
+    # their group deltas, the same updates for less work (kshot.shared_grad); folded back at the end.
+    deltas = isinstance(grad_hook, GroupedGradient) and penalty is None and cfg.weight_decay == 0
+    if deltas:
+        trainable = grad_hook.attach(trainable)
+    try:
+        result, best_acc = _loop(model, trainable, support, val, cfg, device, penalty, grad_hook)
+    finally:
+        if deltas:
+            grad_hook.detach()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.eval()
+    if best_acc < 0:  # no validation measured (diverged at once): the state as it is
+        result.val_acc = accuracy(model, *val, device)
+    result.train_time_s = time.perf_counter() - start
+    return result
+
+
+def _loop(
+    model: nn.Module,
+    trainable: list[torch.Tensor],
+    support: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    cfg: FinetuneConfig,
+    device: torch.device,
+    penalty: Penalty | None,
+    grad_hook: GradHook | None,
+) -> tuple[TrainResult, float]:
+    """:func:`train`'s steps; leaves ``model`` in its validation-selected state and returns the
+    result with the best validation accuracy (-1 when none was measured)."""
     model.to(memory_format=torch.channels_last)
     wanted = {id(p) for p in trainable}
     for p in model.parameters():
@@ -140,10 +172,5 @@ def train(
             freeze_batchnorm(model)
     if best_state is not None:
         model.load_state_dict(best_state)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    model.eval()
-    result.val_acc = max(best_acc, 0.0) if best_state is not None else accuracy(model, *val, device)
-    result.best_step = best_step
-    result.train_time_s = time.perf_counter() - start
-    return result
+        result.val_acc, result.best_step = best_acc, best_step
+    return result, best_acc

@@ -24,6 +24,18 @@ Design choices:
   too: each output channel's entries are one contiguous block). Assignments and inverse counts are
   moved to the device once, and layers whose grouping is one neuron per group are skipped (no
   work, bitwise identical).
+- **Group deltas for coarse linear layers.** Under momentum SGD without weight decay (the
+  fine-tuning default), averaging the gradient of a layer's weight ``W`` is the same update as
+  training ``W = W0 + S V[assign]`` through one delta row ``V[g]`` per group, with
+  ``S = diag(1/sqrt|group(i)|)``: the gradient of ``V`` is ``S`` times the group sums, and the update
+  it makes to ``W`` is ``-lr`` times the group mean, with momentum as well. For an ``nn.Linear`` with
+  at most ``DELTA_MAX_FRACTION`` groups per neuron that is less work than averaging: the ``[N, D]``
+  weight gradient and its optimiser state are never formed, only their ``[G, D]`` group versions,
+  for one extra ``[B, G]`` matmul in the forward pass. :meth:`GroupedGradient.attach` swaps such
+  layers for :class:`GroupDeltaLinear` (``kshot.finetune.train`` does it when the update is exactly
+  the same), :meth:`GroupedGradient.detach` folds the deltas back into the layer's own tensors.
+  The results equal the averaged gradient's up to float rounding (a test); ``benchmarks/`` measures
+  both.
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from kshot.errors import ConfigError
@@ -114,6 +127,54 @@ class _Dense:
 
 
 DENSE_MAX_MACS = 100_000  # below N*N*D multiply-adds a matmul beats index_add + index_select
+DELTA_MAX_FRACTION = 0.25  # a Linear with at most this many groups per neuron trains through deltas
+
+
+class GroupDeltaLinear(nn.Module):
+    """An ``nn.Linear`` fine-tuned through one delta row per group of its output neurons.
+
+    ``weight = w0 + scale[:, None] * delta[assign]`` (and the bias likewise when it is shared), where
+    ``w0`` is the layer's weight when it was swapped in (a buffer sharing the layer's storage) and
+    ``scale = 1/sqrt|group|`` per neuron. The weight is never formed: the output is
+    ``x w0^T + b + scale * (x delta^T + delta_bias)[:, assign]``, so the backward pass computes a
+    ``[G, D]`` gradient instead of ``[N, D]``. ``share_bias=False`` keeps the layer's own bias as a
+    parameter with its own gradient.
+    """
+
+    def __init__(self, base: nn.Linear, assign: torch.Tensor, n_groups: int, share_bias: bool):
+        super().__init__()
+        w = base.weight
+        inv = inverse_counts(assign.cpu(), n_groups)[:, 0]
+        self.register_buffer("assign", assign.to(w.device))
+        self.register_buffer("scale", inv.sqrt()[assign.cpu()].to(w.device, w.dtype))
+        self.register_buffer("w0", w.detach())
+        self.delta = nn.Parameter(w.new_zeros(n_groups, w.shape[1]))
+        shared = base.bias is not None and share_bias
+        self.register_buffer("b0", base.bias.detach() if shared else None)
+        self.delta_bias = nn.Parameter(w.new_zeros(n_groups)) if shared else None
+        self.bias = base.bias if base.bias is not None and not share_bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.linear(x, self.w0, self.b0 if self.bias is None else self.bias)
+        z = F.linear(x, self.delta, self.delta_bias)  # [..., G]
+        return torch.addcmul(out, z.index_select(-1, self.assign), self.scale)
+
+    @torch.no_grad()
+    def fold_into(self, base: nn.Linear) -> None:
+        """Add the deltas to ``base``'s weight (and shared bias), in place."""
+        base.weight.addcmul_(self.delta.index_select(0, self.assign), self.scale[:, None])
+        if self.delta_bias is not None:
+            base.bias.addcmul_(self.delta_bias.index_select(0, self.assign), self.scale)
+
+
+@dataclass
+class _Layer:
+    """One grouped layer: its module, grouping and the gradient-averaging parts of its parameters."""
+
+    module: nn.Conv2d | nn.Linear
+    assign: torch.Tensor
+    n_groups: int
+    parts: list[_Rows | _Dense]
 
 
 class GroupedGradient:
@@ -128,15 +189,19 @@ class GroupedGradient:
     with a precomputed ``[N, N]`` averaging matrix (:class:`_Dense`) and larger ones row-wise by
     ``index_add_`` (:class:`_Rows`, linear in ``N*D``). (Concatenating all small gradients into one
     flat scatter was measured slower: element-wise ``index_add_`` does not vectorise.)
+
+    Between :meth:`attach` and :meth:`detach`, coarsely grouped linear layers train through their
+    group deltas instead (:class:`GroupDeltaLinear`) and the hook leaves them alone.
     """
 
     def __init__(
         self, model: nn.Module, assignments: dict[str, torch.Tensor], share_bias: bool = True
     ) -> None:
         self.model = model
+        self.share_bias = share_bias
         modules = dict(model.named_modules())
         self.groups: dict[str, int] = {}
-        self._parts: list[_Rows | _Dense] = []
+        self._layers: dict[str, _Layer] = {}
         for name, assign in assignments.items():
             m = modules.get(name)
             if not isinstance(m, nn.Conv2d | nn.Linear):
@@ -151,14 +216,15 @@ class GroupedGradient:
                 continue  # one neuron per group: the mean is the gradient itself
             self.groups[name] = g
             inv = inverse_counts(assign.cpu(), g)  # [G, 1]
+            parts: list[_Rows | _Dense] = []
             params = [m.weight] + ([m.bias] if share_bias and m.bias is not None else [])
             for p in params:
                 if n * p.numel() <= DENSE_MAX_MACS:
                     same = (assign[:, None] == assign[None, :]).to(inv.dtype)  # [N, N]
                     average = same * inv[assign.cpu()]
-                    self._parts.append(_Dense(p, average.to(p.device, p.dtype)))
+                    parts.append(_Dense(p, average.to(p.device, p.dtype)))
                 else:
-                    self._parts.append(
+                    parts.append(
                         _Rows(
                             param=p,
                             assign=assign.to(p.device),
@@ -166,6 +232,9 @@ class GroupedGradient:
                             n_groups=g,
                         )
                     )
+            self._layers[name] = _Layer(m, assign, g, parts)
+        self._deltas: dict[str, GroupDeltaLinear] = {}
+        self._parts = [part for layer in self._layers.values() for part in layer.parts]
 
     def __call__(self, model: nn.Module) -> None:
         if model is not self.model:
@@ -176,3 +245,48 @@ class GroupedGradient:
     def counts(self) -> dict[str, int]:
         """Groups per layer actually shared (layers with one neuron per group are omitted)."""
         return dict(self.groups)
+
+    def attach(self, trainable: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Swap every grouped ``nn.Linear`` with at most ``DELTA_MAX_FRACTION`` groups per neuron,
+        whose weight is in ``trainable``, for a :class:`GroupDeltaLinear`; return ``trainable`` with
+        that layer's weight (and shared bias) replaced by its deltas.
+
+        Only valid for an optimiser whose update is linear in the gradient and blind to the weights
+        (momentum SGD without weight decay, no penalty on the weights): the caller decides.
+        """
+        if self._deltas:
+            raise RuntimeError("GroupedGradient.attach: already attached; detach first")
+        wanted = {id(p) for p in trainable}
+        swapped: set[int] = set()
+        added: list[torch.Tensor] = []
+        for name, layer in self._layers.items():
+            m = layer.module
+            if not isinstance(m, nn.Linear) or id(m.weight) not in wanted:
+                continue
+            if layer.n_groups > DELTA_MAX_FRACTION * m.weight.shape[0]:
+                continue
+            delta = GroupDeltaLinear(m, layer.assign, layer.n_groups, self.share_bias)
+            self._swap(name, delta)
+            self._deltas[name] = delta
+            swapped.add(id(m.weight))
+            added.append(delta.delta)
+            if delta.delta_bias is not None:
+                swapped.add(id(m.bias))
+                added.append(delta.delta_bias)
+        self._parts = [
+            part for name, layer in self._layers.items() if name not in self._deltas for part in layer.parts
+        ]
+        return [p for p in trainable if id(p) not in swapped] + added
+
+    def detach(self) -> None:
+        """Fold the deltas into the layers' own tensors and put the layers back (idempotent)."""
+        for name, delta in self._deltas.items():
+            base = self._layers[name].module
+            delta.fold_into(base)
+            self._swap(name, base)
+        self._deltas = {}
+        self._parts = [part for layer in self._layers.values() for part in layer.parts]
+
+    def _swap(self, name: str, module: nn.Module) -> None:
+        parent, _, child = name.rpartition(".")
+        setattr(self.model.get_submodule(parent) if parent else self.model, child, module)

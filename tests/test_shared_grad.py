@@ -132,3 +132,94 @@ def test_channels_last_conv_gradient_is_averaged_in_place_like_a_contiguous_one(
     for g in range(4):
         rows = results[1][assign == g]
         assert torch.equal(rows, rows[:1].expand_as(rows))
+
+
+# Group deltas: coarsely grouped linear layers train through one delta row per group.
+
+COARSE = {"conv2": torch.arange(12) % 4, "fc1": torch.arange(125) % 7}  # fc1: 7 groups <= 125/4
+
+
+def fit_grouped(assign, cfg=CFG, share_bias=True, seed=0):
+    model = tiny_lenet(seed=seed)
+    hook = GroupedGradient(model, assign, share_bias=share_bias)
+    task = tiny_task()
+    torch.manual_seed(0)
+    train(model, list(model.parameters()), task, task, cfg, CPU, grad_hook=hook)
+    return model, hook
+
+
+@pytest.mark.parametrize("share_bias", [True, False])
+def test_group_deltas_give_the_averaged_gradients_updates(monkeypatch, share_bias):
+    from kshot import shared_grad
+
+    used = []
+    forward = shared_grad.GroupDeltaLinear.forward
+    monkeypatch.setattr(
+        shared_grad.GroupDeltaLinear, "forward", lambda self, x: used.append(1) or forward(self, x)
+    )
+    deltas, _ = fit_grouped(COARSE, share_bias=share_bias)
+    assert used  # fc1 trained through its deltas
+    used.clear()
+    monkeypatch.setattr(shared_grad, "DELTA_MAX_FRACTION", 0.0)  # every layer by the hook
+    averaged, _ = fit_grouped(COARSE, share_bias=share_bias)
+    assert not used
+    changed = 0
+    for (name, a), b in zip(averaged.state_dict().items(), deltas.state_dict().values(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=name)
+        changed += not torch.equal(a, tiny_lenet().state_dict()[name])
+    assert changed >= 6  # the runs did move the weights
+
+
+def test_group_deltas_are_folded_back_into_the_models_own_tensors():
+    model = tiny_lenet()
+    fc1, weight, bias = model.fc1, model.fc1.weight, model.fc1.bias
+    keys = list(model.state_dict())
+    hook = GroupedGradient(model, COARSE)
+    trainable = hook.attach(list(model.parameters()))
+    assert type(model.fc1).__name__ == "GroupDeltaLinear"
+    ids = {id(p) for p in trainable}
+    assert id(weight) not in ids and id(model.fc1.delta) in ids
+    assert [part.param for part in hook._parts] == [model.conv2.weight, model.conv2.bias]
+    with torch.no_grad():
+        model.fc1.delta.add_(1.0)
+    hook.detach()
+    assert model.fc1 is fc1 and model.fc1.weight is weight and model.fc1.bias is bias
+    assert list(model.state_dict()) == keys
+    assert len(hook._parts) == 4
+    # every neuron moved by its group's delta scaled by 1/sqrt(|group|)
+    sizes = torch.bincount(COARSE["fc1"])[COARSE["fc1"]].float()
+    before = tiny_lenet().fc1.weight
+    torch.testing.assert_close(weight - before, (1 / sizes.sqrt())[:, None].expand_as(weight))
+    hook.detach()  # idempotent
+
+
+def test_group_deltas_only_when_the_update_is_the_same(monkeypatch):
+    from kshot import shared_grad
+
+    made = []
+    init = shared_grad.GroupDeltaLinear.__init__
+    monkeypatch.setattr(
+        shared_grad.GroupDeltaLinear, "__init__", lambda self, *a: made.append(1) or init(self, *a)
+    )
+    decay = FinetuneConfig(steps=4, lr=0.05, momentum=0.9, weight_decay=1e-3, eval_every=100)
+    with_decay, _ = fit_grouped(COARSE, cfg=decay)
+    assert not made  # weight decay is per neuron: averaged gradients
+    fine = {"conv2": COARSE["conv2"], "fc1": torch.arange(125) % 40}  # 40 groups > 125/4
+    fit_grouped(fine)
+    assert not made
+    fit_grouped(COARSE)
+    assert made
+
+
+def test_a_failed_run_puts_the_layers_back(monkeypatch):
+    from kshot import finetune
+
+    def boom(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune, "_loop", boom)
+    model = tiny_lenet()
+    fc1 = model.fc1
+    with pytest.raises(KeyboardInterrupt):
+        train(model, list(model.parameters()), tiny_task(), tiny_task(), CFG, CPU, grad_hook=GroupedGradient(model, COARSE))
+    assert model.fc1 is fc1
