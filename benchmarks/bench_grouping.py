@@ -10,7 +10,8 @@
    fine-tunings one after another (:func:`kshot.finetune.train`) vs one population
    (:func:`kshot.population`), for P = 2 (the default search episodes) and 8. Also the pipeline's
    setting: half the steps (``search.steps``, low-fidelity rewards), batched and one after another
-   (on CPU ``search.population: auto`` runs the loop), against the full-fidelity sequential loop.
+   (on CPU ``search.population: auto`` runs the loop), and with 2 threads the loop's members side
+   by side (``search.workers: auto``), against the full-fidelity sequential loop.
 3. A large float32 matmul's GFLOP/s, and the GFLOP/s a plain fine-tuning step reaches (FLOPs counted
    by ``torch.utils.flop_counter``) as a fraction of it.
 4. The wall time of one whole search stage with ``params.yaml``'s settings, at k = 1 and 5.
@@ -35,10 +36,10 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from kshot.config import FinetuneConfig
-from kshot.finetune import resolve_device, train
+from kshot.finetune import resolve_device
 from kshot.io import write_json
 from kshot.models import LeNet
-from kshot.population import train_population
+from kshot.population import train_members, train_population
 from kshot.runtime import keep_freed_memory
 from kshot.shared_grad import GroupedGradient
 
@@ -67,9 +68,7 @@ def images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.arange(n) % N_CLASSES
 
 
-def step_times(
-    k: int, device: torch.device, blocks: int, steps: int, fraction: float
-) -> dict[str, float]:
+def step_times(k: int, device: torch.device, blocks: int, steps: int, fraction: float) -> dict[str, float]:
     """One fine-tuning step as :func:`kshot.finetune.train` takes it (channels-last model and input,
     momentum SGD), three ways: plain; ``averaged``, every grouped layer's gradient averaged by the
     hook (the general path, e.g. with weight decay); ``grouped``, the pipeline's default path, where
@@ -133,9 +132,12 @@ def step_times(
 def evaluations_per_minute(
     device: torch.device, members: int, steps: int, low_steps: int, k: int, repeats: int
 ) -> dict[str, float]:
-    """``members`` grouped fine-tunings of ``steps`` steps one after another (the baseline) vs one
-    population of the same, vs one population at ``low_steps`` (the pipeline's low-fidelity search
-    reward). Each variant is timed ``repeats`` times, interleaved; the fastest run of each is kept."""
+    """``members`` grouped fine-tunings of ``steps`` steps one after another in one process (the
+    baseline, :func:`kshot.population.train_members`) vs one ``vmap`` population of the same, vs
+    the same at ``low_steps`` (the pipeline's low-fidelity search reward); with 2 or more torch
+    threads on CPU also the search's loop with ``workers: auto`` (members side by side, one thread
+    each), at both fidelities. Each variant is timed ``repeats`` times, interleaved; the fastest
+    run of each is kept."""
     cfg = FinetuneConfig(steps=steps, lr=0.01, momentum=0.9, eval_every=10)
     low = FinetuneConfig(steps=low_steps, lr=0.01, momentum=0.9, eval_every=min(10, low_steps))
     torch.manual_seed(0)
@@ -144,20 +146,24 @@ def evaluations_per_minute(
     support, val = images(N_CLASSES * k, 1), images(N_CLASSES * 10, 2)  # 10 val images per class
     groupings = [fraction_groups(source, s) for s in range(members)]
 
-    def sequential(ft: FinetuneConfig) -> None:
-        for m, g in zip(models, groupings, strict=True):
-            m = copy.deepcopy(m).to(device)
-            train(m, list(m.parameters()), support, val, ft, device, grad_hook=GroupedGradient(m, g))
+    def loop(ft: FinetuneConfig, workers: int) -> None:
+        copies = [copy.deepcopy(m).to(device) for m in models]
+        data = [support] * members, [val] * members
+        train_members(copies, *data, ft, device, groupings, list(range(members)), workers=workers)
 
     def population(ft: FinetuneConfig) -> None:
         train_population(models, [support] * members, [val] * members, ft, device, groupings)
 
     variants = {
-        "sequential": lambda: sequential(cfg),
+        "sequential": lambda: loop(cfg, 1),
         "population": lambda: population(cfg),
         "low": lambda: population(low),
-        "low_sequential": lambda: sequential(low),
+        "low_sequential": lambda: loop(low, 1),
     }
+    workers = min(members, torch.get_num_threads())
+    if workers > 1 and device.type == "cpu":  # the search's loop with workers: auto
+        variants["side_by_side"] = lambda: loop(cfg, workers)
+        variants["low_side_by_side"] = lambda: loop(low, workers)
     best = dict.fromkeys(variants, float("inf"))
     for _ in range(repeats):
         for name, run in variants.items():
@@ -178,6 +184,17 @@ def evaluations_per_minute(
         "low_fidelity_speedup": best["sequential"] / best["low"],
         "low_fidelity_sequential_evals_per_min": 60 * members / best["low_sequential"],
         "low_fidelity_sequential_speedup": best["sequential"] / best["low_sequential"],
+        **(
+            {
+                "workers": workers,
+                "side_by_side_evals_per_min": 60 * members / best["side_by_side"],
+                "side_by_side_speedup": best["sequential"] / best["side_by_side"],
+                "low_fidelity_side_by_side_evals_per_min": 60 * members / best["low_side_by_side"],
+                "low_fidelity_side_by_side_speedup": best["sequential"] / best["low_side_by_side"],
+            }
+            if "side_by_side" in best
+            else {}
+        ),
     }
 
 
@@ -280,9 +297,7 @@ def main() -> None:
             "threads": threads,
             "matmul": matmul_gflops(device),
             "step_time": [
-                step_times(k, device, args.blocks, args.steps, f)
-                for f in args.fractions
-                for k in (1, 5, 10)
+                step_times(k, device, args.blocks, args.steps, f) for f in args.fractions for k in (1, 5, 10)
             ],
             "search_throughput": [
                 evaluations_per_minute(device, m, args.train_steps, args.low_steps, k, args.repeats)
@@ -319,6 +334,13 @@ def report(setting: dict) -> None:
             f"low-fidelity sequential {s['low_fidelity_sequential_evals_per_min']:.1f} "
             f"(x{s['low_fidelity_sequential_speedup']:.2f})"
         )
+        if "workers" in s:
+            print(
+                f"    side by side in {s['workers']} threads: {s['side_by_side_evals_per_min']:.1f} "
+                f"(x{s['side_by_side_speedup']:.2f}), low-fidelity side by side "
+                f"{s['low_fidelity_side_by_side_evals_per_min']:.1f} "
+                f"(x{s['low_fidelity_side_by_side_speedup']:.2f})"
+            )
     for s in setting["full_search"]:
         print(
             f"full search k={s['k']}: {s['wall_s']:.1f} s ({s['evaluations']} evaluations on "

@@ -20,11 +20,17 @@ The batched group mean: for a layer of ``N`` neurons, member ``p``'s assignment 
 ``p*N`` so that the ``[P, N, ...]`` gradient viewed as ``[P*N, D]`` rows is averaged by one
 ``index_add_`` into ``P*N`` group slots (members without a grouping for that layer get one neuron
 per group): no loop over members or neurons.
+
+On CPU, where the batched population was measured slower than the loop, :func:`train_members` runs
+the members' own loops instead, one after another or side by side in threads, one per core.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -34,9 +40,9 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from kshot.config import FinetuneConfig
 from kshot.errors import DataError
-from kshot.finetune import freeze_batchnorm, to_input
+from kshot.finetune import TrainResult, freeze_batchnorm, to_input, train
 from kshot.grouping import check_assignment
-from kshot.shared_grad import group_mean_rows_, inverse_counts
+from kshot.shared_grad import GroupedGradient, group_mean_rows_, inverse_counts
 
 Tensors = tuple[torch.Tensor, torch.Tensor]  # (uint8 images [N, C, H, W], int64 labels [N])
 
@@ -259,3 +265,58 @@ def train_population(
     result.val_acc = [float(a) for a in best_acc]
     result.train_time_s = time.perf_counter() - start
     return result
+
+
+def draws_random_numbers(model: nn.Module) -> bool:
+    """Whether fine-tuning ``model`` draws random numbers (dropout; BatchNorm stays in eval mode)."""
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules())
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def train_members(
+    members: list[nn.Module],
+    supports: list[Tensors],
+    vals: list[Tensors],
+    cfg: FinetuneConfig,
+    device: torch.device,
+    groupings: list[dict[str, torch.Tensor] | None],
+    seeds: list[int],
+    share_bias: bool = True,
+    workers: int = 1,
+) -> list[TrainResult]:
+    """Grouped fine-tuning of each member (:func:`kshot.finetune.train` with its grouping's
+    :class:`GroupedGradient`), member ``i`` under torch seed ``seeds[i]``.
+
+    ``workers > 1`` (CPU): the members run concurrently in that many threads, each with one torch
+    thread. At k-shot batch sizes one run keeps one core busy but gains little from a second
+    (its ops are too small to split), so on ``W`` cores ``W`` runs side by side beat one run on ``W``
+    threads. Each run is then what it is with one thread, alone: bitwise the same as
+    ``workers=1`` in a one-thread process. Threads share torch's random generator, so models whose
+    fine-tuning draws random numbers (dropout) always run one after another.
+    """
+    jobs = list(zip(members, supports, vals, groupings, seeds, strict=True))
+
+    def fit(job: tuple) -> TrainResult:
+        member, support, val, assign, _ = job
+        hook = GroupedGradient(member, assign or {}, share_bias=share_bias)
+        return train(member, list(member.parameters()), support, val, cfg, device, grad_hook=hook)
+
+    workers = min(workers, len(jobs))
+    if workers > 1 and device.type == "cpu" and not any(map(draws_random_numbers, members)):
+        with _torch_threads(1), ThreadPoolExecutor(workers, thread_name_prefix="kshot-member") as pool:
+            return list(pool.map(fit, jobs))
+    out = []
+    for job in jobs:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(job[4])
+            out.append(fit(job))
+    return out

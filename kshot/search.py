@@ -43,13 +43,11 @@ from kshot.activations import ActivationSpec, feature_images, layer_activations
 from kshot.config import FinetuneConfig
 from kshot.controller import ControllerConfig, Reinforce
 from kshot.errors import ConfigError, DataError, check_choice
-from kshot.finetune import train
 from kshot.grouping import ALGORITHMS, group_neurons, resolve_count
 from kshot.methods.base import EpisodeData, Tensors, init_head
 from kshot.methods.grouped import SEARCH_STRATEGIES, layer_sizes, select_layers
 from kshot.models import Backbone
-from kshot.population import train_population
-from kshot.shared_grad import GroupedGradient
+from kshot.population import train_members, train_population
 
 STRATEGIES = SEARCH_STRATEGIES
 Evaluate = Callable[[dict[str, int]], float]
@@ -65,7 +63,10 @@ class SearchConfig:
     grouped layers (``None``: every groupable layer; ``conv``/``fc`` select by type);
     ``population``: fine-tune the search episodes of one configuration as one batched population
     (:mod:`kshot.population`), or one after another; ``"auto"`` (the default) batches on CUDA only:
-    on CPU the batched population was measured slower than the loop (``benchmarks/``); ``steps``:
+    on CPU the batched population was measured slower than the loop (``benchmarks/``); ``workers``:
+    on CPU without batching, how many episodes' loops run side by side in threads, one torch
+    thread each (``"auto"``: one per torch thread of the process, so a one-thread job runs them one
+    after another; rewards are bitwise the same either way); ``steps``:
     fine-tuning steps of a search evaluation (``None``: the ``finetune`` block's). Fewer steps make
     a low-fidelity, cheaper reward: it ranks group counts by how well a shorter fine-tuning does with
     them, an approximation we accept to fit the search in the default run's time (set ``steps:
@@ -85,6 +86,7 @@ class SearchConfig:
     pool_size: int = 500
     share_bias: bool = True
     population: bool | str = "auto"
+    workers: int | str = "auto"
     steps: int | None = None
     finalists: int = 0
     controller: ControllerConfig = field(default_factory=ControllerConfig)
@@ -102,6 +104,10 @@ class SearchConfig:
             raise ConfigError(
                 f"{where}.population: expected true, false or 'auto', found {self.population!r}"
             )
+        if self.workers != "auto" and (
+            isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1
+        ):
+            raise ConfigError(f"{where}.workers: expected an integer >= 1 or 'auto', found {self.workers!r}")
         if self.finalists < 0:
             raise ConfigError(f"{where}.finalists: expected an integer >= 0, found {self.finalists}")
         for name in ("budget", "max_samples", "steps"):
@@ -369,13 +375,15 @@ def make_evaluator(
     device: torch.device,
     share_bias: bool = True,
     population: bool = True,
+    workers: int = 1,
 ) -> Evaluate:
     """``counts -> mean validation accuracy`` of grouped fine-tuning over the search ``episodes``.
 
     Each episode's run is what ``grouped_rl`` would do on it (same head initialisation, seed and
     training loop), and its reward is the validation-selected accuracy that run reports. With
     ``population`` the episodes are fine-tuned as one batched population (their support and
-    validation sets must have equal sizes, as the episodes of one k have); otherwise one by one.
+    validation sets must have equal sizes, as the episodes of one k have); otherwise each by its
+    own loop, ``workers`` of them side by side (:func:`kshot.population.train_members`).
     """
     if not episodes:
         raise DataError("search episodes: expected at least one, found none (episodes.search_episodes)")
@@ -394,21 +402,18 @@ def make_evaluator(
                 share_bias,
             )
             return sum(res.val_acc) / len(episodes)
-        total = 0.0
-        for member, ep, assign in zip(members, episodes, groupings, strict=True):
-            hook = GroupedGradient(member, assign, share_bias=share_bias)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(ep.seed)
-                total += train(
-                    member,
-                    list(member.parameters()),
-                    ep.support,
-                    ep.val,
-                    cfg,
-                    device,
-                    grad_hook=hook,
-                ).val_acc
-        return total / len(episodes)
+        results = train_members(
+            members,
+            [ep.support for ep in episodes],
+            [ep.val for ep in episodes],
+            cfg,
+            device,
+            groupings,
+            [ep.seed for ep in episodes],
+            share_bias,
+            workers,
+        )
+        return sum(r.val_acc for r in results) / len(episodes)
 
     return evaluate
 
@@ -443,13 +448,14 @@ def search_group_counts(
     menu = count_menu(sizes, cfg.menu)
 
     batched = device.type == "cuda" if cfg.population == "auto" else bool(cfg.population)
+    workers = torch.get_num_threads() if cfg.workers == "auto" else cfg.workers
 
     def evaluator(role: str, eps: list[SearchEpisode], ft: FinetuneConfig) -> Evaluate:
         given = None if patterns is None else patterns[role]
         grouper = activation_grouper(
             model, eps, layers, device, cfg.algorithm, cfg.features, cfg.pool_size, given
         )
-        return make_evaluator(model, eps, n_classes, grouper, ft, device, cfg.share_bias, batched)
+        return make_evaluator(model, eps, n_classes, grouper, ft, device, cfg.share_bias, batched, workers)
 
     evaluate = evaluator("search", episodes, low)
     if cfg.strategy == "random":

@@ -7,7 +7,7 @@ from tiny_nets import tiny_lenet, tiny_task
 from kshot.config import FinetuneConfig
 from kshot.errors import DataError
 from kshot.finetune import train
-from kshot.population import train_population
+from kshot.population import draws_random_numbers, train_members, train_population
 from kshot.shared_grad import GroupedGradient
 
 CPU = torch.device("cpu")
@@ -88,3 +88,42 @@ def test_mismatched_members_are_data_errors():
         train_population([models[0], tiny_lenet(n_classes=4)], supports, vals, cfg, CPU)
     with pytest.raises(DataError, match="supports"):
         train_population(models, [supports[0], tiny_task(3, 1)], vals, cfg, CPU)
+
+
+def test_grouped_finetuning_draws_no_random_numbers():
+    # what lets train_members run members in threads that share torch's generator
+    models, supports, vals = members_and_data(1)
+    cfg = FinetuneConfig(steps=3, lr=0.05, momentum=0.9, eval_every=1)
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    sequential(models, supports, vals, cfg, GROUPINGS[1:2])
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert not draws_random_numbers(models[0])
+    assert draws_random_numbers(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5)))
+
+
+def test_members_side_by_side_equal_one_after_another_bitwise(monkeypatch):
+    from kshot import population
+
+    models, supports, vals = members_and_data()
+    cfg = FinetuneConfig(steps=6, lr=0.05, momentum=0.9, eval_every=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = train_members(
+            [copy.deepcopy(m) for m in models], supports, vals, cfg, CPU, GROUPINGS, [0, 1, 2]
+        )
+    finally:
+        torch.set_num_threads(threads)
+    pools = []
+    real = population.ThreadPoolExecutor
+    monkeypatch.setattr(population, "ThreadPoolExecutor", lambda *a, **k: pools.append(a) or real(*a, **k))
+    side = train_members(
+        [copy.deepcopy(m) for m in models], supports, vals, cfg, CPU, GROUPINGS, [0, 1, 2], workers=2
+    )
+    assert pools == [(2,)]  # two threads ran them
+    assert torch.get_num_threads() == threads  # restored
+    for a, b in zip(one, side, strict=True):
+        assert a.val_curve == b.val_curve and a.loss_curve == b.loss_curve
+        for (name, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
+            assert torch.equal(x, y), name

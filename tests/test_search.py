@@ -222,6 +222,8 @@ def test_search_stage_with_selection_episodes_chooses_among_finalists():
         ({"controller": {"lr": -1.0}}, r"controller\.lr"),
         ({"finalists": -1}, "finalists"),
         ({"population": "sometimes"}, "population"),
+        ({"workers": 0}, "workers"),
+        ({"workers": "many"}, "workers"),
     ],
 )
 def test_search_config_errors_name_the_field(raw, field):

@@ -202,7 +202,7 @@ def test_group_deltas_only_when_the_update_is_the_same(monkeypatch):
         shared_grad.GroupDeltaLinear, "__init__", lambda self, *a: made.append(1) or init(self, *a)
     )
     decay = FinetuneConfig(steps=4, lr=0.05, momentum=0.9, weight_decay=1e-3, eval_every=100)
-    with_decay, _ = fit_grouped(COARSE, cfg=decay)
+    fit_grouped(COARSE, cfg=decay)
     assert not made  # weight decay is per neuron: averaged gradients
     fine = {"conv2": COARSE["conv2"], "fc1": torch.arange(125) % 40}  # 40 groups > 125/4
     fit_grouped(fine)
@@ -221,5 +221,13 @@ def test_a_failed_run_puts_the_layers_back(monkeypatch):
     model = tiny_lenet()
     fc1 = model.fc1
     with pytest.raises(KeyboardInterrupt):
-        train(model, list(model.parameters()), tiny_task(), tiny_task(), CFG, CPU, grad_hook=GroupedGradient(model, COARSE))
+        train(
+            model,
+            list(model.parameters()),
+            tiny_task(),
+            tiny_task(),
+            CFG,
+            CPU,
+            grad_hook=GroupedGradient(model, COARSE),
+        )
     assert model.fc1 is fc1
