@@ -312,8 +312,23 @@ def train_members(
 
     workers = min(workers, len(jobs))
     if workers > 1 and device.type == "cpu" and not any(map(draws_random_numbers, members)):
-        with _torch_threads(1), ThreadPoolExecutor(workers, thread_name_prefix="kshot-member") as pool:
-            return list(pool.map(fit, jobs))
+        rng = torch.random.get_rng_state()
+        with _torch_threads(1):
+            pool = ThreadPoolExecutor(
+                workers, "kshot-member", initializer=torch.set_num_threads, initargs=(1,)
+            )
+            try:
+                out = list(pool.map(fit, jobs))
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)  # runs not yet started never start
+                raise
+            pool.shutdown()
+        if not torch.equal(torch.random.get_rng_state(), rng):
+            raise RuntimeError(
+                "train_members: fine-tuning drew random numbers in threads that share torch's "
+                "generator, so the runs are not reproducible; use workers=1 for this model"
+            )
+        return out
     out = []
     for job in jobs:
         with torch.random.fork_rng(devices=[]):

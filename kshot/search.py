@@ -66,7 +66,7 @@ class SearchConfig:
     on CPU the batched population was measured slower than the loop (``benchmarks/``); ``workers``:
     on CPU without batching, how many episodes' loops run side by side in threads, one torch
     thread each (``"auto"``: one per torch thread of the process, so a one-thread job runs them one
-    after another; rewards are bitwise the same either way); ``steps``:
+    after another; in a one-thread process rewards are bitwise the same either way); ``steps``:
     fine-tuning steps of a search evaluation (``None``: the ``finetune`` block's). Fewer steps make
     a low-fidelity, cheaper reward: it ranks group counts by how well a shorter fine-tuning does with
     them, an approximation we accept to fit the search in the default run's time (set ``steps:

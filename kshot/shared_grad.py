@@ -138,19 +138,20 @@ class GroupDeltaLinear(nn.Module):
     ``scale = 1/sqrt|group|`` per neuron. The weight is never formed: the output is
     ``x w0^T + b + scale * (x delta^T + delta_bias)[:, assign]``, so the backward pass computes a
     ``[G, D]`` gradient instead of ``[N, D]``. ``share_bias=False`` keeps the layer's own bias as a
-    parameter with its own gradient.
+    parameter (with its own gradient, or frozen). Only the deltas are saved in a state dict.
     """
 
     def __init__(self, base: nn.Linear, assign: torch.Tensor, n_groups: int, share_bias: bool):
         super().__init__()
         w = base.weight
         inv = inverse_counts(assign.cpu(), n_groups)[:, 0]
-        self.register_buffer("assign", assign.to(w.device))
-        self.register_buffer("scale", inv.sqrt()[assign.cpu()].to(w.device, w.dtype))
-        self.register_buffer("w0", w.detach())
+        # not persistent: a saved state holds the deltas alone (w0 never changes during a run)
+        self.register_buffer("assign", assign.to(w.device), persistent=False)
+        self.register_buffer("scale", inv.sqrt()[assign.cpu()].to(w.device, w.dtype), persistent=False)
+        self.register_buffer("w0", w.detach(), persistent=False)
         self.delta = nn.Parameter(w.new_zeros(n_groups, w.shape[1]))
         shared = base.bias is not None and share_bias
-        self.register_buffer("b0", base.bias.detach() if shared else None)
+        self.register_buffer("b0", base.bias.detach() if shared else None, persistent=False)
         self.delta_bias = nn.Parameter(w.new_zeros(n_groups)) if shared else None
         self.bias = base.bias if base.bias is not None and not share_bias else None
 
@@ -265,7 +266,9 @@ class GroupedGradient:
                 continue
             if layer.n_groups > DELTA_MAX_FRACTION * m.weight.shape[0]:
                 continue
-            delta = GroupDeltaLinear(m, layer.assign, layer.n_groups, self.share_bias)
+            # a frozen bias stays the layer's own (frozen) parameter
+            share_bias = self.share_bias and m.bias is not None and id(m.bias) in wanted
+            delta = GroupDeltaLinear(m, layer.assign, layer.n_groups, share_bias)
             self._swap(name, delta)
             self._deltas[name] = delta
             swapped.add(id(m.weight))

@@ -121,9 +121,26 @@ def test_members_side_by_side_equal_one_after_another_bitwise(monkeypatch):
     side = train_members(
         [copy.deepcopy(m) for m in models], supports, vals, cfg, CPU, GROUPINGS, [0, 1, 2], workers=2
     )
-    assert pools == [(2,)]  # two threads ran them
+    assert [a[0] for a in pools] == [2]  # two threads ran them
     assert torch.get_num_threads() == threads  # restored
     for a, b in zip(one, side, strict=True):
         assert a.val_curve == b.val_curve and a.loss_curve == b.loss_curve
         for (name, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
             assert torch.equal(x, y), name
+
+
+def test_members_that_draw_random_numbers_in_threads_are_an_error(monkeypatch):
+    from kshot import population
+
+    models, supports, vals = members_and_data(2)
+    real_train = population.train
+
+    def noisy_train(*args, **kwargs):
+        torch.rand(1)  # a random draw the dropout check cannot see
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(population, "train", noisy_train)
+    cfg = FinetuneConfig(steps=2, lr=0.05, momentum=0.9, eval_every=1)
+    with pytest.raises(RuntimeError, match="random numbers"):
+        train_members(models, supports, vals, cfg, CPU, GROUPINGS[:2], [0, 1], workers=2)
+    train_members(models, supports, vals, cfg, CPU, GROUPINGS[:2], [0, 1], workers=1)  # seeded: fine

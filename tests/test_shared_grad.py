@@ -149,7 +149,8 @@ def fit_grouped(assign, cfg=CFG, share_bias=True, seed=0):
 
 
 @pytest.mark.parametrize("share_bias", [True, False])
-def test_group_deltas_give_the_averaged_gradients_updates(monkeypatch, share_bias):
+@pytest.mark.parametrize("eval_every", [100, 1])  # 1: best states saved and restored while swapped
+def test_group_deltas_give_the_averaged_gradients_updates(monkeypatch, share_bias, eval_every):
     from kshot import shared_grad
 
     used = []
@@ -157,11 +158,12 @@ def test_group_deltas_give_the_averaged_gradients_updates(monkeypatch, share_bia
     monkeypatch.setattr(
         shared_grad.GroupDeltaLinear, "forward", lambda self, x: used.append(1) or forward(self, x)
     )
-    deltas, _ = fit_grouped(COARSE, share_bias=share_bias)
+    cfg = FinetuneConfig(steps=8, lr=0.05, momentum=0.9, eval_every=eval_every)
+    deltas, _ = fit_grouped(COARSE, cfg=cfg, share_bias=share_bias)
     assert used  # fc1 trained through its deltas
     used.clear()
     monkeypatch.setattr(shared_grad, "DELTA_MAX_FRACTION", 0.0)  # every layer by the hook
-    averaged, _ = fit_grouped(COARSE, share_bias=share_bias)
+    averaged, _ = fit_grouped(COARSE, cfg=cfg, share_bias=share_bias)
     assert not used
     changed = 0
     for (name, a), b in zip(averaged.state_dict().items(), deltas.state_dict().values(), strict=True):
@@ -220,14 +222,35 @@ def test_a_failed_run_puts_the_layers_back(monkeypatch):
     monkeypatch.setattr(finetune, "_loop", boom)
     model = tiny_lenet()
     fc1 = model.fc1
+    hook = GroupedGradient(model, COARSE)
     with pytest.raises(KeyboardInterrupt):
-        train(
-            model,
-            list(model.parameters()),
-            tiny_task(),
-            tiny_task(),
-            CFG,
-            CPU,
-            grad_hook=GroupedGradient(model, COARSE),
-        )
+        train(model, list(model.parameters()), tiny_task(), tiny_task(), CFG, CPU, grad_hook=hook)
     assert model.fc1 is fc1
+    assert not hook._deltas and len(hook._parts) == 4
+    monkeypatch.undo()
+    train(model, list(model.parameters()), tiny_task(), tiny_task(), CFG, CPU, grad_hook=hook)
+    assert model.fc1 is fc1
+
+
+def test_group_deltas_keep_a_frozen_bias_frozen_and_a_missing_bias_missing():
+    model = tiny_lenet()
+    bias = model.fc1.bias.detach().clone()
+    hook = GroupedGradient(model, COARSE)
+    trainable = [p for p in model.parameters() if p is not model.fc1.bias]
+    train(model, trainable, tiny_task(), tiny_task(), CFG, CPU, grad_hook=hook)
+    assert torch.equal(model.fc1.bias, bias)
+    assert not torch.equal(model.fc1.weight, tiny_lenet().fc1.weight)
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(256, 8, bias=False), nn.ReLU(), nn.Linear(8, 3))
+    reference = copy.deepcopy(net)
+    assign = {"1": torch.tensor([0, 0, 0, 1, 1, 1, 1, 1])}  # 2 groups <= 8/4
+    task = tiny_task()
+    hook = GroupedGradient(net, assign)
+    train(net, list(net.parameters()), task, task, CFG, CPU, grad_hook=hook)
+    assert isinstance(net[1], nn.Linear) and net[1].bias is None
+    averaged = GroupedGradient(reference, assign)
+    averaged.attach = lambda trainable: trainable  # the hook path
+    averaged.detach = lambda: None
+    train(reference, list(reference.parameters()), task, task, CFG, CPU, grad_hook=averaged)
+    torch.testing.assert_close(net[1].weight, reference[1].weight, rtol=1e-4, atol=1e-6)
