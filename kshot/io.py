@@ -78,9 +78,11 @@ def read_json(path: str | os.PathLike[str], what: str = "file") -> Any:
 
 
 def save_tensors(path: str | os.PathLike[str], obj: dict[str, Any]) -> None:
-    """Save a dict of tensors and plain values with ``torch.save``, atomically."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """Save a dict of tensors and plain values with ``torch.save``, atomically and byte-identical
+    for equal contents (saved through a file object, the archive's inner folder is always
+    ``archive/``, not the name of the temporary file, so DVC sees a re-run's equal output as equal)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 _TORCH_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")

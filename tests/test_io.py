@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from kshot.errors import CheckpointError
-from kshot.io import atomic_path, load_tensors, read_json, write_json
+from kshot.io import atomic_path, load_tensors, read_json, save_tensors, write_json
 from kshot.models import LeNet
 from kshot.pretrain import load_checkpoint
 
@@ -87,3 +87,16 @@ def test_written_files_get_the_umasks_permissions_not_mkstemps_private_ones(tmp_
     finally:
         os.umask(old)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640
+
+
+def test_save_tensors_is_byte_identical_for_equal_contents(tmp_path):
+    # a temporary file's random name must not end up inside the archive (DVC hashes the bytes)
+    obj = {"x": torch.arange(6).view(2, 3), "meta": {"k": 5}}
+    save_tensors(tmp_path / "a.pt", obj)
+    save_tensors(tmp_path / "a.pt", obj)
+    first = (tmp_path / "a.pt").read_bytes()
+    save_tensors(tmp_path / "a.pt", obj)
+    assert (tmp_path / "a.pt").read_bytes() == first
+    save_tensors(tmp_path / "b.pt", obj)
+    assert (tmp_path / "b.pt").read_bytes() == first
+    assert torch.equal(load_tensors(tmp_path / "a.pt", "test file")["x"], obj["x"])
