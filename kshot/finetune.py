@@ -112,65 +112,49 @@ def train(
     if deltas:
         trainable = grad_hook.attach(trainable)
     try:
-        result, best_acc = _loop(model, trainable, support, val, cfg, device, penalty, grad_hook)
+        model.to(memory_format=torch.channels_last)
+        wanted = {id(p) for p in trainable}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in wanted)
+        x = to_input(support[0], device)
+        y = support[1].to(device)
+        opt = torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        best_state, best_acc, best_step = None, -1.0, 0
+        result = TrainResult(model=model, val_acc=0.0, best_step=0, steps_run=0)
+        model.train()
+        freeze_batchnorm(model)
+        for step in range(1, cfg.steps + 1):
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x), y)
+            if penalty is not None:
+                loss = loss + penalty(model)
+            if not math.isfinite(float(loss.detach())):
+                result.diverged_step = step
+                break
+            loss.backward()
+            if grad_hook is not None:
+                grad_hook(model)
+            opt.step()
+            result.steps_run = step
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                result.loss_curve.append([step, float(loss.detach())])
+                acc = accuracy(model, val[0], val[1], device)
+                result.val_curve.append([step, acc])
+                if acc >= best_acc:
+                    best_acc, best_step = acc, step
+                    best_state = copy.deepcopy(model.state_dict())
+                model.train()
+                freeze_batchnorm(model)
+        if best_state is not None:
+            model.load_state_dict(best_state)
+            result.val_acc, result.best_step = best_acc, best_step
     finally:
         if deltas:
             grad_hook.detach()
     for p in model.parameters():
         p.requires_grad_(True)
     model.eval()
-    if best_acc < 0:  # no validation measured (diverged at once): the state as it is
+    if best_state is None:  # no validation measured (diverged at once): the state as it is
         result.val_acc = accuracy(model, *val, device)
     result.train_time_s = time.perf_counter() - start
     return result
-
-
-def _loop(
-    model: nn.Module,
-    trainable: list[torch.Tensor],
-    support: tuple[torch.Tensor, torch.Tensor],
-    val: tuple[torch.Tensor, torch.Tensor],
-    cfg: FinetuneConfig,
-    device: torch.device,
-    penalty: Penalty | None,
-    grad_hook: GradHook | None,
-) -> tuple[TrainResult, float]:
-    """:func:`train`'s steps; leaves ``model`` in its validation-selected state and returns the
-    result with the best validation accuracy (-1 when none was measured)."""
-    model.to(memory_format=torch.channels_last)
-    wanted = {id(p) for p in trainable}
-    for p in model.parameters():
-        p.requires_grad_(id(p) in wanted)
-    x = to_input(support[0], device)
-    y = support[1].to(device)
-    opt = torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    best_state, best_acc, best_step = None, -1.0, 0
-    result = TrainResult(model=model, val_acc=0.0, best_step=0, steps_run=0)
-    model.train()
-    freeze_batchnorm(model)
-    for step in range(1, cfg.steps + 1):
-        opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), y)
-        if penalty is not None:
-            loss = loss + penalty(model)
-        if not math.isfinite(float(loss.detach())):
-            result.diverged_step = step
-            break
-        loss.backward()
-        if grad_hook is not None:
-            grad_hook(model)
-        opt.step()
-        result.steps_run = step
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            result.loss_curve.append([step, float(loss.detach())])
-            acc = accuracy(model, val[0], val[1], device)
-            result.val_curve.append([step, acc])
-            if acc >= best_acc:
-                best_acc, best_step = acc, step
-                best_state = copy.deepcopy(model.state_dict())
-            model.train()
-            freeze_batchnorm(model)
-    if best_state is not None:
-        model.load_state_dict(best_state)
-        result.val_acc, result.best_step = best_acc, best_step
-    return result, best_acc

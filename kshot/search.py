@@ -391,28 +391,12 @@ def make_evaluator(
     def evaluate(counts: dict[str, int]) -> float:
         members = [_member(model, ep, n_classes, cfg.head_init, device) for ep in episodes]
         groupings = [grouper(i, counts) for i in range(len(episodes))]
+        supports, vals = [ep.support for ep in episodes], [ep.val for ep in episodes]
         if population:
-            res = train_population(
-                members,
-                [ep.support for ep in episodes],
-                [ep.val for ep in episodes],
-                cfg,
-                device,
-                groupings,
-                share_bias,
-            )
+            res = train_population(members, supports, vals, cfg, device, groupings, share_bias)
             return sum(res.val_acc) / len(episodes)
-        results = train_members(
-            members,
-            [ep.support for ep in episodes],
-            [ep.val for ep in episodes],
-            cfg,
-            device,
-            groupings,
-            [ep.seed for ep in episodes],
-            share_bias,
-            workers,
-        )
+        seeds = [ep.seed for ep in episodes]
+        results = train_members(members, supports, vals, cfg, device, groupings, seeds, share_bias, workers)
         return sum(r.val_acc for r in results) / len(episodes)
 
     return evaluate

@@ -219,7 +219,7 @@ def test_a_failed_run_puts_the_layers_back(monkeypatch):
     def boom(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(finetune, "_loop", boom)
+    monkeypatch.setattr(finetune, "to_input", boom)  # fails inside the run, after attach
     model = tiny_lenet()
     fc1 = model.fc1
     hook = GroupedGradient(model, COARSE)
