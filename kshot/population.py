@@ -297,11 +297,13 @@ def train_members(
     :class:`GroupedGradient`), member ``i`` under torch seed ``seeds[i]``.
 
     ``workers > 1`` (CPU): the members run concurrently in that many threads, each with one torch
-    thread. At k-shot batch sizes one run keeps one core busy but gains little from a second
-    (its ops are too small to split), so on ``W`` cores ``W`` runs side by side beat one run on ``W``
-    threads. Each run is then what it is with one thread, alone: bitwise the same as
-    ``workers=1`` in a one-thread process. Threads share torch's random generator, so models whose
-    fine-tuning draws random numbers (dropout) always run one after another.
+    thread. At k-shot batch sizes one run of a small net keeps one core busy but gains little
+    from a second (its ops are too small to split), so on ``W`` cores ``W`` runs side by side beat
+    one run on ``W`` threads (measured for LeNet on 2 cores; a large backbone on many cores may
+    prefer ``workers=1``). Each run is then what it is with one thread, alone: bitwise the same as
+    ``workers=1`` in a one-thread process, such as the pipeline's jobs (with more threads, float
+    sums may split differently). Threads share torch's random generator, so models with dropout
+    run one after another, and a threaded run that drew random numbers anyway is an error.
     """
     jobs = list(zip(members, supports, vals, groupings, seeds, strict=True))
 

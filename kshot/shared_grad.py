@@ -235,7 +235,8 @@ class GroupedGradient:
                     )
             self._layers[name] = _Layer(m, assign, g, parts)
         self._deltas: dict[str, GroupDeltaLinear] = {}
-        self._parts = [part for layer in self._layers.values() for part in layer.parts]
+        self._parts: list[_Rows | _Dense] = []
+        self._refresh_parts()
 
     def __call__(self, model: nn.Module) -> None:
         if model is not self.model:
@@ -276,9 +277,7 @@ class GroupedGradient:
             if delta.delta_bias is not None:
                 swapped.add(id(m.bias))
                 added.append(delta.delta_bias)
-        self._parts = [
-            part for name, layer in self._layers.items() if name not in self._deltas for part in layer.parts
-        ]
+        self._refresh_parts()
         return [p for p in trainable if id(p) not in swapped] + added
 
     def detach(self) -> None:
@@ -288,7 +287,13 @@ class GroupedGradient:
             delta.fold_into(base)
             self._swap(name, base)
         self._deltas = {}
-        self._parts = [part for layer in self._layers.values() for part in layer.parts]
+        self._refresh_parts()
+
+    def _refresh_parts(self) -> None:
+        """The averaging parts the hook applies: those of every grouped layer not in deltas."""
+        self._parts = [
+            part for name, layer in self._layers.items() if name not in self._deltas for part in layer.parts
+        ]
 
     def _swap(self, name: str, module: nn.Module) -> None:
         parent, _, child = name.rpartition(".")

@@ -15,10 +15,10 @@ CPU = torch.device("cpu")
 CFG = FinetuneConfig(steps=4, lr=0.05, momentum=0.9, weight_decay=0.0, eval_every=100)
 
 
-def fit(model, hook=None):
+def fit(model, hook=None, cfg=CFG):
     task = tiny_task()
     torch.manual_seed(0)
-    train(model, list(model.parameters()), task, task, CFG, CPU, grad_hook=hook)
+    train(model, list(model.parameters()), task, task, cfg, CPU, grad_hook=hook)
     return model
 
 
@@ -139,13 +139,9 @@ def test_channels_last_conv_gradient_is_averaged_in_place_like_a_contiguous_one(
 COARSE = {"conv2": torch.arange(12) % 4, "fc1": torch.arange(125) % 7}  # fc1: 7 groups <= 125/4
 
 
-def fit_grouped(assign, cfg=CFG, share_bias=True, seed=0):
-    model = tiny_lenet(seed=seed)
-    hook = GroupedGradient(model, assign, share_bias=share_bias)
-    task = tiny_task()
-    torch.manual_seed(0)
-    train(model, list(model.parameters()), task, task, cfg, CPU, grad_hook=hook)
-    return model, hook
+def fit_grouped(assign, cfg=CFG, share_bias=True):
+    model = tiny_lenet()
+    return fit(model, GroupedGradient(model, assign, share_bias=share_bias), cfg)
 
 
 @pytest.mark.parametrize("share_bias", [True, False])
@@ -159,11 +155,11 @@ def test_group_deltas_give_the_averaged_gradients_updates(monkeypatch, share_bia
         shared_grad.GroupDeltaLinear, "forward", lambda self, x: used.append(1) or forward(self, x)
     )
     cfg = FinetuneConfig(steps=8, lr=0.05, momentum=0.9, eval_every=eval_every)
-    deltas, _ = fit_grouped(COARSE, cfg=cfg, share_bias=share_bias)
+    deltas = fit_grouped(COARSE, cfg=cfg, share_bias=share_bias)
     assert used  # fc1 trained through its deltas
     used.clear()
     monkeypatch.setattr(shared_grad, "DELTA_MAX_FRACTION", 0.0)  # every layer by the hook
-    averaged, _ = fit_grouped(COARSE, cfg=cfg, share_bias=share_bias)
+    averaged = fit_grouped(COARSE, cfg=cfg, share_bias=share_bias)
     assert not used
     changed = 0
     for (name, a), b in zip(averaged.state_dict().items(), deltas.state_dict().values(), strict=True):
