@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import pickle
 import shutil
 import tempfile
 import zipfile
@@ -105,18 +106,61 @@ def _tv(name: str) -> type:
     return getattr(torchvision.datasets, name)
 
 
-def _idx_loader(name: str) -> Callable[[Path, str, DataConfig], ImageSet]:
-    """Read MNIST-format idx files with torchvision; corrupt or truncated files name the folder."""
+def _split_args(split_kw: str, split: str) -> dict[str, object]:
+    """torchvision's keyword for split 'train' or 'test': SVHN takes ``split=``, the others ``train=``."""
+    return {"split": split} if split_kw == "split" else {"train": split == "train"}
+
+
+def _idx_files(folder: str) -> dict[str, tuple[str, ...]]:
+    """The idx files torchvision's MNIST-style classes read; either split needs all four."""
+    files = tuple(
+        f"{folder}/raw/{p}-{k}-idx{d}-ubyte"
+        for p in ("train", "t10k")
+        for k, d in (("images", 3), ("labels", 1))
+    )
+    return dict.fromkeys(("train", "test"), files)
+
+
+CIFAR10_FILES = tuple(
+    f"cifar-10-batches-py/{f}"
+    for f in (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
+)
+
+
+def _tv_loader(
+    name: str, split_kw: str, files: dict[str, tuple[str, ...]], md5: bool = False
+) -> Callable[[Path, str, DataConfig], ImageSet]:
+    """Read a split with torchvision's class ``name``, which needs ``files[split]`` under the folder.
+
+    A missing file, or one torchvision rejects (bad format, truncated, or for ``md5`` datasets not
+    byte-identical to the official release), raises a DataError naming the folder and the files.
+    """
 
     def load(raw: Path, split: str, cfg: DataConfig) -> ImageSet:
-        try:
-            ds = _tv(name)(str(raw), train=split == "train", download=False)
-            data = _from_hwc(ds.data, ds.targets)
-        except (ValueError, AssertionError, RuntimeError, IndexError) as err:
+        missing = [f for f in files[split] if not (raw / f).is_file()]
+        if missing:
             raise DataError(
-                f"dataset folder '{raw}': expected well-formed {name} idx files for the "
-                f"{split} split, found missing, corrupt or truncated files "
-                f"({type(err).__name__}: {err})"
+                f"dataset folder '{raw}': expected the {name} files {list(files[split])} for the "
+                f"{split} split, found {missing} missing"
+            )
+        try:
+            ds = _tv(name)(str(raw), download=False, **_split_args(split_kw, split))
+            # SVHN names its labels 'labels' and already holds [N, C, H, W]; the others hold 'targets'
+            data = _from_hwc(ds.data, ds.labels if hasattr(ds, "labels") else ds.targets)
+        except (
+            ValueError,
+            AssertionError,
+            RuntimeError,
+            IndexError,
+            KeyError,
+            OSError,
+            EOFError,
+            pickle.UnpicklingError,
+        ) as err:
+            checked = "; torchvision also checks each file's md5 against the official release" if md5 else ""
+            raise DataError(
+                f"dataset folder '{raw}': expected well-formed {name} files for the {split} split{checked}, "
+                f"found corrupt or truncated files ({type(err).__name__}: {err})"
             ) from err
         if data.images.shape[0] != data.labels.shape[0]:
             raise DataError(
@@ -130,31 +174,22 @@ def _idx_loader(name: str) -> Callable[[Path, str, DataConfig], ImageSet]:
 
 def _fetch_torchvision(name: str, split_kw: str) -> Callable[[DataConfig, Path], None]:
     def fetch(cfg: DataConfig, out: Path) -> None:
-        splits = {"train": ("train", "test"), "bool": (True, False)}[split_kw]
-        try:
-            for s in splits:
-                kw = {"split": s} if split_kw == "train" else {"train": s}
-                _tv(name)(str(out), download=cfg.download, **kw)
-        except RuntimeError as err:
+        # acquire hands over a fresh empty folder: without a download torchvision has nothing to read
+        if not cfg.download:
             raise DataError(
-                f"dataset {name}: expected its files under '{out}' or data.download: true "
-                f"with network access; found neither ({err})"
+                f"data.download: expected true to acquire {name}, which kshot gets only through "
+                "torchvision's download (network access needed), found false"
+            )
+        try:
+            for split in ("train", "test"):
+                _tv(name)(str(out), download=True, **_split_args(split_kw, split))
+        except (RuntimeError, OSError) as err:
+            raise DataError(
+                f"dataset {name}: expected torchvision to download its files, found the download "
+                f"failed ({type(err).__name__}: {' '.join(str(err).split())}); check network access"
             ) from err
 
     return fetch
-
-
-def _load_svhn(raw: Path, split: str, cfg: DataConfig) -> ImageSet:
-    ds = _tv("SVHN")(str(raw), split=split, download=False)
-    return _from_hwc(torch.as_tensor(ds.data), ds.labels)  # data is already [N, 3, 32, 32]
-
-
-def _load_tv(name: str) -> Callable[[Path, str, DataConfig], ImageSet]:
-    def load(raw: Path, split: str, cfg: DataConfig) -> ImageSet:
-        ds = _tv(name)(str(raw), train=split == "train", download=False)
-        return _from_hwc(ds.data, ds.targets)
-
-    return load
 
 
 def _fetch_digits(cfg: DataConfig, out: Path) -> None:
@@ -196,26 +231,30 @@ def _load_digits(raw: Path, split: str, cfg: DataConfig) -> ImageSet:
 
 
 DATASETS: dict[str, DatasetInfo] = {
-    "fashion_mnist": DatasetInfo(1, 28, _fetch_fashion, _idx_loader("FashionMNIST")),
+    "fashion_mnist": DatasetInfo(
+        1, 28, _fetch_fashion, _tv_loader("FashionMNIST", "train", _idx_files("FashionMNIST"))
+    ),
     "digits": DatasetInfo(1, 8, _fetch_digits, _load_digits),
     "mnist": DatasetInfo(
-        1,
-        28,
-        _fetch_torchvision("MNIST", "bool"),
-        _idx_loader("MNIST"),
+        1, 28, _fetch_torchvision("MNIST", "train"), _tv_loader("MNIST", "train", _idx_files("MNIST"))
     ),
     "usps": DatasetInfo(
         1,
         16,
-        _fetch_torchvision("USPS", "bool"),
-        _load_tv("USPS"),
+        _fetch_torchvision("USPS", "train"),
+        _tv_loader("USPS", "train", {"train": ("usps.bz2",), "test": ("usps.t.bz2",)}),
     ),
-    "svhn": DatasetInfo(3, 32, _fetch_torchvision("SVHN", "train"), _load_svhn),
+    "svhn": DatasetInfo(
+        3,
+        32,
+        _fetch_torchvision("SVHN", "split"),
+        _tv_loader("SVHN", "split", {s: (f"{s}_32x32.mat",) for s in ("train", "test")}, md5=True),
+    ),
     "cifar10": DatasetInfo(
         3,
         32,
-        _fetch_torchvision("CIFAR10", "bool"),
-        _load_tv("CIFAR10"),
+        _fetch_torchvision("CIFAR10", "train"),
+        _tv_loader("CIFAR10", "train", dict.fromkeys(("train", "test"), CIFAR10_FILES), md5=True),
     ),
 }
 
