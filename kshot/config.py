@@ -115,15 +115,26 @@ def _check_classes(where: str, classes: list[int]) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where raw data lives and whether downloads are allowed."""
+    """Where raw data lives and whether downloads are allowed.
+
+    ``local_dirs`` maps a torchvision-read dataset (mnist, usps, svhn, cifar10) to a folder laid out
+    as torchvision's root folder; its files are copied at acquisition instead of downloaded.
+    """
 
     raw_dir: str = "data/raw"
     fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"
     download: bool = False
     image_folders: dict[str, str] = field(default_factory=dict)
+    local_dirs: dict[str, str] = field(default_factory=dict)
     digits_test_fraction: float = 0.5
 
     def validate(self, where: str) -> None:
+        from kshot.data.datasets import local_dir_datasets  # here: kshot.data.datasets imports this module
+
+        valid = local_dir_datasets()
+        for name in self.local_dirs:
+            if name not in valid:
+                raise _unknown(f"{where}.local_dirs.{name}", name, valid)
         if not 0.0 < self.digits_test_fraction < 1.0:
             raise ConfigError(
                 f"{where}.digits_test_fraction: expected a number in (0, 1), "

@@ -91,3 +91,11 @@ def test_params_yaml_round_trips_through_yaml(tiny_params, tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(tiny_params))
     assert load_params(path).methods == tiny_params["methods"]
+
+
+def test_local_dirs_key_that_is_not_a_torchvision_dataset_suggests_the_nearest(tiny_params):
+    tiny_params["data"]["local_dirs"] = {"mnsit": "/data/mnist"}
+    with pytest.raises(
+        ConfigError, match=r"data.local_dirs.mnsit: unknown value 'mnsit'.*did you mean 'mnist'"
+    ):
+        params_from_dict(tiny_params)

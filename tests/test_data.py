@@ -15,7 +15,7 @@ import pytest
 import scipy.io
 import torch
 
-from kshot.config import DataConfig
+from kshot.config import DataConfig, from_dict
 from kshot.data.datasets import DATASETS, ImageSet, acquire, load_split
 from kshot.data.prepare import select_classes, to_geometry
 from kshot.errors import ConfigError, DataError
@@ -261,10 +261,67 @@ def test_corrupt_usps_file_is_reported_with_its_folder(tmp_path):
 
 
 @pytest.mark.parametrize("name", TV_WRITERS)
-def test_torchvision_dataset_without_download_names_the_setting_and_leaves_nothing(tmp_path, name):
-    with pytest.raises(DataError, match=r"data.download: expected true.*found false"):
+def test_torchvision_dataset_without_local_dir_or_download_names_both_ways_and_leaves_nothing(tmp_path, name):
+    with pytest.raises(
+        DataError,
+        match=rf"data.local_dirs.{name} or data.download: expected .*found no folder and download false",
+    ):
         acquire(name, DataConfig(download=False), tmp_path / "raw" / name)
     assert list((tmp_path / "raw").iterdir()) == []
+
+
+@pytest.mark.usefixtures("accept_any_md5")
+@pytest.mark.parametrize("name", TV_WRITERS)
+def test_acquire_from_local_dir_copies_the_layout_without_downloading_and_loads_both_splits(tmp_path, name):
+    expected = tv_expected(name)
+    TV_WRITERS[name](tmp_path / "local", expected)
+    (tmp_path / "local" / "unrelated.txt").write_text("not part of the dataset")
+    # download: true too: the local folder must win, and the autouse no_network fixture fails any download
+    cfg = DataConfig(download=True, local_dirs={name: str(tmp_path / "local")})
+    manifest = acquire(name, cfg, tmp_path / "raw" / name)
+    local_files = {
+        str(p.relative_to(tmp_path / "local")) for p in (tmp_path / "local").rglob("*") if p.is_file()
+    }
+    assert set(manifest) == local_files - {"unrelated.txt"}
+    for split in ("train", "test"):
+        assert_split_is(load_split(name, split, cfg, tmp_path / "raw" / name), expected[split], name)
+
+
+@pytest.mark.parametrize(
+    "name, gone",
+    [
+        ("mnist", "MNIST/raw/train-images-idx3-ubyte"),
+        ("usps", "usps.t.bz2"),
+        ("svhn", "test_32x32.mat"),
+        ("cifar10", "cifar-10-batches-py/data_batch_3"),
+    ],
+)
+def test_missing_file_in_local_dir_names_field_folder_and_file_and_leaves_nothing(tmp_path, name, gone):
+    TV_WRITERS[name](tmp_path / "local", tv_expected(name))
+    (tmp_path / "local" / gone).unlink()
+    cfg = DataConfig(local_dirs={name: str(tmp_path / "local")})
+    folder = re.escape(str(tmp_path / "local"))
+    with pytest.raises(
+        DataError,
+        match=rf"data.local_dirs.{name} '{folder}': expected .*{re.escape(gone)}.*found \['{gone}'\] missing",
+    ):
+        acquire(name, cfg, tmp_path / "raw" / name)
+    assert list((tmp_path / "raw").iterdir()) == []
+
+
+@pytest.mark.parametrize("key", ["fashion_mnist", "digits", "mnsit"])
+def test_local_dirs_key_that_is_not_a_torchvision_dataset_is_a_config_error(key):
+    with pytest.raises(
+        ConfigError,
+        match=rf"data.local_dirs.{key}: unknown value '{key}'.*"
+        r"expected one of \['cifar10', 'mnist', 'svhn', 'usps'\]",
+    ):
+        from_dict(DataConfig, {"local_dirs": {key: "/somewhere"}}, "data")
+
+
+def test_local_dirs_naming_torchvision_datasets_is_valid_config():
+    cfg = from_dict(DataConfig, {"local_dirs": {"mnist": "/a", "cifar10": "/b"}}, "data")
+    assert cfg.local_dirs == {"mnist": "/a", "cifar10": "/b"}
 
 
 @pytest.mark.parametrize("name", TV_WRITERS)

@@ -3,8 +3,9 @@
 Offline by default: Fashion-MNIST comes from Debian's ``dataset-fashion-mnist`` package (gzipped idx
 files, gunzipped into the folder layout torchvision's loader expects; their md5 differs from
 torchvision's list, so torchvision's own download check is not used) and the 8x8 digits ship with
-scikit-learn. MNIST, SVHN, USPS and CIFAR-10 use torchvision's real download code, only when
-``data.download`` is true; any ImageFolder tree is reachable through ``data.image_folders``.
+scikit-learn. MNIST, SVHN, USPS and CIFAR-10 are copied from a local folder named in
+``data.local_dirs`` or, only when ``data.download`` is true, fetched with torchvision's real download
+code; any ImageFolder tree is reachable through ``data.image_folders``.
 """
 
 from __future__ import annotations
@@ -41,12 +42,17 @@ class ImageSet:
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """How to fetch and read one dataset; ``channels``/``size`` are its native geometry."""
+    """How to fetch and read one dataset; ``channels``/``size`` are its native geometry.
+
+    ``local_files`` maps each split to the files (relative to torchvision's root folder) that
+    ``data.local_dirs.<name>`` must hold; None where the dataset cannot come from ``data.local_dirs``.
+    """
 
     channels: int
     size: int
     fetch: Callable[[DataConfig, Path], None]
     load: Callable[[Path, str, DataConfig], ImageSet]
+    local_files: dict[str, tuple[str, ...]] | None = None
 
 
 def _from_hwc(data: np.ndarray | torch.Tensor, labels: object) -> ImageSet:
@@ -172,13 +178,44 @@ def _tv_loader(
     return load
 
 
-def _fetch_torchvision(name: str, split_kw: str) -> Callable[[DataConfig, Path], None]:
+def _copy_local(key: str, name: str, src: Path, files: dict[str, tuple[str, ...]], out: Path) -> None:
+    """Copy the files of both splits of ``files`` from ``src``, the folder of ``data.local_dirs.<key>``,
+    into ``out`` at the same relative paths; checks all are there before copying any."""
+    wanted = list(dict.fromkeys(f for split_files in files.values() for f in split_files))
+    missing = [f for f in wanted if not (src / f).is_file()]
+    if missing:
+        raise DataError(
+            f"data.local_dirs.{key} '{src}': expected the {name} files {wanted}, laid out as under "
+            f"torchvision's root folder, found {missing} missing"
+        )
+    for f in wanted:
+        (out / f).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            shutil.copyfile(src / f, out / f)
+        except OSError as err:
+            raise DataError(
+                f"data.local_dirs.{key} '{src}': expected the {name} file '{f}' to be readable, "
+                f"found it could not be copied ({type(err).__name__}: {err})"
+            ) from err
+
+
+def _fetch_torchvision(
+    key: str, name: str, split_kw: str, files: dict[str, tuple[str, ...]]
+) -> Callable[[DataConfig, Path], None]:
+    """Fetch registry entry ``key`` (torchvision class ``name``): copy ``files`` from
+    ``data.local_dirs.<key>`` when listed there, else download with torchvision if allowed."""
+
     def fetch(cfg: DataConfig, out: Path) -> None:
+        if key in cfg.local_dirs:
+            # a local copy wins over download: it is what the user pointed at, and needs no network
+            _copy_local(key, name, Path(cfg.local_dirs[key]), files, out)
+            return
         # acquire hands over a fresh empty folder: without a download torchvision has nothing to read
         if not cfg.download:
             raise DataError(
-                f"data.download: expected true to acquire {name}, which kshot gets only through "
-                "torchvision's download (network access needed), found false"
+                f"data.local_dirs.{key} or data.download: expected a folder holding the {name} files "
+                "(laid out as under torchvision's root folder) or true to download them with "
+                "torchvision (network access needed), found no folder and download false"
             )
         try:
             for split in ("train", "test"):
@@ -190,6 +227,25 @@ def _fetch_torchvision(name: str, split_kw: str) -> Callable[[DataConfig, Path],
             ) from err
 
     return fetch
+
+
+def _torchvision_info(
+    key: str,
+    name: str,
+    split_kw: str,
+    channels: int,
+    size: int,
+    files: dict[str, tuple[str, ...]],
+    md5: bool = False,
+) -> DatasetInfo:
+    """Registry entry ``key`` read by torchvision's class ``name``; fetch and load share ``files``."""
+    return DatasetInfo(
+        channels,
+        size,
+        _fetch_torchvision(key, name, split_kw, files),
+        _tv_loader(name, split_kw, files, md5),
+        local_files=files,
+    )
 
 
 def _fetch_digits(cfg: DataConfig, out: Path) -> None:
@@ -235,28 +291,22 @@ DATASETS: dict[str, DatasetInfo] = {
         1, 28, _fetch_fashion, _tv_loader("FashionMNIST", "train", _idx_files("FashionMNIST"))
     ),
     "digits": DatasetInfo(1, 8, _fetch_digits, _load_digits),
-    "mnist": DatasetInfo(
-        1, 28, _fetch_torchvision("MNIST", "train"), _tv_loader("MNIST", "train", _idx_files("MNIST"))
+    "mnist": _torchvision_info("mnist", "MNIST", "train", 1, 28, _idx_files("MNIST")),
+    "usps": _torchvision_info(
+        "usps", "USPS", "train", 1, 16, {"train": ("usps.bz2",), "test": ("usps.t.bz2",)}
     ),
-    "usps": DatasetInfo(
-        1,
-        16,
-        _fetch_torchvision("USPS", "train"),
-        _tv_loader("USPS", "train", {"train": ("usps.bz2",), "test": ("usps.t.bz2",)}),
+    "svhn": _torchvision_info(
+        "svhn", "SVHN", "split", 3, 32, {s: (f"{s}_32x32.mat",) for s in ("train", "test")}, md5=True
     ),
-    "svhn": DatasetInfo(
-        3,
-        32,
-        _fetch_torchvision("SVHN", "split"),
-        _tv_loader("SVHN", "split", {s: (f"{s}_32x32.mat",) for s in ("train", "test")}, md5=True),
-    ),
-    "cifar10": DatasetInfo(
-        3,
-        32,
-        _fetch_torchvision("CIFAR10", "train"),
-        _tv_loader("CIFAR10", "train", dict.fromkeys(("train", "test"), CIFAR10_FILES), md5=True),
+    "cifar10": _torchvision_info(
+        "cifar10", "CIFAR10", "train", 3, 32, dict.fromkeys(("train", "test"), CIFAR10_FILES), md5=True
     ),
 }
+
+
+def local_dir_datasets() -> list[str]:
+    """The registered datasets that ``data.local_dirs`` may name: those with ``local_files``."""
+    return sorted(name for name, info in DATASETS.items() if info.local_files is not None)
 
 
 def dataset_info(name: str, cfg: DataConfig) -> DatasetInfo:
