@@ -3,9 +3,10 @@
 1. Per-step time of a fine-tuning step with the group-mean gradient vs a plain step (LeNet, 28x28,
    5 classes, k = 1, 5, 10; a quarter, a sixteenth and a half of the neurons as groups in every
    groupable layer), both as the pipeline takes it (coarse linear layers through group deltas) and
-   with every layer's gradient averaged by the hook. The variants' blocks alternate and the fastest
-   block of each is kept: the least disturbed by other processes on a shared machine, where a
-   median still moves by tens of percent.
+   with every layer's gradient averaged by the hook. The variants run in rounds of one short block
+   each (in alternating order); a variant's overhead is the median over rounds of its block's time
+   over the plain block's of the same round, which cancels the slow drifts of a shared machine that
+   move any single block by tens of percent. The quartiles of those ratios are saved with it.
 2. Fine-tuning evaluations per minute of the RL search's inner loop at k = 1 and 5: ``P`` grouped
    fine-tunings one after another (:func:`kshot.finetune.train`) vs one population
    (:func:`kshot.population`), for P = 2 (the default search episodes) and 8. Also the pipeline's
@@ -28,6 +29,7 @@ import argparse
 import copy
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -68,7 +70,7 @@ def images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.arange(n) % N_CLASSES
 
 
-def step_times(k: int, device: torch.device, blocks: int, steps: int, fraction: float) -> dict[str, float]:
+def step_times(k: int, device: torch.device, rounds: int, steps: int, fraction: float) -> dict[str, float]:
     """One fine-tuning step as :func:`kshot.finetune.train` takes it (channels-last model and input,
     momentum SGD), three ways: plain; ``averaged``, every grouped layer's gradient averaged by the
     hook (the general path, e.g. with weight decay); ``grouped``, the pipeline's default path, where
@@ -99,10 +101,18 @@ def step_times(k: int, device: torch.device, blocks: int, steps: int, fraction: 
     variants = ("plain", "averaged", "grouped")
     for v in variants:  # warm-up
         block(v)
-    best = dict.fromkeys(variants, float("inf"))
-    for _ in range(blocks):
-        for v in variants:
-            best[v] = min(best[v], block(v))
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for r in range(rounds):
+        for v in variants if r % 2 == 0 else variants[::-1]:
+            times[v].append(block(v))
+    plain = torch.tensor(times["plain"], dtype=torch.float64)
+
+    def overhead(v: str) -> list[float]:
+        """Quartiles of the per-round overhead of ``v`` over plain, in percent."""
+        ratio = 100 * (torch.tensor(times[v], dtype=torch.float64) / plain - 1)
+        return torch.quantile(ratio, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
+
+    median = {v: statistics.median(t) for v, t in times.items()}
     F.cross_entropy(model(x), y).backward()
     sync(device)
     start = time.perf_counter()
@@ -110,7 +120,8 @@ def step_times(k: int, device: torch.device, blocks: int, steps: int, fraction: 
         hook(model)
     sync(device)
     hook_s = (time.perf_counter() - start) / steps
-    p = best["plain"]
+    p = median["plain"]
+    grouped, averaged = overhead("grouped"), overhead("averaged")
     with FlopCounterMode(display=False) as counter:  # forward + backward FLOPs of one step
         F.cross_entropy(model(x), y).backward()
     return {
@@ -118,12 +129,16 @@ def step_times(k: int, device: torch.device, blocks: int, steps: int, fraction: 
         "batch": N_CLASSES * k,
         "group_fraction": fraction,
         "groups": hook.counts(),
+        "rounds": rounds,
+        "steps_per_block": steps,
         "plain_step_ms": 1e3 * p,
-        "grouped_step_ms": 1e3 * best["grouped"],
-        "averaged_step_ms": 1e3 * best["averaged"],
+        "grouped_step_ms": 1e3 * median["grouped"],
+        "averaged_step_ms": 1e3 * median["averaged"],
         "hook_only_ms": 1e3 * hook_s,
-        "overhead_pct": 100 * (best["grouped"] - p) / p,
-        "averaged_overhead_pct": 100 * (best["averaged"] - p) / p,
+        "overhead_pct": grouped[1],
+        "overhead_pct_quartiles": [grouped[0], grouped[2]],
+        "averaged_overhead_pct": averaged[1],
+        "averaged_overhead_pct_quartiles": [averaged[0], averaged[2]],
         "step_gflop": counter.get_total_flops() / 1e9,
         "finetune_gflops": counter.get_total_flops() / p / 1e9,
     }
@@ -258,8 +273,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_grouping.json"))
-    parser.add_argument("--blocks", type=int, default=9)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=40, help="rounds of step-time blocks")
+    parser.add_argument("--steps", type=int, default=10, help="fine-tuning steps per block")
     parser.add_argument(
         "--fractions",
         type=float,
@@ -297,7 +312,7 @@ def main() -> None:
             "threads": threads,
             "matmul": matmul_gflops(device),
             "step_time": [
-                step_times(k, device, args.blocks, args.steps, f) for f in args.fractions for k in (1, 5, 10)
+                step_times(k, device, args.rounds, args.steps, f) for f in args.fractions for k in (1, 5, 10)
             ],
             "search_throughput": [
                 evaluations_per_minute(device, m, args.train_steps, args.low_steps, k, args.repeats)
@@ -320,7 +335,8 @@ def report(setting: dict) -> None:
         print(
             f"k={row['k']:>2}, groups {row['group_fraction']:g} of the neurons: plain "
             f"{row['plain_step_ms']:.2f} ms, grouped {row['grouped_step_ms']:.2f} ms "
-            f"({row['overhead_pct']:+.1f}%), averaged gradients alone "
+            f"({row['overhead_pct']:+.1f}%, quartiles {row['overhead_pct_quartiles'][0]:+.1f} to "
+            f"{row['overhead_pct_quartiles'][1]:+.1f}), averaged gradients alone "
             f"{row['averaged_step_ms']:.2f} ms ({row['averaged_overhead_pct']:+.1f}%), hook "
             f"{row['hook_only_ms']:.3f} ms; {row['finetune_gflops']:.1f} GFLOP/s "
             f"({100 * row['fraction_of_matmul']:.0f}% of matmul)"
