@@ -6,7 +6,10 @@
    with every layer's gradient averaged by the hook. The variants run in rounds of one short block
    each (in alternating order); a variant's overhead is the median over rounds of its block's time
    over the plain block's of the same round, which cancels the slow drifts of a shared machine that
-   move any single block by tens of percent. The quartiles of those ratios are saved with it.
+   move any single block by tens of percent; a 95% bootstrap interval of that median is saved with
+   it. The grouped step is also split into its linear and conv layers' parts. The medians of the
+   raw step times drift by up to a third between configurations run minutes apart (and need not
+   agree with the ratios); compare ratios within one configuration.
 2. Fine-tuning evaluations per minute of the RL search's inner loop at k = 1 and 5: ``P`` grouped
    fine-tunings one after another (:func:`kshot.finetune.train`) vs one population
    (:func:`kshot.population`), for P = 2 (the default search episodes) and 8. Also the pipeline's
@@ -19,7 +22,7 @@
 
 Everything is measured once per thread count of ``--threads`` (default 1 and 2): one thread is the
 pipeline's setting (each job runs single-threaded, two side by side on 2 cores), two is one process
-using both cores. Ratios are taken within one setting of one run. Runs in about 6 minutes on 2 CPU
+using both cores. Ratios are taken within one setting of one run. Runs in about 15 minutes on 2 CPU
 cores: ``python benchmarks/bench_grouping.py [--device cuda]``.
 """
 
@@ -29,9 +32,9 @@ import argparse
 import copy
 import os
 import platform
-import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -70,49 +73,73 @@ def images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.arange(n) % N_CLASSES
 
 
-def step_times(k: int, device: torch.device, rounds: int, steps: int, fraction: float) -> dict[str, float]:
+def median_ci(ratios: torch.Tensor, seed: int = 0, draws: int = 2000) -> tuple[float, float, float]:
+    """Median of ``ratios`` and a 95% percentile-bootstrap interval for it."""
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(len(ratios), (draws, len(ratios)), generator=gen)
+    boot = ratios[idx].median(dim=1).values
+    lo, hi = torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=ratios.dtype)).tolist()
+    return ratios.median().item(), lo, hi
+
+
+def step_times(k: int, device: torch.device, rounds: int, steps: int, fraction: float) -> dict[str, Any]:
     """One fine-tuning step as :func:`kshot.finetune.train` takes it (channels-last model and input,
     momentum SGD), three ways: plain; ``averaged``, every grouped layer's gradient averaged by the
     hook (the general path, e.g. with weight decay); ``grouped``, the pipeline's default path, where
-    coarsely grouped linear layers train through their group deltas (``GroupedGradient.attach``)."""
+    coarsely grouped linear layers train through their group deltas (``GroupedGradient.attach``).
+    Also the grouped path split in two: ``linear_only`` (the linear layers' grouping alone, through
+    their deltas where they qualify) and ``conv_only`` (the conv layers' averaging alone); and
+    ``touch_conv2``, a plain step that multiplies ``conv2``'s weight gradient by 1 in place (what
+    merely touching that gradient once more costs).
+
+    Each round runs one ``steps``-step block of every variant (in alternating order); a variant's
+    overhead is the median over rounds of its block's time over the plain block's of the same round,
+    with a 95% bootstrap interval of that median."""
     torch.manual_seed(0)
     model = LeNet(1, 28, N_CLASSES).to(device, memory_format=torch.channels_last)
     x = torch.rand(N_CLASSES * k, 1, 28, 28, device=device).contiguous(memory_format=torch.channels_last)
     y = (torch.arange(N_CLASSES * k) % N_CLASSES).to(device)
-    hook = GroupedGradient(model, fraction_groups(model, 0, fraction))
+    groups = fraction_groups(model, 0, fraction)
+    hook = GroupedGradient(model, groups)
+    convs = [n for n in groups if isinstance(model.get_submodule(n), torch.nn.Conv2d)]
+    hooks = {
+        "plain": None,
+        "averaged": hook,
+        "grouped": hook,
+        "linear_only": GroupedGradient(model, {n: a for n, a in groups.items() if n not in convs}),
+        "conv_only": GroupedGradient(model, {n: groups[n] for n in convs}),
+        "touch_conv2": lambda m: m.conv2.weight.grad.mul_(1.0),
+    }
 
     def block(variant: str) -> float:
+        h = hooks[variant]
         trainable = list(model.parameters())
-        if variant == "grouped":
-            trainable = hook.attach(trainable)
+        if isinstance(h, GroupedGradient) and variant != "averaged":
+            trainable = h.attach(trainable)
         opt = torch.optim.SGD(trainable, lr=1e-3, momentum=0.9)
         sync(device)
         start = time.perf_counter()
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(x), y).backward()
-            if variant != "plain":
-                hook(model)
+            if h is not None:
+                h(model)
             opt.step()
         sync(device)
-        hook.detach()
+        if isinstance(h, GroupedGradient):
+            h.detach()
         return (time.perf_counter() - start) / steps
 
-    variants = ("plain", "averaged", "grouped")
+    variants = tuple(hooks)
     for v in variants:  # warm-up
         block(v)
     times: dict[str, list[float]] = {v: [] for v in variants}
     for r in range(rounds):
         for v in variants if r % 2 == 0 else variants[::-1]:
             times[v].append(block(v))
-    plain = torch.tensor(times["plain"], dtype=torch.float64)
-
-    def overhead(v: str) -> list[float]:
-        """Quartiles of the per-round overhead of ``v`` over plain, in percent."""
-        ratio = 100 * (torch.tensor(times[v], dtype=torch.float64) / plain - 1)
-        return torch.quantile(ratio, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
-
-    median = {v: statistics.median(t) for v, t in times.items()}
+    t = {v: torch.tensor(ts, dtype=torch.float64) for v, ts in times.items()}
+    overhead = {v: median_ci(100 * (t[v] / t["plain"] - 1)) for v in variants if v != "plain"}
+    median = {v: ts.median().item() for v, ts in t.items()}
     F.cross_entropy(model(x), y).backward()
     sync(device)
     start = time.perf_counter()
@@ -121,7 +148,6 @@ def step_times(k: int, device: torch.device, rounds: int, steps: int, fraction: 
     sync(device)
     hook_s = (time.perf_counter() - start) / steps
     p = median["plain"]
-    grouped, averaged = overhead("grouped"), overhead("averaged")
     with FlopCounterMode(display=False) as counter:  # forward + backward FLOPs of one step
         F.cross_entropy(model(x), y).backward()
     return {
@@ -135,10 +161,11 @@ def step_times(k: int, device: torch.device, rounds: int, steps: int, fraction: 
         "grouped_step_ms": 1e3 * median["grouped"],
         "averaged_step_ms": 1e3 * median["averaged"],
         "hook_only_ms": 1e3 * hook_s,
-        "overhead_pct": grouped[1],
-        "overhead_pct_quartiles": [grouped[0], grouped[2]],
-        "averaged_overhead_pct": averaged[1],
-        "averaged_overhead_pct_quartiles": [averaged[0], averaged[2]],
+        "overhead_pct": overhead["grouped"][0],
+        "overhead_pct_ci95": list(overhead["grouped"][1:]),
+        "averaged_overhead_pct": overhead["averaged"][0],
+        "averaged_overhead_pct_ci95": list(overhead["averaged"][1:]),
+        "parts_overhead_pct": {v: overhead[v][0] for v in ("linear_only", "conv_only", "touch_conv2")},
         "step_gflop": counter.get_total_flops() / 1e9,
         "finetune_gflops": counter.get_total_flops() / p / 1e9,
     }
@@ -296,6 +323,7 @@ def main() -> None:
         "thread, two jobs side by side on 2 cores), 2 one process on both cores",
     )
     args = parser.parse_args()
+    start = time.perf_counter()
     keep_freed_memory()  # as every kshot command does (kshot.runtime)
     device = resolve_device(args.device)
     result = {
@@ -325,6 +353,7 @@ def main() -> None:
             row["fraction_of_matmul"] = row["finetune_gflops"] / setting["matmul"]["gflops"]
         result["settings"].append(setting)
         report(setting)
+    result["wall_s"] = time.perf_counter() - start
     write_json(args.out, result)
     print(f"-> {args.out}")
 
@@ -335,11 +364,12 @@ def report(setting: dict) -> None:
         print(
             f"k={row['k']:>2}, groups {row['group_fraction']:g} of the neurons: plain "
             f"{row['plain_step_ms']:.2f} ms, grouped {row['grouped_step_ms']:.2f} ms "
-            f"({row['overhead_pct']:+.1f}%, quartiles {row['overhead_pct_quartiles'][0]:+.1f} to "
-            f"{row['overhead_pct_quartiles'][1]:+.1f}), averaged gradients alone "
+            f"({row['overhead_pct']:+.1f}%, 95% CI {row['overhead_pct_ci95'][0]:+.1f} to "
+            f"{row['overhead_pct_ci95'][1]:+.1f}), averaged gradients alone "
             f"{row['averaged_step_ms']:.2f} ms ({row['averaged_overhead_pct']:+.1f}%), hook "
             f"{row['hook_only_ms']:.3f} ms; {row['finetune_gflops']:.1f} GFLOP/s "
-            f"({100 * row['fraction_of_matmul']:.0f}% of matmul)"
+            f"({100 * row['fraction_of_matmul']:.0f}% of matmul); parts: "
+            + ", ".join(f"{v} {pct:+.1f}%" for v, pct in row["parts_overhead_pct"].items())
         )
     for s in setting["search_throughput"]:
         print(

@@ -117,7 +117,7 @@ def _check_classes(where: str, classes: list[int]) -> None:
 class DataConfig:
     """Where raw data lives and whether downloads are allowed.
 
-    ``local_dirs`` maps a torchvision-read dataset (mnist, usps, svhn, cifar10) to a folder laid out
+    ``local_dirs`` maps a torchvision-read dataset (``local_dir_datasets()``) to a folder laid out
     as torchvision's root folder; its files are copied at acquisition instead of downloaded.
     """
 

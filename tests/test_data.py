@@ -309,6 +309,13 @@ def test_missing_file_in_local_dir_names_field_folder_and_file_and_leaves_nothin
     assert list((tmp_path / "raw").iterdir()) == []
 
 
+def test_local_dir_that_does_not_exist_is_named_as_a_folder_and_leaves_nothing(tmp_path):
+    cfg = DataConfig(local_dirs={"mnist": str(tmp_path / "nowhere")})
+    with pytest.raises(DataError, match=r"data.local_dirs.mnist: expected a folder .*found nothing at"):
+        acquire("mnist", cfg, tmp_path / "raw" / "mnist")
+    assert list((tmp_path / "raw").iterdir()) == []
+
+
 @pytest.mark.parametrize("key", ["fashion_mnist", "digits", "mnsit"])
 def test_local_dirs_key_that_is_not_a_torchvision_dataset_is_a_config_error(key):
     with pytest.raises(

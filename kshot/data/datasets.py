@@ -181,6 +181,11 @@ def _tv_loader(
 def _copy_local(key: str, name: str, src: Path, files: dict[str, tuple[str, ...]], out: Path) -> None:
     """Copy the files of both splits of ``files`` from ``src``, the folder of ``data.local_dirs.<key>``,
     into ``out`` at the same relative paths; checks all are there before copying any."""
+    if not src.is_dir():
+        raise DataError(
+            f"data.local_dirs.{key}: expected a folder holding the {name} files, found "
+            f"{'a file' if src.exists() else 'nothing'} at '{src}'"
+        )
     wanted = list(dict.fromkeys(f for split_files in files.values() for f in split_files))
     missing = [f for f in wanted if not (src / f).is_file()]
     if missing:
@@ -208,7 +213,7 @@ def _fetch_torchvision(
     def fetch(cfg: DataConfig, out: Path) -> None:
         if key in cfg.local_dirs:
             # a local copy wins over download: it is what the user pointed at, and needs no network
-            _copy_local(key, name, Path(cfg.local_dirs[key]), files, out)
+            _copy_local(key, name, Path(cfg.local_dirs[key]).expanduser(), files, out)
             return
         # acquire hands over a fresh empty folder: without a download torchvision has nothing to read
         if not cfg.download:
@@ -223,7 +228,8 @@ def _fetch_torchvision(
         except (RuntimeError, OSError) as err:
             raise DataError(
                 f"dataset {name}: expected torchvision to download its files, found the download "
-                f"failed ({type(err).__name__}: {' '.join(str(err).split())}); check network access"
+                f"failed ({type(err).__name__}: {' '.join(str(err).split())}); check network access "
+                "and disk space (an md5 mismatch means the upstream file changed)"
             ) from err
 
     return fetch
