@@ -10,6 +10,7 @@ Every number comes from a pipeline output: the per-(benchmark, k, method) summar
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,10 +103,15 @@ _LATEX_ESCAPE = {
 }
 
 
+# characters the tables' text uses that plain pdflatex does not know (it stops on them)
+_LATEX_SYMBOLS = {"±": r"$\pm$", "Δ": r"$\Delta$", "—": "---", "−": "$-$", "×": r"$\times$"}
+
+
 def latex_escape(text: str) -> str:
-    """Escape LaTeX specials; ``±``, ``Δ`` and ``—`` become math/text commands."""
-    out = "".join(_LATEX_ESCAPE.get(ch, ch) for ch in text)
-    return out.replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("—", "---")
+    """Escape LaTeX specials, write the non-ASCII symbols the tables use as LaTeX commands, and
+    set Markdown code spans (```name```) in ``\texttt``."""
+    out = "".join(_LATEX_ESCAPE.get(ch, _LATEX_SYMBOLS.get(ch, ch)) for ch in text)
+    return re.sub(r"`([^`]*)`", r"\\texttt{\1}", out)
 
 
 def to_latex(t: Table, label: str | None = None) -> str:

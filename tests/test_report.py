@@ -25,6 +25,7 @@ from kshot.report import (
 )
 from kshot.search import random_search, run_search
 from kshot.tables import (
+    Table,
     ablation_table,
     fmt_ci,
     main_tables,
@@ -193,6 +194,21 @@ def test_latex_table_escapes_names_and_spans_the_two_column_groups():
     assert r"\multicolumn{1}{c}{accuracy (\%)}" in tex
     assert tex.count(r"\\") == 2 + 2  # two header rows, two method rows
     assert r"\textbf{62.2 $\pm$ 10.0}" in tex
+
+
+def test_latex_is_plain_ascii_and_sets_code_spans_in_texttt():
+    # pdflatex stops on a Unicode minus or times sign; the captions quote names in Markdown code spans
+    t = Table(
+        title="Each row a − b (×2)",
+        note="`grouped_rl` against `full`; Δ ± —",
+        columns=["method", "a − b"],
+        cells=[["grouped_rl − full", "+1.3 ± 1.0 *"]],
+        bold=[[False, False]],
+    )
+    tex = to_latex(t)
+    assert tex.isascii(), sorted({c for c in tex if not c.isascii()})
+    assert r"\texttt{grouped\_rl} against \texttt{full}" in tex and "`" not in tex
+    assert r"a $-$ b ($\times$2)" in tex and r"grouped\_rl $-$ full & +1.3 $\pm$ 1.0 *" in tex
 
 
 def test_source_table_reports_percent_and_rejects_a_file_without_accuracy():
