@@ -89,6 +89,7 @@ def to_markdown(t: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
+# LaTeX specials, and the non-ASCII symbols the tables' text uses, which plain pdflatex stops on
 _LATEX_ESCAPE = {
     "\\": r"\textbackslash{}",
     "&": r"\&",
@@ -100,17 +101,18 @@ _LATEX_ESCAPE = {
     "}": r"\}",
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
+    "±": r"$\pm$",
+    "Δ": r"$\Delta$",
+    "—": "---",
+    "−": "$-$",
+    "×": r"$\times$",
 }
 
 
-# characters the tables' text uses that plain pdflatex does not know (it stops on them)
-_LATEX_SYMBOLS = {"±": r"$\pm$", "Δ": r"$\Delta$", "—": "---", "−": "$-$", "×": r"$\times$"}
-
-
 def latex_escape(text: str) -> str:
-    """Escape LaTeX specials, write the non-ASCII symbols the tables use as LaTeX commands, and
-    set Markdown code spans (```name```) in ``\texttt``."""
-    out = "".join(_LATEX_ESCAPE.get(ch, _LATEX_SYMBOLS.get(ch, ch)) for ch in text)
+    r"""Escape LaTeX specials, write the non-ASCII symbols the tables use as LaTeX commands, and
+    set Markdown code spans (`name`) in ``\texttt``."""
+    out = "".join(_LATEX_ESCAPE.get(ch, ch) for ch in text)
     return re.sub(r"`([^`]*)`", r"\\texttt{\1}", out)
 
 
