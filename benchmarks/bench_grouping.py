@@ -102,19 +102,20 @@ def step_times(k: int, device: torch.device, rounds: int, steps: int, fraction: 
     groups = fraction_groups(model, 0, fraction)
     hook = GroupedGradient(model, groups)
     convs = [n for n in groups if isinstance(model.get_submodule(n), torch.nn.Conv2d)]
+    # variant: (the hook called after backward(), whether train() would attach its group deltas)
     hooks = {
-        "plain": None,
-        "averaged": hook,
-        "grouped": hook,
-        "linear_only": GroupedGradient(model, {n: a for n, a in groups.items() if n not in convs}),
-        "conv_only": GroupedGradient(model, {n: groups[n] for n in convs}),
-        "touch_conv2": lambda m: m.conv2.weight.grad.mul_(1.0),
+        "plain": (None, False),
+        "averaged": (hook, False),
+        "grouped": (hook, True),
+        "linear_only": (GroupedGradient(model, {n: a for n, a in groups.items() if n not in convs}), True),
+        "conv_only": (GroupedGradient(model, {n: groups[n] for n in convs}), True),
+        "touch_conv2": (lambda m: m.conv2.weight.grad.mul_(1.0), False),
     }
 
     def block(variant: str) -> float:
-        h = hooks[variant]
+        h, deltas = hooks[variant]
         trainable = list(model.parameters())
-        if isinstance(h, GroupedGradient) and variant != "averaged":
+        if deltas:
             trainable = h.attach(trainable)
         opt = torch.optim.SGD(trainable, lr=1e-3, momentum=0.9)
         sync(device)
@@ -126,7 +127,7 @@ def step_times(k: int, device: torch.device, rounds: int, steps: int, fraction: 
                 h(model)
             opt.step()
         sync(device)
-        if isinstance(h, GroupedGradient):
+        if deltas:
             h.detach()
         return (time.perf_counter() - start) / steps
 
