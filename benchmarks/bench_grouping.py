@@ -44,6 +44,7 @@ from kshot.config import FinetuneConfig
 from kshot.finetune import resolve_device
 from kshot.io import write_json
 from kshot.models import LeNet
+from kshot.optim import SGD
 from kshot.population import train_members, train_population
 from kshot.runtime import keep_freed_memory
 from kshot.shared_grad import GroupedGradient
@@ -117,11 +118,11 @@ def step_times(k: int, device: torch.device, rounds: int, steps: int, fraction: 
         trainable = list(model.parameters())
         if deltas:
             trainable = h.attach(trainable)
-        opt = torch.optim.SGD(trainable, lr=1e-3, momentum=0.9)
+        opt = SGD(trainable, lr=1e-3, momentum=0.9)
         sync(device)
         start = time.perf_counter()
         for _ in range(steps):
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             F.cross_entropy(model(x), y).backward()
             if h is not None:
                 h(model)

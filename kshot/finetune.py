@@ -23,6 +23,7 @@ from torch import nn
 
 from kshot.config import FinetuneConfig
 from kshot.errors import ConfigError
+from kshot.optim import SGD
 from kshot.shared_grad import GroupedGradient
 
 
@@ -118,13 +119,13 @@ def train(
             p.requires_grad_(id(p) in wanted)
         x = to_input(support[0], device)
         y = support[1].to(device)
-        opt = torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        opt = SGD(trainable, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         best_state, best_acc, best_step = None, -1.0, 0
         result = TrainResult(model=model, val_acc=0.0, best_step=0, steps_run=0)
         model.train()
         freeze_batchnorm(model)
         for step in range(1, cfg.steps + 1):
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             loss = F.cross_entropy(model(x), y)
             if penalty is not None:
                 loss = loss + penalty(model)

@@ -48,8 +48,13 @@ def execute_notebook(
         raise DataError(f"notebook '{template}': expected an existing .ipynb file, found nothing")
     nb = nbformat.read(template, as_version=4)
     inject_parameters(nb, params)
+    # no execution timestamps in the cells' metadata: the same outputs give the same bytes
     client = NotebookClient(
-        nb, timeout=timeout_s, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}
+        nb,
+        timeout=timeout_s,
+        kernel_name="python3",
+        record_timing=False,
+        resources={"metadata": {"path": str(cwd)}},
     )
     try:
         client.execute()

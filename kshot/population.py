@@ -9,12 +9,11 @@ data (episodes: support and validation sets of equal sizes), their initial weigh
 their groupings (any counts per layer); they share the architecture and the :class:`FinetuneConfig`.
 
 The semantics are those of :func:`kshot.finetune.train`, step for step: full-batch cross-entropy,
-the group-mean gradient after the backward pass, ``torch.optim.SGD`` with momentum and weight decay
-(re-implemented functionally: ``d = g + wd*w``; ``buf = d`` on the first step, else
-``buf = m*buf + d``; ``w -= lr*buf``), BatchNorm in eval mode, validation every ``eval_every`` steps
-and at the last, the best state kept (later steps win ties), a member with a non-finite loss
-stopped at that step. Results agree with the sequential loop to float tolerance (batched kernels
-sum in another order).
+the group-mean gradient after the backward pass, momentum SGD with weight decay (the direction of
+:func:`kshot.optim.sgd_direction`, applied functionally: ``w - lr*buf``), BatchNorm in eval mode,
+validation every ``eval_every`` steps and at the last, the best state kept (later steps win ties),
+a member with a non-finite loss stopped at that step. Results agree with the sequential loop to
+float tolerance (batched kernels sum in another order).
 
 The batched group mean: for a layer of ``N`` neurons, member ``p``'s assignment is offset by
 ``p*N`` so that the ``[P, N, ...]`` gradient viewed as ``[P*N, D]`` rows is averaged by one
@@ -42,6 +41,7 @@ from kshot.config import FinetuneConfig
 from kshot.errors import DataError
 from kshot.finetune import TrainResult, freeze_batchnorm, to_input, train
 from kshot.grouping import check_assignment
+from kshot.optim import sgd_direction
 from kshot.shared_grad import GroupedGradient, group_mean_rows_, inverse_counts
 
 Tensors = tuple[torch.Tensor, torch.Tensor]  # (uint8 images [N, C, H, W], int64 labels [N])
@@ -224,15 +224,7 @@ def train_population(
                     grads[name] = g
             d = [grads[n] for n in names]
             w = [params[n] for n in names]
-            if cfg.weight_decay != 0:
-                d = torch._foreach_add(d, w, alpha=cfg.weight_decay)
-            if cfg.momentum != 0:
-                if momentum_buf is None:
-                    momentum_buf = [t.clone() for t in d]
-                else:
-                    torch._foreach_mul_(momentum_buf, cfg.momentum)
-                    torch._foreach_add_(momentum_buf, d)
-                d = momentum_buf
+            d, momentum_buf = sgd_direction(d, w, momentum_buf, cfg.momentum, cfg.weight_decay)
             new = torch._foreach_add(w, d, alpha=-cfg.lr)
             if not bool(alive.all()):  # frozen members keep their last finite state
                 keep = alive.to(device)

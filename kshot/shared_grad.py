@@ -15,9 +15,10 @@ Design choices:
   parameters only, and ``kshot.finetune`` keeps BatchNorm statistics frozen. They train with their
   own gradient when they are trainable.
 - **Loss gradient only.** The hook runs between ``backward()`` and the optimiser step, so it
-  averages the gradient of the loss (plus any penalty). Weight decay, which ``torch.optim.SGD``
-  adds inside ``step()``, stays per neuron; momentum accumulates the shared gradients, so with zero
-  weight decay the neurons of a group receive identical updates at every step.
+  averages the gradient of the loss (plus any penalty). Weight decay, which the optimiser
+  (:class:`kshot.optim.SGD`) adds inside ``step()``, stays per neuron; momentum accumulates the
+  shared gradients, so with zero weight decay the neurons of a group receive identical updates at
+  every step.
 - **Vectorised.** Per parameter: one ``index_add_`` of the ``[N, D]`` gradient rows into a reused
   ``[G, D]`` buffer of group sums, one in-place scale by the precomputed ``1 / |group|``, one
   ``index_select`` written straight back into the gradient (a channels_last conv gradient in place

@@ -58,6 +58,8 @@ def test_notebook_executes_on_pipeline_outputs_and_reports_their_numbers(tmp_pat
     assert "best mean `better`" in text
     assert "No search ran" not in text and "reinforce" in text
     assert (tmp_path / "a.html").stat().st_size > 10_000
+    # no execution timestamps: a re-run on the same outputs writes the same bytes (DVC sees no change)
+    assert not [c for c in nb.cells if "execution" in c.metadata]
 
 
 def test_a_missing_output_fails_naming_the_notebook(tmp_path):
