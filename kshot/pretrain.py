@@ -7,7 +7,6 @@ geometry so that :func:`load_checkpoint` rebuilds the exact network and refuses 
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +47,6 @@ def pretrain(
     steps_per_epoch = -(-len(train_y) // src.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=src.lr, total_steps=src.epochs * steps_per_epoch)
     gen = torch.Generator().manual_seed(seed)
-    start = time.perf_counter()
     history = []
     for epoch in range(src.epochs):
         order = torch.randperm(len(train_y), generator=gen)
@@ -67,7 +65,6 @@ def pretrain(
         "source_train_acc": accuracy(model, train_x[:10000], train_y[:10000], device),
         "epochs": history,
         "n_params": sum(p.numel() for p in model.parameters()),
-        "train_time_s": time.perf_counter() - start,
     }
     return model.cpu(), metrics
 
