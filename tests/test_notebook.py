@@ -33,6 +33,7 @@ def test_notebook_executes_on_pipeline_outputs_and_reports_their_numbers(tmp_pat
     for ep in other["episodes"]:
         ep["method"] = "full_long"
     write_json(tmp_path / "data" / "runs" / "b1" / "full_long" / "k1" / "metrics.json", other)
+    write_source(tmp_path, tiny_model, name="src_wide")  # and that study's source network
     write_group_figures(
         ckpt,
         write_target(tmp_path, "b1", make_images(10, 3)[0]),
@@ -54,6 +55,7 @@ def test_notebook_executes_on_pipeline_outputs_and_reports_their_numbers(tmp_pat
     nb = nbformat.read(out, as_version=4)
     text = json.dumps([o for c in nb.cells if c.cell_type == "code" for o in c.outputs])
     assert "3 methods" in text and "b1, k=1" in text and "full_long" not in text
+    assert "src" in text and "src_wide" not in text
     assert f"{len(runs) * 4} fine-tuning runs in all" in text
     assert "best mean `better`" in text
     assert "No search ran" not in text and "reinforce" in text
