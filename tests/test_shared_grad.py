@@ -202,7 +202,7 @@ def test_group_deltas_only_when_the_update_is_the_same(monkeypatch):
     decay = FinetuneConfig(steps=4, lr=0.05, momentum=0.9, weight_decay=1e-3, eval_every=100)
     fit_grouped(COARSE, cfg=decay)
     assert not made  # weight decay is per neuron: averaged gradients
-    fine = {"conv2": COARSE["conv2"], "fc1": torch.arange(125) % 40}  # 40 groups > 125/4
+    fine = {"conv2": COARSE["conv2"], "fc1": torch.arange(125) % 70}  # 70 groups > 125/2
     fit_grouped(fine)
     assert not made
     fit_grouped(COARSE)
