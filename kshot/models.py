@@ -58,7 +58,7 @@ class Backbone(nn.Module):
 
 
 def _pool_relu(pool: nn.MaxPool2d, x: torch.Tensor) -> torch.Tensor:
-    """``relu(pool(x))``, which is ``pool(relu(x))`` bit for bit, for a quarter of the work.
+    """``relu(pool(x))``, which is ``pool(relu(x))`` bit for bit, rectifying a quarter of the elements.
 
     ReLU is monotone, so the maximum of a window commutes with it exactly; the gradient reaches the
     same element too (the window's first maximum when it is positive, nothing otherwise, as

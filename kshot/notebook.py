@@ -22,7 +22,10 @@ def inject_parameters(nb: Any, params: Mapping[str, Any]) -> None:
     import nbformat
 
     src = "# Parameters injected by kshot.notebook\n" + "".join(f"{k} = {v!r}\n" for k, v in params.items())
-    cell = nbformat.v4.new_code_cell(src, metadata={"tags": ["injected-parameters"]})
+    # a fixed cell id (nbformat draws a random one): the same outputs give the same bytes
+    cell = nbformat.v4.new_code_cell(
+        src, id="injected-parameters", metadata={"tags": ["injected-parameters"]}
+    )
     at = next(
         (i + 1 for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", [])),
         0,

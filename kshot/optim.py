@@ -4,7 +4,8 @@ Constructing a ``torch.optim`` optimiser imports ``torch._dynamo`` (its methods 
 out of compilation), which costs every fine-tuning process 1.3-1.9 s on CPU, measured: about a
 tenth of a k=1 job, dozens of times per pipeline run. Fine-tuning needs one update rule, so it is
 written here with the same ops in the same order as ``torch.optim.SGD`` (``dampening=0``, no
-Nesterov): the parameters end bit for bit the same (a test checks it against ``torch.optim.SGD``).
+Nesterov): on CPU the parameters end bit for bit the same (a test checks it against
+``torch.optim.SGD``; on CUDA that takes its multi-tensor path, equal up to float rounding).
 Pre-training keeps ``torch.optim.SGD`` (one job, and its learning-rate schedule needs it).
 """
 
@@ -24,6 +25,9 @@ def sgd_direction(
 ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
     """The step direction of momentum SGD (the update is ``-lr`` times it) and the new momentum
     buffers (``None`` before the first step; updated in place after it).
+
+    ``grads``, ``params`` and ``buffers``: lists of the same length, ``grads[i]`` and ``buffers[i]``
+    shaped like ``params[i]``; the direction is a list of the same shapes.
 
     Weight decay is added to the gradient, ``g + wd * p``; the buffer starts as a copy of the first
     direction and then is ``momentum * buf + g``, as ``torch.optim.SGD`` does.
@@ -47,7 +51,7 @@ class SGD:
 
     def __init__(
         self, params: Iterable[torch.Tensor], lr: float, momentum: float = 0.0, weight_decay: float = 0.0
-    ):
+    ) -> None:
         self.params = list(params)
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self._buffers: list[torch.Tensor] | None = None
@@ -61,7 +65,10 @@ class SGD:
         grads = [p.grad for p in self.params]
         if any(g is None for g in grads):
             missing = [i for i, g in enumerate(grads) if g is None]
-            raise RuntimeError(f"SGD.step: parameters {missing} have no gradient (call backward() first)")
+            raise RuntimeError(
+                f"SGD.step: parameters {missing} have no gradient: backward() did not reach them "
+                "(not used in the forward pass, or requires_grad=False); pass only trainable tensors"
+            )
         direction, self._buffers = sgd_direction(
             grads, self.params, self._buffers, self.momentum, self.weight_decay
         )

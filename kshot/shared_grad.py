@@ -33,9 +33,11 @@ Design choices:
   at most ``DELTA_MAX_FRACTION`` groups per neuron that is less work than averaging: the ``[N, D]``
   weight gradient and its optimiser state are never formed, only their ``[G, D]`` group versions,
   for one extra ``[B, G]`` matmul in the forward pass. Up to half of the neurons as groups (the
-  search menu's coarsest fraction below one neuron per group): a k=1 step with half of LeNet's
-  ``fc1`` neurons as groups cost +7% through deltas against +13% by averaging (1 thread,
-  measured). :meth:`GroupedGradient.attach` swaps such layers for :class:`GroupDeltaLinear`
+  search menu's coarsest fraction below one neuron per group, rounded up): the deltas' extra
+  matmuls grow with the batch and averaging does not, so they win at small k and lose a little at
+  k=10. ``benchmarks/bench_grouping.py``, half of every layer's neurons as groups, 1 thread: +9.5%
+  through deltas against +16.6% averaged at k=1, +4.9% against +6.4% at k=5, +4.5% against +3.7%
+  at k=10. :meth:`GroupedGradient.attach` swaps such layers for :class:`GroupDeltaLinear`
   (``kshot.finetune.train`` does it when the update is exactly the same),
   :meth:`GroupedGradient.detach` folds the deltas back into the layer's own tensors.
   The results equal the averaged gradient's up to float rounding (a test); ``benchmarks/`` measures
@@ -44,6 +46,7 @@ Design choices:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -269,7 +272,7 @@ class GroupedGradient:
             m = layer.module
             if not isinstance(m, nn.Linear) or id(m.weight) not in wanted:
                 continue
-            if layer.n_groups > DELTA_MAX_FRACTION * m.weight.shape[0]:
+            if layer.n_groups > math.ceil(DELTA_MAX_FRACTION * m.weight.shape[0]):  # as counts round
                 continue
             # a frozen bias stays the layer's own (frozen) parameter
             share_bias = self.share_bias and m.bias is not None and id(m.bias) in wanted

@@ -16,8 +16,9 @@ def _textbook_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.relu(model.fc1(torch.relu(model.conv3(x)).mean(dim=(2, 3))))
 
 
+@pytest.mark.parametrize("channels_last", [False, True])  # fine-tuning runs channels_last
 @pytest.mark.parametrize("cls", [LeNet, WideCNN])
-def test_pooling_before_relu_gives_the_same_features_and_gradients_bit_for_bit(cls):
+def test_pooling_before_relu_gives_the_same_features_and_gradients_bit_for_bit(cls, channels_last):
     torch.manual_seed(0)
     model = cls(1, 28, 5)
     # flat image regions make pooling windows whose values tie, at a positive value (the
@@ -29,6 +30,9 @@ def test_pooling_before_relu_gives_the_same_features_and_gradients_bit_for_bit(c
     with torch.no_grad():
         model.conv1.bias[: model.conv1.out_channels // 2] = 0.3
         model.conv1.bias[model.conv1.out_channels // 2 :] = -0.3
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
 
     def run(features):
         model.zero_grad()

@@ -20,6 +20,10 @@ def test_parameters_are_injected_after_the_tagged_cell():
     tagged = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
     inject_parameters(nb, {"ROOT": "/x"})
     assert nb.cells[tagged + 1].source.endswith("ROOT = '/x'\n")
+    # the same parameters give the same notebook, byte for byte (no random cell id)
+    again = nbformat.read(TEMPLATE, as_version=4)
+    inject_parameters(again, {"ROOT": "/x"})
+    assert nbformat.writes(nb) == nbformat.writes(again)
 
 
 def test_notebook_executes_on_pipeline_outputs_and_reports_their_numbers(tmp_path, tiny_model):

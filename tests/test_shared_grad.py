@@ -136,7 +136,7 @@ def test_channels_last_conv_gradient_is_averaged_in_place_like_a_contiguous_one(
 
 # Group deltas: coarsely grouped linear layers train through one delta row per group.
 
-COARSE = {"conv2": torch.arange(12) % 4, "fc1": torch.arange(125) % 7}  # fc1: 7 groups <= 125/4
+COARSE = {"conv2": torch.arange(12) % 4, "fc1": torch.arange(125) % 7}  # fc1: 7 groups <= 125/2
 
 
 def fit_grouped(assign, cfg=CFG, share_bias=True):
@@ -240,7 +240,7 @@ def test_group_deltas_keep_a_frozen_bias_frozen_and_a_missing_bias_missing():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Flatten(), nn.Linear(256, 8, bias=False), nn.ReLU(), nn.Linear(8, 3))
     reference = copy.deepcopy(net)
-    assign = {"1": torch.tensor([0, 0, 0, 1, 1, 1, 1, 1])}  # 2 groups <= 8/4
+    assign = {"1": torch.tensor([0, 0, 0, 1, 1, 1, 1, 1])}  # 2 groups <= 8/2
     task = tiny_task()
     hook = GroupedGradient(net, assign)
     train(net, list(net.parameters()), task, task, CFG, CPU, grad_hook=hook)

@@ -8,8 +8,10 @@ rule finetune:
         episodes="data/episodes/{benchmark}/k{k}.json",
         groups=groups_input,
     output:
+        # also written beside it, undeclared: timings.json (wall times) and episodes/ (resume
+        # files). DVC leaves both out of data/runs (.dvcignore), so a `dvc pull` does not bring
+        # them, and Snakemake must not rerun a run for their absence.
         metrics="data/runs/{benchmark}/{method}/k{k}/metrics.json",
-        timings="data/runs/{benchmark}/{method}/k{k}/timings.json",
     log:
         f"{LOGS}/finetune/{{benchmark}}_{{method}}_k{{k}}.log",
     conda:

@@ -153,6 +153,7 @@ rule notebook:
     input:
         template=NOTEBOOK_TEMPLATE,
         results=f"{REPORT_TAB}/results.csv",
+        sources=f"{REPORT_TAB}/sources.csv",
         metrics="reports/metrics.json",
         groups=expand(
             f"{REPORT_FIG}/groups/{{benchmark}}_groups.json",
