@@ -22,7 +22,7 @@
 
 Everything is measured once per thread count of ``--threads`` (default 1 and 2): one thread is the
 pipeline's setting (each job runs single-threaded, two side by side on 2 cores), two is one process
-using both cores. Ratios are taken within one setting of one run. Runs in about 15 minutes on 2 CPU
+using both cores. Ratios are taken within one setting of one run. Runs in about 12 minutes on 2 CPU
 cores: ``python benchmarks/bench_grouping.py [--device cuda]``.
 """
 

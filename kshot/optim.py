@@ -63,8 +63,8 @@ class SGD:
     @torch.no_grad()
     def step(self) -> None:
         grads = [p.grad for p in self.params]
-        if any(g is None for g in grads):
-            missing = [i for i, g in enumerate(grads) if g is None]
+        missing = [i for i, g in enumerate(grads) if g is None]
+        if missing:
             raise RuntimeError(
                 f"SGD.step: parameters {missing} have no gradient: backward() did not reach them "
                 "(not used in the forward pass, or requires_grad=False); pass only trainable tensors"
