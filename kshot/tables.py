@@ -116,9 +116,18 @@ def latex_escape(text: str) -> str:
     return re.sub(r"`([^`]*)`", r"\\texttt{\1}", out)
 
 
+LATEX_MAX_NATURAL_COLUMNS = 8  # wider tables are scaled to the line width (\resizebox)
+
+
 def to_latex(t: Table, label: str | None = None) -> str:
-    """A booktabs ``table`` environment with caption (title + note) and optional ``\\label``."""
+    """A booktabs ``table`` environment with caption (title + note) and optional ``\\label``.
+
+    Needs ``\\usepackage{booktabs}``; a table of more than ``LATEX_MAX_NATURAL_COLUMNS`` columns
+    (the regime study's has 13) is scaled to the line width by ``\\resizebox``, which needs
+    ``graphicx`` too: at its natural size it ran 650pt past an A4 page (compiled with pdflatex).
+    """
     ncol = len(t.columns)
+    wide = ncol > LATEX_MAX_NATURAL_COLUMNS
     lines = [
         r"\begin{table}[t]",
         r"\centering",
@@ -126,6 +135,8 @@ def to_latex(t: Table, label: str | None = None) -> str:
     ]
     if label:
         lines.append(r"\label{" + label + "}")
+    if wide:
+        lines.append(r"\resizebox{\linewidth}{!}{%")
     lines += [r"\begin{tabular}{l" + "r" * (ncol - 1) + "}", r"\toprule"]
     if t.groups:
         spans, rules, col = [""], [], 2
@@ -145,7 +156,7 @@ def to_latex(t: Table, label: str | None = None) -> str:
             for c, b in zip(row, bold, strict=True)
         ]
         lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    lines += [r"\bottomrule", r"\end{tabular}" + ("}" if wide else ""), r"\end{table}"]
     return "\n".join(lines) + "\n"
 
 

@@ -2,6 +2,8 @@
 
 import json
 import math
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -209,6 +211,46 @@ def test_latex_is_plain_ascii_and_sets_code_spans_in_texttt():
     assert tex.isascii(), sorted({c for c in tex if not c.isascii()})
     assert r"\texttt{grouped\_rl} against \texttt{full}" in tex and "`" not in tex
     assert r"a $-$ b ($\times$2)" in tex and r"grouped\_rl $-$ full & +1.3 $\pm$ 1.0 *" in tex
+
+
+def _wide_table(ncol: int) -> Table:
+    return Table(
+        title="wide",
+        note="",
+        columns=["comparison"] + [f"bench_{i} k=1" for i in range(ncol - 1)],
+        cells=[["grouped_rl − full"] + ["+1.3 ± 1.0 *"] * (ncol - 1)],
+        bold=[[False] * ncol],
+    )
+
+
+def test_only_tables_wider_than_a_page_are_scaled_to_the_line_width():
+    from kshot.tables import LATEX_MAX_NATURAL_COLUMNS as widest
+
+    assert r"\resizebox" not in to_latex(_wide_table(widest))
+    tex = to_latex(_wide_table(widest + 1))
+    assert tex.index(r"\resizebox{\linewidth}{!}{%") < tex.index(r"\begin{tabular}")
+    assert r"\end{tabular}}" in tex and tex.count("{") == tex.count("}")
+
+
+@pytest.mark.skipif(not shutil.which("pdflatex"), reason="pdflatex is not installed")
+def test_every_table_compiles_with_pdflatex_within_the_page(tmp_path):
+    summary = summarise(_runs(), "full")
+    tables = [*main_tables(summary, "full"), _wide_table(13)]
+    body = "\n".join(to_latex(t, f"tab:{i}") for i, t in enumerate(tables))
+    (tmp_path / "doc.tex").write_text(
+        "\\documentclass{article}\n\\usepackage[T1]{fontenc}\n\\usepackage{booktabs}\n"
+        "\\usepackage{graphicx}\n\\begin{document}\n" + body + "\\end{document}\n"
+    )
+    done = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    log = (tmp_path / "doc.log").read_text(errors="replace")
+    assert done.returncode == 0, log[-2000:]
+    assert "Overfull \\hbox" not in log, [line for line in log.splitlines() if "Overfull" in line]
 
 
 def test_source_table_reports_percent_and_rejects_a_file_without_accuracy():
