@@ -213,29 +213,27 @@ def test_latex_is_plain_ascii_and_sets_code_spans_in_texttt():
     assert r"a $-$ b ($\times$2)" in tex and r"grouped\_rl $-$ full & +1.3 $\pm$ 1.0 *" in tex
 
 
-def _wide_table(ncol: int) -> Table:
+def _wide_table(ncol: int, name: str = "bench") -> Table:
     return Table(
         title="wide",
         note="",
-        columns=["comparison"] + [f"bench_{i} k=1" for i in range(ncol - 1)],
+        columns=["comparison"] + [f"{name}_{i} k=1" for i in range(ncol - 1)],
         cells=[["grouped_rl − full"] + ["+1.3 ± 1.0 *"] * (ncol - 1)],
         bold=[[False] * ncol],
     )
 
 
-def test_only_tables_wider_than_a_page_are_scaled_to_the_line_width():
-    from kshot.tables import LATEX_MAX_NATURAL_COLUMNS as widest
-
-    assert r"\resizebox" not in to_latex(_wide_table(widest))
-    tex = to_latex(_wide_table(widest + 1))
-    assert tex.index(r"\resizebox{\linewidth}{!}{%") < tex.index(r"\begin{tabular}")
-    assert r"\end{tabular}}" in tex and tex.count("{") == tex.count("}")
+def test_latex_tabular_is_scaled_down_to_the_line_only_where_it_is_wider():
+    tex = to_latex(_wide_table(3))
+    fit = r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%"
+    assert tex.index(fit) < tex.index(r"\begin{tabular}") and r"\end{tabular}}" in tex
+    assert tex.count("{") == tex.count("}")
 
 
 @pytest.mark.skipif(not shutil.which("pdflatex"), reason="pdflatex is not installed")
 def test_every_table_compiles_with_pdflatex_within_the_page(tmp_path):
     summary = summarise(_runs(), "full")
-    tables = [*main_tables(summary, "full"), _wide_table(13)]
+    tables = [*main_tables(summary, "full"), _wide_table(7, "fashion_to_digits"), _wide_table(13)]
     body = "\n".join(to_latex(t, f"tab:{i}") for i, t in enumerate(tables))
     (tmp_path / "doc.tex").write_text(
         "\\documentclass{article}\n\\usepackage[T1]{fontenc}\n\\usepackage{booktabs}\n"
