@@ -1,6 +1,7 @@
 """End to end: the real Snakefile on a tiny config (digits only, so it runs offline anywhere)."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -112,3 +113,17 @@ def test_bad_param_stops_before_any_job_with_a_named_field(tmp_path):
     assert proc.returncode != 0
     assert "did you mean 'full'" in proc.stdout + proc.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_gpu_profile_gives_the_one_gpu_to_every_rule_that_runs_torch_on_the_device():
+    profile = yaml.safe_load((REPO / "workflow/profiles/gpu/config.yaml").read_text())
+    assert profile["resources"] == {"gpu": 1}
+    rules_text = "".join(p.read_text() for p in (REPO / "workflow/rules").glob("*.smk"))
+    # the rules whose command passes the device choice on (params_json("seed", "device", ...))
+    on_device = {
+        name
+        for name, body in re.findall(r"^rule (\w+):\n((?:[ \t]+.*\n|\n)*)", rules_text, flags=re.M)
+        if '"device"' in body
+    }
+    assert on_device >= {"pretrain", "activations", "search", "finetune"}, on_device
+    assert {r for r, res in profile["set-resources"].items() if res == {"gpu": 1}} == on_device
