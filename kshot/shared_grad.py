@@ -24,7 +24,9 @@ Design choices:
   ``index_select`` written straight back into the gradient (a channels_last conv gradient in place
   too: each output channel's entries are one contiguous block). Assignments and inverse counts are
   moved to the device once, and layers whose grouping is one neuron per group are skipped (no
-  work, bitwise identical).
+  work, bitwise identical). On the CPU the same arithmetic runs for all parameters in one call of
+  a small C kernel (:mod:`kshot.native`, bitwise the same), since four PyTorch dispatches per
+  parameter right after ``backward()`` cost more than the arithmetic at k-shot batch sizes.
 - **Group deltas for coarse linear layers.** Under momentum SGD without weight decay (the
   fine-tuning default), averaging the gradient of a layer's weight ``W`` is the same update as
   training ``W = W0 + S V[assign]`` through one delta row ``V[g]`` per group, with
@@ -46,6 +48,7 @@ Design choices:
 
 from __future__ import annotations
 
+import ctypes
 import math
 from dataclasses import dataclass, field
 
@@ -55,6 +58,7 @@ from torch import nn
 
 from kshot.errors import ConfigError
 from kshot.grouping import check_assignment
+from kshot.native import group_mean_kernel
 
 
 def group_mean_rows_(
@@ -119,21 +123,49 @@ class _Rows:
         group_mean_rows_(rows, self.assign, self.inv_counts, self.n_groups, self.sums)
 
 
-@dataclass
-class _Dense:
-    """A small parameter averaged by one matmul with the ``[N, N]`` averaging matrix
-    (``A[i, j] = 1/|group(i)|`` when ``j`` is in ``i``'s group): one dispatch instead of four."""
+class _NativeRows:
+    """Every :class:`_Rows` part of a hook averaged in one call of the C kernel
+    (:mod:`kshot.native`): bitwise the same as the parts' own :meth:`_Rows.apply`, without its four
+    PyTorch dispatches per parameter. Only for float32 parameters on the CPU."""
 
-    param: nn.Parameter
-    average: torch.Tensor  # [N, N]
+    def __init__(self, parts: list[_Rows], kernel) -> None:
+        self.parts = parts
+        self.kernel = kernel
+        self._keep = [(p.assign.contiguous(), p.inv_counts.contiguous()) for p in parts]  # alive
+        n = len(parts)
+        ints, ptrs = ctypes.c_int64 * n, ctypes.c_void_p * n
+        self.n = ints(*(len(p.assign) for p in parts))
+        self.d = ints(*(p.sums.shape[1] for p in parts))
+        self.assign = ptrs(*(a.data_ptr() for a, _ in self._keep))
+        self.groups = ints(*(p.n_groups for p in parts))
+        self.inv_counts = ptrs(*(inv.data_ptr() for _, inv in self._keep))
+        self.sums = ptrs(*(p.sums.data_ptr() for p in parts))
+        self.grads = ptrs()
+
+    @staticmethod
+    def supports(part: _Rows) -> bool:
+        p = part.param
+        return p.device.type == "cpu" and p.dtype == torch.float32 and part.sums.is_contiguous()
 
     def apply(self) -> None:
-        g = self.param.grad
-        if g is not None:
-            g.copy_((self.average @ g.reshape(len(self.average), -1)).view_as(g))
+        grads = self.grads
+        for i, part in enumerate(self.parts):
+            g = part.param.grad
+            if g is None:
+                grads[i] = None
+                continue
+            # the kernel wants rows of d floats at a stride of d: a contiguous gradient, or a
+            # channels_last conv gradient (each output channel's entries in one contiguous block)
+            if not (
+                g.is_contiguous() or (g.dim() == 4 and g.is_contiguous(memory_format=torch.channels_last))
+            ):
+                g = part.param.grad = g.contiguous()
+            grads[i] = g.data_ptr()
+        self.kernel(
+            len(self.parts), grads, self.n, self.d, self.assign, self.groups, self.inv_counts, self.sums
+        )
 
 
-DENSE_MAX_MACS = 100_000  # below N*N*D multiply-adds a matmul beats index_add + index_select
 DELTA_MAX_FRACTION = 0.5  # a Linear with at most this many groups per neuron trains through deltas
 
 
@@ -182,7 +214,7 @@ class _Layer:
     module: nn.Conv2d | nn.Linear
     assign: torch.Tensor
     n_groups: int
-    parts: list[_Rows | _Dense]
+    parts: list[_Rows]
 
 
 class GroupedGradient:
@@ -192,21 +224,25 @@ class GroupedGradient:
     grouping ``assign [N_out]``. The hook is bound to ``model``'s parameter tensors: call it with
     the same model (``train`` updates parameters in place, so they stay the same tensors).
 
-    Per-op dispatch, not arithmetic, dominates the small parameters (biases, first conv layers) at
-    k-shot batch sizes, so a parameter with ``N*N*D <= DENSE_MAX_MACS`` is averaged by one matmul
-    with a precomputed ``[N, N]`` averaging matrix (:class:`_Dense`) and larger ones row-wise by
-    ``index_add_`` (:class:`_Rows`, linear in ``N*D``). (Concatenating all small gradients into one
-    flat scatter was measured slower: element-wise ``index_add_`` does not vectorise.)
+    Per-op dispatch, not arithmetic, dominates the averaging at k-shot batch sizes, so on the CPU
+    every float32 parameter is averaged in one call of the C kernel of :mod:`kshot.native`
+    (:class:`_NativeRows`); elsewhere, or with ``native=False`` or no C compiler, each parameter
+    by its own PyTorch ops (:class:`_Rows`). Both give bitwise the same gradients.
 
     Between :meth:`attach` and :meth:`detach`, coarsely grouped linear layers train through their
     group deltas instead (:class:`GroupDeltaLinear`) and the hook leaves them alone.
     """
 
     def __init__(
-        self, model: nn.Module, assignments: dict[str, torch.Tensor], share_bias: bool = True
+        self,
+        model: nn.Module,
+        assignments: dict[str, torch.Tensor],
+        share_bias: bool = True,
+        native: bool = True,
     ) -> None:
         self.model = model
         self.share_bias = share_bias
+        self.native = native
         modules = dict(model.named_modules())
         self.groups: dict[str, int] = {}
         self._layers: dict[str, _Layer] = {}
@@ -224,25 +260,14 @@ class GroupedGradient:
                 continue  # one neuron per group: the mean is the gradient itself
             self.groups[name] = g
             inv = inverse_counts(assign.cpu(), g)  # [G, 1]
-            parts: list[_Rows | _Dense] = []
             params = [m.weight] + ([m.bias] if share_bias and m.bias is not None else [])
-            for p in params:
-                if n * p.numel() <= DENSE_MAX_MACS:
-                    same = (assign[:, None] == assign[None, :]).to(inv.dtype)  # [N, N]
-                    average = same * inv[assign.cpu()]
-                    parts.append(_Dense(p, average.to(p.device, p.dtype)))
-                else:
-                    parts.append(
-                        _Rows(
-                            param=p,
-                            assign=assign.to(p.device),
-                            inv_counts=inv.to(p.device, p.dtype),
-                            n_groups=g,
-                        )
-                    )
+            parts = [
+                _Rows(param=p, assign=assign.to(p.device), inv_counts=inv.to(p.device, p.dtype), n_groups=g)
+                for p in params
+            ]
             self._layers[name] = _Layer(m, assign, g, parts)
         self._deltas: dict[str, GroupDeltaLinear] = {}
-        self._parts: list[_Rows | _Dense] = []
+        self._parts: list[_Rows | _NativeRows] = []
         self._refresh_parts()
 
     def __call__(self, model: nn.Module) -> None:
@@ -250,6 +275,12 @@ class GroupedGradient:
             raise ValueError("GroupedGradient: called with another model than it was built for")
         for part in self._parts:
             part.apply()
+
+    def averaged(self) -> list[nn.Parameter]:
+        """The parameters whose gradients the hook averages now (not those trained through deltas)."""
+        return [
+            part.param for name, layer in self._layers.items() if name not in self._deltas for part in layer.parts
+        ]
 
     def counts(self) -> dict[str, int]:
         """Groups per layer actually shared (layers with one neuron per group are omitted)."""
@@ -297,10 +328,18 @@ class GroupedGradient:
         self._refresh_parts()
 
     def _refresh_parts(self) -> None:
-        """The averaging parts the hook applies: those of every grouped layer not in deltas."""
-        self._parts = [
+        """The averaging parts the hook applies: those of every grouped layer not in deltas, the
+        CPU float32 ones in one call of the C kernel where it is available."""
+        rows = [
             part for name, layer in self._layers.items() if name not in self._deltas for part in layer.parts
         ]
+        native = [part for part in rows if _NativeRows.supports(part)]
+        kernel = group_mean_kernel() if native and self.native else None
+        if kernel is None:
+            self._parts = list(rows)
+        else:
+            self._parts = [part for part in rows if not _NativeRows.supports(part)]
+            self._parts.append(_NativeRows(native, kernel))
 
     def _swap(self, name: str, module: nn.Module) -> None:
         parent, _, child = name.rpartition(".")

@@ -111,10 +111,8 @@ def test_bad_assignments_are_named_errors():
         GroupedGradient(model, {"pool": torch.arange(4)})
 
 
-def test_channels_last_conv_gradient_is_averaged_in_place_like_a_contiguous_one(monkeypatch):
-    from kshot import shared_grad
-
-    monkeypatch.setattr(shared_grad, "DENSE_MAX_MACS", 0)  # the row-wise index_add path for conv2
+@pytest.mark.parametrize("native", [True, False])
+def test_channels_last_conv_gradient_is_averaged_in_place_like_a_contiguous_one(native):
     assign = torch.arange(12) % 4
     results = []
     for fmt in (torch.contiguous_format, torch.channels_last):
@@ -122,8 +120,7 @@ def test_channels_last_conv_gradient_is_averaged_in_place_like_a_contiguous_one(
         grads_of(model)
         grad = model.conv2.weight.grad
         assert grad.is_contiguous(memory_format=fmt)
-        hook = GroupedGradient(model, {"conv2": assign})
-        assert [type(p).__name__ for p in hook._parts] == ["_Rows", "_Rows"]
+        hook = GroupedGradient(model, {"conv2": assign}, native=native)
         hook(model)
         hook(model)  # the reused scratch buffer starts from zero each time
         assert model.conv2.weight.grad is grad  # averaged in place, no copy
@@ -177,13 +174,13 @@ def test_group_deltas_are_folded_back_into_the_models_own_tensors():
     assert type(model.fc1).__name__ == "GroupDeltaLinear"
     ids = {id(p) for p in trainable}
     assert id(weight) not in ids and id(model.fc1.delta) in ids
-    assert [part.param for part in hook._parts] == [model.conv2.weight, model.conv2.bias]
+    assert hook.averaged() == [model.conv2.weight, model.conv2.bias]
     with torch.no_grad():
         model.fc1.delta.add_(1.0)
     hook.detach()
     assert model.fc1 is fc1 and model.fc1.weight is weight and model.fc1.bias is bias
     assert list(model.state_dict()) == keys
-    assert len(hook._parts) == 4
+    assert len(hook.averaged()) == 4
     # every neuron moved by its group's delta scaled by 1/sqrt(|group|)
     sizes = torch.bincount(COARSE["fc1"])[COARSE["fc1"]].float()
     before = tiny_lenet().fc1.weight
@@ -222,7 +219,7 @@ def test_a_failed_run_puts_the_layers_back(monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train(model, list(model.parameters()), tiny_task(), tiny_task(), CFG, CPU, grad_hook=hook)
     assert model.fc1 is fc1
-    assert not hook._deltas and len(hook._parts) == 4
+    assert not hook._deltas and len(hook.averaged()) == 4
     monkeypatch.undo()
     train(model, list(model.parameters()), tiny_task(), tiny_task(), CFG, CPU, grad_hook=hook)
     assert model.fc1 is fc1

@@ -1,0 +1,124 @@
+"""The C kernel of the shared gradient (kshot.native): bitwise the PyTorch path's results, built on
+first use, and a clear fallback where it cannot be built."""
+
+import shutil
+
+import pytest
+import torch
+from tiny_nets import tiny_lenet, tiny_task
+from torch import nn
+
+from kshot import native
+from kshot.config import FinetuneConfig
+from kshot.finetune import train
+from kshot.shared_grad import GroupedGradient
+
+CPU = torch.device("cpu")
+HAS_CC = shutil.which("cc") is not None
+GROUPS = {"conv1": torch.tensor([0, 1, 0, 2, 1]), "conv2": torch.arange(12) % 4, "fc1": torch.arange(125) % 7}
+
+
+@pytest.fixture
+def fresh_kernel(monkeypatch, tmp_path):
+    """A kernel resolved anew from an empty cache folder (and resolved anew again afterwards)."""
+    monkeypatch.setenv("KSHOT_CACHE_DIR", str(tmp_path / "cache"))
+    native.group_mean_kernel.cache_clear()
+    yield tmp_path / "cache"
+    native.group_mean_kernel.cache_clear()
+
+
+def kinds(hook):
+    return sorted(type(part).__name__ for part in hook._parts)
+
+
+@pytest.mark.skipif(not HAS_CC, reason="no C compiler (cc) on this machine")
+def test_the_kernel_builds_and_averages_every_cpu_parameter_in_one_call(fresh_kernel):
+    model = tiny_lenet()
+    hook = GroupedGradient(model, GROUPS)
+    assert kinds(hook) == ["_NativeRows"]
+    assert len(list(fresh_kernel.glob("group_mean-*.so"))) == 1
+    assert not list(fresh_kernel.glob(".*tmp"))  # no temporary file left behind
+    assert kinds(GroupedGradient(model, GROUPS, native=False)) == ["_Rows"] * 6
+
+
+@pytest.mark.skipif(not HAS_CC, reason="no C compiler (cc) on this machine")
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        FinetuneConfig(steps=6, lr=0.05, momentum=0.9, eval_every=2),  # fc1 through its deltas
+        FinetuneConfig(steps=6, lr=0.05, momentum=0.9, weight_decay=1e-3, eval_every=100),  # averaged
+    ],
+)
+@pytest.mark.parametrize("share_bias", [True, False])
+def test_native_and_pytorch_fine_tuning_are_bitwise_identical(cfg, share_bias):
+    task = tiny_task()
+    states = []
+    for use_native in (True, False):
+        model = tiny_lenet()
+        hook = GroupedGradient(model, GROUPS, share_bias=share_bias, native=use_native)
+        assert ("_NativeRows" in kinds(hook)) == use_native
+        torch.manual_seed(0)
+        train(model, list(model.parameters()), task, task, cfg, CPU, grad_hook=hook)
+        states.append(model.state_dict())
+    moved = 0
+    for (name, a), b in zip(states[0].items(), states[1].values(), strict=True):
+        assert torch.equal(a, b), name
+        moved += not torch.equal(a, tiny_lenet().state_dict()[name])
+    assert moved >= 6
+
+
+@pytest.mark.skipif(not HAS_CC, reason="no C compiler (cc) on this machine")
+@pytest.mark.parametrize("n, d, groups", [(7, 1, 3), (40, 3, 40), (64, 257, 5), (9, 10, 1)])
+def test_odd_shapes_and_noncontiguous_gradients_match_bitwise(n, d, groups):
+    gen = torch.Generator().manual_seed(n * d)
+    assign = torch.cat([torch.arange(groups), torch.randint(groups, (n - groups,), generator=gen)])
+    grads = []
+    for use_native in (True, False):
+        layer = nn.Linear(d, n)
+        hook = GroupedGradient(layer, {"": assign}, native=use_native)
+        layer.weight.grad = torch.randn(d, n, generator=torch.Generator().manual_seed(1)).t()  # transposed
+        layer.bias.grad = torch.randn(n, generator=torch.Generator().manual_seed(2)) * 1e3
+        hook(layer)
+        grads.append((layer.weight.grad, layer.bias.grad))
+    for native_grad, torch_grad in zip(*grads, strict=True):
+        assert torch.equal(native_grad, torch_grad)
+    for g in range(groups):
+        rows = grads[0][0][assign == g]
+        assert torch.equal(rows, rows[:1].expand_as(rows))
+
+
+def test_float64_and_missing_gradients_take_the_pytorch_path():
+    model = tiny_lenet().double()
+    hook = GroupedGradient(model, GROUPS)
+    assert kinds(hook) == ["_Rows"] * 6
+    model = tiny_lenet()
+    GroupedGradient(model, GROUPS)(model)  # no gradients yet: nothing to average, no error
+
+
+def test_a_compiler_that_fails_gives_a_warning_naming_the_source_and_the_pytorch_path(
+    fresh_kernel, monkeypatch
+):
+    monkeypatch.setenv("CC", "false")  # exits 1
+    with pytest.warns(RuntimeWarning, match=r"group_mean\.c.*exit code 1.*same results"):
+        assert native.group_mean_kernel() is None
+    assert not list(fresh_kernel.iterdir())  # nothing half-written left
+    native.group_mean_kernel.cache_clear()
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    with pytest.warns(RuntimeWarning, match="nonexistent"):
+        hook = GroupedGradient(tiny_lenet(), GROUPS)
+    assert kinds(hook) == ["_Rows"] * 6
+
+
+@pytest.mark.skipif(not HAS_CC, reason="no C compiler (cc) on this machine")
+def test_a_corrupt_cached_library_is_rebuilt(fresh_kernel):
+    lib = native.build()
+    lib.write_bytes(b"not a shared library")
+    assert native.group_mean_kernel() is not None
+    assert lib.read_bytes() != b"not a shared library"
+
+
+def test_kshot_native_0_turns_the_kernel_off(fresh_kernel, monkeypatch):
+    monkeypatch.setenv("KSHOT_NATIVE", "0")
+    assert native.group_mean_kernel() is None
+    assert kinds(GroupedGradient(tiny_lenet(), GROUPS)) == ["_Rows"] * 6
+    assert not fresh_kernel.exists()
