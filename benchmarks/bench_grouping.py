@@ -44,6 +44,7 @@ from kshot.config import FinetuneConfig
 from kshot.finetune import resolve_device
 from kshot.io import write_json
 from kshot.models import LeNet
+from kshot.native import group_mean_kernel
 from kshot.optim import SGD
 from kshot.population import train_members, train_population
 from kshot.runtime import keep_freed_memory
@@ -90,8 +91,10 @@ def step_times(k: int, device: torch.device, rounds: int, steps: int, fraction: 
     coarsely grouped linear layers train through their group deltas (``GroupedGradient.attach``).
     Also the grouped path split in two: ``linear_only`` (the linear layers' grouping alone, through
     their deltas where they qualify) and ``conv_only`` (the conv layers' averaging alone); and
-    ``touch_conv2``, a plain step that multiplies ``conv2``'s weight gradient by 1 in place (what
-    merely touching that gradient once more costs).
+    ``grouped_pytorch``, the grouped path with the averaging in PyTorch ops instead of the C
+    kernel (:mod:`kshot.native`; what a machine without a C compiler runs); ``touch_conv2``, a
+    plain step that multiplies ``conv2``'s weight gradient by 1 in place (what merely touching that
+    gradient once more costs).
 
     Each round runs one ``steps``-step block of every variant (in alternating order); a variant's
     overhead is the median over rounds of its block's time over the plain block's of the same round,
@@ -108,6 +111,7 @@ def step_times(k: int, device: torch.device, rounds: int, steps: int, fraction: 
         "plain": (None, False),
         "averaged": (hook, False),
         "grouped": (hook, True),
+        "grouped_pytorch": (GroupedGradient(model, groups, native=False), True),
         "linear_only": (GroupedGradient(model, {n: a for n, a in groups.items() if n not in convs}), True),
         "conv_only": (GroupedGradient(model, {n: groups[n] for n in convs}), True),
         "touch_conv2": (lambda m: m.conv2.weight.grad.mul_(1.0), False),
@@ -149,6 +153,14 @@ def step_times(k: int, device: torch.device, rounds: int, steps: int, fraction: 
         hook(model)
     sync(device)
     hook_s = (time.perf_counter() - start) / steps
+    pytorch_hook = hooks["grouped_pytorch"][0]
+    F.cross_entropy(model(x), y).backward()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        pytorch_hook(model)
+    sync(device)
+    pytorch_hook_s = (time.perf_counter() - start) / steps
     p = median["plain"]
     with FlopCounterMode(display=False) as counter:  # forward + backward FLOPs of one step
         F.cross_entropy(model(x), y).backward()
@@ -163,8 +175,11 @@ def step_times(k: int, device: torch.device, rounds: int, steps: int, fraction: 
         "grouped_step_ms": 1e3 * median["grouped"],
         "averaged_step_ms": 1e3 * median["averaged"],
         "hook_only_ms": 1e3 * hook_s,
+        "pytorch_hook_only_ms": 1e3 * pytorch_hook_s,
         "overhead_pct": overhead["grouped"][0],
         "overhead_pct_ci95": list(overhead["grouped"][1:]),
+        "pytorch_overhead_pct": overhead["grouped_pytorch"][0],
+        "pytorch_overhead_pct_ci95": list(overhead["grouped_pytorch"][1:]),
         "averaged_overhead_pct": overhead["averaged"][0],
         "averaged_overhead_pct_ci95": list(overhead["averaged"][1:]),
         "parts_overhead_pct": {v: overhead[v][0] for v in ("linear_only", "conv_only", "touch_conv2")},
@@ -334,6 +349,7 @@ def main() -> None:
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
+        "native_kernel": group_mean_kernel() is not None,
         "settings": [],
     }
     for threads in args.threads:
@@ -367,9 +383,11 @@ def report(setting: dict) -> None:
             f"k={row['k']:>2}, groups {row['group_fraction']:g} of the neurons: plain "
             f"{row['plain_step_ms']:.2f} ms, grouped {row['grouped_step_ms']:.2f} ms "
             f"({row['overhead_pct']:+.1f}%, 95% CI {row['overhead_pct_ci95'][0]:+.1f} to "
-            f"{row['overhead_pct_ci95'][1]:+.1f}), averaged gradients alone "
+            f"{row['overhead_pct_ci95'][1]:+.1f}; PyTorch ops instead of the C kernel "
+            f"{row['pytorch_overhead_pct']:+.1f}%), averaged gradients alone "
             f"{row['averaged_step_ms']:.2f} ms ({row['averaged_overhead_pct']:+.1f}%), hook "
-            f"{row['hook_only_ms']:.3f} ms; {row['finetune_gflops']:.1f} GFLOP/s "
+            f"{row['hook_only_ms']:.3f} ms (PyTorch ops {row['pytorch_hook_only_ms']:.3f} ms); "
+            f"{row['finetune_gflops']:.1f} GFLOP/s "
             f"({100 * row['fraction_of_matmul']:.0f}% of matmul); parts: "
             + ", ".join(f"{v} {pct:+.1f}%" for v, pct in row["parts_overhead_pct"].items())
         )
