@@ -278,9 +278,7 @@ class GroupedGradient:
 
     def averaged(self) -> list[nn.Parameter]:
         """The parameters whose gradients the hook averages now (not those trained through deltas)."""
-        return [
-            part.param for name, layer in self._layers.items() if name not in self._deltas for part in layer.parts
-        ]
+        return [part.param for part in self._rows()]
 
     def counts(self) -> dict[str, int]:
         """Groups per layer actually shared (layers with one neuron per group are omitted)."""
@@ -330,9 +328,7 @@ class GroupedGradient:
     def _refresh_parts(self) -> None:
         """The averaging parts the hook applies: those of every grouped layer not in deltas, the
         CPU float32 ones in one call of the C kernel where it is available."""
-        rows = [
-            part for name, layer in self._layers.items() if name not in self._deltas for part in layer.parts
-        ]
+        rows = self._rows()
         native = [part for part in rows if _NativeRows.supports(part)]
         kernel = group_mean_kernel() if native and self.native else None
         if kernel is None:
@@ -340,6 +336,12 @@ class GroupedGradient:
         else:
             self._parts = [part for part in rows if not _NativeRows.supports(part)]
             self._parts.append(_NativeRows(native, kernel))
+
+    def _rows(self) -> list[_Rows]:
+        """The averaging parts of every grouped layer not trained through deltas."""
+        return [
+            part for name, layer in self._layers.items() if name not in self._deltas for part in layer.parts
+        ]
 
     def _swap(self, name: str, module: nn.Module) -> None:
         parent, _, child = name.rpartition(".")
