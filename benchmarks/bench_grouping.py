@@ -146,21 +146,18 @@ def step_times(k: int, device: torch.device, rounds: int, steps: int, fraction: 
     t = {v: torch.tensor(ts, dtype=torch.float64) for v, ts in times.items()}
     overhead = {v: median_ci(100 * (t[v] / t["plain"] - 1)) for v in variants if v != "plain"}
     median = {v: ts.median().item() for v, ts in t.items()}
-    F.cross_entropy(model(x), y).backward()
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        hook(model)
-    sync(device)
-    hook_s = (time.perf_counter() - start) / steps
-    pytorch_hook = hooks["grouped_pytorch"][0]
-    F.cross_entropy(model(x), y).backward()
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        pytorch_hook(model)
-    sync(device)
-    pytorch_hook_s = (time.perf_counter() - start) / steps
+
+    def hook_alone(h) -> float:
+        """Seconds per call of the hook ``h`` alone, on one step's gradients."""
+        F.cross_entropy(model(x), y).backward()
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            h(model)
+        sync(device)
+        return (time.perf_counter() - start) / steps
+
+    hook_s, pytorch_hook_s = hook_alone(hook), hook_alone(hooks["grouped_pytorch"][0])
     p = median["plain"]
     with FlopCounterMode(display=False) as counter:  # forward + backward FLOPs of one step
         F.cross_entropy(model(x), y).backward()
