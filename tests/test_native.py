@@ -50,7 +50,7 @@ def test_the_kernel_builds_and_averages_every_cpu_parameter_in_one_call(fresh_ke
     ],
 )
 @pytest.mark.parametrize("share_bias", [True, False])
-def test_native_and_pytorch_fine_tuning_are_bitwise_identical(cfg, share_bias):
+def test_native_and_pytorch_fine_tuning_are_bitwise_identical(fresh_kernel, cfg, share_bias):
     task = tiny_task()
     states = []
     for use_native in (True, False):
@@ -69,13 +69,14 @@ def test_native_and_pytorch_fine_tuning_are_bitwise_identical(cfg, share_bias):
 
 @pytest.mark.skipif(not HAS_CC, reason="no C compiler (cc) on this machine")
 @pytest.mark.parametrize("n, d, groups", [(7, 1, 3), (40, 3, 40), (64, 257, 5), (9, 10, 1)])
-def test_odd_shapes_and_noncontiguous_gradients_match_bitwise(n, d, groups):
+def test_odd_shapes_and_noncontiguous_gradients_match_bitwise(fresh_kernel, n, d, groups):
     gen = torch.Generator().manual_seed(n * d)
     assign = torch.cat([torch.arange(groups), torch.randint(groups, (n - groups,), generator=gen)])
     grads = []
     for use_native in (True, False):
         layer = nn.Linear(d, n)
         hook = GroupedGradient(layer, {"": assign}, native=use_native)
+        assert ("_NativeRows" in kinds(hook)) == use_native
         layer.weight.grad = torch.randn(d, n, generator=torch.Generator().manual_seed(1)).t()  # transposed
         layer.bias.grad = torch.randn(n, generator=torch.Generator().manual_seed(2)) * 1e3
         hook(layer)
