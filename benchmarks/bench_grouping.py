@@ -22,8 +22,9 @@
 
 Everything is measured once per thread count of ``--threads`` (default 1 and 2): one thread is the
 pipeline's setting (each job runs single-threaded, two side by side on 2 cores), two is one process
-using both cores. Ratios are taken within one setting of one run. Runs in about 12 minutes on 2 CPU
-cores: ``python benchmarks/bench_grouping.py [--device cuda]``.
+using both cores. Ratios are taken within one setting of one run. Runs in 12-18 minutes on 2 CPU
+cores: ``python benchmarks/bench_grouping.py [--device cuda]``; ``--sections steps`` (or ``search``,
+``full_search``) measures a part alone.
 """
 
 from __future__ import annotations
@@ -323,6 +324,13 @@ def main() -> None:
         default=[0.25, 0.0625, 0.5],
         help="groups per neuron in every layer for the step times (the first is the headline)",
     )
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        choices=["steps", "search", "full_search"],
+        default=["steps", "search", "full_search"],
+        help="what to measure: step times, search evaluations per minute, whole searches",
+    )
     parser.add_argument("--members", type=int, nargs="+", default=[2, 8])
     parser.add_argument("--train-steps", type=int, default=100, help="full-fidelity steps")
     parser.add_argument("--low-steps", type=int, default=50, help="low-fidelity (search) steps")
@@ -355,14 +363,20 @@ def main() -> None:
             "threads": threads,
             "matmul": matmul_gflops(device),
             "step_time": [
-                step_times(k, device, args.rounds, args.steps, f) for f in args.fractions for k in (1, 5, 10)
+                step_times(k, device, args.rounds, args.steps, f)
+                for f in args.fractions
+                for k in (1, 5, 10)
+                if "steps" in args.sections
             ],
             "search_throughput": [
                 evaluations_per_minute(device, m, args.train_steps, args.low_steps, k, args.repeats)
                 for k in (1, 5)
                 for m in args.members
+                if "search" in args.sections
             ],
-            "full_search": [full_search(device, k, Path(args.params)) for k in (1, 5)],
+            "full_search": [
+                full_search(device, k, Path(args.params)) for k in (1, 5) if "full_search" in args.sections
+            ],
         }
         for row in setting["step_time"]:
             row["fraction_of_matmul"] = row["finetune_gflops"] / setting["matmul"]["gflops"]
