@@ -8,9 +8,10 @@ It does exactly what the PyTorch path does, in the same order (rows added into g
 order, a multiply by ``1/|group|``, rows overwritten), so results are bitwise the same: a machine
 without a C compiler gets the same numbers, only slower (a test checks it).
 
-The source is compiled on first use with ``$CC`` (default ``cc``), without floating-point
-contraction, into ``$KSHOT_CACHE_DIR`` (default ``$XDG_CACHE_HOME/kshot`` or ``~/.cache/kshot``),
-under a name keyed by the source and the command, so an edited source is rebuilt. The library is
+The source is compiled on first use with ``$CC`` (default ``cc``; a command with arguments, such
+as ``ccache gcc``, works), without floating-point contraction, into ``$KSHOT_CACHE_DIR`` (default
+``$XDG_CACHE_HOME/kshot``, else ``~/.cache/kshot``), under a name keyed by the source and the
+command, so an edited source is rebuilt. The library is
 written to a temporary file and renamed, so jobs building it side by side never load a
 half-written one. ``KSHOT_NATIVE=0`` turns the kernel off; where it does not build, a warning
 says why and the PyTorch path runs.
@@ -22,9 +23,11 @@ import ctypes
 import functools
 import hashlib
 import os
+import shlex
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 SOURCE = Path(__file__).parent / "csrc" / "group_mean.c"
@@ -39,26 +42,27 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kshot"
 
 
-@functools.cache
-def group_mean_kernel() -> ctypes._CFuncPtr | None:
+@functools.cache  # once per process: the environment is read on the first call
+def group_mean_kernel() -> Callable[..., None] | None:
     """``kshot_group_mean(parts, g, n, d, assign, groups, inv_counts, sums)`` from the compiled
     kernel (pointer arrays, one entry per part), or ``None`` where it is turned off or unavailable."""
     if os.environ.get("KSHOT_NATIVE", "1") == "0":
         return None
     try:
+        path = build()
         try:
-            lib = ctypes.CDLL(str(build()))
+            lib = ctypes.CDLL(str(path))
         except OSError:  # a cached library that does not load (e.g. truncated on disk): rebuild it
             lib = ctypes.CDLL(str(build(force=True)))
-    except (OSError, subprocess.SubprocessError) as err:
+        fn = lib.kshot_group_mean
+    except (OSError, RuntimeError, AttributeError, ValueError, subprocess.SubprocessError) as err:
         warnings.warn(
             f"kshot.native: the C kernel for the shared gradient is unavailable ({err}); "
-            "using PyTorch ops instead (the same results, slower)",
+            "using PyTorch ops instead (the same results, slower; KSHOT_NATIVE=0 silences this)",
             RuntimeWarning,
             stacklevel=2,
         )
         return None
-    fn = lib.kshot_group_mean
     fn.argtypes = [ctypes.c_int64] + [_PTR] * 7
     fn.restype = None
     return fn
@@ -66,8 +70,7 @@ def group_mean_kernel() -> ctypes._CFuncPtr | None:
 
 def build(force: bool = False) -> Path:
     """Compile ``SOURCE`` into the cache (unless there already) and return the library's path."""
-    cc = os.environ.get("CC", "cc")
-    command = (cc, *FLAGS)
+    command = (*shlex.split(os.environ.get("CC") or "cc"), *FLAGS)
     key = hashlib.sha256(SOURCE.read_bytes() + "\0".join(command).encode()).hexdigest()[:16]
     folder = cache_dir()
     lib = folder / f"group_mean-{key}.so"

@@ -37,9 +37,8 @@ Design choices:
   for one extra ``[B, G]`` matmul in the forward pass. Up to half of the neurons as groups (the
   search menu's coarsest fraction below one neuron per group, rounded up): the deltas' extra
   matmuls grow with the batch and averaging does not, so they win at small k and lose a little at
-  k=10. ``benchmarks/bench_grouping.py``, half of every layer's neurons as groups, 1 thread: +9.5%
-  through deltas against +16.6% averaged at k=1, +4.9% against +6.4% at k=5, +4.5% against +3.7%
-  at k=10. :meth:`GroupedGradient.attach` swaps such layers for :class:`GroupDeltaLinear`
+  k=10.
+  :meth:`GroupedGradient.attach` swaps such layers for :class:`GroupDeltaLinear`
   (``kshot.finetune.train`` does it when the update is exactly the same),
   :meth:`GroupedGradient.detach` folds the deltas back into the layer's own tensors.
   The results equal the averaged gradient's up to float rounding (a test); ``benchmarks/`` measures
@@ -50,6 +49,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -106,21 +106,26 @@ class _Rows:
         p = self.param
         self.sums = p.new_zeros(self.n_groups, p.numel() // len(self.assign), requires_grad=False)
 
-    def apply(self) -> None:
+    def rows(self) -> torch.Tensor | None:
+        """The gradient as ``[N, D]`` rows in its own storage (``None`` without a gradient): a
+        contiguous gradient, or a channels_last conv gradient, which keeps each output channel's
+        entries in one contiguous block (in another order, the same for every row); any other
+        layout is made contiguous first."""
         g = self.param.grad
         if g is None:
-            return
+            return None
         n = len(self.assign)
         if g.is_contiguous():
-            rows = g.view(n, -1)
-        elif g.dim() == 4 and g.is_contiguous(memory_format=torch.channels_last):
-            # a channels_last conv gradient keeps each output channel's entries in one contiguous
-            # block (in another order, the same for every row): average those blocks, no copy
-            rows = g.permute(0, 2, 3, 1).view(n, -1)
-        else:
-            g = self.param.grad = g.contiguous()
-            rows = g.view(n, -1)
-        group_mean_rows_(rows, self.assign, self.inv_counts, self.n_groups, self.sums)
+            return g.view(n, -1)
+        if g.dim() == 4 and g.is_contiguous(memory_format=torch.channels_last):
+            return g.permute(0, 2, 3, 1).view(n, -1)
+        g = self.param.grad = g.contiguous()
+        return g.view(n, -1)
+
+    def apply(self) -> None:
+        rows = self.rows()
+        if rows is not None:
+            group_mean_rows_(rows, self.assign, self.inv_counts, self.n_groups, self.sums)
 
 
 class _NativeRows:
@@ -128,7 +133,7 @@ class _NativeRows:
     (:mod:`kshot.native`): bitwise the same as the parts' own :meth:`_Rows.apply`, without its four
     PyTorch dispatches per parameter. Only for float32 parameters on the CPU."""
 
-    def __init__(self, parts: list[_Rows], kernel) -> None:
+    def __init__(self, parts: list[_Rows], kernel: Callable[..., None]) -> None:
         self.parts = parts
         self.kernel = kernel
         self._keep = [(p.assign.contiguous(), p.inv_counts.contiguous()) for p in parts]  # alive
@@ -144,23 +149,18 @@ class _NativeRows:
 
     @staticmethod
     def supports(part: _Rows) -> bool:
-        p = part.param
-        return p.device.type == "cpu" and p.dtype == torch.float32 and part.sums.is_contiguous()
+        return part.param.device.type == "cpu" and part.param.dtype == torch.float32
 
     def apply(self) -> None:
         grads = self.grads
         for i, part in enumerate(self.parts):
-            g = part.param.grad
-            if g is None:
-                grads[i] = None
-                continue
-            # the kernel wants rows of d floats at a stride of d: a contiguous gradient, or a
-            # channels_last conv gradient (each output channel's entries in one contiguous block)
-            if not (
-                g.is_contiguous() or (g.dim() == 4 and g.is_contiguous(memory_format=torch.channels_last))
-            ):
-                g = part.param.grad = g.contiguous()
-            grads[i] = g.data_ptr()
+            rows = part.rows()
+            if rows is not None and (rows.device.type != "cpu" or rows.dtype != torch.float32):
+                raise RuntimeError(
+                    f"GroupedGradient: a gradient of {rows.dtype} on {rows.device}, expected float32 "
+                    "on the CPU as when the hook was built; build the hook after moving the model"
+                )
+            grads[i] = None if rows is None else rows.data_ptr()
         self.kernel(
             len(self.parts), grads, self.n, self.d, self.assign, self.groups, self.inv_counts, self.sums
         )

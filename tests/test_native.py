@@ -1,20 +1,26 @@
 """The C kernel of the shared gradient (kshot.native): bitwise the PyTorch path's results, built on
 first use, and a clear fallback where it cannot be built."""
 
+import os
+import shlex
 import shutil
 
 import pytest
 import torch
+import torch.nn.functional as F
 from tiny_nets import tiny_lenet, tiny_task
 from torch import nn
 
 from kshot import native
 from kshot.config import FinetuneConfig
-from kshot.finetune import train
+from kshot.finetune import to_input, train
 from kshot.shared_grad import GroupedGradient
 
 CPU = torch.device("cpu")
-HAS_CC = shutil.which("cc") is not None
+NEEDS_CC = pytest.mark.skipif(
+    shutil.which(shlex.split(os.environ.get("CC") or "cc")[0]) is None,
+    reason="no C compiler ($CC or cc) on this machine",
+)
 GROUPS = {"conv1": torch.tensor([0, 1, 0, 2, 1]), "conv2": torch.arange(12) % 4, "fc1": torch.arange(125) % 7}
 
 
@@ -31,7 +37,7 @@ def kinds(hook):
     return sorted(type(part).__name__ for part in hook._parts)
 
 
-@pytest.mark.skipif(not HAS_CC, reason="no C compiler (cc) on this machine")
+@NEEDS_CC
 def test_the_kernel_builds_and_averages_every_cpu_parameter_in_one_call(fresh_kernel):
     model = tiny_lenet()
     hook = GroupedGradient(model, GROUPS)
@@ -41,7 +47,7 @@ def test_the_kernel_builds_and_averages_every_cpu_parameter_in_one_call(fresh_ke
     assert kinds(GroupedGradient(model, GROUPS, native=False)) == ["_Rows"] * 6
 
 
-@pytest.mark.skipif(not HAS_CC, reason="no C compiler (cc) on this machine")
+@NEEDS_CC
 @pytest.mark.parametrize(
     "cfg",
     [
@@ -67,7 +73,7 @@ def test_native_and_pytorch_fine_tuning_are_bitwise_identical(fresh_kernel, cfg,
     assert moved >= 6
 
 
-@pytest.mark.skipif(not HAS_CC, reason="no C compiler (cc) on this machine")
+@NEEDS_CC
 @pytest.mark.parametrize("n, d, groups", [(7, 1, 3), (40, 3, 40), (64, 257, 5), (9, 10, 1)])
 def test_odd_shapes_and_noncontiguous_gradients_match_bitwise(fresh_kernel, n, d, groups):
     gen = torch.Generator().manual_seed(n * d)
@@ -86,6 +92,36 @@ def test_odd_shapes_and_noncontiguous_gradients_match_bitwise(fresh_kernel, n, d
     for g in range(groups):
         rows = grads[0][0][assign == g]
         assert torch.equal(rows, rows[:1].expand_as(rows))
+
+
+@NEEDS_CC
+def test_channels_last_gradients_and_missing_ones_match_bitwise(fresh_kernel):
+    grads = []
+    for use_native in (True, False):
+        model = tiny_lenet().to(memory_format=torch.channels_last)
+        hook = GroupedGradient(model, GROUPS, native=use_native)
+        assert ("_NativeRows" in kinds(hook)) == use_native
+        images, labels = tiny_task()
+        F.cross_entropy(model(to_input(images, CPU)), labels).backward()
+        assert model.conv2.weight.grad.is_contiguous(memory_format=torch.channels_last)
+        assert not model.conv2.weight.grad.is_contiguous()
+        model.conv1.bias.grad = None  # a part without a gradient is skipped
+        hook(model)
+        assert model.conv1.bias.grad is None
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    for name, g in grads[0].items():
+        assert torch.equal(g, grads[1][name]), name
+
+
+@NEEDS_CC
+def test_a_model_moved_after_the_hook_was_built_is_a_named_error(fresh_kernel):
+    model = tiny_lenet()
+    hook = GroupedGradient(model, GROUPS)
+    model.double()
+    images, labels = tiny_task()
+    F.cross_entropy(model(to_input(images, CPU).double()), labels).backward()
+    with pytest.raises(RuntimeError, match=r"torch\.float64 on cpu, expected float32"):
+        hook(model)
 
 
 def test_float64_and_missing_gradients_take_the_pytorch_path():
@@ -110,7 +146,7 @@ def test_a_compiler_that_fails_gives_a_warning_naming_the_source_and_the_pytorch
     assert kinds(hook) == ["_Rows"] * 6
 
 
-@pytest.mark.skipif(not HAS_CC, reason="no C compiler (cc) on this machine")
+@NEEDS_CC
 def test_a_corrupt_cached_library_is_rebuilt(fresh_kernel):
     lib = native.build()
     lib.write_bytes(b"not a shared library")
