@@ -154,13 +154,22 @@ class _NativeRows:
     def apply(self) -> None:
         grads = self.grads
         for i, part in enumerate(self.parts):
-            rows = part.rows()
-            if rows is not None and (rows.device.type != "cpu" or rows.dtype != torch.float32):
+            g = part.param.grad
+            if g is None:
+                grads[i] = None
+                continue
+            if g.dtype != torch.float32 or not g.is_cpu:
                 raise RuntimeError(
-                    f"GroupedGradient: a gradient of {rows.dtype} on {rows.device}, expected float32 "
+                    f"GroupedGradient: a gradient of {g.dtype} on {g.device}, expected float32 "
                     "on the CPU as when the hook was built; build the hook after moving the model"
                 )
-            grads[i] = None if rows is None else rows.data_ptr()
+            # the kernel wants rows of d floats at a stride of d: a contiguous gradient, or a
+            # channels_last conv gradient (see _Rows.rows); attribute checks only, no new tensors
+            if not (
+                g.is_contiguous() or (g.dim() == 4 and g.is_contiguous(memory_format=torch.channels_last))
+            ):
+                g = part.rows()
+            grads[i] = g.data_ptr()
         self.kernel(
             len(self.parts), grads, self.n, self.d, self.assign, self.groups, self.inv_counts, self.sums
         )
