@@ -11,10 +11,9 @@ without a C compiler gets the same numbers, only slower (a test checks it).
 The source is compiled on first use with ``$CC`` (default ``cc``; a command with arguments, such
 as ``ccache gcc``, works), without floating-point contraction, into ``$KSHOT_CACHE_DIR`` (default
 ``$XDG_CACHE_HOME/kshot``, else ``~/.cache/kshot``), under a name keyed by the source and the
-command, so an edited source is rebuilt. The library is
-written to a temporary file and renamed, so jobs building it side by side never load a
-half-written one. ``KSHOT_NATIVE=0`` turns the kernel off; where it does not build, a warning
-says why and the PyTorch path runs.
+command, so an edited source is rebuilt. The library is written to a temporary file and renamed,
+so jobs building it side by side never load a half-written one. ``KSHOT_NATIVE=0`` turns the
+kernel off; where it does not build, a warning says why and the PyTorch path runs.
 """
 
 from __future__ import annotations

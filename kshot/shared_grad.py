@@ -92,6 +92,13 @@ def inverse_counts(assign: torch.Tensor, n_groups: int) -> torch.Tensor:
     return torch.where(counts > 0, 1.0 / counts.clamp_min(1.0), torch.zeros_like(counts))[:, None]
 
 
+def _rows_in_place(g: torch.Tensor) -> bool:
+    """Whether ``g``'s ``[N, D]`` rows lie in its storage as ``N`` blocks of ``D`` values at a
+    stride of ``D``: a contiguous gradient, or a channels_last conv gradient (each output channel's
+    entries in one contiguous block, in another order, the same for every row)."""
+    return g.is_contiguous() or (g.dim() == 4 and g.is_contiguous(memory_format=torch.channels_last))
+
+
 @dataclass
 class _Rows:
     """One parameter whose gradient rows are averaged by group."""
@@ -107,20 +114,17 @@ class _Rows:
         self.sums = p.new_zeros(self.n_groups, p.numel() // len(self.assign), requires_grad=False)
 
     def rows(self) -> torch.Tensor | None:
-        """The gradient as ``[N, D]`` rows in its own storage (``None`` without a gradient): a
-        contiguous gradient, or a channels_last conv gradient, which keeps each output channel's
-        entries in one contiguous block (in another order, the same for every row); any other
-        layout is made contiguous first."""
+        """The gradient as ``[N, D]`` rows in its own storage (``None`` without a gradient); a
+        layout whose rows are not in place (:func:`_rows_in_place`) is made contiguous first."""
         g = self.param.grad
         if g is None:
             return None
         n = len(self.assign)
+        if not _rows_in_place(g):
+            g = self.param.grad = g.contiguous()
         if g.is_contiguous():
             return g.view(n, -1)
-        if g.dim() == 4 and g.is_contiguous(memory_format=torch.channels_last):
-            return g.permute(0, 2, 3, 1).view(n, -1)
-        g = self.param.grad = g.contiguous()
-        return g.view(n, -1)
+        return g.permute(0, 2, 3, 1).view(n, -1)  # channels_last
 
     def apply(self) -> None:
         rows = self.rows()
@@ -163,11 +167,7 @@ class _NativeRows:
                     f"GroupedGradient: a gradient of {g.dtype} on {g.device}, expected float32 "
                     "on the CPU as when the hook was built; build the hook after moving the model"
                 )
-            # the kernel wants rows of d floats at a stride of d: a contiguous gradient, or a
-            # channels_last conv gradient (see _Rows.rows); attribute checks only, no new tensors
-            if not (
-                g.is_contiguous() or (g.dim() == 4 and g.is_contiguous(memory_format=torch.channels_last))
-            ):
+            if not _rows_in_place(g):  # attribute checks only: no view tensors in the hot path
                 g = part.rows()
             grads[i] = g.data_ptr()
         self.kernel(
