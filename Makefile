@@ -22,5 +22,5 @@ report: setup
 	$(ACTIVATE) snakemake --cores $(CORES) --report reports/report.html
 
 clean:
-	rm -rf data/prepared data/episodes data/checkpoints data/activations data/groups data/search data/runs data/logs \
-		reports/tables reports/figures
+	rm -rf data/prepared data/episodes data/checkpoints data/activations data/groups data/search data/runs data/logs data/regime \
+		reports/tables reports/figures reports/regime

@@ -1,7 +1,9 @@
 """End to end: the real Snakefile on a tiny config (digits only, so it runs offline anywhere)."""
 
+import copy
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +15,9 @@ import yaml
 from tests.conftest import REPO
 
 
-def run_snakemake(workdir: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+def run_snakemake(
+    workdir: Path, *extra: str, check: bool = True, quiet: bool = True
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     cmd = [
         sys.executable,
@@ -25,8 +29,7 @@ def run_snakemake(workdir: Path, *extra: str, check: bool = True) -> subprocess.
         str(workdir),
         "--cores",
         "2",
-        "--quiet",
-        "rules",
+        *(["--quiet", "rules"] if quiet else []),
         *extra,
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -101,6 +104,38 @@ def test_activation_and_group_stages_feed_the_grouped_runs(pipeline_dir):
 def test_second_run_has_nothing_to_do(pipeline_dir):
     proc = run_snakemake(pipeline_dir, "-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_regime_study_writes_its_own_files_apart_from_the_default_runs(pipeline_dir, tmp_path):
+    """The regime's jobs that the default run does not make write under data/regime/ and
+    reports/regime/, outside the DVC stages' outputs; the runs both use are not made again."""
+    from tests.conftest import TINY_PARAMS
+
+    work = tmp_path / "copy"
+    shutil.copytree(pipeline_dir, work, symlinks=True)
+    params = copy.deepcopy(TINY_PARAMS)
+    params["sources"]["digits04_wide"] = {**params["sources"]["digits04"], "width": 1.0}
+    params["benchmarks"]["tiny_wide"] = {**params["benchmarks"]["tiny"], "source": "digits04_wide"}
+    params["methods"]["full_long"] = {"kind": "full", "steps": 8}
+    params["regime"] = {
+        "runs": [{"benchmarks": ["tiny", "tiny_wide"], "methods": ["full", "grouped", "full_long"]}],
+        "pairs": [["grouped", "full"], ["full_long", "full"]],
+    }
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = run_snakemake(work, "-n", "regime", quiet=False)
+    planned = [
+        path.strip()
+        for line in proc.stdout.splitlines()
+        if line.strip().startswith("output:")
+        for path in line.split(":", 1)[1].split(",")
+    ]
+    assert "data/regime/checkpoints/digits04_wide/source.pt" in planned
+    assert "data/regime/runs/tiny/full_long/k1/metrics.json" in planned
+    assert "data/regime/runs/tiny_wide/grouped/k1/metrics.json" in planned
+    assert "reports/regime/regime.md" in planned
+    outside = [p for p in planned if not p.startswith(("data/regime/", "reports/regime/"))]
+    assert not outside, f"regime jobs writing into the default run's folders: {outside}"
 
 
 @pytest.mark.slow

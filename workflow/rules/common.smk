@@ -1,4 +1,5 @@
 # Validation of the config and the input functions every rule shares.
+import functools
 import json
 
 from snakemake.utils import validate
@@ -16,6 +17,9 @@ PARAMS = params_from_dict(
 
 RAW = config["data"]["raw_dir"]
 LOGS = "data/logs"
+# Files that only the regime study needs live under data/regime/, outside the DVC stages' outputs
+# (data/prepared, data/runs, ...), so running it leaves `dvc status` of the default run as it was.
+REGIME_ROOT = "data/regime"
 
 
 wildcard_constraints:
@@ -26,6 +30,7 @@ wildcard_constraints:
     method=r"[A-Za-z0-9_\-]+",
     strategy=r"reinforce|random",
     tag=TAG_PATTERN,
+    root="data|data/regime",
 
 
 def params_json(*sections, **named):
@@ -65,15 +70,53 @@ def activation_tag(method=None):
     return options.activation_spec.tag
 
 
+@functools.cache
+def default_outputs():
+    """Every file under data/ that the default run (``run:``) makes."""
+    grouped = [m for m in config["run"]["methods"] if is_grouped(m)]
+    groups = expand(
+        "data/groups/{benchmark}/{method}/k{k}.{ext}",
+        benchmark=config["run"]["benchmarks"],
+        method=grouped,
+        k=config["episodes"]["k"],
+        ext=["pt", "json"],
+    )
+    return frozenset(
+        data_targets()
+        + pretrain_targets()
+        + activation_targets()
+        + search_targets()
+        + run_metrics()
+        + groups
+    )
+
+
+def home(rel):
+    """Where the file ``data/<rel>`` is: under data/ when the default run makes it, else under
+    data/regime/ (a file only the regime study needs, e.g. a wide backbone's checkpoint).
+    """
+    path = f"data/{rel}"
+    return path if path in default_outputs() else f"{REGIME_ROOT}/{rel}"
+
+
+def inputs_of(w):
+    """The checkpoint, prepared target and episodes of benchmark ``w.benchmark`` at ``w.k``."""
+    return {
+        "ckpt": home(f"checkpoints/{source_of(w.benchmark)}/source.pt"),
+        "target": home(f"prepared/targets/{w.benchmark}.pt"),
+        "episodes": home(f"episodes/{w.benchmark}/k{w.k}.json"),
+    }
+
+
 def activations_file(benchmark, k, tag):
-    return f"data/activations/{benchmark}/k{k}/{tag}.pt"
+    return home(f"activations/{benchmark}/k{k}/{tag}.pt")
 
 
 def groups_input(wildcards):
     """The group stage's file a grouped method reads (none for other kinds)."""
     if not is_grouped(wildcards.method):
         return []
-    return f"data/groups/{wildcards.benchmark}/{wildcards.method}/k{wildcards.k}.pt"
+    return home(f"groups/{wildcards.benchmark}/{wildcards.method}/k{wildcards.k}.pt")
 
 
 def activation_targets():
@@ -96,7 +139,7 @@ def search_input(wildcards):
     if spec["kind"] != "grouped_rl":
         return []
     strategy = spec.get("search", "reinforce")
-    return f"data/search/{wildcards.benchmark}/k{wildcards.k}/{strategy}.json"
+    return home(f"search/{wildcards.benchmark}/k{wildcards.k}/{strategy}.json")
 
 
 def search_targets():
@@ -126,11 +169,12 @@ def used_sources():
 
 
 def regime_runs():
-    """Metrics of every run of the regime study (regime.runs blocks)."""
+    """Metrics of every run of the regime study (regime.runs blocks): the default run's where it
+    has them, the others under data/regime/."""
     out = []
     for block in config.get("regime", {}).get("runs", []):
         out += run_metrics(block["benchmarks"], block["methods"])
-    return sorted(set(out))
+    return sorted({home(path.removeprefix("data/")) for path in out})
 
 
 def comparison_pairs(kind):

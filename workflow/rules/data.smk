@@ -22,9 +22,9 @@ rule prepare_source:
     input:
         raw=lambda w: f"{RAW}/{source_dataset(w.source)}",
     output:
-        "data/prepared/sources/{source}.pt",
+        "{root}/prepared/sources/{source}.pt",
     log:
-        f"{LOGS}/prepare_source/{{source}}.log",
+        "{root}/logs/prepare_source/{source}.log",
     conda:
         "../../environment.yml"
     threads: 1
@@ -41,9 +41,9 @@ rule prepare_target:
     input:
         raw=lambda w: f"{RAW}/{target_dataset(w.benchmark)}",
     output:
-        "data/prepared/targets/{benchmark}.pt",
+        "{root}/prepared/targets/{benchmark}.pt",
     log:
-        f"{LOGS}/prepare_target/{{benchmark}}.log",
+        "{root}/logs/prepare_target/{benchmark}.log",
     conda:
         "../../environment.yml"
     threads: 1
@@ -60,11 +60,11 @@ rule prepare_target:
 
 rule episodes:
     input:
-        "data/prepared/targets/{benchmark}.pt",
+        lambda w: home(f"prepared/targets/{w.benchmark}.pt"),
     output:
-        "data/episodes/{benchmark}/k{k}.json",
+        "{root}/episodes/{benchmark}/k{k}.json",
     log:
-        f"{LOGS}/episodes/{{benchmark}}_k{{k}}.log",
+        "{root}/logs/episodes/{benchmark}_k{k}.log",
     conda:
         "../../environment.yml"
     threads: 1

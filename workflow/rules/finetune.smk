@@ -3,17 +3,15 @@
 
 rule finetune:
     input:
-        ckpt=lambda w: f"data/checkpoints/{source_of(w.benchmark)}/source.pt",
-        target="data/prepared/targets/{benchmark}.pt",
-        episodes="data/episodes/{benchmark}/k{k}.json",
+        unpack(inputs_of),
         groups=groups_input,
     output:
         # also written beside it, undeclared: timings.json (wall times) and episodes/ (resume
         # files). DVC leaves both out of data/runs (.dvcignore), so a `dvc pull` does not bring
         # them, and Snakemake must not rerun a run for their absence.
-        metrics="data/runs/{benchmark}/{method}/k{k}/metrics.json",
+        metrics="{root}/runs/{benchmark}/{method}/k{k}/metrics.json",
     log:
-        f"{LOGS}/finetune/{{benchmark}}_{{method}}_k{{k}}.log",
+        "{root}/logs/finetune/{benchmark}_{method}_k{k}.log",
     conda:
         "../../environment.yml"
     threads: 1

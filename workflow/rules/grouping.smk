@@ -5,13 +5,11 @@
 # groupable layer on every episode (evaluation, search and selection).
 rule activations:
     input:
-        ckpt=lambda w: f"data/checkpoints/{source_of(w.benchmark)}/source.pt",
-        target="data/prepared/targets/{benchmark}.pt",
-        episodes="data/episodes/{benchmark}/k{k}.json",
+        unpack(inputs_of),
     output:
-        "data/activations/{benchmark}/k{k}/{tag}.pt",
+        "{root}/activations/{benchmark}/k{k}/{tag}.pt",
     log:
-        f"{LOGS}/activations/{{benchmark}}_k{{k}}_{{tag}}.log",
+        "{root}/logs/activations/{benchmark}_k{k}_{tag}.log",
     priority: 20  # the searches wait for it
     conda:
         "../../environment.yml"
@@ -30,16 +28,14 @@ rule activations:
 # their cluster quality (the .json summary). grouped_rl's counts come from its search.
 rule group:
     input:
-        ckpt=lambda w: f"data/checkpoints/{source_of(w.benchmark)}/source.pt",
-        target="data/prepared/targets/{benchmark}.pt",
-        episodes="data/episodes/{benchmark}/k{k}.json",
+        unpack(inputs_of),
         acts=lambda w: activations_file(w.benchmark, w.k, activation_tag(w.method)),
         search=search_input,
     output:
-        groups="data/groups/{benchmark}/{method}/k{k}.pt",
-        summary="data/groups/{benchmark}/{method}/k{k}.json",
+        groups="{root}/groups/{benchmark}/{method}/k{k}.pt",
+        summary="{root}/groups/{benchmark}/{method}/k{k}.json",
     log:
-        f"{LOGS}/group/{{benchmark}}_{{method}}_k{{k}}.log",
+        "{root}/logs/group/{benchmark}_{method}_k{k}.log",
     conda:
         "../../environment.yml"
     threads: 1

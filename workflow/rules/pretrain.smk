@@ -3,12 +3,12 @@
 
 rule pretrain:
     input:
-        "data/prepared/sources/{source}.pt",
+        lambda w: home(f"prepared/sources/{w.source}.pt"),
     output:
-        ckpt="data/checkpoints/{source}/source.pt",
-        metrics="data/checkpoints/{source}/metrics.json",
+        ckpt="{root}/checkpoints/{source}/source.pt",
+        metrics="{root}/checkpoints/{source}/metrics.json",
     log:
-        f"{LOGS}/pretrain/{{source}}.log",
+        "{root}/logs/pretrain/{source}.log",
     conda:
         "../../environment.yml"
     threads: workflow.cores

@@ -1,36 +1,56 @@
-# Tables of paired comparisons: the default run's ablations, and the regime study
-# (`snakemake --cores N regime`, not part of the default run).
+# Tables of paired comparisons: the default run's ablations (reports/tables/), and the regime study
+# (`snakemake --cores N regime`, not part of the default run; its table in reports/regime/, its own
+# files under data/regime/, so neither is inside what the DVC stages version).
 
 
 rule compare:
     input:
-        runs=lambda w: regime_runs() if w.kind == "regime" else run_metrics(),
+        runs=run_metrics(),
     output:
-        table="reports/tables/{kind}.md",
+        table="reports/tables/ablation.md",
         csv=report(
-            "reports/tables/{kind}.csv",
+            "reports/tables/ablation.csv",
             caption="../report/comparisons.rst",
             category="4. Paired comparisons",
-            labels={"table": "{kind}"},
+            labels={"table": "ablation"},
         ),
-        tex="reports/tables/{kind}.tex",
+        tex="reports/tables/ablation.tex",
     log:
-        f"{LOGS}/compare/{{kind}}.log",
-    wildcard_constraints:
-        kind="ablation|regime",
+        f"{LOGS}/compare/ablation.log",
     conda:
         "../../environment.yml"
     threads: 1
     resources:
         mem_mb=2000,
     params:
-        pairs=lambda w: [f"{a}:{b}" for a, b in comparison_pairs(w.kind)],
-        stem=lambda w: f"reports/tables/{w.kind}",
+        kind="ablation",
+        pairs=[f"{a}:{b}" for a, b in comparison_pairs("ablation")],
+        stem=subpath(output.table, strip_suffix=".md"),
     shell:
-        "python -m kshot compare --kind {wildcards.kind} --runs {input.runs} "
+        "python -m kshot compare --kind {params.kind} --runs {input.runs} "
         "--pairs {params.pairs} --out-stem {params.stem} > {log} 2>&1"
+
+
+use rule compare as compare_regime with:
+    input:
+        runs=regime_runs(),
+    output:
+        table="reports/regime/regime.md",
+        csv=report(
+            "reports/regime/regime.csv",
+            caption="../report/comparisons.rst",
+            category="4. Paired comparisons",
+            labels={"table": "regime"},
+        ),
+        tex="reports/regime/regime.tex",
+    log:
+        f"{REGIME_ROOT}/logs/compare/regime.log",
+    params:
+        kind="regime",
+        pairs=[f"{a}:{b}" for a, b in comparison_pairs("regime")],
+        stem=subpath(output.table, strip_suffix=".md"),
 
 
 rule regime:
     input:
-        "reports/tables/regime.md",
+        "reports/regime/regime.md",

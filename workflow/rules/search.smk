@@ -3,14 +3,12 @@
 
 rule search:
     input:
-        ckpt=lambda w: f"data/checkpoints/{source_of(w.benchmark)}/source.pt",
-        target="data/prepared/targets/{benchmark}.pt",
-        episodes="data/episodes/{benchmark}/k{k}.json",
+        unpack(inputs_of),
         acts=lambda w: activations_file(w.benchmark, w.k, activation_tag()),
     output:
-        "data/search/{benchmark}/k{k}/{strategy}.json",
+        "{root}/search/{benchmark}/k{k}/{strategy}.json",
     log:
-        f"{LOGS}/search/{{benchmark}}_k{{k}}_{{strategy}}.log",
+        "{root}/logs/search/{benchmark}_k{k}_{strategy}.log",
     priority: 10  # long jobs on the critical path (grouped_rl waits for them): start them first
     conda:
         "../../environment.yml"
