@@ -31,7 +31,7 @@ def test_notebook_executes_on_pipeline_outputs_and_reports_their_numbers(tmp_pat
     ckpt, src = write_source(tmp_path, tiny_model)
     rep = tmp_path / "reports"
     write_results(runs, [src], rep / "tables", rep / "figures", "full", rep / "metrics.json", rep / "plots")
-    # another study's run beside them (as the regime target leaves in data/runs/): not in this report
+    # another study's run beside them (as another params file could leave in data/runs/): not in this report
     extra = write_runs(tmp_path, benches=("b1",), ks=(1,))[0]
     other = json.loads(extra.read_text())
     for ep in other["episodes"]:
