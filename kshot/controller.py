@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from kshot.errors import ConfigError
+from kshot.optim import Adam
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ class Reinforce:
             torch.manual_seed(seed)
             self.policy = GroupCountPolicy(menu_sizes, cfg.hidden, cfg.embed)
         self.generator = torch.Generator().manual_seed(seed)
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr)
+        self.optimizer = Adam(self.policy.parameters(), lr=cfg.lr)
         self.baseline: float | None = None
 
     def sample(self) -> Sample:
@@ -133,7 +134,7 @@ class Reinforce:
         baseline = reward if self.baseline is None else self.baseline
         advantage = reward - baseline
         loss = -advantage * sample.log_prob - self.cfg.entropy_weight * sample.entropy
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
         d = self.cfg.baseline_decay

@@ -1,11 +1,12 @@
-"""kshot.optim.SGD against torch.optim.SGD."""
+"""kshot.optim.SGD and Adam against torch.optim's."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from kshot.models import LeNet
-from kshot.optim import SGD
+from kshot.controller import GroupCountPolicy
+from kshot.optim import SGD, Adam
 
 
 def _train(make_opt, steps=6):
@@ -39,3 +40,30 @@ def test_a_parameter_without_a_gradient_is_an_error():
     with pytest.raises(RuntimeError, match=r"parameters \[1\] have no gradient"):
         opt.step()
     assert torch.equal(a, torch.zeros(2))  # nothing half-applied
+
+
+@pytest.mark.parametrize("lr", [0.05, 1e-3])
+def test_adam_gives_the_same_controller_parameters_as_torch_adam_bit_for_bit(lr):
+    """The search controller's updates: REINFORCE losses on sampled actions, with one parameter
+    (the last layer's embedding) that never gets a gradient."""
+
+    def train(make_opt, steps=8):
+        torch.manual_seed(0)
+        policy = GroupCountPolicy([5, 4, 3], hidden=8, embed=4)
+        opt = make_opt(list(policy.parameters()))
+        gen = torch.Generator().manual_seed(1)
+        for i in range(steps):
+            sample = policy.sample(gen)
+            opt.zero_grad()
+            (-(0.3 - 0.1 * i) * sample.log_prob - 0.01 * sample.entropy).backward()
+            opt.step()
+        return [p.detach().clone() for p in policy.parameters()], policy.embeds[-1].weight.grad
+
+    ours, unused = train(lambda ps: Adam(ps, lr=lr))
+    theirs, _ = train(lambda ps: torch.optim.Adam(ps, lr=lr))
+    assert unused is None
+    assert len(ours) == len(theirs) > 5
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a, b)
+    before, _ = train(lambda ps: Adam(ps, lr=lr), steps=0)
+    assert not torch.equal(ours[0], before[0])
