@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kshot.models import LeNet
 from kshot.controller import GroupCountPolicy
+from kshot.models import LeNet
 from kshot.optim import SGD, Adam
 
 
