@@ -1,0 +1,59 @@
+"""`dvc repro` on the tiny config: dvc.yaml's stages run the Snakemake phases in order, record every
+output in dvc.lock, and a second call has nothing to do."""
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, TINY_PARAMS
+
+# what dvc.yaml's stages name as commands' inputs or dependencies
+COPIED = ["Snakefile", "dvc.yaml", "environment.yml", "kshot", "workflow", "reports/analysis.ipynb"]
+
+
+def dvc(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(
+        [str(bin_dir / "dvc"), *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=900
+    )
+    if proc.returncode != 0:
+        logs = "\n".join(p.read_text()[-1500:] for p in (workdir / "data" / "logs").rglob("*.log"))
+        pytest.fail(f"dvc {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n{logs}")
+    return proc
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_every_stage_then_has_nothing_to_do(tmp_path):
+    if shutil.which("dvc", path=str(Path(sys.executable).parent)) is None:
+        pytest.skip("dvc is not installed in this environment")
+    for name in COPIED:
+        src, dst = REPO / name, tmp_path / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+        else:
+            shutil.copy2(src, dst)
+    params = copy.deepcopy(TINY_PARAMS)
+    params["ablation"] = [["grouped", "full"], ["grouped_rl", "full"]]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    dvc(tmp_path, "init", "--no-scm", "-q")
+
+    dvc(tmp_path, "repro")
+
+    lock = yaml.safe_load((tmp_path / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"data", "pretrain", "activations", "finetune", "report"}
+    outs = {out["path"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
+    assert {"data/runs", "data/search", "data/groups", "data/checkpoints", "reports/tables"} <= outs
+    assert (tmp_path / "reports/tables/results.md").read_text().count("grouped_rl") >= 1
+    assert (tmp_path / "reports/tables/ablation.md").exists()
+    assert "up to date" in dvc(tmp_path, "status").stdout
+    again = dvc(tmp_path, "repro")
+    assert "didn't change, skipping" in again.stdout + again.stderr
+    assert "Running stage" not in again.stdout + again.stderr
