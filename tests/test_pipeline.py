@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from PIL import Image
 
 from tests.conftest import REPO
 
@@ -114,16 +115,27 @@ def test_regime_study_writes_its_own_files_apart_from_the_default_runs(pipeline_
 
     work = tmp_path / "copy"
     shutil.copytree(pipeline_dir, work, symlinks=True)
+    folder = tmp_path / "shapes"  # an image-folder dataset that only the regime reads
+    for c in ("a", "b"):
+        (folder / c).mkdir(parents=True)
+        for i in range(4):
+            Image.new("L", (16, 16), 60 * i).save(folder / c / f"{i}.png")
     params = copy.deepcopy(TINY_PARAMS)
+    params["data"]["image_folders"] = {"shapes": str(folder)}
     params["sources"]["digits04_wide"] = {**params["sources"]["digits04"], "width": 1.0}
     params["benchmarks"]["tiny_wide"] = {**params["benchmarks"]["tiny"], "source": "digits04_wide"}
+    params["benchmarks"]["tiny_shapes"] = {"source": "digits04", "target": "shapes", "target_classes": [0, 1]}
     params["methods"]["full_long"] = {"kind": "full", "steps": 8}
     params["regime"] = {
-        "runs": [{"benchmarks": ["tiny", "tiny_wide"], "methods": ["full", "grouped", "full_long"]}],
+        "runs": [
+            {"benchmarks": ["tiny", "tiny_wide"], "methods": ["full", "grouped", "full_long"]},
+            {"benchmarks": ["tiny_shapes"], "methods": ["full"]},
+        ],
         "pairs": [["grouped", "full"], ["full_long", "full"]],
     }
     (work / "params.yaml").write_text(yaml.safe_dump(params))
-    proc = run_snakemake(work, "-n", "regime", quiet=False)
+    # params-only triggers left out: the extra dataset changes the `data` section every job records
+    proc = run_snakemake(work, "regime", "-n", "--rerun-triggers", "mtime", "input", "code", quiet=False)
     planned = [
         path.strip()
         for line in proc.stdout.splitlines()
@@ -133,9 +145,14 @@ def test_regime_study_writes_its_own_files_apart_from_the_default_runs(pipeline_
     assert "data/regime/checkpoints/digits04_wide/source.pt" in planned
     assert "data/regime/runs/tiny/full_long/k1/metrics.json" in planned
     assert "data/regime/runs/tiny_wide/grouped/k1/metrics.json" in planned
+    assert "data/regime/raw/shapes" in planned
     assert "reports/regime/regime.md" in planned
     outside = [p for p in planned if not p.startswith(("data/regime/", "reports/regime/"))]
     assert not outside, f"regime jobs writing into the default run's folders: {outside}"
+    # what the default run already made is read from data/, not made again under data/regime/
+    shared = ("/runs/tiny/full/", "/runs/tiny/grouped/", "/checkpoints/digits04/", "/episodes/tiny/")
+    again = [p for p in planned if any(s in p for s in shared)]
+    assert not again, f"the regime redoes the default run's jobs: {again}"
 
 
 @pytest.mark.slow

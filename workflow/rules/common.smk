@@ -16,7 +16,7 @@ PARAMS = params_from_dict(
 )  # kshot's own checks: names, ranges, nearest valid names
 
 RAW = config["data"]["raw_dir"]
-LOGS = "data/logs"
+LOGS = "data/logs"  # the rules with a {root} wildcard log under {root}/logs: data/logs for the default run
 # Files that only the regime study needs live under data/regime/, outside the DVC stages' outputs
 # (data/prepared, data/runs, ...), so running it leaves `dvc status` of the default run as it was.
 REGIME_ROOT = "data/regime"
@@ -97,6 +97,21 @@ def home(rel):
     """
     path = f"data/{rel}"
     return path if path in default_outputs() else f"{REGIME_ROOT}/{rel}"
+
+
+def default_datasets():
+    """The datasets the default run reads: its sources' and its benchmarks' targets."""
+    return {source_dataset(s) for s in used_sources()} | {
+        target_dataset(b) for b in config["run"]["benchmarks"]
+    }
+
+
+def raw_home(dataset):
+    """The raw files of ``dataset``: under ``data.raw_dir`` when the default run reads it, else
+    under data/regime/raw/."""
+    if dataset in default_datasets():
+        return f"{RAW}/{dataset}"
+    return f"{REGIME_ROOT}/raw/{dataset}"
 
 
 def inputs_of(w):

@@ -1,6 +1,8 @@
 # Acquisition, preparation and episodes.
 
 
+# A dataset only the regime study uses goes to data/regime/raw/ (see raw_home), outside the data
+# stage's data/raw.
 rule acquire:
     output:
         directory(f"{RAW}/{{dataset}}"),
@@ -18,9 +20,16 @@ rule acquire:
         "--params-json {params.cfg:q} > {log} 2>&1"
 
 
+use rule acquire as acquire_regime with:
+    output:
+        directory(f"{REGIME_ROOT}/raw/{{dataset}}"),
+    log:
+        f"{REGIME_ROOT}/logs/acquire/{{dataset}}.log",
+
+
 rule prepare_source:
     input:
-        raw=lambda w: f"{RAW}/{source_dataset(w.source)}",
+        raw=lambda w: raw_home(source_dataset(w.source)),
     output:
         "{root}/prepared/sources/{source}.pt",
     log:
@@ -39,7 +48,7 @@ rule prepare_source:
 
 rule prepare_target:
     input:
-        raw=lambda w: f"{RAW}/{target_dataset(w.benchmark)}",
+        raw=lambda w: raw_home(target_dataset(w.benchmark)),
     output:
         "{root}/prepared/targets/{benchmark}.pt",
     log:
