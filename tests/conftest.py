@@ -58,6 +58,15 @@ TINY_PARAMS = {
 }
 
 
+def with_regime_only_runs(params: dict) -> dict:
+    """``params`` plus what only a regime study would run: a wider source (``digits04_wide``) with
+    its benchmark (``tiny_wide``), and a longer fine-tuning (``full_long``). Returns ``params``."""
+    params["sources"]["digits04_wide"] = {**params["sources"]["digits04"], "width": 1.0}
+    params["benchmarks"]["tiny_wide"] = {**params["benchmarks"]["tiny"], "source": "digits04_wide"}
+    params["methods"]["full_long"] = {"kind": "full", "steps": 8}
+    return params
+
+
 @pytest.fixture
 def tiny_params() -> dict:
     """A fresh deep copy of the tiny params mapping (tests may mutate it)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, TINY_PARAMS
+from tests.conftest import REPO, TINY_PARAMS, with_regime_only_runs
 
 # what dvc.yaml's stages name as commands' inputs or dependencies
 COPIED = [
@@ -26,12 +26,18 @@ COPIED = [
 ]
 
 
-def dvc(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.run(
-        [str(bin_dir / "dvc"), *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=900
+BIN = Path(sys.executable).parent  # the environment's dvc and snakemake
+
+
+def run(workdir: Path, *argv: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(
+        [str(BIN / argv[0]), *argv[1:]], cwd=workdir, env=env, capture_output=True, text=True, timeout=900
     )
+
+
+def dvc(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    proc = run(workdir, "dvc", *args)
     if proc.returncode != 0:
         logs = "\n".join(p.read_text()[-1500:] for p in (workdir / "data" / "logs").rglob("*.log"))
         pytest.fail(f"dvc {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n{logs}")
@@ -40,7 +46,7 @@ def dvc(workdir: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_dvc_repro_runs_every_stage_then_has_nothing_to_do_and_the_regime_leaves_it_so(tmp_path):
-    if shutil.which("dvc", path=str(Path(sys.executable).parent)) is None:
+    if shutil.which("dvc", path=str(BIN)) is None:
         pytest.skip("dvc is not installed in this environment")
     for name in COPIED:
         src, dst = REPO / name, tmp_path / name
@@ -49,11 +55,8 @@ def test_dvc_repro_runs_every_stage_then_has_nothing_to_do_and_the_regime_leaves
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
         else:
             shutil.copy2(src, dst)
-    params = copy.deepcopy(TINY_PARAMS)
+    params = with_regime_only_runs(copy.deepcopy(TINY_PARAMS))
     params["ablation"] = [["grouped", "full"], ["grouped_rl", "full"]]
-    params["sources"]["digits04_wide"] = {**params["sources"]["digits04"], "width": 1.0}
-    params["benchmarks"]["tiny_wide"] = {**params["benchmarks"]["tiny"], "source": "digits04_wide"}
-    params["methods"]["full_long"] = {"kind": "full", "steps": 8}
     params["regime"] = {
         "runs": [{"benchmarks": ["tiny", "tiny_wide"], "methods": ["full", "full_long"]}],
         "pairs": [["full_long", "full"]],
@@ -75,19 +78,7 @@ def test_dvc_repro_runs_every_stage_then_has_nothing_to_do_and_the_regime_leaves
     assert "Running stage" not in again.stdout + again.stderr
 
     # the regime study, as the README runs it, writes beside DVC's outputs, not into them
-    bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    cmd = [
-        str(bin_dir / "snakemake"),
-        "regime",
-        "--cores",
-        "2",
-        "--rerun-triggers",
-        "params",
-        "input",
-        "code",
-    ]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    proc = run(tmp_path, "snakemake", "regime", "--cores", "2", "--rerun-triggers", "params", "input", "code")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "reports/regime/regime.md").exists()
     assert (tmp_path / "data/regime/runs/tiny_wide/full_long/k1/metrics.json").exists()

@@ -111,7 +111,7 @@ def test_second_run_has_nothing_to_do(pipeline_dir):
 def test_regime_study_writes_its_own_files_apart_from_the_default_runs(pipeline_dir, tmp_path):
     """The regime's jobs that the default run does not make write under data/regime/ and
     reports/regime/, outside the DVC stages' outputs; the runs both use are not made again."""
-    from tests.conftest import TINY_PARAMS
+    from tests.conftest import TINY_PARAMS, with_regime_only_runs
 
     work = tmp_path / "copy"
     shutil.copytree(pipeline_dir, work, symlinks=True)
@@ -120,12 +120,9 @@ def test_regime_study_writes_its_own_files_apart_from_the_default_runs(pipeline_
         (folder / c).mkdir(parents=True)
         for i in range(4):
             Image.new("L", (16, 16), 60 * i).save(folder / c / f"{i}.png")
-    params = copy.deepcopy(TINY_PARAMS)
+    params = with_regime_only_runs(copy.deepcopy(TINY_PARAMS))
     params["data"]["image_folders"] = {"shapes": str(folder)}
-    params["sources"]["digits04_wide"] = {**params["sources"]["digits04"], "width": 1.0}
-    params["benchmarks"]["tiny_wide"] = {**params["benchmarks"]["tiny"], "source": "digits04_wide"}
     params["benchmarks"]["tiny_shapes"] = {"source": "digits04", "target": "shapes", "target_classes": [0, 1]}
-    params["methods"]["full_long"] = {"kind": "full", "steps": 8}
     params["regime"] = {
         "runs": [
             {"benchmarks": ["tiny", "tiny_wide"], "methods": ["full", "grouped", "full_long"]},

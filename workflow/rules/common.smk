@@ -30,7 +30,7 @@ wildcard_constraints:
     method=r"[A-Za-z0-9_\-]+",
     strategy=r"reinforce|random",
     tag=TAG_PATTERN,
-    root="data|data/regime",
+    root=f"data|{REGIME_ROOT}",
 
 
 def params_json(*sections, **named):
