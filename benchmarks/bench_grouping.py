@@ -4,9 +4,10 @@
    5 classes, k = 1, 5, 10; a quarter, a sixteenth and a half of the neurons as groups in every
    groupable layer), both as the pipeline takes it (coarse linear layers through group deltas) and
    with every layer's gradient averaged by the hook. The variants run in rounds of one short block
-   each (in alternating order); a variant's overhead is the median over rounds of its block's time
-   over the plain block's of the same round, which cancels the slow drifts of a shared machine that
-   move any single block by tens of percent; a 95% bootstrap interval of that median is saved with
+   each, in an order drawn afresh each round; a variant's overhead is the median over rounds of its
+   block's time over the plain block's of the same round, which cancels the slow drifts of a shared
+   machine that move any single block by tens of percent; a 95% bootstrap interval of that median
+   is saved with it, and a plain-vs-plain control gives the measurement's own noise in the same way.
    it. The grouped step is also split into its linear and conv layers' parts. The medians of the
    raw step times drift by up to a third between configurations run minutes apart (and need not
    agree with the ratios); compare ratios within one configuration.
@@ -95,11 +96,13 @@ def step_times(k: int, device: torch.device, rounds: int, steps: int, fraction: 
     ``grouped_pytorch``, the grouped path with the averaging in PyTorch ops instead of the C
     kernel (:mod:`kshot.native`; what a machine without a C compiler runs); ``touch_conv2``, a
     plain step that multiplies ``conv2``'s weight gradient by 1 in place (what merely touching that
-    gradient once more costs).
+    gradient once more costs); ``plain_control``, plain steps again: its "overhead" is the
+    measurement's own noise (an A/A control), so it should be 0 within its interval.
 
-    Each round runs one ``steps``-step block of every variant (in alternating order); a variant's
-    overhead is the median over rounds of its block's time over the plain block's of the same round,
-    with a 95% bootstrap interval of that median."""
+    Each round runs one ``steps``-step block of every variant, in an order drawn afresh for each
+    round (so no variant always runs first or after the same one); a variant's overhead is the
+    median over rounds of its block's time over the plain block's of the same round, with a 95%
+    bootstrap interval of that median."""
     torch.manual_seed(0)
     model = LeNet(1, 28, N_CLASSES).to(device, memory_format=torch.channels_last)
     x = torch.rand(N_CLASSES * k, 1, 28, 28, device=device).contiguous(memory_format=torch.channels_last)
@@ -116,6 +119,7 @@ def step_times(k: int, device: torch.device, rounds: int, steps: int, fraction: 
         "linear_only": (GroupedGradient(model, {n: a for n, a in groups.items() if n not in convs}), True),
         "conv_only": (GroupedGradient(model, {n: groups[n] for n in convs}), True),
         "touch_conv2": (lambda m: m.conv2.weight.grad.mul_(1.0), False),
+        "plain_control": (None, False),
     }
 
     def block(variant: str) -> float:
@@ -141,9 +145,10 @@ def step_times(k: int, device: torch.device, rounds: int, steps: int, fraction: 
     for v in variants:  # warm-up
         block(v)
     times: dict[str, list[float]] = {v: [] for v in variants}
-    for r in range(rounds):
-        for v in variants if r % 2 == 0 else variants[::-1]:
-            times[v].append(block(v))
+    order = torch.Generator().manual_seed(k)
+    for _ in range(rounds):
+        for i in torch.randperm(len(variants), generator=order).tolist():
+            times[variants[i]].append(block(variants[i]))
     t = {v: torch.tensor(ts, dtype=torch.float64) for v, ts in times.items()}
     overhead = {v: median_ci(100 * (t[v] / t["plain"] - 1)) for v in variants if v != "plain"}
     median = {v: ts.median().item() for v, ts in t.items()}
@@ -181,6 +186,8 @@ def step_times(k: int, device: torch.device, rounds: int, steps: int, fraction: 
         "averaged_overhead_pct": overhead["averaged"][0],
         "averaged_overhead_pct_ci95": list(overhead["averaged"][1:]),
         "parts_overhead_pct": {v: overhead[v][0] for v in ("linear_only", "conv_only", "touch_conv2")},
+        "control_pct": overhead["plain_control"][0],
+        "control_pct_ci95": list(overhead["plain_control"][1:]),
         "step_gflop": counter.get_total_flops() / 1e9,
         "finetune_gflops": counter.get_total_flops() / p / 1e9,
     }
@@ -401,6 +408,8 @@ def report(setting: dict) -> None:
             f"{row['finetune_gflops']:.1f} GFLOP/s "
             f"({100 * row['fraction_of_matmul']:.0f}% of matmul); parts: "
             + ", ".join(f"{v} {pct:+.1f}%" for v, pct in row["parts_overhead_pct"].items())
+            + f"; plain vs plain (noise) {row['control_pct']:+.1f}% (95% CI "
+            f"{row['control_pct_ci95'][0]:+.1f} to {row['control_pct_ci95'][1]:+.1f})"
         )
     for s in setting["search_throughput"]:
         print(
