@@ -8,7 +8,7 @@
    block's time over the plain block's of the same round, which cancels the slow drifts of a shared
    machine that move any single block by tens of percent; a 95% bootstrap interval of that median
    is saved with it, and a plain-vs-plain control gives the measurement's own noise in the same way.
-   it. The grouped step is also split into its linear and conv layers' parts. The medians of the
+   The grouped step is also split into its linear and conv layers' parts. The medians of the
    raw step times drift by up to a third between configurations run minutes apart (and need not
    agree with the ratios); compare ratios within one configuration.
 2. Fine-tuning evaluations per minute of the RL search's inner loop at k = 1 and 5: ``P`` grouped
