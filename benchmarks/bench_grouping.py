@@ -356,6 +356,7 @@ def main() -> None:
     keep_freed_memory()  # as every kshot command does (kshot.runtime)
     device = resolve_device(args.device)
     result = {
+        "date": time.strftime("%Y-%m-%d"),
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "torch": torch.__version__,

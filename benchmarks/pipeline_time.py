@@ -131,7 +131,11 @@ def main() -> None:
     args = parser.parse_args()
     from kshot.io import write_json
 
-    result: dict[str, Any] = {"platform": platform.platform(), "cpu_count": os.cpu_count()}
+    result: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+    }
     if args.log:
         result["log"] = args.log
         result.update(parse_log(Path(args.log).read_text()))
