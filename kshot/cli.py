@@ -35,10 +35,27 @@ from kshot.runtime import keep_freed_memory
 
 def _raw_params(args: argparse.Namespace) -> dict[str, Any]:
     if args.params_json is not None:
-        return json.loads(args.params_json)
+        try:
+            return json.loads(args.params_json)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"--params-json: expected a JSON object, found invalid JSON ({err})") from err
     raw = read_params_file(args.params)
-    params_from_dict(raw)  # a whole file is validated as a whole
+    try:
+        params_from_dict(raw)  # a whole file is validated as a whole
+    except ConfigError as err:
+        raise ConfigError(f"params file '{args.params}': {err}") from err
     return raw
+
+
+def _threads(text: str) -> int:
+    """``--threads``: a positive integer."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer number of threads, found {text!r}")
+    return value
 
 
 def _named(raw: dict[str, Any], section: str, name: str, cls: type) -> Any:
@@ -83,7 +100,8 @@ def cmd_episodes(args: argparse.Namespace, raw: dict[str, Any]) -> None:
     from kshot.io import write_json
 
     cfg = from_dict(EpisodeConfig, raw.get("episodes"), "episodes")
-    data = load_prepared(Path(args.target), ("pool_y", "test_y"))
+    data = load_prepared(Path(args.target), ("pool_y", "test_y", "meta"))
+    _check_target_of(args, data["meta"])
     eps = make_episodes(data["pool_y"], data["test_y"], args.k, cfg, raw.get("seed", 0), args.benchmark)
     write_json(args.out, eps)
 
@@ -151,14 +169,22 @@ def _search_counts(path: str) -> dict[str, Any]:
     return result["chosen_counts"]
 
 
-def _episodes_for_k(path: str, k: int) -> dict[str, Any]:
-    """An episodes file, checked to hold the episodes of ``k``."""
-    from kshot.io import read_json
+def _check_target_of(args: argparse.Namespace, meta: dict[str, Any]) -> None:
+    """Raise :class:`DataError` unless the prepared target ``args.target`` is ``args.benchmark``'s."""
+    if meta.get("name") != args.benchmark:
+        raise DataError(
+            f"prepared data '{args.target}': expected the target of benchmark '{args.benchmark}', "
+            f"found that of {meta.get('name')!r}"
+        )
 
-    ep_file = read_json(path, what="episodes file")
-    if ep_file.get("k") != k:
-        raise DataError(f"episodes file '{path}': expected episodes for k={k}, found k={ep_file.get('k')!r}")
-    return ep_file
+
+def _episodes_file(args: argparse.Namespace, meta: dict[str, Any], k: int | None) -> dict[str, Any]:
+    """The episodes file ``args.episodes``, checked to hold the episodes of ``args.benchmark`` and
+    ``k`` (any k for ``None``) on the prepared target whose ``meta`` is given."""
+    from kshot.episodes import read_episodes
+
+    _check_target_of(args, meta)
+    return read_episodes(args.episodes, args.benchmark, k, meta)
 
 
 def _activation_provenance(
@@ -181,7 +207,7 @@ def cmd_activations(args: argparse.Namespace, raw: dict[str, Any]) -> None:
     spec = ActivationSpec.from_tag(args.tag)
     data = load_prepared(Path(args.target), ("pool_x", "meta"))
     check_geometry(Path(args.checkpoint), Path(args.target), data["meta"])
-    ep_file = _episodes_for_k(args.episodes, args.k)
+    ep_file = _episodes_file(args, data["meta"], args.k)
     model, _ = load_checkpoint(Path(args.checkpoint))
     device = _device(raw)
     ckpt_sha = sha256(Path(args.checkpoint))
@@ -213,10 +239,10 @@ def cmd_group(args: argparse.Namespace, raw: dict[str, Any]) -> None:
             f"{sorted(GROUPED_KINDS)}, found '{spec.kind}'"
         )
     cls = METHODS[spec.kind]
-    method = cls(cls.parse_options(spec.options, f"methods.{args.method}"), FinetuneConfig())
+    method = cls(cls.parse_options(spec.options, f"methods.{args.method}"), FinetuneConfig(), args.method)
     artifacts = {"search_counts": _search_counts(args.search)} if args.search else {}
     data = load_prepared(Path(args.target), ("pool_x", "pool_y", "meta"))
-    ep_file = _episodes_for_k(args.episodes, args.k)
+    ep_file = _episodes_file(args, data["meta"], args.k)
     model, _ = load_checkpoint(Path(args.checkpoint))
     device = _device(raw)
     entries = ep_file.get("eval") or []
@@ -243,7 +269,7 @@ def cmd_search(args: argparse.Namespace, raw: dict[str, Any]) -> None:
     import dataclasses
 
     from kshot.data.prepare import load_prepared
-    from kshot.io import read_json, write_json
+    from kshot.io import write_json
     from kshot.pretrain import load_checkpoint
     from kshot.search import SearchConfig, search_episodes, search_group_counts
 
@@ -252,7 +278,12 @@ def cmd_search(args: argparse.Namespace, raw: dict[str, Any]) -> None:
         cfg = dataclasses.replace(cfg, strategy=args.strategy)
     finetune = from_dict(FinetuneConfig, raw.get("finetune"), "finetune")
     data = load_prepared(Path(args.target), ("pool_x", "pool_y", "meta"))
-    ep_file = read_json(args.episodes, what="episodes file")
+    ep_file = _episodes_file(args, data["meta"], None)
+    if not ep_file.get("search"):
+        raise DataError(
+            f"episodes file '{args.episodes}': expected a non-empty 'search' list "
+            f"(episodes.search_episodes >= 1), found {len(ep_file.get('search') or [])} search episodes"
+        )
     seed = raw.get("seed", 0)
     episodes, select = (
         search_episodes(ep_file, data["pool_x"], data["pool_y"], args.benchmark, seed, role)
@@ -282,7 +313,10 @@ def cmd_search(args: argparse.Namespace, raw: dict[str, Any]) -> None:
 def cmd_compare(args: argparse.Namespace, raw: dict[str, Any]) -> None:
     from kshot.regime import write_comparisons
 
-    pairs = [tuple(p.split(":", 1)) for p in args.pairs]
+    bad = [p for p in args.pairs if p.count(":") != 1 or "" in p.split(":")]
+    if bad:
+        raise ConfigError(f"--pairs: expected comparisons written a:b (a − b), found {bad}")
+    pairs = [tuple(p.split(":")) for p in args.pairs]
     write_comparisons([Path(p) for p in args.runs], pairs, Path(args.out_stem), args.kind)
 
 
@@ -295,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
         group = p.add_mutually_exclusive_group()
         group.add_argument("--params", default="params.yaml", help="params YAML file")
         group.add_argument("--params-json", help="params as a JSON string (used by the rules)")
-        p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+        p.add_argument("--threads", type=_threads, default=None, help="torch CPU threads")
         p.set_defaults(fn=fn, needs_params=True)
         return p
 

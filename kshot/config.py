@@ -73,14 +73,15 @@ def from_dict(cls: type[T], data: Any, where: str) -> T:
     """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types by name."""
     if data is None:
         data = {}
+    label = where or "params"  # the top level: the params file (or mapping) itself
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, found {data!r}")
+        raise ConfigError(f"{label}: expected a mapping, found {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     for key in data:
         if key not in fields:
             raise ConfigError(
-                f"{where}: unknown key '{key}'{suggest(key, fields)}; expected keys {sorted(fields)}"
+                f"{label}: unknown key '{key}'{suggest(key, fields)}; expected keys {sorted(fields)}"
             )
     kwargs = {}
     for name, f in fields.items():
@@ -294,6 +295,9 @@ class Params:
 
         from_dict(SearchConfig, self.search, "search")  # typed there: kshot.search imports this module
 
+        if self.seed < 0:
+            raise ConfigError(f"seed: expected an integer >= 0, found {self.seed}")
+
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(
                 f"device: expected one of ['auto', 'cpu', 'cuda'], found {self.device!r}"
@@ -341,6 +345,14 @@ class Params:
                 if m not in self.methods:
                     raise _unknown(f"ablation[{i}][{j}]", m, self.methods)
         regime_methods = {m for block in self.regime.runs for m in block.methods}
+        searched = sorted(
+            m for m in {*self.run.methods, *regime_methods} if self.methods[m].get("kind") == "grouped_rl"
+        )
+        if searched and self.episodes.search_episodes < 1:
+            raise ConfigError(
+                f"episodes.search_episodes: expected >= 1, since the searched methods {searched} "
+                f"run (their rewards need search episodes), found {self.episodes.search_episodes}"
+            )
         for i, pair in enumerate(self.regime.pairs):
             for j, m in enumerate(pair):
                 if m not in regime_methods:
@@ -381,7 +393,12 @@ def read_params_file(path: str | Path) -> Any:
 
 def load_params(path: str | Path) -> Params:
     """Read and validate a params file; raises :class:`ConfigError` naming the file and field."""
-    return params_from_dict(read_params_file(path))
+    try:
+        return params_from_dict(read_params_file(path))
+    except ConfigError as err:
+        if str(err).startswith("params file"):
+            raise
+        raise ConfigError(f"params file '{path}': {err}") from err
 
 
 def params_from_dict(raw: Any) -> Params:

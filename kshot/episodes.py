@@ -10,8 +10,10 @@ reported and the final pick is not made on the episodes that ranked the candidat
 
 from __future__ import annotations
 
+import os
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,6 +52,63 @@ class Episode:
     @staticmethod
     def from_dict(d: dict) -> Episode:
         return Episode(int(d["id"]), list(d["support"]), list(d["val"]), d.get("test"))
+
+
+def _index_list(value: Any, bound: int) -> bool:
+    """Whether ``value`` is a list of integer indices in ``[0, bound)``."""
+    return isinstance(value, list) and all(
+        isinstance(i, int) and not isinstance(i, bool) and 0 <= i < bound for i in value
+    )
+
+
+def read_episodes(
+    path: str | os.PathLike[str], benchmark: str, k: int | None, meta: dict[str, Any]
+) -> dict[str, Any]:
+    """Read an episodes file and check it against what it is used with: the episodes of
+    ``benchmark`` and ``k`` (any k for ``None``), drawn from the prepared target whose ``meta`` is
+    given (its class count, pool and test sizes). Raises :class:`DataError` naming the file, what
+    was expected and what was found, e.g. for another benchmark's episodes or indices beyond the
+    target's images."""
+    from kshot.io import read_json
+
+    content = read_json(path, what="episodes file")
+    where = f"episodes file '{path}'"
+    if not isinstance(content, dict):
+        raise DataError(f"{where}: expected a JSON object, found {type(content).__name__}")
+    if content.get("benchmark") != benchmark:
+        raise DataError(
+            f"{where}: expected the episodes of benchmark '{benchmark}', found those of "
+            f"{content.get('benchmark')!r}"
+        )
+    if k is not None and content.get("k") != k:
+        raise DataError(f"{where}: expected episodes for k={k}, found k={content.get('k')!r}")
+    n_classes = len(meta["classes"])
+    if content.get("n_classes") != n_classes:
+        raise DataError(
+            f"{where}: expected n_classes={n_classes} (the target's classes {meta['classes']}), "
+            f"found {content.get('n_classes')!r}"
+        )
+    bounds = {"support": meta["n_pool"], "val": meta["n_pool"], "test": meta["n_test"]}
+    for role in ROLES:
+        entries = content.get(role, [])
+        if not isinstance(entries, list):
+            raise DataError(f"{where}: expected a list of '{role}' episodes, found {type(entries).__name__}")
+        for i, entry in enumerate(entries):
+            bad = [
+                key
+                for key, bound in bounds.items()
+                if not isinstance(entry, dict)
+                or not (_index_list(entry.get(key), bound) or (key == "test" and entry.get(key) is None))
+            ]
+            if not bad and not (isinstance(entry.get("id"), int) and not isinstance(entry["id"], bool)):
+                bad = ["id"]
+            if bad:
+                raise DataError(
+                    f"{where}: '{role}' episode #{i}: expected an integer 'id' and lists of image "
+                    f"indices 'support' and 'val' in [0, {meta['n_pool']}) and 'test' in "
+                    f"[0, {meta['n_test']}) (or null), found a bad '{bad[0]}'"
+                )
+    return content
 
 
 def episode_rng(seed: int, benchmark: str, k: int, role: str, index: int) -> np.random.Generator:
@@ -107,6 +166,14 @@ def make_episodes(
         raise ConfigError(f"k: expected an integer number of shots >= 1, found {k!r}")
     n_classes = int(pool_labels.max()) + 1
     check_feasible(pool_labels, n_classes, k, cfg.val_per_class)
+    if cfg.test_per_class is not None:
+        counts = torch.bincount(test_labels, minlength=n_classes)
+        small = int(counts.argmin())
+        if int(counts[small]) < cfg.test_per_class:
+            raise DataError(
+                f"episodes.test_per_class: expected at most {int(counts[small])} (target class "
+                f"#{small} has only that many test images), found {cfg.test_per_class}"
+            )
     pool, test = pool_labels.numpy(), test_labels.numpy()
     out: dict = {"benchmark": benchmark, "k": k, "seed": seed, "n_classes": n_classes}
     roles = (("eval", cfg.n_episodes), ("search", cfg.search_episodes), ("select", cfg.select_episodes))

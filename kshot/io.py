@@ -40,6 +40,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     per output), so a temporary file of ``path`` that exists before the write is such a leftover.
     """
     target = Path(path)
+    if target.is_dir():
+        raise DataError(f"output '{target}': expected a file path, found a directory")
     target.parent.mkdir(parents=True, exist_ok=True)
     for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
         stale.unlink(missing_ok=True)
@@ -99,7 +101,8 @@ def _first_line(err: Exception) -> str:
 def load_tensors(path: str | os.PathLike[str], what: str = "checkpoint") -> dict[str, Any]:
     """Load a file written by :func:`save_tensors` with ``weights_only=True``.
 
-    Refuses pickles that would run code on loading, and reports missing or corrupt files with a
+    Refuses pickles that would run code on loading, and reports missing or corrupt files (any
+    member of the archive failing its CRC-32, which ``torch.load`` does not check) with a
     :class:`CheckpointError` naming the file.
     """
     p = Path(path)
@@ -109,6 +112,16 @@ def load_tensors(path: str | os.PathLike[str], what: str = "checkpoint") -> dict
         raise CheckpointError(
             f"{what} '{p}': expected a torch checkpoint (a zip archive written by torch.save), "
             "found a corrupt or truncated file (no zip archive)"
+        )
+    try:
+        with zipfile.ZipFile(p) as archive:  # torch.load does not check the members' CRC-32
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        damaged = f"the archive's directory ({_first_line(err)})"
+    if damaged is not None:
+        raise CheckpointError(
+            f"{what} '{p}': expected a torch checkpoint, found a corrupt file ({damaged} fails its "
+            "CRC-32 check)"
         )
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)

@@ -110,9 +110,11 @@ def load_checkpoint(path: Path) -> tuple[Backbone, dict[str, Any]]:
         )
         model.load_state_dict(obj["state_dict"])
     except (RuntimeError, KeyError, ValueError, TypeError) as err:
+        detail = " ".join(str(err).split())  # load_state_dict lists every missing key: keep the start
+        detail = detail if len(detail) <= 300 else detail[:297] + "..."
         raise CheckpointError(
             f"checkpoint '{path}': expected weights matching its description {arch}, "
-            f"found another architecture ({type(err).__name__}: {err})"
+            f"found another architecture ({type(err).__name__}: {detail})"
         ) from err
     # channels-last: 1.5-2x faster convolutions on CPU for these small nets (measured), fine on GPU
     return model.to(memory_format=torch.channels_last), obj.get("metrics", {})

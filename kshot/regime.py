@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from kshot.errors import DataError, suggest
 from kshot.io import atomic_path, write_text
 from kshot.report import load_runs
 from kshot.tables import ablation_table, to_latex, to_markdown
@@ -36,7 +37,16 @@ def write_comparisons(
     runs: Sequence[Path], pairs: Sequence[tuple[str, str]], out_stem: Path, kind: str
 ) -> pd.DataFrame:
     """Write ``<out_stem>.{md,csv,tex}`` for ``kind`` ``ablation`` or ``regime``; returns the CSV frame."""
-    table = ablation_table(load_runs(list(runs)), pairs, title=TITLES[kind], note=NOTES[kind])
+    df = load_runs(list(runs))
+    found = sorted(set(df.method))
+    for pair in pairs:
+        for method in pair:
+            if method not in found:
+                raise DataError(
+                    f"pair {pair[0]}:{pair[1]}: expected methods of the given runs, found no run of "
+                    f"'{method}'{suggest(method, found)} (runs of {found})"
+                )
+    table = ablation_table(df, pairs, title=TITLES[kind], note=NOTES[kind])
     write_text(out_stem.with_suffix(".md"), to_markdown(table))
     write_text(out_stem.with_suffix(".tex"), to_latex(table, f"tab:{kind}"))
     with atomic_path(out_stem.with_suffix(".csv")) as tmp:

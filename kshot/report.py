@@ -58,7 +58,9 @@ def load_runs(paths: list[Path]) -> pd.DataFrame:
     rows = []
     for p in paths:
         summary = read_json(p, what="run metrics")
-        for ep in summary.get("episodes", []):
+        if not isinstance(summary, dict) or not isinstance(summary.get("episodes"), list):
+            raise DataError(f"run metrics '{p}': expected an 'episodes' list, found none")
+        for ep in summary["episodes"]:
             rows.append({key: ep.get(key) for key in RUN_KEYS})
     if not rows:
         raise DataError(f"run metrics: expected at least one episode in {len(paths)} files, found none")

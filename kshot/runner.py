@@ -23,9 +23,9 @@ from kshot.activations import episode_indices
 from kshot.config import FinetuneConfig, MethodSpec
 from kshot.data.datasets import sha256
 from kshot.data.prepare import load_prepared
-from kshot.episodes import Episode, episode_seed
+from kshot.episodes import Episode, episode_seed, read_episodes
 from kshot.errors import CheckpointError, DataError
-from kshot.io import load_tensors, read_json, write_json
+from kshot.io import load_tensors, write_json
 from kshot.methods import METHODS, EpisodeData, EpisodeResult
 from kshot.pretrain import load_checkpoint
 
@@ -49,7 +49,12 @@ def stamp(obj: Any) -> str:
 def check_geometry(checkpoint: Path, target: Path, meta: dict[str, Any]) -> None:
     """Raise :class:`CheckpointError` when the checkpoint's network does not read the target's
     images (``meta['channels']`` x ``meta['side']`` squared)."""
-    arch = load_tensors(checkpoint, what="checkpoint").get("arch") or {}
+    content = load_tensors(checkpoint, what="checkpoint")
+    arch = content.get("arch")
+    if not isinstance(arch, dict) or "state_dict" not in content:
+        raise CheckpointError(
+            f"checkpoint '{checkpoint}': expected keys 'arch' and 'state_dict', found {sorted(content)}"
+        )
     found = (arch.get("in_channels"), arch.get("image_size"))
     if found != (meta["channels"], meta["side"]):
         raise CheckpointError(
@@ -89,16 +94,19 @@ def run_episodes(
     ``groups``: the group stage's file for a grouped method (its assignments are used instead of
     clustering here, see :func:`kshot.methods.grouped.read_groups`)."""
     data = load_prepared(target, ("pool_x", "pool_y", "test_x", "test_y", "meta"))
-    ep_file = read_json(episodes, what="episodes file")
+    if data["meta"].get("name") != benchmark:
+        raise DataError(
+            f"prepared data '{target}': expected the target of benchmark '{benchmark}', found that "
+            f"of {data['meta'].get('name')!r}"
+        )
+    ep_file = read_episodes(episodes, benchmark, k, data["meta"])
     if role not in ep_file:
         raise DataError(f"episodes file '{episodes}': expected a '{role}' list, found {sorted(ep_file)}")
-    if ep_file.get("k") != k:
-        raise DataError(
-            f"episodes file '{episodes}': expected episodes for k={k}, found k={ep_file.get('k')!r}"
-        )
     check_geometry(checkpoint, target, data["meta"])
     method_cls = METHODS[spec.kind]
-    method = method_cls(method_cls.parse_options(spec.options, f"methods.{method_name}"), finetune)
+    method = method_cls(
+        method_cls.parse_options(spec.options, f"methods.{method_name}"), finetune, method_name
+    )
     ckpt_sha = sha256(checkpoint)
     given = None
     if groups is not None:

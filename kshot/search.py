@@ -428,7 +428,7 @@ def search_group_counts(
     if cfg.steps is not None:
         low = replace(finetune, steps=cfg.steps, eval_every=min(finetune.eval_every, cfg.steps))
     layers = select_layers(model, cfg.layers)
-    sizes = layer_sizes(model, layers)
+    sizes = layer_sizes(model, layers, "search.layers")
     menu = count_menu(sizes, cfg.menu)
 
     batched = device.type == "cuda" if cfg.population == "auto" else bool(cfg.population)

@@ -27,6 +27,7 @@ from kshot.cli import main
 from kshot.config import DataConfig, FinetuneConfig, method_spec, params_from_dict
 from kshot.data.datasets import acquire, load_split
 from kshot.data.prepare import prepare_target
+from kshot.episodes import make_episodes
 from kshot.errors import CheckpointError, ConfigError, DataError
 from kshot.models import LeNet
 from kshot.report import load_runs, summarise
@@ -427,3 +428,168 @@ def test_group_stage_refuses_activations_of_another_spec_and_writes_nothing(tmp_
     assert f"activation file '{tmp_path / 'acts.pt'}': expected a file made from tag 'support'" in err
     assert "(found 'support-raw')" in err
     assert not (tmp_path / "g.pt").exists() and not (tmp_path / "g.json").exists()
+
+
+# --- found by an audit of bad input (session 10): each was accepted silently or ended in a traceback
+
+
+def edited_episodes(tmp_path: Path, upstream: dict, edit) -> Path:
+    """A copy of the upstream episodes file changed by ``edit(content)``."""
+    content = json.loads(Path(upstream["episodes"]).read_text())
+    edit(content)
+    path = tmp_path / "k1.json"
+    path.write_text(json.dumps(content))
+    return path
+
+
+def test_checkpoint_with_damaged_bytes_fails_its_crc_check(tmp_path, upstream):
+    data = bytearray(Path(upstream["ckpt"]).read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
+    ckpt = tmp_path / "damaged.pt"
+    ckpt.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"damaged.pt': expected a torch checkpoint.*CRC-32"):
+        run(upstream, tmp_path / "run", checkpoint=ckpt)
+    assert_no_run_output(tmp_path / "run")
+
+
+@pytest.mark.parametrize(
+    ("edit", "pattern"),
+    [
+        (
+            lambda c: c.update(benchmark="other"),
+            r"expected the episodes of benchmark 'tiny', found those of 'other'",
+        ),
+        (lambda c: c.update(n_classes=3), r"expected n_classes=5 \(the target's classes \[5, 6, 7, 8, 9\]\)"),
+        (lambda c: c["eval"][0]["support"].append(10**7), r"'eval' episode #0: .*found a bad 'support'"),
+        (lambda c: c["eval"][1].pop("val"), r"'eval' episode #1: .*found a bad 'val'"),
+        (lambda c: c["eval"][0].update(test=[-1]), r"'eval' episode #0: .*found a bad 'test'"),
+    ],
+    ids=["other-benchmark", "class-count", "index-beyond-pool", "missing-val", "negative-test-index"],
+)
+def test_episodes_file_that_does_not_fit_the_target_is_refused(tmp_path, upstream, edit, pattern):
+    episodes = edited_episodes(tmp_path, upstream, edit)
+    with pytest.raises(DataError, match=rf"episodes file '.*k1.json': {pattern}"):
+        run(upstream, tmp_path / "run", episodes=episodes)
+    assert_no_run_output(tmp_path / "run")
+
+
+def test_target_of_another_benchmark_is_refused_by_episodes_and_finetune(tmp_path, upstream, capsys):
+    out = tmp_path / "k1.json"
+    argv = ["episodes", "--benchmark", "tinny", "--k", "1", "--target", str(upstream["target"])]
+    assert main([*argv, "--out", str(out), "--params-json", params_json()]) == 2
+    err = capsys.readouterr().err
+    assert "expected the target of benchmark 'tinny', found that of 'tiny'" in err
+    assert not out.exists()
+    with pytest.raises(DataError, match=r"expected the target of benchmark 'tinny', found that of 'tiny'"):
+        run(upstream, tmp_path / "run", benchmark="tinny")
+
+
+def test_more_test_images_per_class_than_the_target_has_is_refused(upstream):
+    t = torch.load(upstream["target"], weights_only=True)
+    cfg = params_from_dict({**TINY_PARAMS, "episodes": {**TINY_PARAMS["episodes"], "test_per_class": 10**5}})
+    with pytest.raises(DataError, match=r"episodes.test_per_class: expected at most \d+ .*found 100000"):
+        make_episodes(t["pool_y"], t["test_y"], 1, cfg.episodes, 0, "tiny")
+
+
+def test_checkpoint_without_its_description_names_the_missing_keys(tmp_path, upstream):
+    ckpt = tmp_path / "bare.pt"
+    torch.save({"state_dict": LeNet(1, 28, 5, width=0.5).state_dict()}, ckpt)
+    with pytest.raises(CheckpointError, match=r"bare.pt': expected keys 'arch' and 'state_dict', found"):
+        run(upstream, tmp_path / "run", checkpoint=ckpt)
+
+
+def test_grouped_layer_that_the_backbone_lacks_names_the_method_field(tmp_path, upstream):
+    spec = method_spec("grouped", {"kind": "grouped", "groups": 0.5, "layers": ["conv9"]})
+    with pytest.raises(ConfigError, match=r"methods.grouped.layers: 'conv9' is not a groupable layer"):
+        run(upstream, tmp_path / "run", method_name="grouped", spec=spec)
+    spec = method_spec("grouped", {"kind": "grouped", "groups": 100000})
+    with pytest.raises(ConfigError, match=r"methods.grouped.groups \(for layer conv1\): expected a group"):
+        run(upstream, tmp_path / "run2", method_name="grouped", spec=spec)
+
+
+@pytest.mark.parametrize(
+    ("change", "pattern"),
+    [
+        ({"seed": -1}, r"seed: expected an integer >= 0, found -1"),
+        ({"top": 1}, r"params: unknown key 'top'"),
+        (
+            {"episodes": {**TINY_PARAMS["episodes"], "search_episodes": 0}},
+            r"episodes.search_episodes: expected >= 1, since the searched methods \['grouped_rl'\] run",
+        ),
+    ],
+    ids=["negative-seed", "unknown-top-level-key", "search-without-search-episodes"],
+)
+def test_params_checked_before_any_stage_runs(change, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        params_from_dict({**copy.deepcopy(TINY_PARAMS), **change})
+
+
+def test_params_file_errors_name_the_file(tmp_path, upstream, capsys):
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({**TINY_PARAMS, "seed": -1}))
+    argv = ["episodes", "--params", str(tmp_path / "p.yaml"), "--benchmark", "tiny", "--k", "1"]
+    assert main([*argv, "--target", str(upstream["target"]), "--out", str(tmp_path / "k1.json")]) == 2
+    assert f"params file '{tmp_path / 'p.yaml'}': seed: expected an integer >= 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--params-json", '{"episodes": '], "--params-json: expected a JSON object, found invalid JSON"),
+        (
+            ["--threads", "-2"],
+            "argument --threads: expected a positive integer number of threads, found '-2'",
+        ),
+    ],
+    ids=["invalid-json", "negative-threads"],
+)
+def test_bad_command_line_values_give_one_error_without_traceback(tmp_path, upstream, args, message):
+    out = tmp_path / "k1.json"
+    argv = [
+        "episodes",
+        "--benchmark",
+        "tiny",
+        "--k",
+        "1",
+        "--target",
+        str(upstream["target"]),
+        "--out",
+        str(out),
+    ]
+    if "--params-json" not in args:
+        args = [*args, "--params-json", params_json()]
+    proc = run_cli(tmp_path, *argv, *args)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert message in proc.stderr
+    assert not out.exists()
+
+
+def test_output_path_that_is_a_directory_is_refused(tmp_path, upstream, capsys):
+    out = tmp_path / "k1.json"
+    out.mkdir()
+    argv = ["episodes", "--benchmark", "tiny", "--k", "1", "--target", str(upstream["target"])]
+    assert main([*argv, "--out", str(out), "--params-json", params_json()]) == 2
+    assert f"output '{out}': expected a file path, found a directory" in capsys.readouterr().err
+    assert list(out.iterdir()) == [] and [p.name for p in tmp_path.iterdir()] == ["k1.json"]
+
+
+def test_compare_refuses_a_malformed_pair_or_a_method_without_runs(tmp_path, capsys):
+    from test_report import write_runs
+
+    runs = [str(p) for p in write_runs(tmp_path)]
+    stem = tmp_path / "out" / "ablation"
+    base = ["compare", "--kind", "ablation", "--runs", *runs, "--out-stem", str(stem)]
+    assert main([*base, "--pairs", "grouped"]) == 2
+    assert "--pairs: expected comparisons written a:b" in capsys.readouterr().err
+    assert main([*base, "--pairs", "better:fulll"]) == 2
+    err = capsys.readouterr().err
+    assert "pair better:fulll: expected methods of the given runs, found no run of 'fulll'" in err
+    assert "did you mean 'full'" in err
+    assert not stem.parent.exists() or list(stem.parent.iterdir()) == []
+
+
+def test_run_metrics_without_episodes_are_refused(tmp_path):
+    bad = tmp_path / "metrics.json"
+    bad.write_text(json.dumps({"benchmark": "b", "method": "m", "k": 1}))
+    with pytest.raises(DataError, match=r"run metrics '.*metrics.json': expected an 'episodes' list"):
+        load_runs([bad])

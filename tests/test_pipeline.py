@@ -160,8 +160,31 @@ def test_bad_param_stops_before_any_job_with_a_named_field(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(bad))
     proc = run_snakemake(tmp_path, check=False)
     assert proc.returncode != 0
-    assert "did you mean 'full'" in proc.stdout + proc.stderr
+    out = proc.stdout + proc.stderr
+    assert "run.methods[0]: unknown value 'ful' (did you mean 'full'?)" in out
+    assert len(out.splitlines()) < 40, out  # kshot's one line, not the JSON schema's dump
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("data/runs/tiny/fulll/k1/metrics.json", "methods: unknown value 'fulll' (did you mean 'full'?)"),
+        ("data/runs/tinny/full/k1/metrics.json", "benchmarks: unknown value 'tinny' (did you mean 'tiny'?)"),
+        (
+            "data/groups/tiny/full/k1.pt",
+            "methods.full.kind: groups and activations are made for grouped kinds",
+        ),
+    ],
+    ids=["unknown-method", "unknown-benchmark", "groups-of-an-ungrouped-method"],
+)
+def test_target_naming_what_the_params_lack_is_refused_by_name(tmp_path, target, message):
+    from tests.conftest import TINY_PARAMS
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
+    proc = run_snakemake(tmp_path, "-n", target, check=False, quiet=False)
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr
 
 
 def test_gpu_profile_gives_the_one_gpu_to_every_rule_that_runs_torch_on_the_device():

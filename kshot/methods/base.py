@@ -91,8 +91,10 @@ class Method(ABC):
     kind: ClassVar[str]
     Options: ClassVar[type] = TrainOverrides
 
-    def __init__(self, options: Any, finetune: FinetuneConfig) -> None:
+    def __init__(self, options: Any, finetune: FinetuneConfig, name: str | None = None) -> None:
         self.options = options
+        # the params field its errors name: methods.<name> (the kind where no name is given)
+        self.where = f"methods.{name}" if name else self.kind
         overrides = {
             f.name: getattr(options, f.name)
             for f in dataclasses.fields(TrainOverrides)

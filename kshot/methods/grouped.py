@@ -124,13 +124,14 @@ def select_layers(model: Backbone, layers: list[str] | None) -> list[str]:
     return list(dict.fromkeys(picked))
 
 
-def layer_sizes(model: Backbone, layers: list[str]) -> dict[str, int]:
-    """Neurons (output channels / units) of each layer of ``layers``, checked to be groupable."""
+def layer_sizes(model: Backbone, layers: list[str], where: str = "layers") -> dict[str, int]:
+    """Neurons (output channels / units) of each layer of ``layers``, checked to be groupable
+    (``where``: the field an error names)."""
     groupable = model.groupable()
     for name in layers:
         if name not in groupable:
             raise ConfigError(
-                f"layers: '{name}' is not a groupable layer of this backbone"
+                f"{where}: '{name}' is not a groupable layer of this backbone"
                 f"{suggest(name, groupable)}; expected some of {groupable}"
             )
     return {name: model.get_submodule(name).weight.shape[0] for name in layers}
@@ -213,22 +214,29 @@ class Grouped(_GroupedBase):
 
     def counts(self, model: Backbone, ep: EpisodeData) -> dict[str, int]:
         groups, layers = self.options.groups, self.options.layers
+        where = self.where
         if isinstance(groups, dict):
+            field = f"{where}.layers" if layers is not None else f"{where}.groups"
             if layers is None:
                 layers = [n for n in model.groupable() if n in groups]
                 layers += [n for n in groups if n not in layers]  # unknown names fail below
             layers = select_layers(model, layers)
             missing = [n for n in layers if n not in groups]
             if missing:
-                raise ConfigError(f"groups: expected a count for each layer of layers, missing {missing}")
+                raise ConfigError(
+                    f"{where}.groups: expected a count for each layer of {where}.layers, missing {missing}"
+                )
         else:
+            field = f"{where}.layers"
             layers = select_layers(model, layers)
-        sizes = layer_sizes(model, layers)
+        sizes = layer_sizes(model, layers, field)
         return {
             name: resolve_count(
                 groups[name] if isinstance(groups, dict) else groups,
                 n,
-                f"groups.{name}" if isinstance(groups, dict) else f"groups (for layer {name})",
+                f"{where}.groups.{name}"
+                if isinstance(groups, dict)
+                else f"{where}.groups (for layer {name})",
             )
             for name, n in sizes.items()
         }
@@ -263,9 +271,9 @@ class GroupedRL(_GroupedBase):
         found = ep.artifacts.get("search_counts")
         if not isinstance(found, dict) or not found:
             raise DataError(
-                "grouped_rl: expected the searched group counts per layer in "
-                "artifacts['search_counts'] (run the search stage for this benchmark and k "
-                f"first), found {found!r}"
+                f"{self.where}: expected the searched group counts per layer (the search stage's "
+                "result: `kshot finetune --search <search.json>`, or artifacts['search_counts'] "
+                f"through the library; run the search for this benchmark and k first), found {found!r}"
             )
         sizes = layer_sizes(model, list(found))
         out = {}

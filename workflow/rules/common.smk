@@ -5,15 +5,16 @@ import json
 from snakemake.utils import validate
 
 from kshot.config import from_dict, method_spec, params_from_dict
+from kshot.errors import ConfigError, unknown
 from kshot.activations import TAG_PATTERN
 from kshot.methods import METHODS
 from kshot.methods.grouped import GROUPED_KINDS
 from kshot.search import SearchConfig
 
+# kshot's own checks first (one line naming the field, what was expected and what was found, the
+# nearest valid name), then the JSON schema's, which also fills in its defaults
+PARAMS = params_from_dict(config)
 validate(config, schema="../schemas/config.schema.yaml")
-PARAMS = params_from_dict(
-    config
-)  # kshot's own checks: names, ranges, nearest valid names
 
 RAW = config["data"]["raw_dir"]
 LOGS = "data/logs"  # the rules with a {root} wildcard log under {root}/logs: data/logs for the default run
@@ -44,20 +45,29 @@ def params_json(*sections, **named):
     return json.dumps(out, sort_keys=True)
 
 
+def entry(table, name):
+    """``config[table][name]``; a name the params do not define (e.g. in a target path asked for on
+    the command line) is an error naming the table and the nearest defined name."""
+    entries = config.get(table) or {}
+    if name not in entries:
+        raise unknown(table, name, entries)
+    return entries[name]
+
+
 def source_of(benchmark):
-    return config["benchmarks"][benchmark]["source"]
+    return entry("benchmarks", benchmark)["source"]
 
 
 def source_dataset(source):
-    return config["sources"][source]["dataset"]
+    return entry("sources", source)["dataset"]
 
 
 def target_dataset(benchmark):
-    return config["benchmarks"][benchmark]["target"]
+    return entry("benchmarks", benchmark)["target"]
 
 
 def is_grouped(method):
-    return config["methods"][method]["kind"] in GROUPED_KINDS
+    return entry("methods", method)["kind"] in GROUPED_KINDS
 
 
 def activation_tag(method=None):
@@ -65,7 +75,12 @@ def activation_tag(method=None):
     if method is None:
         search = from_dict(SearchConfig, config.get("search"), "search")
         return search.activation_spec.tag
-    spec = method_spec(method, config["methods"][method])
+    spec = method_spec(method, entry("methods", method))
+    if spec.kind not in GROUPED_KINDS:
+        raise ConfigError(
+            f"methods.{method}.kind: groups and activations are made for grouped kinds "
+            f"{sorted(GROUPED_KINDS)}, found '{spec.kind}'"
+        )
     options = METHODS[spec.kind].parse_options(spec.options, f"methods.{method}")
     return options.activation_spec.tag
 
@@ -150,7 +165,7 @@ def activation_targets():
 
 def search_input(wildcards):
     """The search result a ``grouped_rl`` method reads (none for other kinds)."""
-    spec = config["methods"][wildcards.method]
+    spec = entry("methods", wildcards.method)
     if spec["kind"] != "grouped_rl":
         return []
     strategy = spec.get("search", "reinforce")
