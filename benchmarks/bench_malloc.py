@@ -64,6 +64,7 @@ def main() -> None:
                     best[name] = run
                 outputs[name] = [p.read_bytes() for p in sorted(out_dir.rglob("*")) if p.is_file()]
     result = {
+        "date": time.strftime("%Y-%m-%d"),
         "command": command,
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),

@@ -91,6 +91,7 @@ def main() -> None:
     write_json(
         args.out,
         {
+            "date": time.strftime("%Y-%m-%d"),
             "target": args.target,
             "jobs": jobs,
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
