@@ -1,7 +1,8 @@
 """The README's benchmark tables, rendered from the measurements in ``benchmarks/measured/``.
 
 The benchmark scripts write JSON to ``benchmarks/results/`` (ignored by git). The files the README
-quotes are copied to ``benchmarks/measured/`` and committed; this script renders them as Markdown.
+quotes are copied to ``benchmarks/measured/`` and committed (``pipeline_time_<n>.json``, one per
+fresh-clone run shown, each a row); this script renders them as Markdown.
 ``python benchmarks/summarise.py`` prints the tables; ``--update-readme`` rewrites the block between
 the README's ``<!-- benchmarks:begin -->`` and ``<!-- benchmarks:end -->`` markers, and a test checks
 that the block is what this script renders, so no number there is typed by hand.
@@ -43,25 +44,39 @@ def _mmss(seconds: float) -> str:
     return f"{m} min {s:02d} s"
 
 
-def pipeline_section(d: dict[str, Any]) -> list[str]:
-    rules = sorted(d["rules"].items(), key=lambda kv: -kv[1]["job_s"])  # JSON keys are sorted by name
-    top = ", ".join(
-        f"`{r}` {100 * v['share']:.0f}% ({v['jobs']} job{'s' if v['jobs'] > 1 else ''})" for r, v in rules[:3]
-    )
-    return [
-        f"**The default pipeline from a fresh clone** (`python benchmarks/pipeline_time.py`, "
-        f"commit `{d['commit'][:7]}`, {d['date']}, {d['cores']} cores; a one-thread matmul reached "
-        f"{d['matmul_gflops_before']:.0f} GFLOP/s before the run and {d['matmul_gflops_after']:.0f} "
-        "after):",
+def pipeline_section(runs: list[dict[str, Any]]) -> list[str]:
+    """One row per fresh-clone run, oldest first."""
+    same = {True: "yes", False: "no", None: "not compared"}
+    out = [
+        "**The default pipeline from a fresh clone** (`python benchmarks/pipeline_time.py`; the "
+        "matmul is one thread's GFLOP/s before and after the run, the machine's speed of the moment; "
+        "*identical*: the tables and metrics are byte-identical to the working tree's):",
         "",
-        "| setup (`make setup`) | pipeline (`make run`) | both | jobs | job-seconds | where they go |",
-        "|--:|--:|--:|--:|--:|---|",
-        f"| {_mmss(d['setup_s'])} | **{_mmss(d['run_s'])}** | {_mmss(d['total_s'])} | {d['jobs']} | "
-        f"{d['job_seconds']:,.0f} | {top} |",
-        "",
-        "Outputs byte-identical to the working tree's tables and metrics: "
-        f"{ {True: 'yes', False: 'no', None: 'not compared'}[d['outputs_identical_to_working_tree']] }.",
-    ]
+        _row(
+            "date", "commit", "cores", "setup (`make setup`)", "pipeline (`make run`)", "both",
+            "jobs", "job-seconds", "where they go", "matmul", "identical",
+        ),
+        "|---|---|--:|--:|--:|--:|--:|--:|---|--:|---|",
+    ]  # fmt: skip
+    for d in runs:
+        rules = sorted(d["rules"].items(), key=lambda kv: -kv[1]["job_s"])  # JSON keys come sorted by name
+        top = ", ".join(f"`{r}` {100 * v['share']:.0f}%" for r, v in rules[:3])
+        out.append(
+            _row(
+                d["date"],
+                f"`{d['commit'][:7]}`",
+                d["cores"],
+                _mmss(d["setup_s"]),
+                f"**{_mmss(d['run_s'])}**",
+                _mmss(d["total_s"]),
+                d["jobs"],
+                f"{d['job_seconds']:,.0f}",
+                top,
+                f"{d['matmul_gflops_before']:.0f} / {d['matmul_gflops_after']:.0f}",
+                same[d["outputs_identical_to_working_tree"]],
+            )
+        )
+    return out
 
 
 def steps_section(d: dict[str, Any]) -> list[str]:
@@ -156,8 +171,9 @@ def memory_section(malloc: dict[str, Any] | None, peak: dict[str, Any] | None) -
 def render(folder: Path = MEASURED) -> str:
     """The Markdown of every measurement present in ``folder``."""
     parts = []
-    if pipeline := _load(folder, "pipeline_time.json"):
-        parts.append(pipeline_section(pipeline))
+    runs = [json.loads(f.read_text()) for f in sorted(folder.glob("pipeline_time*.json"))]
+    if runs:
+        parts.append(pipeline_section(sorted(runs, key=lambda d: (d["date"], d["commit"]))))
     if bench := _load(folder, "bench_grouping.json"):
         if any(s["step_time"] for s in bench["settings"]):
             parts.append(steps_section(bench))
