@@ -12,7 +12,7 @@ day to day. The run's tables and ``reports/metrics.json`` are compared byte for 
 working tree's, where it has them.
 
 Run it inside the environment, with nothing else busy: ``python benchmarks/pipeline_time.py``
-(about 15 minutes on 2 CPU cores); ``--log <snakemake log>`` only reads an existing run's log.
+(about 17 minutes on 2 CPU cores, setup included); ``--log <snakemake log>`` only reads an existing run's log.
 """
 
 from __future__ import annotations
@@ -68,13 +68,14 @@ def parse_log(text: str) -> dict[str, Any]:
         for rule, ds in sorted(per_rule.items(), key=lambda kv: -sum(kv[1]))
     }
     job_s = sum(r["job_s"] for r in rules.values())
+    total = job_s or 1.0  # shares of nothing (e.g. only the `all` rule ran) are 0
     return {
         "jobs": sum(r["jobs"] for r in rules.values()),
         "unfinished": len(started),
         "job_seconds": job_s,
         "span_s": (last - first).total_seconds() if first and last else None,
         "snakemake_elapsed_s": elapsed,
-        "rules": {r: {**v, "share": v["job_s"] / job_s} for r, v in rules.items()},
+        "rules": {r: {**v, "share": v["job_s"] / total} for r, v in rules.items()},
     }
 
 
@@ -117,9 +118,18 @@ def same_outputs(clone: Path, tree: Path) -> bool | None:
         a, b = clone / rel, tree / rel
         if not b.exists():
             return None
-        files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file()) if a.is_dir() else [Path()]
-        pairs += [(a / f, b / f) for f in files]
-    return all(y.is_file() and filecmp.cmp(x, y, shallow=False) for x, y in pairs)
+        if b.is_dir():  # the files of both sides: one missing on either side is a difference
+            files = {
+                p.relative_to(root)
+                for root in (a, b)
+                if root.is_dir()
+                for p in root.rglob("*")
+                if p.is_file()
+            }
+        else:
+            files = {Path()}
+        pairs += [(a / f, b / f) for f in sorted(files)]
+    return all(x.is_file() and y.is_file() and filecmp.cmp(x, y, shallow=False) for x, y in pairs)
 
 
 def main() -> None:
@@ -162,8 +172,9 @@ def main() -> None:
             else:
                 shutil.rmtree(clone, ignore_errors=True)
     write_json(args.out, result)
+    span = f"{result['span_s']:.0f} s" if result["span_s"] is not None else "none (no job finished)"
     print(
-        f"jobs {result['jobs']}, {result['job_seconds']:.0f} job-seconds, span {result['span_s']:.0f} s"
+        f"jobs {result['jobs']}, {result['job_seconds']:.0f} job-seconds, span {span}"
         + (f"; setup {result['setup_s']:.0f} s, run {result['run_s']:.0f} s" if "run_s" in result else "")
     )
     for rule, r in result["rules"].items():

@@ -86,3 +86,24 @@ def test_render_reflects_a_changed_measurement(tmp_path):
     d["run_s"] += 61
     pipeline.write_text(json.dumps(d))
     assert summarise.render(tmp_path) != summarise.render()
+
+
+def test_outputs_compare_unequal_when_a_file_is_missing_on_either_side(tmp_path):
+    clone, tree = tmp_path / "clone", tmp_path / "tree"
+    for root in (clone, tree):
+        (root / "reports" / "tables").mkdir(parents=True)
+        (root / "reports" / "metrics.json").write_text("{}")
+        (root / "reports" / "tables" / "results.md").write_text("| a |")
+    assert pipeline_time.same_outputs(clone, tree) is True
+    (tree / "reports" / "tables" / "ablation.md").write_text("| b |")
+    assert pipeline_time.same_outputs(clone, tree) is False  # missing from the clone
+    (clone / "reports" / "tables" / "ablation.md").write_text("| c |")
+    assert pipeline_time.same_outputs(clone, tree) is False  # different bytes
+    assert pipeline_time.same_outputs(clone, tmp_path / "nothing") is None
+
+
+def test_a_log_only_measurement_is_not_shown_as_a_run(tmp_path):
+    for f in summarise.MEASURED.glob("*.json"):
+        (tmp_path / f.name).write_text(f.read_text())
+    (tmp_path / "pipeline_time_9.json").write_text(json.dumps(pipeline_time.parse_log(LOG)))
+    assert summarise.render(tmp_path) == summarise.render()
