@@ -26,8 +26,7 @@ from kshot.config import (
     SourceConfig,
     from_dict,
     method_spec,
-    params_from_dict,
-    read_params_file,
+    read_valid_params,
 )
 from kshot.errors import ConfigError, DataError, KshotError, unknown
 from kshot.runtime import keep_freed_memory
@@ -39,11 +38,7 @@ def _raw_params(args: argparse.Namespace) -> dict[str, Any]:
             return json.loads(args.params_json)
         except json.JSONDecodeError as err:
             raise ConfigError(f"--params-json: expected a JSON object, found invalid JSON ({err})") from err
-    raw = read_params_file(args.params)
-    try:
-        params_from_dict(raw)  # a whole file is validated as a whole
-    except ConfigError as err:
-        raise ConfigError(f"params file '{args.params}': {err}") from err
+    raw, _ = read_valid_params(args.params)  # a whole file is validated as a whole
     return raw
 
 
@@ -95,13 +90,13 @@ def cmd_prepare_target(args: argparse.Namespace, raw: dict[str, Any]) -> None:
 
 
 def cmd_episodes(args: argparse.Namespace, raw: dict[str, Any]) -> None:
-    from kshot.data.prepare import load_prepared
+    from kshot.data.prepare import check_target_of, load_prepared
     from kshot.episodes import make_episodes
     from kshot.io import write_json
 
     cfg = from_dict(EpisodeConfig, raw.get("episodes"), "episodes")
     data = load_prepared(Path(args.target), ("pool_y", "test_y", "meta"))
-    _check_target_of(args, data["meta"])
+    check_target_of(Path(args.target), data["meta"], args.benchmark)
     eps = make_episodes(data["pool_y"], data["test_y"], args.k, cfg, raw.get("seed", 0), args.benchmark)
     write_json(args.out, eps)
 
@@ -169,21 +164,13 @@ def _search_counts(path: str) -> dict[str, Any]:
     return result["chosen_counts"]
 
 
-def _check_target_of(args: argparse.Namespace, meta: dict[str, Any]) -> None:
-    """Raise :class:`DataError` unless the prepared target ``args.target`` is ``args.benchmark``'s."""
-    if meta.get("name") != args.benchmark:
-        raise DataError(
-            f"prepared data '{args.target}': expected the target of benchmark '{args.benchmark}', "
-            f"found that of {meta.get('name')!r}"
-        )
-
-
 def _episodes_file(args: argparse.Namespace, meta: dict[str, Any], k: int | None) -> dict[str, Any]:
     """The episodes file ``args.episodes``, checked to hold the episodes of ``args.benchmark`` and
     ``k`` (any k for ``None``) on the prepared target whose ``meta`` is given."""
+    from kshot.data.prepare import check_target_of
     from kshot.episodes import read_episodes
 
-    _check_target_of(args, meta)
+    check_target_of(Path(args.target), meta, args.benchmark)
     return read_episodes(args.episodes, args.benchmark, k, meta)
 
 
@@ -279,14 +266,10 @@ def cmd_search(args: argparse.Namespace, raw: dict[str, Any]) -> None:
     finetune = from_dict(FinetuneConfig, raw.get("finetune"), "finetune")
     data = load_prepared(Path(args.target), ("pool_x", "pool_y", "meta"))
     ep_file = _episodes_file(args, data["meta"], None)
-    if not ep_file.get("search"):
-        raise DataError(
-            f"episodes file '{args.episodes}': expected a non-empty 'search' list "
-            f"(episodes.search_episodes >= 1), found {len(ep_file.get('search') or [])} search episodes"
-        )
     seed = raw.get("seed", 0)
+    where = f"episodes file '{args.episodes}'"
     episodes, select = (
-        search_episodes(ep_file, data["pool_x"], data["pool_y"], args.benchmark, seed, role)
+        search_episodes(ep_file, data["pool_x"], data["pool_y"], args.benchmark, seed, role, where)
         for role in ("search", "select")
     )
     model, _ = load_checkpoint(Path(args.checkpoint))

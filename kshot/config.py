@@ -391,14 +391,19 @@ def read_params_file(path: str | Path) -> Any:
         raise yaml_error(p, err) from err
 
 
+def read_valid_params(path: str | Path) -> tuple[Any, Params]:
+    """The parsed YAML of a params file and its validated :class:`Params`; raises
+    :class:`ConfigError` naming the file and the field."""
+    raw = read_params_file(path)
+    try:
+        return raw, params_from_dict(raw)
+    except ConfigError as err:
+        raise ConfigError(f"params file '{path}': {err}") from err
+
+
 def load_params(path: str | Path) -> Params:
     """Read and validate a params file; raises :class:`ConfigError` naming the file and field."""
-    try:
-        return params_from_dict(read_params_file(path))
-    except ConfigError as err:
-        if str(err).startswith("params file"):
-            raise
-        raise ConfigError(f"params file '{path}': {err}") from err
+    return read_valid_params(path)[1]
 
 
 def params_from_dict(raw: Any) -> Params:

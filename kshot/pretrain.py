@@ -83,6 +83,17 @@ def save_checkpoint(
     save_tensors(path, {"arch": arch, "state_dict": model.state_dict(), "metrics": metrics})
 
 
+def checkpoint_arch(obj: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The ``arch`` description of the checkpoint content ``obj`` (loaded from ``path``); raises
+    :class:`CheckpointError` when it lacks its description or its weights."""
+    arch = obj.get("arch")
+    if not isinstance(arch, dict) or "state_dict" not in obj:
+        raise CheckpointError(
+            f"checkpoint '{path}': expected keys 'arch' and 'state_dict', found {sorted(obj)}"
+        )
+    return arch
+
+
 def load_checkpoint(path: Path) -> tuple[Backbone, dict[str, Any]]:
     """Rebuild the network a checkpoint describes and load its weights.
 
@@ -91,11 +102,7 @@ def load_checkpoint(path: Path) -> tuple[Backbone, dict[str, Any]]:
     architecture, or unsafe content.
     """
     obj = load_tensors(path, what="checkpoint")
-    arch = obj.get("arch")
-    if not isinstance(arch, dict) or "state_dict" not in obj:
-        raise CheckpointError(
-            f"checkpoint '{path}': expected keys 'arch' and 'state_dict', found {sorted(obj)}"
-        )
+    arch = checkpoint_arch(obj, path)
     if arch.get("backbone") not in BACKBONES:
         raise CheckpointError(
             f"checkpoint '{path}': expected a backbone in {sorted(BACKBONES)}, found {arch.get('backbone')!r}"

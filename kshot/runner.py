@@ -22,12 +22,12 @@ import torch
 from kshot.activations import episode_indices
 from kshot.config import FinetuneConfig, MethodSpec
 from kshot.data.datasets import sha256
-from kshot.data.prepare import load_prepared
+from kshot.data.prepare import check_target_of, load_prepared
 from kshot.episodes import Episode, episode_seed, read_episodes
 from kshot.errors import CheckpointError, DataError
 from kshot.io import load_tensors, write_json
 from kshot.methods import METHODS, EpisodeData, EpisodeResult
-from kshot.pretrain import load_checkpoint
+from kshot.pretrain import checkpoint_arch, load_checkpoint
 
 
 @functools.cache
@@ -49,12 +49,7 @@ def stamp(obj: Any) -> str:
 def check_geometry(checkpoint: Path, target: Path, meta: dict[str, Any]) -> None:
     """Raise :class:`CheckpointError` when the checkpoint's network does not read the target's
     images (``meta['channels']`` x ``meta['side']`` squared)."""
-    content = load_tensors(checkpoint, what="checkpoint")
-    arch = content.get("arch")
-    if not isinstance(arch, dict) or "state_dict" not in content:
-        raise CheckpointError(
-            f"checkpoint '{checkpoint}': expected keys 'arch' and 'state_dict', found {sorted(content)}"
-        )
+    arch = checkpoint_arch(load_tensors(checkpoint, what="checkpoint"), checkpoint)
     found = (arch.get("in_channels"), arch.get("image_size"))
     if found != (meta["channels"], meta["side"]):
         raise CheckpointError(
@@ -94,11 +89,7 @@ def run_episodes(
     ``groups``: the group stage's file for a grouped method (its assignments are used instead of
     clustering here, see :func:`kshot.methods.grouped.read_groups`)."""
     data = load_prepared(target, ("pool_x", "pool_y", "test_x", "test_y", "meta"))
-    if data["meta"].get("name") != benchmark:
-        raise DataError(
-            f"prepared data '{target}': expected the target of benchmark '{benchmark}', found that "
-            f"of {data['meta'].get('name')!r}"
-        )
+    check_target_of(target, data["meta"], benchmark)
     ep_file = read_episodes(episodes, benchmark, k, data["meta"])
     if role not in ep_file:
         raise DataError(f"episodes file '{episodes}': expected a '{role}' list, found {sorted(ep_file)}")

@@ -458,9 +458,11 @@ def search_episodes(
     benchmark: str,
     seed: int,
     role: str = "search",
+    where: str = "episodes file",
 ) -> list[SearchEpisode]:
     """The search (``role='search'``) or selection (``role='select'``) episodes of an episodes file
-    as tensors; selection episodes may be absent (an empty list).
+    as tensors; selection episodes may be absent (an empty list). ``where``: the file, as an error
+    names it.
 
     They come from their own seed streams (:func:`kshot.episodes.make_episodes`), and their
     fine-tuning seeds are namespaced apart from the evaluation episodes'; the target pool is passed
@@ -472,7 +474,7 @@ def search_episodes(
 
     if role == "search" and not ep_file.get("search"):
         raise DataError(
-            "episodes file: expected a non-empty 'search' list (episodes.search_episodes >= 1), "
+            f"{where}: expected a non-empty 'search' list (episodes.search_episodes >= 1), "
             f"found {len(ep_file.get('search') or [])} search episodes"
         )
     k = int(ep_file["k"])

@@ -154,6 +154,16 @@ def prepare_target(
     )
 
 
+def check_target_of(path: Path, meta: dict[str, Any], benchmark: str) -> None:
+    """Raise :class:`DataError` unless the prepared target at ``path`` (its ``meta``) is
+    ``benchmark``'s."""
+    if meta.get("name") != benchmark:
+        raise DataError(
+            f"prepared data '{path}': expected the target of benchmark '{benchmark}', found that "
+            f"of {meta.get('name')!r}"
+        )
+
+
 def load_prepared(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
     """Load a prepared file and check it has ``keys``."""
     obj = load_tensors(path, what="prepared data")
