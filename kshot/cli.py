@@ -29,7 +29,7 @@ from kshot.config import (
     read_valid_params,
 )
 from kshot.errors import ConfigError, DataError, KshotError, unknown
-from kshot.runtime import keep_freed_memory
+from kshot.runtime import keep_freed_memory, numerics
 
 
 def _raw_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -108,6 +108,10 @@ def cmd_pretrain(args: argparse.Namespace, raw: dict[str, Any]) -> None:
 
     src = _named(raw, "sources", args.source, SourceConfig)
     data = load_prepared(Path(args.data), ("train_x", "train_y", "test_x", "test_y"))
+    # the recipe's thread count unless given by hand: on CPU it decides the float rounding
+    threads = args.threads or src.threads
+    torch.set_num_threads(threads)
+    device = _device(raw)
     start = time.perf_counter()
     model, metrics = pretrain(
         src,
@@ -116,8 +120,9 @@ def cmd_pretrain(args: argparse.Namespace, raw: dict[str, Any]) -> None:
         data["test_x"],
         data["test_y"],
         raw.get("seed", 0),
-        _device(raw),
+        device,
     )
+    metrics["numerics"] = numerics(device, threads)
     save_checkpoint(Path(args.out), model, src, int(data["train_x"].shape[-1]), metrics)
     write_json(args.metrics, {"source": args.source, "backbone": src.backbone, **metrics})
     # the wall time goes to the log alone: the checkpoint and its metrics are the same bytes on

@@ -159,12 +159,19 @@ class SourceConfig:
     weight_decay: float = 5e-4
     width: float = 1.0
     pretrained: str | None = None
+    # Part of the recipe, not a speed knob: on CPU the float rounding of the pre-training (and so the
+    # checkpoint and every number after it) depends on the number of threads, so it is fixed here
+    # instead of following ``--cores``.
+    threads: int = 2
+    seed: int | None = None  # the pre-training's seed (None: the top-level seed)
 
     def validate(self, where: str) -> None:
         _check_classes(f"{where}.classes", self.classes)
-        for name in ("epochs", "batch_size", "lr", "max_per_class", "image_size", "width"):
+        for name in ("epochs", "batch_size", "lr", "max_per_class", "image_size", "width", "threads"):
             _positive(where, name, getattr(self, name))
         _positive(where, "weight_decay", self.weight_decay, strict=False)
+        if self.seed is not None and self.seed < 0:
+            raise ConfigError(f"{where}.seed: expected an integer >= 0 or null, found {self.seed}")
 
 
 @dataclass(frozen=True)

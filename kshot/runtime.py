@@ -17,6 +17,11 @@ import ctypes
 import ctypes.util
 import os
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 M_TRIM_THRESHOLD = -1  # from glibc's <malloc.h>
 M_MMAP_THRESHOLD = -3
@@ -42,3 +47,43 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and bool(
         mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     )
+
+
+def numerics(device: torch.device, threads: int) -> dict[str, object]:
+    """What decides the float rounding of a computation, recorded beside its result.
+
+    On CPU, PyTorch (oneDNN, MKL, its own vectorised kernels) picks kernels by the processor's
+    instruction set and splits reductions by the number of threads, so the same code and params give
+    bit-identical results only with the same kernels and thread count. Another CPU type trains a
+    slightly different network, and every number after it moves within the noise of the study.
+    """
+    import platform
+
+    import torch
+
+    record: dict[str, object] = {"torch": str(torch.__version__), "device": device.type, "threads": threads}
+    if device.type == "cuda":
+        record["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        record["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        record["cpu"] = _cpu_model() or platform.machine()
+    return record
+
+
+def _cpu_model() -> str | None:
+    """``model name (family F, model M)`` from ``/proc/cpuinfo``; ``None`` where it is not readable."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the first processor's block is enough
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name")
+    if name is None:
+        return None
+    ids = [f"{k} {fields[k]}" for k in ("cpu family", "model") if k in fields]
+    return f"{name} ({', '.join(ids)})" if ids else name

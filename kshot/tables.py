@@ -223,6 +223,15 @@ def main_tables(summary: pd.DataFrame, baseline: str, order: Sequence[str] | Non
     return tables
 
 
+def numerics_label(record: Mapping[str, Any] | None) -> str:
+    """``cpu AVX512, 2 threads, torch 2.14.1`` from a checkpoint's ``numerics`` record (older
+    checkpoints have none: an empty string)."""
+    if not record:
+        return ""
+    where = record.get("gpu") or f"{record.get('device', '?')} {record.get('cpu_capability', '')}".strip()
+    return f"{where}, {record.get('threads', '?')} threads, torch {record.get('torch', '?')}"
+
+
 def source_table(sources: Sequence[Mapping[str, Any]]) -> Table:
     """Source pre-training: one row per source checkpoint ``metrics.json``."""
     if not sources:
@@ -242,6 +251,7 @@ def source_table(sources: Sequence[Mapping[str, Any]]) -> Table:
             "final_train_loss": last_loss,
             "train_acc": 100 * s["source_train_acc"] if "source_train_acc" in s else math.nan,
             "test_acc": 100 * s["source_test_acc"],
+            "computed_on": numerics_label(s.get("numerics")),
         }
         data.append(rec)
         rows.append(
@@ -253,13 +263,26 @@ def source_table(sources: Sequence[Mapping[str, Any]]) -> Table:
                 "" if math.isnan(last_loss) else f"{last_loss:.3f}",
                 "" if math.isnan(rec["train_acc"]) else f"{rec['train_acc']:.1f}",
                 f"{rec['test_acc']:.1f}",
+                rec["computed_on"],
             ]
         )
     return Table(
         title="Source pre-training",
         note="Accuracy (%) of each source network on its own classes before any fine-tuning; "
-        "train accuracy on up to 10,000 training images.",
-        columns=["source", "backbone", "parameters", "epochs", "final train loss", "train acc", "test acc"],
+        "train accuracy on up to 10,000 training images. Computed on: the device, its kernels' "
+        "instruction set and the threads of the pre-training. Every later number is reproduced bit "
+        "for bit only with the same kernels and threads: on another CPU type the source network, "
+        "and every number after it, differs by float rounding (README, Reproducibility).",
+        columns=[
+            "source",
+            "backbone",
+            "parameters",
+            "epochs",
+            "final train loss",
+            "train acc",
+            "test acc",
+            "computed on",
+        ],
         cells=rows,
         data=pd.DataFrame(data),
     )

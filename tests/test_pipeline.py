@@ -187,6 +187,22 @@ def test_target_naming_what_the_params_lack_is_refused_by_name(tmp_path, target,
     assert message in proc.stdout + proc.stderr
 
 
+def test_pretraining_takes_its_threads_from_the_recipe_whatever_the_cores(tmp_path):
+    """``--cores`` must not change any number: the pre-training's thread count (which decides its
+    float rounding on CPU) is ``sources.<name>.threads``, and its command passes none."""
+    from tests.conftest import TINY_PARAMS
+
+    raw = copy.deepcopy(TINY_PARAMS)
+    raw["sources"]["digits04"]["threads"] = 3
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    target = "data/checkpoints/digits04/source.pt"
+    proc = run_snakemake(tmp_path, "-n", "-p", "--cores", "8", target, quiet=False)
+    job = proc.stdout[proc.stdout.index("rule pretrain:") :]
+    assert re.search(r"^\s+threads: 3$", job, flags=re.M), job[:800]
+    command = job[job.index("python -m kshot pretrain") :].splitlines()[0]
+    assert "--threads" not in command, command
+
+
 def test_gpu_profile_gives_the_one_gpu_to_every_rule_that_runs_torch_on_the_device():
     profile = yaml.safe_load((REPO / "workflow/profiles/gpu/config.yaml").read_text())
     assert profile["resources"] == {"gpu": 1}

@@ -253,7 +253,12 @@ def test_every_table_compiles_with_pdflatex_within_the_page(tmp_path):
 
 def test_source_table_reports_percent_and_rejects_a_file_without_accuracy():
     t = source_table([{"source": "s", "backbone": "lenet", "source_test_acc": 0.9264, "n_params": 1000}])
-    assert t.cells[0][-1] == "92.6" and t.cells[0][2] == "1,000"
+    assert t.cells[0][-2] == "92.6" and t.cells[0][2] == "1,000"
+    assert t.cells[0][-1] == ""  # a checkpoint from before the numerics record
+    numerics = {"torch": "2.14.1", "device": "cpu", "threads": 2, "cpu_capability": "AVX512", "cpu": "x"}
+    t = source_table([{"source": "s", "backbone": "lenet", "source_test_acc": 0.9, "numerics": numerics}])
+    assert t.cells[0][-1] == "cpu AVX512, 2 threads, torch 2.14.1"
+    assert t.data.computed_on[0] == t.cells[0][-1]
     with pytest.raises(DataError, match="source_test_acc"):
         source_table([{"source": "s", "backbone": "lenet"}])
 

@@ -107,3 +107,63 @@ def test_pretraining_twice_gives_identical_weights_and_metrics(tmp_path, upstrea
     # byte for byte: the activations and groups record the checkpoint's sha256 (no wall time inside)
     assert upstream["ckpt"].read_bytes() == other["ckpt"].read_bytes()
     assert upstream["source_metrics"].read_bytes() == other["source_metrics"].read_bytes()
+
+
+def test_pretraining_threads_are_the_recipes_and_are_recorded(tmp_path, upstream):
+    """The float rounding of CPU pre-training depends on the thread count, so the rule passes none:
+    ``sources.<name>.threads`` decides (not ``--cores``), and the checkpoint records what decided
+    its numerics. By hand, ``--threads`` overrides the recipe, and the record says so."""
+    import json
+
+    from kshot.cli import main
+    from kshot.pretrain import load_checkpoint
+
+    raw = copy.deepcopy(TINY_PARAMS)
+    raw["sources"]["digits04"]["threads"] = 1
+    before = torch.get_num_threads()
+    records = []
+    try:
+        for name, extra in (("recipe", []), ("by_hand", ["--threads", "3"])):
+            out, metrics = tmp_path / f"{name}.pt", tmp_path / f"{name}.json"
+            argv = ["pretrain", "--source", "digits04", "--data", str(upstream["source"])]
+            argv += ["--out", str(out), "--metrics", str(metrics), "--params-json", json.dumps(raw), *extra]
+            assert main(argv) == 0
+            records.append(json.loads(metrics.read_text())["numerics"])
+            assert load_checkpoint(out)[1]["numerics"] == records[-1]
+    finally:
+        torch.set_num_threads(before)
+    assert [r["threads"] for r in records] == [1, 3]
+    assert records[0]["torch"] == torch.__version__ and records[0]["device"] == "cpu"
+    assert records[0]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+
+
+@pytest.mark.parametrize(
+    ("threads", "message"), [(0, "sources.digits04.threads"), (-1, "sources.digits04.seed")]
+)
+def test_bad_pretraining_threads_or_seed_is_refused_by_name(threads, message):
+    from kshot.errors import ConfigError
+
+    raw = copy.deepcopy(TINY_PARAMS)
+    if message.endswith("seed"):
+        raw["sources"]["digits04"]["seed"] = threads
+    else:
+        raw["sources"]["digits04"]["threads"] = threads
+    with pytest.raises(ConfigError, match=message):
+        params_from_dict(raw)
+
+
+def test_a_sources_seed_replaces_the_top_level_seed_for_its_pretraining(upstream):
+    import dataclasses
+
+    from kshot.data.prepare import load_prepared
+    from kshot.pretrain import pretrain
+
+    src = params_from_dict(TINY_PARAMS).sources["digits04"]
+    d = load_prepared(upstream["source"], ("train_x", "train_y", "test_x", "test_y"))
+    data = (d["train_x"], d["train_y"], d["test_x"], d["test_y"])
+    cpu = torch.device("cpu")
+    own = pretrain(dataclasses.replace(src, seed=7), *data, 0, cpu)[0].state_dict()
+    top = pretrain(src, *data, 7, cpu)[0].state_dict()
+    other = pretrain(src, *data, 0, cpu)[0].state_dict()
+    assert all(torch.equal(own[k], top[k]) for k in own)
+    assert not torch.equal(own["conv1.weight"], other["conv1.weight"])

@@ -58,6 +58,11 @@ def source_of(benchmark):
     return entry("benchmarks", benchmark)["source"]
 
 
+def source_config(source):
+    entry("sources", source)  # an unknown name: the error naming the table
+    return PARAMS.sources[source]
+
+
 def source_dataset(source):
     return entry("sources", source)["dataset"]
 

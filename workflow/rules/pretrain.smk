@@ -11,12 +11,13 @@ rule pretrain:
         "{root}/logs/pretrain/{source}.log",
     conda:
         "../../environment.yml"
-    threads: workflow.cores
+    # the recipe's (sources.<name>.threads), not --cores': on CPU it decides the float rounding
+    threads: lambda w: source_config(w.source).threads
     resources:
         mem_mb=4000,
     params:
         cfg=lambda w: params_json("seed", "device", sources=w.source),
     shell:
         "python -m kshot pretrain --source {wildcards.source} --data {input} "
-        "--out {output.ckpt} --metrics {output.metrics} --threads {threads} "
+        "--out {output.ckpt} --metrics {output.metrics} "
         "--params-json {params.cfg:q} > {log} 2>&1"
