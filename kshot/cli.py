@@ -305,7 +305,19 @@ def cmd_compare(args: argparse.Namespace, raw: dict[str, Any]) -> None:
     if bad:
         raise ConfigError(f"--pairs: expected comparisons written a:b (a − b), found {bad}")
     pairs = [tuple(p.split(":")) for p in args.pairs]
-    write_comparisons([Path(p) for p in args.runs], pairs, Path(args.out_stem), args.kind)
+    replicate_of = {}
+    for item in args.replicate_of or []:
+        bench, _, rest = item.partition("=")
+        base, _, seed = rest.partition(":")
+        if not (bench and base and seed.isdigit()):
+            raise ConfigError(f"--replicate-of: expected entries written benchmark=base:seed, found {item!r}")
+        replicate_of[bench] = (base, int(seed))
+    if (args.kind == "replicates") != bool(replicate_of):
+        raise ConfigError(
+            f"--replicate-of: expected it with --kind replicates and only then, found kind {args.kind!r} "
+            f"and {len(replicate_of)} entries"
+        )
+    write_comparisons([Path(p) for p in args.runs], pairs, Path(args.out_stem), args.kind, replicate_of)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -363,10 +375,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{name}", required=True)
     p.add_argument("--strategy", choices=["reinforce", "random"], default=None)
     p.add_argument("--activations", default=None, help="the activation stage's file")
-    p = add("compare", cmd_compare, "a table of paired differences (ablation or regime study)")
+    p = add("compare", cmd_compare, "a table of paired differences (ablation, regime or replicate study)")
     p.add_argument("--runs", nargs="+", required=True, help="metrics.json files")
     p.add_argument("--pairs", nargs="+", required=True, help="comparisons as a:b (a - b)")
-    p.add_argument("--kind", choices=["ablation", "regime"], required=True)
+    p.add_argument("--kind", choices=["ablation", "regime", "replicates"], required=True)
+    p.add_argument(
+        "--replicate-of",
+        nargs="+",
+        help="replicates: each run's benchmark=base:seed (base benchmark, source seed)",
+    )
     p.add_argument("--out-stem", required=True, help="output path without suffix")
     p.set_defaults(needs_params=False)
     return parser

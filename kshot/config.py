@@ -279,6 +279,81 @@ class RegimeConfig:
 
 
 @dataclass(frozen=True)
+class ReplicatesConfig:
+    """The replicate study (``snakemake replicates``): is a paired difference a property of the
+    method, or of the one source network the default run pre-trains?
+
+    Each seed of ``seeds`` pre-trains the source of every benchmark of ``benchmarks`` again with that
+    seed, as source ``<source>_seed<s>``, and draws new episodes for it, as benchmark
+    ``<benchmark>_seed<s>`` (:func:`with_replicates` adds both to the params). The default run is the
+    replicate of its own seed. ``methods`` run on every replicate; ``pairs`` are the comparisons
+    ``[a, b]`` (a − b) of the study's table.
+    """
+
+    seeds: list[int] = field(default_factory=list)
+    benchmarks: list[str] = field(default_factory=list)
+    methods: list[str] = field(default_factory=list)
+    pairs: list[list[str]] = field(default_factory=list)
+
+    def validate(self, where: str) -> None:
+        if len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
+            raise ConfigError(f"{where}.seeds: expected distinct integers >= 0, found {self.seeds!r}")
+        for i, pair in enumerate(self.pairs):
+            if len(pair) != 2 or pair[0] == pair[1]:
+                raise ConfigError(
+                    f"{where}.pairs[{i}]: expected two different method names [a, b], found {pair!r}"
+                )
+
+
+def replicate_name(name: str, seed: int) -> str:
+    """The name of the replicate of source or benchmark ``name`` pre-trained with ``seed``."""
+    return f"{name}_seed{seed}"
+
+
+def replicate_benchmarks(raw: dict[str, Any]) -> dict[str, tuple[str, int]]:
+    """``{benchmark: (base benchmark, pre-training seed)}`` of every replicate of the replicate
+    study, the default run's own benchmarks (the replicate of their source's seed) included."""
+    block = raw.get("replicates") or {}
+    out = {}
+    for bench in block.get("benchmarks") or []:
+        source = raw["benchmarks"][bench]["source"]
+        own = raw["sources"][source].get("seed")
+        out[bench] = (bench, own if own is not None else raw.get("seed", 0))
+        for seed in block.get("seeds") or []:
+            out[replicate_name(bench, seed)] = (bench, seed)
+    return out
+
+
+def with_replicates(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with the replicate study's sources and benchmarks added (a new mapping; ``raw`` is
+    not changed). A name the params define already is refused."""
+    block = raw.get("replicates") or {}
+    if not isinstance(block, dict) or not block.get("seeds"):
+        return raw
+    sources, benchmarks = dict(raw.get("sources") or {}), dict(raw.get("benchmarks") or {})
+    for i, bench in enumerate(block.get("benchmarks") or []):
+        if bench not in benchmarks:
+            raise _unknown(f"replicates.benchmarks[{i}]", bench, benchmarks)
+        base = benchmarks[bench]
+        source = base.get("source") if isinstance(base, dict) else None
+        if source not in sources:
+            raise _unknown(f"benchmarks.{bench}.source", str(source), sources)
+        for seed in block["seeds"]:
+            for table, name, value in (
+                (sources, replicate_name(source, seed), {**sources[source], "seed": seed}),
+                (benchmarks, replicate_name(bench, seed), {**base, "source": replicate_name(source, seed)}),
+            ):
+                if name in table and table[name] != value:
+                    kind = "sources" if table is sources else "benchmarks"
+                    raise ConfigError(
+                        f"replicates: expected the name '{name}' free for a replicate, found "
+                        f"{kind}.{name} defined in the params"
+                    )
+                table[name] = value
+    return {**raw, "sources": sources, "benchmarks": benchmarks}
+
+
+@dataclass(frozen=True)
 class Params:
     """The whole ``params.yaml``."""
 
@@ -293,6 +368,7 @@ class Params:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     search: dict[str, Any] = field(default_factory=dict)
     regime: RegimeConfig = field(default_factory=RegimeConfig)
+    replicates: ReplicatesConfig = field(default_factory=ReplicatesConfig)
     ablation: list[list[str]] = field(default_factory=list)
 
     def validate(self, where: str) -> None:
@@ -351,9 +427,28 @@ class Params:
             for j, m in enumerate(pair):
                 if m not in self.methods:
                     raise _unknown(f"ablation[{i}][{j}]", m, self.methods)
+        for i, b in enumerate(self.replicates.benchmarks):
+            if b not in self.benchmarks:
+                raise _unknown(f"replicates.benchmarks[{i}]", b, self.benchmarks)
+            source = self.sources[self.benchmarks[b].source]
+            own = source.seed if source.seed is not None else self.seed
+            if own in self.replicates.seeds:
+                raise ConfigError(
+                    f"replicates.seeds: expected seeds other than {own}, the pre-training seed of "
+                    f"benchmarks.{b}'s source (the default run's replicate), found {self.replicates.seeds}"
+                )
+        for i, m in enumerate(self.replicates.methods):
+            if m not in self.methods:
+                raise _unknown(f"replicates.methods[{i}]", m, self.methods)
+        for i, pair in enumerate(self.replicates.pairs):
+            for j, m in enumerate(pair):
+                if m not in self.replicates.methods:
+                    raise _unknown(f"replicates.pairs[{i}][{j}]", m, self.replicates.methods)
         regime_methods = {m for block in self.regime.runs for m in block.methods}
         searched = sorted(
-            m for m in {*self.run.methods, *regime_methods} if self.methods[m].get("kind") == "grouped_rl"
+            m
+            for m in {*self.run.methods, *regime_methods, *self.replicates.methods}
+            if self.methods[m].get("kind") == "grouped_rl"
         )
         if searched and self.episodes.search_episodes < 1:
             raise ConfigError(

@@ -1,15 +1,18 @@
-"""Tables of paired comparisons: the ablation table of the default run and the regime study's.
+"""Tables of paired comparisons: the ablation table of the default run, the regime study's and the
+replicate study's.
 
 Each pair ``[a, b]`` becomes a row of paired differences ``a − b`` (percentage points, 95% CI over
 the episodes both ran) per benchmark and k. The ablation table isolates what each ingredient adds
 (activations vs random membership, searched vs fixed counts); the regime table shows in which regime
 (backbone width, fine-tuning length, grouped layers, in- or cross-domain target, k) a grouped method
-beats its matching baseline and where it does not.
+beats its matching baseline and where it does not. The replicate table repeats comparisons on
+source networks pre-trained with other seeds (and new episodes), and says whether a difference
+survives a new source network.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -17,7 +20,7 @@ import pandas as pd
 from kshot.errors import DataError, suggest
 from kshot.io import atomic_path, write_text
 from kshot.report import load_runs
-from kshot.tables import ablation_table, to_latex, to_markdown
+from kshot.tables import ablation_table, replicates_table, to_latex, to_markdown
 
 NOTES = {
     "ablation": "Each row a − b in percentage points, mean ± 95% CI over the episodes both methods "
@@ -30,13 +33,20 @@ NOTES = {
 TITLES = {
     "ablation": "Ablations: paired differences of test accuracy",
     "regime": "Regime study: paired differences of test accuracy",
+    "replicates": "Replicate study: paired differences of test accuracy per source network",
 }
 
 
 def write_comparisons(
-    runs: Sequence[Path], pairs: Sequence[tuple[str, str]], out_stem: Path, kind: str
+    runs: Sequence[Path],
+    pairs: Sequence[tuple[str, str]],
+    out_stem: Path,
+    kind: str,
+    replicate_of: Mapping[str, tuple[str, int]] | None = None,
 ) -> pd.DataFrame:
-    """Write ``<out_stem>.{md,csv,tex}`` for ``kind`` ``ablation`` or ``regime``; returns the CSV frame."""
+    """Write ``<out_stem>.{md,csv,tex}`` for ``kind`` ``ablation``, ``regime`` or ``replicates``
+    (which needs ``replicate_of``: each run's benchmark -> (base benchmark, source seed)); returns
+    the CSV frame."""
     df = load_runs(list(runs))
     found = sorted(set(df.method))
     for pair in pairs:
@@ -46,7 +56,10 @@ def write_comparisons(
                     f"pair {pair[0]}:{pair[1]}: expected methods of the given runs, found no run of "
                     f"'{method}'{suggest(method, found)} (runs of {found})"
                 )
-    table = ablation_table(df, pairs, title=TITLES[kind], note=NOTES[kind])
+    if kind == "replicates":
+        table = replicates_table(df, pairs, replicate_of or {}, title=TITLES[kind])
+    else:
+        table = ablation_table(df, pairs, title=TITLES[kind], note=NOTES[kind])
     write_text(out_stem.with_suffix(".md"), to_markdown(table))
     write_text(out_stem.with_suffix(".tex"), to_latex(table, f"tab:{kind}"))
     with atomic_path(out_stem.with_suffix(".csv")) as tmp:

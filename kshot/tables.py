@@ -457,6 +457,83 @@ def ablation_table(
     )
 
 
+def replicates_table(
+    df: pd.DataFrame,
+    pairs: Sequence[tuple[str, str]],
+    replicate_of: Mapping[str, tuple[str, int]],
+    title: str = "Replicates",
+    note: str = "",
+) -> Table:
+    """Paired differences ``a - b`` per replicate of the source network, and across them.
+
+    ``replicate_of`` maps each benchmark of ``df`` to ``(base benchmark, pre-training seed)``;
+    columns are base benchmarks and k. For each pair, one row per seed (mean ± 95% CI over that
+    replicate's episodes) and an ``across`` row: the mean of the replicates' means with the
+    t-interval over them (n = replicates), the interval that counts a new source network as a new
+    draw. A replicate missing a run is left blank there and left out of ``across``."""
+    missing = sorted(set(df.benchmark) - set(replicate_of))
+    if missing:
+        raise DataError(f"replicates: expected a base benchmark and seed for every run, missing {missing}")
+    acc = df.set_index(["method", "benchmark", "k", "episode"])["test_acc"].sort_index()
+    cols = sorted({(replicate_of[b][0], int(k)) for b, k in zip(df.benchmark, df.k, strict=True)})
+    seeds = sorted({seed for _, seed in replicate_of.values()})
+    by_key = {(base, seed): bench for bench, (base, seed) in replicate_of.items()}
+    rows, data = [], []
+    for a, b in pairs:
+        found: dict[tuple[str, int], list[tuple[float, float]]] = {c: [] for c in cols}
+        for seed in seeds:
+            row = [f"{a} − {b}, source seed {seed}"]
+            for base, k in cols:
+                bench = by_key.get((base, seed))
+                try:
+                    d, h, n = paired_diff(acc.loc[(a, bench, k)], acc.loc[(b, bench, k)])
+                except KeyError:
+                    d, h, n = math.nan, math.nan, 0
+                if not n:
+                    row.append("")
+                    continue
+                found[(base, k)].append((d, h))
+                row.append(fmt_ci(d, h, signed=True) + (" *" if significant(d, h) else ""))
+                data.append(
+                    {"a": a, "b": b, "benchmark": base, "k": k, "seed": seed, "diff": d, "ci95": h, "n": n}
+                )
+            rows.append(row)
+        row = [f"{a} − {b}, across sources"]
+        for base, k in cols:
+            cells = found[(base, k)]
+            if len(cells) < 2:
+                row.append("")
+                continue
+            d, h = mean_ci(np.asarray([m for m, _ in cells]))
+            up = sum(significant(m, w) and m > 0 for m, w in cells)
+            down = sum(significant(m, w) and m < 0 for m, w in cells)
+            star = " *" if significant(d, h) else ""
+            row.append(f"{fmt_ci(d, h, signed=True)}{star} ({up}↑ {down}↓)")
+            data.append(
+                {
+                    "a": a,
+                    "b": b,
+                    "benchmark": base,
+                    "k": k,
+                    "seed": None,
+                    "diff": d,
+                    "ci95": h,
+                    "n": len(cells),
+                }
+            )
+        rows.append(row)
+    return Table(
+        title=title,
+        note=note
+        or "Paired difference of test accuracy (percentage points) per source replicate, mean ± 95% "
+        "CI over its episodes, * when the CI excludes 0; across sources: mean and 95% CI over the "
+        "replicates' means, with how many replicates were significantly up (↑) and down (↓).",
+        columns=["comparison"] + [f"{b} k={k}" for b, k in cols],
+        cells=rows,
+        data=pd.DataFrame(data),
+    )
+
+
 def regime_table(
     df: pd.DataFrame, regimes: Mapping[str, str], baseline: str, k_split: int | None = None
 ) -> Table:

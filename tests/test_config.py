@@ -1,9 +1,11 @@
+import copy
+
 import pytest
 import yaml
 
 from kshot.config import load_params, params_from_dict
 from kshot.errors import ConfigError
-from tests.conftest import REPO
+from tests.conftest import REPO, TINY_PARAMS
 
 
 def test_default_params_file_is_valid():
@@ -99,3 +101,37 @@ def test_local_dirs_key_that_is_not_a_torchvision_dataset_suggests_the_nearest(t
         ConfigError, match=r"data.local_dirs.mnsit: unknown value 'mnsit'.*did you mean 'mnist'"
     ):
         params_from_dict(tiny_params)
+
+
+def test_replicates_add_a_source_and_benchmark_per_seed_and_refuse_what_cannot_be():
+    from kshot.config import replicate_benchmarks, with_replicates
+
+    raw = copy.deepcopy(TINY_PARAMS)
+    raw["replicates"] = {"seeds": [1, 2], "benchmarks": ["tiny"], "methods": ["full"], "pairs": []}
+    out = with_replicates(raw)
+    assert "digits04_seed1" not in raw["sources"]  # a new mapping; the given one is unchanged
+    assert out["sources"]["digits04_seed2"] == {**raw["sources"]["digits04"], "seed": 2}
+    assert out["benchmarks"]["tiny_seed1"] == {**raw["benchmarks"]["tiny"], "source": "digits04_seed1"}
+    assert with_replicates(out) == out  # idempotent
+    assert replicate_benchmarks(out) == {
+        "tiny": ("tiny", 0),
+        "tiny_seed1": ("tiny", 1),
+        "tiny_seed2": ("tiny", 2),
+    }
+    params_from_dict(out)
+
+    clash = copy.deepcopy(raw)
+    clash["benchmarks"]["tiny_seed1"] = {"source": "digits04", "target": "digits", "target_classes": [5, 6]}
+    with pytest.raises(ConfigError, match=r"'tiny_seed1' free for a replicate, found benchmarks\.tiny_seed1"):
+        with_replicates(clash)
+    for block, message in (
+        ({"seeds": [0]}, "replicates.seeds: expected seeds other than 0"),
+        ({"seeds": [1, 1]}, "replicates.seeds: expected distinct integers"),
+        ({"methods": ["fulll"]}, "replicates.methods\\[0\\]: unknown value 'fulll'"),
+        ({"pairs": [["grouped", "full"]]}, "replicates.pairs\\[0\\]\\[0\\]: unknown value 'grouped'"),
+        ({"benchmarks": ["tinny"]}, "replicates.benchmarks\\[0\\]: unknown value 'tinny'"),
+    ):
+        bad = copy.deepcopy(raw)
+        bad["replicates"].update(block)
+        with pytest.raises(ConfigError, match=message):
+            params_from_dict(with_replicates(bad) if "tinny" not in str(block) else bad)

@@ -1,6 +1,7 @@
 """End to end: the real Snakefile on a tiny config (digits only, so it runs offline anywhere)."""
 
 import copy
+import json
 import os
 import re
 import shutil
@@ -150,6 +151,50 @@ def test_regime_study_writes_its_own_files_apart_from_the_default_runs(pipeline_
     shared = ("/runs/tiny/full/", "/runs/tiny/grouped/", "/checkpoints/digits04/", "/episodes/tiny/")
     again = [p for p in planned if any(s in p for s in shared)]
     assert not again, f"the regime redoes the default run's jobs: {again}"
+
+
+@pytest.mark.slow
+def test_replicate_study_runs_new_sources_apart_and_tabulates_each_and_across(pipeline_dir, tmp_path):
+    """The replicate study pre-trains the source again per seed and runs the methods on new
+    episodes, under data/regime/; the default run is the replicate of its own seed and is not
+    redone; the table has a row per seed and one across them."""
+    from tests.conftest import TINY_PARAMS
+
+    work = tmp_path / "copy"
+    shutil.copytree(pipeline_dir, work, symlinks=True)
+    params = copy.deepcopy(TINY_PARAMS)
+    params["replicates"] = {
+        "seeds": [3],
+        "benchmarks": ["tiny"],
+        "methods": ["full", "grouped"],
+        "pairs": [["grouped", "full"]],
+    }
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = run_snakemake(work, "replicates", "-n", quiet=False)
+    planned = [
+        path.strip()
+        for line in proc.stdout.splitlines()
+        if line.strip().startswith("output:")
+        for path in line.split(":", 1)[1].split(",")
+    ]
+    assert "data/regime/checkpoints/digits04_seed3/source.pt" in planned
+    assert "data/regime/runs/tiny_seed3/grouped/k1/metrics.json" in planned
+    outside = [p for p in planned if not p.startswith(("data/regime/", "reports/replicates/"))]
+    assert not outside, f"replicate jobs writing into the default run's folders: {outside}"
+    run_snakemake(work, "replicates", quiet=False)
+    source = json.loads((work / "data/regime/checkpoints/digits04_seed3/metrics.json").read_text())
+    assert source["source"] == "digits04_seed3"
+    table = (work / "reports/replicates/replicates.md").read_text()
+    rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| grouped")]
+    assert rows == [
+        "grouped − full, source seed 0",
+        "grouped − full, source seed 3",
+        "grouped − full, across sources",
+    ]
+    csv = pd.read_csv(work / "reports/replicates/replicates.csv")
+    assert sorted(csv.seed.dropna().astype(int)) == [0, 3] and csv.seed.isna().sum() == 1
+    again = run_snakemake(work, "-n")
+    assert "Nothing to be done" in again.stdout + again.stderr
 
 
 @pytest.mark.slow

@@ -361,3 +361,39 @@ def test_write_search_report_rejects_two_traces_of_one_strategy_for_one_search(t
     write_search_report([tmp_path / "a.json"], ["b k=1"], tmp_path / "t", tmp_path / "f")
     assert "random" in (tmp_path / "t" / "search.md").read_text()
     assert np.isfinite(pd.read_csv(tmp_path / "t" / "search.csv").best_reward).all()
+
+
+def test_replicates_table_gives_each_source_seed_and_the_interval_across_them():
+    from kshot.tables import replicates_table
+
+    rows = []
+    # grouped − full per episode: seed 0 +1 pp everywhere, seed 1 +3 pp, seed 2 −1 pp (3 episodes)
+    for bench, gain in (("b", 0.01), ("b_seed1", 0.03), ("b_seed2", -0.01)):
+        for ep, base in enumerate((0.5, 0.6, 0.7)):
+            jitter = 0.001 * ep
+            rows.append({"benchmark": bench, "method": "full", "k": 1, "episode": ep, "test_acc": base})
+            rows.append(
+                {
+                    "benchmark": bench,
+                    "method": "grouped",
+                    "k": 1,
+                    "episode": ep,
+                    "test_acc": base + gain + jitter,
+                }
+            )
+    df = pd.DataFrame(rows)
+    of = {"b": ("b", 0), "b_seed1": ("b", 1), "b_seed2": ("b", 2)}
+    t = replicates_table(df, [("grouped", "full")], of)
+    assert t.columns == ["comparison", "b k=1"]
+    assert [r[0] for r in t.cells] == [
+        "grouped − full, source seed 0",
+        "grouped − full, source seed 1",
+        "grouped − full, source seed 2",
+        "grouped − full, across sources",
+    ]
+    assert t.cells[0][1].startswith("+1.1 ±") and t.cells[0][1].endswith("*")
+    across = t.data[t.data.seed.isna()].iloc[0]
+    assert across.n == 3 and across["diff"] == pytest.approx((1.1 + 3.1 + -0.9) / 3)
+    assert "(2↑ 1↓)" in t.cells[3][1] and not t.cells[3][1].split(" (")[0].endswith("*")
+    with pytest.raises(DataError, match="missing \\['b_seed2'\\]"):
+        replicates_table(df, [("grouped", "full")], {"b": ("b", 0), "b_seed1": ("b", 1)})

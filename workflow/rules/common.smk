@@ -4,7 +4,13 @@ import json
 
 from snakemake.utils import validate
 
-from kshot.config import from_dict, method_spec, params_from_dict
+from kshot.config import (
+    from_dict,
+    method_spec,
+    params_from_dict,
+    replicate_benchmarks,
+    with_replicates,
+)
 from kshot.errors import ConfigError, unknown
 from kshot.activations import TAG_PATTERN
 from kshot.methods import METHODS
@@ -13,6 +19,9 @@ from kshot.search import SearchConfig
 
 # kshot's own checks first (one line naming the field, what was expected and what was found, the
 # nearest valid name), then the JSON schema's, which also fills in its defaults
+config.update(
+    with_replicates(config)
+)  # the replicate study's sources and benchmarks (<name>_seed<s>)
 PARAMS = params_from_dict(config)
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -212,10 +221,21 @@ def regime_runs():
     return sorted({home(path.removeprefix("data/")) for path in out})
 
 
+def replicate_runs():
+    """Metrics of every run of the replicate study: the default run's where it has them (its own
+    source is one replicate), the others under data/regime/."""
+    block = config.get("replicates") or {}
+    if not block.get("seeds") or not block.get("methods"):
+        return []
+    out = run_metrics(list(replicate_benchmarks(config)), block["methods"])
+    return sorted({home(path.removeprefix("data/")) for path in out})
+
+
 def comparison_pairs(kind):
-    """[a, b] pairs of the ablation table (those whose methods both run) or the regime study."""
-    if kind == "regime":
-        return config.get("regime", {}).get("pairs", [])
+    """[a, b] pairs of the ablation table (those whose methods both run), the regime study's or
+    the replicate study's."""
+    if kind in ("regime", "replicates"):
+        return (config.get(kind) or {}).get("pairs", [])
     ran = set(config["run"]["methods"])
     return [p for p in config.get("ablation", []) if set(p) <= ran]
 

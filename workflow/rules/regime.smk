@@ -1,6 +1,8 @@
-# Tables of paired comparisons: the default run's ablations (reports/tables/), and the regime study
-# (`snakemake --cores N regime`, not part of the default run; its table in reports/regime/, its own
-# files under data/regime/, so neither is inside what the DVC stages version).
+# Tables of paired comparisons: the default run's ablations (reports/tables/), the regime study
+# (`snakemake --cores N regime`) and the replicate study (`snakemake --cores N replicates`). The two
+# studies are not part of the default run; their tables go to reports/regime/ and
+# reports/replicates/, their own files under data/regime/, so none is inside what the DVC stages
+# version.
 
 
 rule compare:
@@ -26,9 +28,10 @@ rule compare:
         kind="ablation",
         pairs=[f"{a}:{b}" for a, b in comparison_pairs("ablation")],
         stem=subpath(output.table, strip_suffix=".md"),
+        extra="",
     shell:
         "python -m kshot compare --kind {params.kind} --runs {input.runs} "
-        "--pairs {params.pairs} --out-stem {params.stem} > {log} 2>&1"
+        "--pairs {params.pairs} --out-stem {params.stem} {params.extra} > {log} 2>&1"
 
 
 use rule compare as compare_regime with:
@@ -49,8 +52,41 @@ use rule compare as compare_regime with:
         kind="regime",
         pairs=[f"{a}:{b}" for a, b in comparison_pairs("regime")],
         stem=subpath(output.table, strip_suffix=".md"),
+        extra="",
 
 
 rule regime:
     input:
         "reports/regime/regime.md",
+
+
+use rule compare as compare_replicates with:
+    input:
+        runs=replicate_runs(),
+    output:
+        table="reports/replicates/replicates.md",
+        csv=report(
+            "reports/replicates/replicates.csv",
+            caption="../report/comparisons.rst",
+            category="4. Paired comparisons",
+            labels={"table": "replicates"},
+        ),
+        tex="reports/replicates/replicates.tex",
+    log:
+        f"{REGIME_ROOT}/logs/compare/replicates.log",
+    params:
+        kind="replicates",
+        pairs=[f"{a}:{b}" for a, b in comparison_pairs("replicates")],
+        stem=subpath(output.table, strip_suffix=".md"),
+        extra=" ".join(
+            ["--replicate-of"]
+            + [
+                f"{b}={base}:{seed}"
+                for b, (base, seed) in replicate_benchmarks(config).items()
+            ]
+        ),
+
+
+rule replicates:
+    input:
+        "reports/replicates/replicates.md",
