@@ -586,6 +586,16 @@ def test_compare_refuses_a_malformed_pair_or_a_method_without_runs(tmp_path, cap
     assert "pair better:fulll: expected methods of the given runs, found no run of 'fulll'" in err
     assert "did you mean 'full'" in err
     assert not stem.parent.exists() or list(stem.parent.iterdir()) == []
+    replicates = [*base[:2], "replicates", *base[3:], "--pairs", "better:full"]
+    assert main(replicates) == 2
+    assert "--replicate-of: expected it with --kind replicates and only then" in capsys.readouterr().err
+    assert main([*replicates, "--replicate-of", "b=b"]) == 2
+    assert (
+        "--replicate-of: expected entries written benchmark=base:seed, found 'b=b'" in capsys.readouterr().err
+    )
+    assert main([*base, "--pairs", "better:full", "--replicate-of", "b=b:0"]) == 2
+    assert "found kind 'ablation' and 1 entries" in capsys.readouterr().err
+    assert not stem.parent.exists() or list(stem.parent.iterdir()) == []
 
 
 def test_run_metrics_without_episodes_are_refused(tmp_path):
