@@ -49,7 +49,7 @@ from kshot.models import LeNet
 from kshot.native import group_mean_kernel
 from kshot.optim import SGD
 from kshot.population import train_members, train_population
-from kshot.runtime import keep_freed_memory
+from kshot.runtime import cpu_description, keep_freed_memory
 from kshot.shared_grad import GroupedGradient
 
 N_CLASSES = 5
@@ -362,6 +362,7 @@ def main() -> None:
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
+        "cpu": cpu_description(),
         "native_kernel": group_mean_kernel() is not None,
         "settings": [],
     }

@@ -25,6 +25,7 @@ from pathlib import Path
 from peak_memory import ROOT, redirect_outputs, rule_commands
 
 from kshot.io import write_json
+from kshot.runtime import cpu_description
 
 VARIANTS = {"glibc_default": "system", "kshot": None}  # the KSHOT_MALLOC value of each
 
@@ -67,6 +68,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "command": command,
         "platform": platform.platform(),
+        "cpu": cpu_description(),
         "cpu_count": os.cpu_count(),
         "repeats": args.repeats,
         **best,

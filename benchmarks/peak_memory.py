@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from kshot.io import write_json
+from kshot.runtime import cpu_description
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUT_FLAGS = ("--out", "--metrics", "--out-dir")
@@ -94,7 +95,7 @@ def main() -> None:
             "date": time.strftime("%Y-%m-%d"),
             "target": args.target,
             "jobs": jobs,
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "cpu": cpu_description()},
         },
     )
 

@@ -140,10 +140,12 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the clone (its path is printed)")
     args = parser.parse_args()
     from kshot.io import write_json
+    from kshot.runtime import cpu_description
 
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
         "platform": platform.platform(),
+        "cpu": cpu_description(),
         "cpu_count": os.cpu_count(),
     }
     if args.log:

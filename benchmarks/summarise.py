@@ -50,13 +50,14 @@ def pipeline_section(runs: list[dict[str, Any]]) -> list[str]:
     out = [
         "**The default pipeline from a fresh clone** (`python benchmarks/pipeline_time.py`; the "
         "matmul is one thread's GFLOP/s before and after the run, the machine's speed of the moment; "
-        "*identical*: the tables and metrics are byte-identical to the working tree's):",
+        "*identical*: the tables and metrics are byte-identical to the working tree's, which holds only "
+        "on the CPU type that made them):",
         "",
         _row(
             "date", "commit", "cores", "setup (`make setup`)", "pipeline (`make run`)", "both",
-            "jobs", "job-seconds", "where they go", "matmul", "identical",
+            "jobs", "job-seconds", "where they go", "matmul", "identical", "CPU",
         ),
-        "|---|---|--:|--:|--:|--:|--:|--:|---|--:|---|",
+        "|---|---|--:|--:|--:|--:|--:|--:|---|--:|---|---|",
     ]  # fmt: skip
     for d in runs:
         rules = sorted(d["rules"].items(), key=lambda kv: -kv[1]["job_s"])  # JSON keys come sorted by name
@@ -74,6 +75,7 @@ def pipeline_section(runs: list[dict[str, Any]]) -> list[str]:
                 top,
                 f"{d['matmul_gflops_before']:.0f} / {d['matmul_gflops_after']:.0f}",
                 same[d["outputs_identical_to_working_tree"]],
+                d.get("cpu", "not recorded"),
             )
         )
     return out

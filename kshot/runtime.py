@@ -70,6 +70,15 @@ def numerics(device: torch.device, threads: int) -> dict[str, object]:
     return record
 
 
+def cpu_description() -> str:
+    """The CPU, for benchmark records: model (family, model id) and the kernels' instruction set."""
+    import platform
+
+    import torch
+
+    return f"{_cpu_model() or platform.machine()}, {torch.backends.cpu.get_cpu_capability()}"
+
+
 def _cpu_model() -> str | None:
     """``model name (family F, model M)`` from ``/proc/cpuinfo``; ``None`` where it is not readable."""
     try:
