@@ -57,8 +57,6 @@ def numerics(device: torch.device, threads: int) -> dict[str, object]:
     bit-identical results only with the same kernels and thread count. Another CPU type trains a
     slightly different network, and every number after it moves within the noise of the study.
     """
-    import platform
-
     import torch
 
     record: dict[str, object] = {"torch": str(torch.__version__), "device": device.type, "threads": threads}
@@ -66,25 +64,26 @@ def numerics(device: torch.device, threads: int) -> dict[str, object]:
         record["gpu"] = torch.cuda.get_device_name(device)
     else:
         record["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
-        record["cpu"] = _cpu_model() or platform.machine()
+        record["cpu"] = _cpu_model()
     return record
 
 
 def cpu_description() -> str:
     """The CPU, for benchmark records: model (family, model id) and the kernels' instruction set."""
-    import platform
-
     import torch
 
-    return f"{_cpu_model() or platform.machine()}, {torch.backends.cpu.get_cpu_capability()}"
+    return f"{_cpu_model()}, {torch.backends.cpu.get_cpu_capability()}"
 
 
-def _cpu_model() -> str | None:
-    """``model name (family F, model M)`` from ``/proc/cpuinfo``; ``None`` where it is not readable."""
+def _cpu_model() -> str:
+    """``model name (family F, model M)`` from ``/proc/cpuinfo``; the machine's architecture where
+    that is not readable (not Linux)."""
+    import platform
+
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return None
+        return platform.machine()
     fields: dict[str, str] = {}
     for line in text.splitlines():
         if not line.strip():
@@ -93,6 +92,6 @@ def _cpu_model() -> str | None:
         fields.setdefault(key.strip(), value.strip())
     name = fields.get("model name")
     if name is None:
-        return None
+        return platform.machine()
     ids = [f"{k} {fields[k]}" for k in ("cpu family", "model") if k in fields]
     return f"{name} ({', '.join(ids)})" if ids else name
