@@ -102,6 +102,17 @@ def test_activation_and_group_stages_feed_the_grouped_runs(pipeline_dir):
         assert set(summary["mean_quality"]) == {"conv1", "conv2", "fc1"}
 
 
+def planned_outputs(workdir: Path, *extra: str) -> list[str]:
+    """The output paths of every job a dry run of ``extra`` plans."""
+    proc = run_snakemake(workdir, "-n", *extra, quiet=False)
+    return [
+        path.strip()
+        for line in proc.stdout.splitlines()
+        if line.strip().startswith("output:")
+        for path in line.split(":", 1)[1].split(",")
+    ]
+
+
 @pytest.mark.slow
 def test_second_run_has_nothing_to_do(pipeline_dir):
     proc = run_snakemake(pipeline_dir, "-n")
@@ -133,13 +144,7 @@ def test_regime_study_writes_its_own_files_apart_from_the_default_runs(pipeline_
     }
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     # params-only triggers left out: the extra dataset changes the `data` section every job records
-    proc = run_snakemake(work, "regime", "-n", "--rerun-triggers", "mtime", "input", "code", quiet=False)
-    planned = [
-        path.strip()
-        for line in proc.stdout.splitlines()
-        if line.strip().startswith("output:")
-        for path in line.split(":", 1)[1].split(",")
-    ]
+    planned = planned_outputs(work, "regime", "--rerun-triggers", "mtime", "input", "code")
     assert "data/regime/checkpoints/digits04_wide/source.pt" in planned
     assert "data/regime/runs/tiny/full_long/k1/metrics.json" in planned
     assert "data/regime/runs/tiny_wide/grouped/k1/metrics.json" in planned
@@ -170,13 +175,7 @@ def test_replicate_study_runs_new_sources_apart_and_tabulates_each_and_across(pi
         "pairs": [["grouped", "full"]],
     }
     (work / "params.yaml").write_text(yaml.safe_dump(params))
-    proc = run_snakemake(work, "replicates", "-n", quiet=False)
-    planned = [
-        path.strip()
-        for line in proc.stdout.splitlines()
-        if line.strip().startswith("output:")
-        for path in line.split(":", 1)[1].split(",")
-    ]
+    planned = planned_outputs(work, "replicates")
     assert "data/regime/checkpoints/digits04_seed3/source.pt" in planned
     assert "data/regime/runs/tiny_seed3/grouped/k1/metrics.json" in planned
     outside = [p for p in planned if not p.startswith(("data/regime/", "reports/replicates/"))]
