@@ -173,6 +173,10 @@ class SourceConfig:
         if self.seed is not None and self.seed < 0:
             raise ConfigError(f"{where}.seed: expected an integer >= 0 or null, found {self.seed}")
 
+    def pretrain_seed(self, seed: int) -> int:
+        """The seed of this source's pre-training: its own ``seed``, else the top-level ``seed``."""
+        return self.seed if self.seed is not None else seed
+
 
 @dataclass(frozen=True)
 class BenchmarkConfig:
@@ -310,34 +314,31 @@ def replicate_name(name: str, seed: int) -> str:
     return f"{name}_seed{seed}"
 
 
-def replicate_benchmarks(raw: dict[str, Any]) -> dict[str, tuple[str, int]]:
+def replicate_benchmarks(params: Params) -> dict[str, tuple[str, int]]:
     """``{benchmark: (base benchmark, pre-training seed)}`` of every replicate of the replicate
     study, the default run's own benchmarks (the replicate of their source's seed) included."""
-    block = raw.get("replicates") or {}
     out = {}
-    for bench in block.get("benchmarks") or []:
-        source = raw["benchmarks"][bench]["source"]
-        own = raw["sources"][source].get("seed")
-        out[bench] = (bench, own if own is not None else raw.get("seed", 0))
-        for seed in block.get("seeds") or []:
+    for bench in params.replicates.benchmarks:
+        source = params.sources[params.benchmarks[bench].source]
+        out[bench] = (bench, source.pretrain_seed(params.seed))
+        for seed in params.replicates.seeds:
             out[replicate_name(bench, seed)] = (bench, seed)
     return out
 
 
 def with_replicates(raw: dict[str, Any]) -> dict[str, Any]:
     """``raw`` with the replicate study's sources and benchmarks added (a new mapping; ``raw`` is
-    not changed). A name the params define already is refused."""
+    not changed). A name the params define already is refused; an unknown benchmark or source is
+    left for :func:`params_from_dict` to report."""
     block = raw.get("replicates") or {}
     if not isinstance(block, dict) or not block.get("seeds"):
         return raw
     sources, benchmarks = dict(raw.get("sources") or {}), dict(raw.get("benchmarks") or {})
-    for i, bench in enumerate(block.get("benchmarks") or []):
-        if bench not in benchmarks:
-            raise _unknown(f"replicates.benchmarks[{i}]", bench, benchmarks)
-        base = benchmarks[bench]
+    for bench in block.get("benchmarks") or []:
+        base = benchmarks.get(bench)
         source = base.get("source") if isinstance(base, dict) else None
         if source not in sources:
-            raise _unknown(f"benchmarks.{bench}.source", str(source), sources)
+            continue  # params_from_dict names the unknown benchmark or source
         for seed in block["seeds"]:
             for table, name, value in (
                 (sources, replicate_name(source, seed), {**sources[source], "seed": seed}),
@@ -430,8 +431,7 @@ class Params:
         for i, b in enumerate(self.replicates.benchmarks):
             if b not in self.benchmarks:
                 raise _unknown(f"replicates.benchmarks[{i}]", b, self.benchmarks)
-            source = self.sources[self.benchmarks[b].source]
-            own = source.seed if source.seed is not None else self.seed
+            own = self.sources[self.benchmarks[b].source].pretrain_seed(self.seed)
             if own in self.replicates.seeds:
                 raise ConfigError(
                     f"replicates.seeds: expected seeds other than {own}, the pre-training seed of "

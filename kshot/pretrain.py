@@ -37,7 +37,7 @@ def pretrain(
 ) -> tuple[Backbone, dict[str, Any]]:
     """Train ``src.backbone`` on the source split; returns the model and its metrics. ``seed``: the
     top-level seed, which the source's own ``seed`` replaces where it is set."""
-    seed = src.seed if src.seed is not None else seed
+    seed = src.pretrain_seed(seed)
     torch.manual_seed(seed)
     n_classes = int(train_y.max()) + 1
     model = build_backbone(src.backbone, train_x.shape[1], train_x.shape[-1], n_classes, src.width)

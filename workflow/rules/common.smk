@@ -17,11 +17,10 @@ from kshot.methods import METHODS
 from kshot.methods.grouped import GROUPED_KINDS
 from kshot.search import SearchConfig
 
+# the replicate study's sources and benchmarks (<name>_seed<s>)
+config.update(with_replicates(config))
 # kshot's own checks first (one line naming the field, what was expected and what was found, the
 # nearest valid name), then the JSON schema's, which also fills in its defaults
-config.update(
-    with_replicates(config)
-)  # the replicate study's sources and benchmarks (<name>_seed<s>)
 PARAMS = params_from_dict(config)
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -224,10 +223,10 @@ def regime_runs():
 def replicate_runs():
     """Metrics of every run of the replicate study: the default run's where it has them (its own
     source is one replicate), the others under data/regime/."""
-    block = config.get("replicates") or {}
-    if not block.get("seeds") or not block.get("methods"):
+    study = PARAMS.replicates
+    if not study.seeds or not study.methods:
         return []
-    out = run_metrics(list(replicate_benchmarks(config)), block["methods"])
+    out = run_metrics(list(replicate_benchmarks(PARAMS)), study.methods)
     return sorted({home(path.removeprefix("data/")) for path in out})
 
 

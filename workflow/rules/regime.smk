@@ -82,7 +82,7 @@ use rule compare as compare_replicates with:
             ["--replicate-of"]
             + [
                 f"{b}={base}:{seed}"
-                for b, (base, seed) in replicate_benchmarks(config).items()
+                for b, (base, seed) in replicate_benchmarks(PARAMS).items()
             ]
         ),
 
