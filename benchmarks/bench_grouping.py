@@ -15,8 +15,9 @@
    fine-tunings one after another (:func:`kshot.finetune.train`) vs one population
    (:func:`kshot.population`), for P = 2 (the default search episodes) and 8. Also the pipeline's
    setting: half the steps (``search.steps``, low-fidelity rewards), batched and one after another
-   (on CPU ``search.population: auto`` runs the loop), and with 2 threads the loop's members side
-   by side (``search.workers: auto``), against the full-fidelity sequential loop.
+   (on CPU ``search.population: auto`` runs the loop), against the full-fidelity sequential loop.
+   (Runs before ``search.workers`` was removed also timed the loop's members side by side in
+   threads; their JSONs keep those figures.)
 3. A large float32 matmul's GFLOP/s, and the GFLOP/s a plain fine-tuning step reaches (FLOPs counted
    by ``torch.utils.flop_counter``) as a fraction of it.
 4. The wall time of one whole search stage with ``params.yaml``'s settings, at k = 1 and 5.
@@ -198,10 +199,8 @@ def evaluations_per_minute(
 ) -> dict[str, float]:
     """``members`` grouped fine-tunings of ``steps`` steps one after another in one process (the
     baseline, :func:`kshot.population.train_members`) vs one ``vmap`` population of the same, vs
-    the same at ``low_steps`` (the pipeline's low-fidelity search reward); with 2 or more torch
-    threads on CPU also the search's loop with ``workers: auto`` (members side by side, one thread
-    each), at both fidelities. Each variant is timed ``repeats`` times, interleaved; the fastest
-    run of each is kept."""
+    the same at ``low_steps`` (the pipeline's low-fidelity search reward). Each variant is timed
+    ``repeats`` times, interleaved; the fastest run of each is kept."""
     cfg = FinetuneConfig(steps=steps, lr=0.01, momentum=0.9, eval_every=10)
     low = FinetuneConfig(steps=low_steps, lr=0.01, momentum=0.9, eval_every=min(10, low_steps))
     torch.manual_seed(0)
@@ -210,24 +209,20 @@ def evaluations_per_minute(
     support, val = images(N_CLASSES * k, 1), images(N_CLASSES * 10, 2)  # 10 val images per class
     groupings = [fraction_groups(source, s) for s in range(members)]
 
-    def loop(ft: FinetuneConfig, workers: int) -> None:
+    def loop(ft: FinetuneConfig) -> None:
         copies = [copy.deepcopy(m).to(device) for m in models]
         data = [support] * members, [val] * members
-        train_members(copies, *data, ft, device, groupings, list(range(members)), workers=workers)
+        train_members(copies, *data, ft, device, groupings, list(range(members)))
 
     def population(ft: FinetuneConfig) -> None:
         train_population(models, [support] * members, [val] * members, ft, device, groupings)
 
     variants = {
-        "sequential": lambda: loop(cfg, 1),
+        "sequential": lambda: loop(cfg),
         "population": lambda: population(cfg),
         "low": lambda: population(low),
-        "low_sequential": lambda: loop(low, 1),
+        "low_sequential": lambda: loop(low),
     }
-    workers = min(members, torch.get_num_threads())
-    if workers > 1 and device.type == "cpu":  # the search's loop with workers: auto
-        variants["side_by_side"] = lambda: loop(cfg, workers)
-        variants["low_side_by_side"] = lambda: loop(low, workers)
     best = dict.fromkeys(variants, float("inf"))
     for _ in range(repeats):
         for name, run in variants.items():
@@ -248,17 +243,6 @@ def evaluations_per_minute(
         "low_fidelity_speedup": best["sequential"] / best["low"],
         "low_fidelity_sequential_evals_per_min": 60 * members / best["low_sequential"],
         "low_fidelity_sequential_speedup": best["sequential"] / best["low_sequential"],
-        **(
-            {
-                "workers": workers,
-                "side_by_side_evals_per_min": 60 * members / best["side_by_side"],
-                "side_by_side_speedup": best["sequential"] / best["side_by_side"],
-                "low_fidelity_side_by_side_evals_per_min": 60 * members / best["low_side_by_side"],
-                "low_fidelity_side_by_side_speedup": best["sequential"] / best["low_side_by_side"],
-            }
-            if "side_by_side" in best
-            else {}
-        ),
     }
 
 
@@ -266,8 +250,9 @@ def full_search(device: torch.device, k: int, params: Path) -> dict[str, float]:
     """Wall time of one search stage as the pipeline runs it (``params.yaml``'s ``search``,
     ``finetune`` and ``episodes`` blocks: budget, low-fidelity steps, selection of finalists) on a
     LeNet with synthetic images of the real shapes, 5-way k-shot."""
-    from kshot.config import from_dict, read_params_file
-    from kshot.search import SearchConfig, SearchEpisode, search_group_counts
+    from kshot.config import SearchConfig, from_dict
+    from kshot.params import read_params_file
+    from kshot.search import SearchEpisode, search_group_counts
 
     raw = read_params_file(str(params))
     cfg = from_dict(SearchConfig, raw["search"], "search")
@@ -422,13 +407,6 @@ def report(setting: dict) -> None:
             f"low-fidelity sequential {s['low_fidelity_sequential_evals_per_min']:.1f} "
             f"(x{s['low_fidelity_sequential_speedup']:.2f})"
         )
-        if "workers" in s:
-            print(
-                f"    side by side in {s['workers']} threads: {s['side_by_side_evals_per_min']:.1f} "
-                f"(x{s['side_by_side_speedup']:.2f}), low-fidelity side by side "
-                f"{s['low_fidelity_side_by_side_evals_per_min']:.1f} "
-                f"(x{s['low_fidelity_side_by_side_speedup']:.2f})"
-            )
     for s in setting["full_search"]:
         print(
             f"full search k={s['k']}: {s['wall_s']:.1f} s ({s['evaluations']} evaluations on "

@@ -23,35 +23,22 @@ Design choices (the paper does not state them):
   seed, because with ``k = 1`` a pattern over 5 images is a poor estimate of how alike two neurons
   are. Validation and test images never feed a grouping.
 
-**The activation file** (the pipeline's ``activations`` stage, :func:`episode_activations` and
-:func:`read_activations`): for one benchmark and k, the patterns of every groupable layer on every
-episode of every role (evaluation, search, selection), for one :class:`ActivationSpec`, named by
-its :attr:`~ActivationSpec.tag` (``support``, ``support+pool500``, and ``-raw`` when not
-rectified). The file records what it was made from (checkpoint, prepared target, seed, benchmark,
-k, tag) and each episode's entry a digest of its support and validation indices, so a file made
-for other inputs is refused rather than silently used.
+Which images and whether rectified is a :class:`kshot.config.ActivationSpec`. The pipeline's
+activation file (:mod:`kshot.files.activations`) holds the patterns of every groupable layer on
+every episode of one benchmark and k for one spec.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from kshot.episodes import ROLES, role_seed
-from kshot.errors import ConfigError, DataError, check_choice, suggest
+from kshot.config import ActivationSpec
+from kshot.episodes import ROLES, episode_indices, role_seed
+from kshot.errors import ConfigError, DataError, suggest
 from kshot.finetune import to_input
-from kshot.io import episode_entries, read_stage_file
-
-FEATURES = ("support", "support+pool")
-FORMAT = "kshot-activations/2"
-TAG_PATTERN = r"support(\+pool\d+)?(-raw)?"  # also the Snakemake wildcard constraint of {tag}
 
 
 def _module(model: nn.Module, name: str) -> nn.Conv2d | nn.Linear:
@@ -129,41 +116,6 @@ def layer_activations(
     return out
 
 
-@dataclass(frozen=True)
-class ActivationSpec:
-    """Which images feed the patterns and whether responses are rectified (see the module doc)."""
-
-    features: str = "support"
-    pool_size: int = 500
-    rectify: bool = True
-
-    def validate(self, where: str) -> None:
-        check_choice(f"{where}.features", self.features, FEATURES)
-        if self.pool_size < 1:
-            raise ConfigError(f"{where}.pool_size: expected an integer >= 1, found {self.pool_size}")
-
-    @property
-    def tag(self) -> str:
-        """The name of this spec's activation file: equal tags mean equal patterns."""
-        tag = "support" if self.features == "support" else f"support+pool{self.pool_size}"
-        return tag if self.rectify else f"{tag}-raw"
-
-    @classmethod
-    def from_tag(cls, tag: str) -> ActivationSpec:
-        match = re.fullmatch(TAG_PATTERN, tag)
-        pool = match.group(1)[len("+pool") :] if match and match.group(1) else None
-        if not match or (pool is not None and int(pool) < 1):
-            raise ConfigError(
-                f"activations tag: expected 'support' or 'support+pool<N>' (N >= 1), optionally "
-                f"followed by '-raw', found {tag!r}"
-            )
-        return cls(
-            features="support" if pool is None else "support+pool",
-            pool_size=int(pool) if pool else cls.pool_size,
-            rectify=match.group(2) is None,
-        )
-
-
 def feature_images(
     support: torch.Tensor,
     unlabeled: torch.Tensor | None,
@@ -190,95 +142,30 @@ def feature_images(
     return torch.cat([support, unlabeled[pick[:pool_size]]])
 
 
-def _support_and_val(e: dict[str, Any]) -> tuple[list[int], list[int]]:
-    return [int(i) for i in e["support"]], [int(i) for i in e.get("val") or []]
-
-
-def episode_indices(e: dict[str, Any]) -> list[int]:
-    """An episodes-file entry's support and validation rows of the target pool."""
-    support, val = _support_and_val(e)
-    return support + val
-
-
-def episode_digest(e: dict[str, Any]) -> str:
-    """A short digest of an episode's support and validation indices (what its patterns and groups
-    were computed from)."""
-    return hashlib.sha256(json.dumps(list(_support_and_val(e))).encode()).hexdigest()[:16]
-
-
-def made_from(checkpoint_sha: str, target_sha: str, seed: int, benchmark: str, k: int, tag: str) -> dict:
-    """What an activation file depends on besides its episodes (checked on reading)."""
-    return {
-        "checkpoint": checkpoint_sha,
-        "target": target_sha,
-        "seed": seed,
-        "benchmark": benchmark,
-        "k": k,
-        "tag": tag,
-    }
-
-
-def episode_activations(
+def episode_patterns(
     model: nn.Module,
     ep_file: dict[str, Any],
     pool_x: torch.Tensor,
     spec: ActivationSpec,
     layers: list[str],
     device: torch.device,
-    provenance: dict[str, Any],
-) -> dict[str, Any]:
-    """The activation file's content for an episodes file ``ep_file`` of one benchmark and k.
-
-    For each role of :data:`kshot.episodes.ROLES` present and each of its episodes, the patterns
-    ``{layer: [N, M]}`` of ``layers`` on :func:`feature_images` (support rows of the target pool
-    ``pool_x``, plus unlabeled pool images for ``support+pool``), streamed in batches. Every role
-    is computed whichever stage reads the file: they cost little next to one fine-tuning.
-    ``provenance``: :func:`made_from` (its seed, benchmark and k seed the pool draws).
-    """
-    roles: dict[str, dict[str, Any]] = {}
+    seed: int,
+) -> dict[str, list[tuple[dict[str, Any], dict[str, torch.Tensor]]]]:
+    """The patterns ``{layer: [N, M]}`` of ``layers`` on every episode of every role of
+    :data:`~kshot.episodes.ROLES` of an episodes file's content ``ep_file``: per role, pairs of an
+    episode entry and its patterns, on :func:`feature_images` (the entry's support rows of the target
+    pool ``pool_x``, plus unlabeled pool images drawn with the episode's seed for ``support+pool``).
+    Every role is computed whichever stage reads them: they cost little next to one fine-tuning."""
+    benchmark, k = ep_file["benchmark"], int(ep_file["k"])
+    roles = {}
     for role in ROLES:
-        entries = {}
+        pairs = []
         for e in ep_file.get(role) or []:
             support = pool_x[torch.as_tensor(e["support"], dtype=torch.int64)]
-            p = provenance
-            ep_seed = role_seed(p["seed"], p["benchmark"], role, p["k"], int(e["id"]))
+            ep_seed = role_seed(seed, benchmark, role, k, int(e["id"]))
             images = feature_images(
                 support, pool_x, spec.features, spec.pool_size, ep_seed, episode_indices(e)
             )
-            entries[str(int(e["id"]))] = {
-                "digest": episode_digest(e),
-                "acts": layer_activations(model, images, layers, device, rectify=spec.rectify),
-            }
-        roles[role] = entries
-    return {"format": FORMAT, "made_from": provenance, "layers": list(layers), "roles": roles}
-
-
-def read_activations(
-    path: str | Path,
-    provenance: dict[str, Any],
-    role: str,
-    episodes: list[dict[str, Any]],
-    sizes: dict[str, int],
-) -> list[dict[str, torch.Tensor]]:
-    """The patterns ``{layer: [N, M]}`` of each of ``episodes`` (dicts of an episodes file's
-    ``role`` list, in their order) from activation file ``path``, checked to be made from
-    ``provenance`` (:func:`made_from`) and these episodes' images, with a ``[N, M]`` matrix for
-    every layer of ``sizes`` (``{layer: N}``); raises :class:`DataError` naming the file otherwise."""
-    what = "activation file"
-    content = read_stage_file(path, what, FORMAT, provenance, "activations")
-    roles = content.get("roles")
-    keys = [(str(int(e["id"])), episode_digest(e)) for e in episodes]
-    entries = episode_entries(roles if isinstance(roles, dict) else {}, path, what, role, keys, "activations")
-    out = []
-    for (ep_id, _), entry in zip(keys, entries, strict=True):
-        acts = entry.get("acts")
-        for layer, n in sizes.items():
-            a = acts.get(layer) if isinstance(acts, dict) else None
-            if not isinstance(a, torch.Tensor) or a.dim() != 2 or a.shape[0] != n:
-                found = f"shape {list(a.shape)}" if isinstance(a, torch.Tensor) else "none"
-                raise DataError(
-                    f"{what} '{path}': expected a [{n}, images] matrix for layer '{layer}' of "
-                    f"{role} episode {ep_id}, found {found}; rerun the activations stage"
-                )
-        out.append(acts)
-    return out
+            pairs.append((e, layer_activations(model, images, layers, device, rectify=spec.rectify)))
+        roles[role] = pairs
+    return roles

@@ -1,25 +1,34 @@
-"""Typed, validated configuration.
+"""Typed configuration: the bottom layer of kshot.
 
 ``params.yaml`` is parsed into the frozen dataclasses below. Every check names the offending field
 (as a dotted path such as ``benchmarks.fashion.target_classes``), what was expected and what was found,
 and unknown keys are reported with the closest valid key. Library code receives these objects; it
 never reads ``params.yaml`` itself.
+
+This module imports nothing of kshot but its errors: the checks here need no registry. The checks
+that do (dataset, backbone and method names, each method's options) are made by :mod:`kshot.params`,
+which sits above the registries and is what loads a params file.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
-
-from kshot.errors import ConfigError, suggest, yaml_error
+from kshot.errors import ConfigError, check_choice, suggest, unknown
 
 T = TypeVar("T")
+
+# Names the checks below accept; the modules that implement them import these.
+CLUSTERING = ("kmeans", "agglomerative")  # kshot.grouping
+SEARCH_STRATEGIES = ("reinforce", "random")  # kshot.search
+FEATURES = ("support", "support+pool")  # kshot.activations
+TAG_PATTERN = r"support(\+pool\d+)?(-raw)?"  # an ActivationSpec's tag; the Snakemake wildcard's too
+DEVICES = ("auto", "cpu", "cuda")
 
 
 def _type_name(tp: Any) -> str:
@@ -54,6 +63,8 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
         return {str(k): _check_value(v, item, f"{where}.{k}") for k, v in value.items()}
     if tp is Any:
         return value
+    if hasattr(tp, "from_raw"):
+        return tp.from_raw(value, where)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
     if tp is float:
@@ -130,12 +141,6 @@ class DataConfig:
     digits_test_fraction: float = 0.5
 
     def validate(self, where: str) -> None:
-        from kshot.data.datasets import local_dir_datasets  # here: kshot.data.datasets imports this module
-
-        valid = local_dir_datasets()
-        for name in self.local_dirs:
-            if name not in valid:
-                raise _unknown(f"{where}.local_dirs.{name}", name, valid)
         if not 0.0 < self.digits_test_fraction < 1.0:
             raise ConfigError(
                 f"{where}.digits_test_fraction: expected a number in (0, 1), "
@@ -244,10 +249,149 @@ class FinetuneConfig:
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A named method: its kind (the strategy class) and its options (checked by that class)."""
+    """A named method: its kind (the strategy class) and its options.
+
+    Written in the params as one mapping, ``{kind: grouped, groups: 0.25}``. Here ``options`` is
+    that mapping less ``kind``; :func:`kshot.params.parse_method` checks it against the kind's
+    ``Options`` dataclass and returns the spec with ``options`` parsed, which is the form every
+    other module receives.
+    """
 
     kind: str
-    options: dict[str, Any] = field(default_factory=dict)
+    options: Any = field(default_factory=dict)
+
+    @classmethod
+    def from_raw(cls, raw: Any, where: str) -> MethodSpec:
+        if not isinstance(raw, dict) or "kind" not in raw:
+            raise ConfigError(f"{where}: expected a mapping with a 'kind' key, found {raw!r}")
+        if not isinstance(raw["kind"], str):
+            raise ConfigError(f"{where}.kind: expected a method kind name, found {raw['kind']!r}")
+        return cls(kind=raw["kind"], options={k: v for k, v in raw.items() if k != "kind"})
+
+    def to_raw(self) -> dict[str, Any]:
+        """The mapping the params write for this spec (every option explicit once parsed)."""
+        options = self.options
+        if dataclasses.is_dataclass(options):
+            options = dataclasses.asdict(options)  # type: ignore[arg-type]
+        return {"kind": self.kind, **options}
+
+
+@dataclass(frozen=True)
+class ActivationSpec:
+    """Which images feed the activation patterns and whether responses are rectified
+    (:mod:`kshot.activations` explains the choices). Equal specs give equal patterns; the
+    pipeline's activation file of a spec is named by its :attr:`tag`."""
+
+    features: str = "support"
+    pool_size: int = 500
+    rectify: bool = True
+
+    def validate(self, where: str) -> None:
+        check_choice(f"{where}.features", self.features, FEATURES)
+        if self.pool_size < 1:
+            raise ConfigError(f"{where}.pool_size: expected an integer >= 1, found {self.pool_size}")
+
+    @property
+    def tag(self) -> str:
+        """The name of this spec's activation file: equal tags mean equal patterns."""
+        tag = "support" if self.features == "support" else f"support+pool{self.pool_size}"
+        return tag if self.rectify else f"{tag}-raw"
+
+    @classmethod
+    def from_tag(cls, tag: str) -> ActivationSpec:
+        match = re.fullmatch(TAG_PATTERN, tag)
+        pool = match.group(1)[len("+pool") :] if match and match.group(1) else None
+        if not match or (pool is not None and int(pool) < 1):
+            raise ConfigError(
+                f"activations tag: expected 'support' or 'support+pool<N>' (N >= 1), optionally "
+                f"followed by '-raw', found {tag!r}"
+            )
+        return cls(
+            features="support" if pool is None else "support+pool",
+            pool_size=int(pool) if pool else cls.pool_size,
+            rectify=match.group(2) is None,
+        )
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    """Hyper-parameters of the search's LSTM policy and of its REINFORCE updates
+    (:mod:`kshot.controller`)."""
+
+    hidden: int = 32
+    embed: int = 16
+    lr: float = 0.05
+    baseline_decay: float = 0.8
+    entropy_weight: float = 0.01
+
+    def validate(self, where: str) -> None:
+        for name in ("hidden", "embed", "lr"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{where}.{name}: expected a number > 0, found {getattr(self, name)}")
+        if not 0.0 <= self.baseline_decay < 1.0:
+            raise ConfigError(
+                f"{where}.baseline_decay: expected a number in [0, 1), found {self.baseline_decay}"
+            )
+        if self.entropy_weight < 0:
+            raise ConfigError(f"{where}.entropy_weight: expected a number >= 0, found {self.entropy_weight}")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The ``search`` block: the search of group counts per layer (:mod:`kshot.search`).
+
+    ``strategy``: ``reinforce`` (the LSTM controller) or ``random`` (the control); ``budget``:
+    distinct configurations fine-tuned; ``max_samples``: samples drawn at most (``None``:
+    ``4 * budget``); ``menu``: fractions in (0, 1] of each layer's neurons; ``layers``: grouped
+    layers (``None``: every groupable layer; ``conv``/``fc`` select by type); ``algorithm``,
+    ``features``, ``pool_size``, ``share_bias``: how each configuration's groupings are made, as for
+    the grouped methods; ``population``: fine-tune the search episodes of one configuration as one
+    batched population (:mod:`kshot.population`) or one after another, ``"auto"`` batching on CUDA
+    only (on CPU the batched population is the slower, see ``benchmarks/``); ``steps``: fine-tuning
+    steps of a search evaluation (``None``: the ``finetune`` block's), fewer making a cheaper,
+    low-fidelity reward; ``finalists``: how many of the best searched configurations are
+    re-evaluated, with the ungrouped one, at full fidelity on the selection episodes to choose the
+    counts (0: take the search's best as it is).
+    """
+
+    strategy: str = "reinforce"
+    budget: int = 24
+    max_samples: int | None = None
+    menu: list[float] = field(default_factory=lambda: [0.0625, 0.125, 0.25, 0.5, 1.0])
+    layers: list[str] | None = None
+    algorithm: str = "kmeans"
+    features: str = "support"
+    pool_size: int = 500
+    share_bias: bool = True
+    population: bool | str = "auto"
+    steps: int | None = None
+    finalists: int = 0
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
+
+    @property
+    def activation_spec(self) -> ActivationSpec:
+        """The activation patterns the search's groupings cluster (rectified, as the methods')."""
+        return ActivationSpec(self.features, self.pool_size)
+
+    def validate(self, where: str) -> None:
+        self.activation_spec.validate(where)
+        check_choice(f"{where}.strategy", self.strategy, SEARCH_STRATEGIES)
+        check_choice(f"{where}.algorithm", self.algorithm, CLUSTERING)
+        if self.population not in (True, False, "auto"):
+            raise ConfigError(
+                f"{where}.population: expected true, false or 'auto', found {self.population!r}"
+            )
+        if self.finalists < 0:
+            raise ConfigError(f"{where}.finalists: expected an integer >= 0, found {self.finalists}")
+        for name in ("budget", "max_samples", "steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{where}.{name}: expected an integer >= 1, found {value}")
+        if not self.menu:
+            raise ConfigError(f"{where}.menu: expected a non-empty list of fractions, found []")
+        for i, f in enumerate(self.menu):
+            if not 0.0 < f <= 1.0:
+                raise ConfigError(f"{where}.menu[{i}]: expected a fraction in (0, 1], found {f!r}")
 
 
 @dataclass(frozen=True)
@@ -356,48 +500,35 @@ def with_replicates(raw: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Params:
-    """The whole ``params.yaml``."""
+    """The whole ``params.yaml``.
+
+    Built here, every section is typed and checked on its own, and the names one section gives
+    another (benchmarks' sources, the run's methods, ...) are checked to exist. What needs a
+    registry (dataset, backbone and method kinds, each method's options) is checked by
+    :func:`kshot.params.params_from_dict`, the way to build a ``Params`` from a params file.
+    """
 
     sources: dict[str, SourceConfig]
     benchmarks: dict[str, BenchmarkConfig]
-    methods: dict[str, dict[str, Any]]
+    methods: dict[str, MethodSpec]
     run: RunConfig
     seed: int = 0
     device: str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
     episodes: EpisodeConfig = field(default_factory=EpisodeConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    search: dict[str, Any] = field(default_factory=dict)
+    search: SearchConfig = field(default_factory=SearchConfig)
     regime: RegimeConfig = field(default_factory=RegimeConfig)
     replicates: ReplicatesConfig = field(default_factory=ReplicatesConfig)
     ablation: list[list[str]] = field(default_factory=list)
 
     def validate(self, where: str) -> None:
-        from kshot.data.datasets import DATASETS
-        from kshot.models import BACKBONES
-        from kshot.search import SearchConfig
-
-        from_dict(SearchConfig, self.search, "search")  # typed there: kshot.search imports this module
-
         if self.seed < 0:
             raise ConfigError(f"seed: expected an integer >= 0, found {self.seed}")
-
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(
-                f"device: expected one of ['auto', 'cpu', 'cuda'], found {self.device!r}"
-                f"{suggest(self.device, ['auto', 'cpu', 'cuda'])}"
-            )
-        datasets = set(DATASETS) | set(self.data.image_folders)
-        for name, src in self.sources.items():
-            if src.dataset not in datasets:
-                raise _unknown(f"sources.{name}.dataset", src.dataset, datasets)
-            if src.backbone not in BACKBONES:
-                raise _unknown(f"sources.{name}.backbone", src.backbone, BACKBONES)
+        check_choice("device", self.device, DEVICES)
         for name, bench in self.benchmarks.items():
             if bench.source not in self.sources:
-                raise _unknown(f"benchmarks.{name}.source", bench.source, self.sources)
-            if bench.target not in datasets:
-                raise _unknown(f"benchmarks.{name}.target", bench.target, datasets)
+                raise unknown(f"benchmarks.{name}.source", bench.source, self.sources)
             src = self.sources[bench.source]
             shared = sorted(set(bench.target_classes) & set(src.classes))
             if bench.target == src.dataset and shared:
@@ -405,50 +536,34 @@ class Params:
                     f"benchmarks.{name}.target_classes: expected classes disjoint from "
                     f"sources.{bench.source}.classes (same dataset '{src.dataset}'), found {shared} in both"
                 )
-        for name, spec in self.methods.items():
-            method_spec(name, spec)
-        for i, b in enumerate(self.run.benchmarks):
-            if b not in self.benchmarks:
-                raise _unknown(f"run.benchmarks[{i}]", b, self.benchmarks)
-        for i, m in enumerate(self.run.methods):
-            if m not in self.methods:
-                raise _unknown(f"run.methods[{i}]", m, self.methods)
+        _check_names("run.benchmarks", self.run.benchmarks, self.benchmarks)
+        _check_names("run.methods", self.run.methods, self.methods)
         for i, block in enumerate(self.regime.runs):
-            for j, b in enumerate(block.benchmarks):
-                if b not in self.benchmarks:
-                    raise _unknown(f"regime.runs[{i}].benchmarks[{j}]", b, self.benchmarks)
-            for j, m in enumerate(block.methods):
-                if m not in self.methods:
-                    raise _unknown(f"regime.runs[{i}].methods[{j}]", m, self.methods)
+            _check_names(f"regime.runs[{i}].benchmarks", block.benchmarks, self.benchmarks)
+            _check_names(f"regime.runs[{i}].methods", block.methods, self.methods)
         for i, pair in enumerate(self.ablation):
             if len(pair) != 2 or pair[0] == pair[1]:
                 raise ConfigError(
                     f"ablation[{i}]: expected two different method names [a, b], found {pair!r}"
                 )
-            for j, m in enumerate(pair):
-                if m not in self.methods:
-                    raise _unknown(f"ablation[{i}][{j}]", m, self.methods)
+            _check_names(f"ablation[{i}]", pair, self.methods)
         for i, b in enumerate(self.replicates.benchmarks):
             if b not in self.benchmarks:
-                raise _unknown(f"replicates.benchmarks[{i}]", b, self.benchmarks)
+                raise unknown(f"replicates.benchmarks[{i}]", b, self.benchmarks)
             own = self.sources[self.benchmarks[b].source].pretrain_seed(self.seed)
             if own in self.replicates.seeds:
                 raise ConfigError(
                     f"replicates.seeds: expected seeds other than {own}, the pre-training seed of "
                     f"benchmarks.{b}'s source (the default run's replicate), found {self.replicates.seeds}"
                 )
-        for i, m in enumerate(self.replicates.methods):
-            if m not in self.methods:
-                raise _unknown(f"replicates.methods[{i}]", m, self.methods)
+        _check_names("replicates.methods", self.replicates.methods, self.methods)
         for i, pair in enumerate(self.replicates.pairs):
-            for j, m in enumerate(pair):
-                if m not in self.replicates.methods:
-                    raise _unknown(f"replicates.pairs[{i}][{j}]", m, self.replicates.methods)
+            _check_names(f"replicates.pairs[{i}]", pair, self.replicates.methods)
         regime_methods = {m for block in self.regime.runs for m in block.methods}
         searched = sorted(
             m
             for m in {*self.run.methods, *regime_methods, *self.replicates.methods}
-            if self.methods[m].get("kind") == "grouped_rl"
+            if self.methods[m].kind == "grouped_rl"
         )
         if searched and self.episodes.search_episodes < 1:
             raise ConfigError(
@@ -456,58 +571,11 @@ class Params:
                 f"run (their rewards need search episodes), found {self.episodes.search_episodes}"
             )
         for i, pair in enumerate(self.regime.pairs):
-            for j, m in enumerate(pair):
-                if m not in regime_methods:
-                    raise _unknown(f"regime.pairs[{i}][{j}]", m, regime_methods)
+            _check_names(f"regime.pairs[{i}]", pair, regime_methods)
 
 
-def _unknown(field_name: str, value: str, valid: Any) -> ConfigError:
-    from kshot.errors import unknown
-
-    return unknown(field_name, value, valid)
-
-
-def method_spec(name: str, raw: Any) -> MethodSpec:
-    """Parse ``methods.<name>``: a mapping with ``kind`` and the kind's options."""
-    from kshot.methods import METHODS
-
-    where = f"methods.{name}"
-    if not isinstance(raw, dict) or "kind" not in raw:
-        raise ConfigError(f"{where}: expected a mapping with a 'kind' key, found {raw!r}")
-    kind = raw["kind"]
-    if kind not in METHODS:
-        raise _unknown(f"{where}.kind", kind, METHODS)
-    options = {k: v for k, v in raw.items() if k != "kind"}
-    METHODS[kind].parse_options(options, where)
-    return MethodSpec(kind=kind, options=options)
-
-
-def read_params_file(path: str | Path) -> Any:
-    """The parsed YAML of a params file (not yet validated); errors name the file."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"params file '{p}': expected an existing YAML file, found nothing")
-    try:
-        return yaml.safe_load(p.read_text())
-    except yaml.YAMLError as err:
-        raise yaml_error(p, err) from err
-
-
-def read_valid_params(path: str | Path) -> tuple[Any, Params]:
-    """The parsed YAML of a params file and its validated :class:`Params`; raises
-    :class:`ConfigError` naming the file and the field."""
-    raw = read_params_file(path)
-    try:
-        return raw, params_from_dict(raw)
-    except ConfigError as err:
-        raise ConfigError(f"params file '{path}': {err}") from err
-
-
-def load_params(path: str | Path) -> Params:
-    """Read and validate a params file; raises :class:`ConfigError` naming the file and field."""
-    return read_valid_params(path)[1]
-
-
-def params_from_dict(raw: Any) -> Params:
-    """Validate an already parsed params mapping (e.g. Snakemake's ``config``)."""
-    return from_dict(Params, raw, "")
+def _check_names(where: str, names: list[str], valid: Any) -> None:
+    """Raise the error naming ``where[i]`` for the first of ``names`` not in ``valid``."""
+    for i, name in enumerate(names):
+        if name not in valid:
+            raise unknown(f"{where}[{i}]", name, valid)

@@ -25,30 +25,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from kshot.config import ControllerConfig
 from kshot.errors import ConfigError
 from kshot.optim import Adam
-
-
-@dataclass(frozen=True)
-class ControllerConfig:
-    """Hyper-parameters of the policy and of its REINFORCE updates."""
-
-    hidden: int = 32
-    embed: int = 16
-    lr: float = 0.05
-    baseline_decay: float = 0.8
-    entropy_weight: float = 0.01
-
-    def validate(self, where: str) -> None:
-        for name in ("hidden", "embed", "lr"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{where}.{name}: expected a number > 0, found {getattr(self, name)}")
-        if not 0.0 <= self.baseline_decay < 1.0:
-            raise ConfigError(
-                f"{where}.baseline_decay: expected a number in [0, 1), found {self.baseline_decay}"
-            )
-        if self.entropy_weight < 0:
-            raise ConfigError(f"{where}.entropy_weight: expected a number >= 0, found {self.entropy_weight}")
 
 
 @dataclass

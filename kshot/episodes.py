@@ -10,7 +10,6 @@ reported and the final pick is not made on the episodes that ranked the candidat
 
 from __future__ import annotations
 
-import os
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -54,61 +53,18 @@ class Episode:
         return Episode(int(d["id"]), list(d["support"]), list(d["val"]), d.get("test"))
 
 
-def _index_list(value: Any, bound: int) -> bool:
-    """Whether ``value`` is a list of integer indices in ``[0, bound)``."""
-    return isinstance(value, list) and all(
-        isinstance(i, int) and not isinstance(i, bool) and 0 <= i < bound for i in value
-    )
+def episode_indices(e: dict[str, Any]) -> list[int]:
+    """An episodes-file entry's support and validation rows of the target pool (the rows a
+    grouping's unlabeled images are never drawn from)."""
+    return [int(i) for i in e["support"]] + [int(i) for i in e.get("val") or []]
 
 
-def read_episodes(
-    path: str | os.PathLike[str], benchmark: str, k: int | None, meta: dict[str, Any]
-) -> dict[str, Any]:
-    """Read an episodes file and check it against what it is used with: the episodes of
-    ``benchmark`` and ``k`` (any k for ``None``), drawn from the prepared target whose ``meta`` is
-    given (its class count, pool and test sizes). Raises :class:`DataError` naming the file, what
-    was expected and what was found, e.g. for another benchmark's episodes or indices beyond the
-    target's images."""
-    from kshot.io import read_json
-
-    content = read_json(path, what="episodes file")
-    where = f"episodes file '{path}'"
-    if not isinstance(content, dict):
-        raise DataError(f"{where}: expected a JSON object, found {type(content).__name__}")
-    if content.get("benchmark") != benchmark:
-        raise DataError(
-            f"{where}: expected the episodes of benchmark '{benchmark}', found those of "
-            f"{content.get('benchmark')!r}"
-        )
-    if k is not None and content.get("k") != k:
-        raise DataError(f"{where}: expected episodes for k={k}, found k={content.get('k')!r}")
-    n_classes = len(meta["classes"])
-    if content.get("n_classes") != n_classes:
-        raise DataError(
-            f"{where}: expected n_classes={n_classes} (the target's classes {meta['classes']}), "
-            f"found {content.get('n_classes')!r}"
-        )
-    bounds = {"support": meta["n_pool"], "val": meta["n_pool"], "test": meta["n_test"]}
-    for role in ROLES:
-        entries = content.get(role, [])
-        if not isinstance(entries, list):
-            raise DataError(f"{where}: expected a list of '{role}' episodes, found {type(entries).__name__}")
-        for i, entry in enumerate(entries):
-            bad = [
-                key
-                for key, bound in bounds.items()
-                if not isinstance(entry, dict)
-                or not (_index_list(entry.get(key), bound) or (key == "test" and entry.get(key) is None))
-            ]
-            if not bad and not (isinstance(entry.get("id"), int) and not isinstance(entry["id"], bool)):
-                bad = ["id"]
-            if bad:
-                raise DataError(
-                    f"{where}: '{role}' episode #{i}: expected an integer 'id' and lists of image "
-                    f"indices 'support' and 'val' in [0, {meta['n_pool']}) and 'test' in "
-                    f"[0, {meta['n_test']}) (or null), found a bad '{bad[0]}'"
-                )
-    return content
+def select(x: torch.Tensor, y: torch.Tensor, idx: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``idx`` of images ``x [N, ...]`` and labels ``y [N]`` (all rows for ``None``)."""
+    if idx is None:
+        return x, y
+    t = torch.as_tensor(idx, dtype=torch.int64)
+    return x[t], y[t]
 
 
 def episode_rng(seed: int, benchmark: str, k: int, role: str, index: int) -> np.random.Generator:

@@ -32,8 +32,9 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter
 
 from kshot.errors import DataError
+from kshot.grouping import normalise_patterns
 from kshot.io import atomic_path
-from kshot.tables import chosen_counts
+from kshot.tables import chosen_counts, trace_curve
 
 PALETTE = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#D55E00", "#0072B2", "#CC79A7", "#F0E442"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
@@ -293,8 +294,6 @@ def plot_neuron_embedding(
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
-    from kshot.grouping import normalise_patterns
-
     if patterns.dim() != 2 or patterns.shape[0] != len(assign):
         raise DataError(
             f"embedding: expected patterns [N, M] with N = {len(assign)}, found {list(patterns.shape)}"
@@ -351,8 +350,6 @@ def plot_search_curves(traces: Mapping[str, Mapping[str, Mapping[str, Any]]], ou
 
     ``traces``: ``{label: {strategy: SearchTrace.to_dict()}}``, e.g. label ``"fashion k=5"``.
     """
-    from kshot.tables import trace_curve
-
     if not traces:
         raise DataError("search curves: expected at least one search, found none")
     labels = list(traces)

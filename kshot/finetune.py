@@ -3,8 +3,10 @@
 Full-batch SGD with momentum on the support set (k-shot support sets are tiny, so one batch is the
 whole set). Every ``eval_every`` steps the validation accuracy is measured and the best state so far
 is kept (later steps win ties); the test set is only ever evaluated on the selected state. A method
-plugs in through three hooks: which parameters train, an optional penalty added to the loss (L2-SP),
-and an optional gradient transform applied after ``backward()`` (the group-shared gradient).
+chooses which parameters train and changes the loop through :class:`TrainHook` objects: a penalty
+added to the loss (L2-SP), a gradient transform after ``backward()`` (the group-shared gradient of
+:mod:`kshot.shared_grad`), tensors trained in the parameters' place and folded back at the end. The
+loop knows no method.
 BatchNorm layers, where a backbone has them, stay in eval mode: batch statistics of a 5-image
 support set are noise, so the source running statistics are kept (a documented choice).
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -24,7 +26,8 @@ from torch import nn
 from kshot.config import FinetuneConfig
 from kshot.errors import ConfigError
 from kshot.optim import SGD
-from kshot.shared_grad import GroupedGradient
+
+Tensors = tuple[torch.Tensor, torch.Tensor]  # (uint8 images [N, C, H, W], int64 labels [N])
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -38,7 +41,7 @@ def resolve_device(choice: str) -> torch.device:
 
 def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 ``[N, C, H, W]`` -> float ``[N, C, H, W]`` in [0, 1] on ``device``, channels-last
-    (1.5x faster convolutions on CPU for LeNet-sized nets, measured). Float inputs (e.g. cached
+    (faster convolutions on CPU for LeNet-sized nets; ``benchmarks/README.md``). Float inputs (e.g. cached
     features ``[N, D]``) pass through unchanged."""
     if images.dtype != torch.uint8:
         return images.to(device)
@@ -87,19 +90,41 @@ class TrainResult:
     train_time_s: float = 0.0
 
 
-Penalty = Callable[[nn.Module], torch.Tensor]
-GradHook = Callable[[nn.Module], None]
+class TrainHook:
+    """How a method changes :func:`train`; this base changes nothing.
+
+    :meth:`prepare` runs once before the first step, :meth:`penalty` at every step after the
+    loss, :meth:`after_backward` between ``backward()`` and the optimiser step, :meth:`finish`
+    once at the end, also when the run fails.
+    """
+
+    penalises = False  # whether :meth:`penalty` adds a term to the loss
+
+    def prepare(self, trainable: list[torch.Tensor], linear_update: bool) -> list[torch.Tensor]:
+        """The tensors the optimiser trains instead of ``trainable``. ``linear_update``: the update
+        is momentum SGD linear in the loss gradient and blind to the weights (no weight decay, no
+        penalty), so a hook may train a reparametrisation giving the same updates."""
+        return trainable
+
+    def penalty(self, model: nn.Module) -> torch.Tensor | None:
+        """A term added to the loss (``None``: nothing)."""
+        return None
+
+    def after_backward(self, model: nn.Module) -> None:
+        """Change the gradients of ``model`` in place."""
+
+    def finish(self, model: nn.Module) -> None:
+        """Undo what :meth:`prepare` did (the parameters then hold the trained values)."""
 
 
 def train(
     model: nn.Module,
     trainable: list[torch.Tensor],
-    support: tuple[torch.Tensor, torch.Tensor],
-    val: tuple[torch.Tensor, torch.Tensor],
+    support: Tensors,
+    val: Tensors,
     cfg: FinetuneConfig,
     device: torch.device,
-    penalty: Penalty | None = None,
-    grad_hook: GradHook | None = None,
+    hooks: Sequence[TrainHook] = (),
 ) -> TrainResult:
     """Fine-tune ``model`` in place on ``support`` and return the validation-selected state.
 
@@ -107,12 +132,12 @@ def train(
     ``trainable`` are frozen for the run. A non-finite loss stops the run and records its step.
     """
     start = time.perf_counter()
-    # Momentum SGD without weight decay or penalty: coarsely grouped linear layers can train through
-    # their group deltas, the same updates for less work (kshot.shared_grad); folded back at the end.
-    deltas = isinstance(grad_hook, GroupedGradient) and penalty is None and cfg.weight_decay == 0
-    if deltas:
-        trainable = grad_hook.attach(trainable)
+    linear_update = cfg.weight_decay == 0 and not any(h.penalises for h in hooks)
+    prepared: list[TrainHook] = []
     try:
+        for h in hooks:
+            trainable = h.prepare(trainable, linear_update)
+            prepared.append(h)
         model.to(memory_format=torch.channels_last)
         wanted = {id(p) for p in trainable}
         for p in model.parameters():
@@ -127,14 +152,16 @@ def train(
         for step in range(1, cfg.steps + 1):
             opt.zero_grad()
             loss = F.cross_entropy(model(x), y)
-            if penalty is not None:
-                loss = loss + penalty(model)
+            for h in hooks:
+                term = h.penalty(model)
+                if term is not None:
+                    loss = loss + term
             if not math.isfinite(float(loss.detach())):
                 result.diverged_step = step
                 break
             loss.backward()
-            if grad_hook is not None:
-                grad_hook(model)
+            for h in hooks:
+                h.after_backward(model)
             opt.step()
             result.steps_run = step
             if step % cfg.eval_every == 0 or step == cfg.steps:
@@ -150,8 +177,8 @@ def train(
             model.load_state_dict(best_state)
             result.val_acc, result.best_step = best_acc, best_step
     finally:
-        if deltas:
-            grad_hook.detach()
+        for h in reversed(prepared):
+            h.finish(model)
     for p in model.parameters():
         p.requires_grad_(True)
     model.eval()
@@ -159,3 +186,36 @@ def train(
         result.val_acc = accuracy(model, *val, device)
     result.train_time_s = time.perf_counter() - start
     return result
+
+
+@torch.no_grad()
+def class_centroids(model: nn.Module, support: Tensors, n_classes: int, device: torch.device) -> torch.Tensor:
+    """L2-normalised mean penultimate feature (``model.features``) per class: ``[n_classes, D]``."""
+    model.eval()
+    feats = F.normalize(predict(model.features, support[0], device), dim=1)
+    sums = torch.zeros(n_classes, feats.shape[1]).index_add_(0, support[1], feats)
+    return F.normalize(sums, dim=1)
+
+
+def init_head(
+    model: nn.Module, n_classes: int, seed: int, how: str, support: Tensors, device: torch.device
+) -> None:
+    """Replace the source head of a :class:`kshot.models.Backbone` by a target head of
+    ``n_classes`` outputs.
+
+    ``random``: torch's default init under ``seed``; ``zero``: all zeros; ``centroid``: weight rows
+    are the normalised class centroids of ``support`` scaled to the default init's norm (imprinting).
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model.replace_head(n_classes)
+    head = model.head
+    with torch.no_grad():
+        if how == "zero":
+            head.weight.zero_()
+            head.bias.zero_()
+        elif how == "centroid":
+            scale = head.weight.norm(dim=1).mean()
+            centroids = class_centroids(model, support, n_classes, device)
+            head.weight.copy_(centroids.to(head.weight.device) * scale)
+            head.bias.zero_()

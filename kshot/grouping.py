@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from kshot.errors import ConfigError, DataError
-
-ALGORITHMS = ("kmeans", "agglomerative")
+from kshot.config import CLUSTERING
+from kshot.errors import ConfigError, DataError, suggest
+from kshot.models import Backbone
 
 
 def normalise_patterns(acts: torch.Tensor) -> torch.Tensor:
@@ -101,8 +101,8 @@ def group_neurons(
         raise DataError(f"acts: expected a [neurons, images] matrix, found shape {list(acts.shape)}")
     n = acts.shape[0]
     n_groups = resolve_count(n_groups, n, "n_groups")
-    if algorithm not in ALGORITHMS:
-        raise ConfigError(f"algorithm: expected one of {list(ALGORITHMS)}, found {algorithm!r}")
+    if algorithm not in CLUSTERING:
+        raise ConfigError(f"algorithm: expected one of {list(CLUSTERING)}, found {algorithm!r}")
     if n_groups == n:
         return torch.arange(n)
     if n_groups == 1:
@@ -193,3 +193,38 @@ def group_layers(
     if missing:
         raise ConfigError(f"counts: layers {missing} have no activations; found {sorted(acts)}")
     return {name: group_neurons(acts[name], g, algorithm=algorithm, seed=seed) for name, g in counts.items()}
+
+
+LAYER_KINDS = {"conv": torch.nn.Conv2d, "fc": torch.nn.Linear}
+
+
+def select_layers(model: Backbone, layers: list[str] | None) -> list[str]:
+    """Expand a ``layers`` option into groupable layer names, in forward order.
+
+    ``None`` is every groupable layer; the selectors ``conv`` and ``fc`` stand for every groupable
+    Conv2d / Linear layer, so one option reads the same on backbones with other layer names.
+    """
+    groupable = model.groupable()
+    if layers is None:
+        return groupable
+    picked: list[str] = []
+    for name in layers:
+        if name in LAYER_KINDS:
+            kind = LAYER_KINDS[name]
+            picked += [n for n in groupable if isinstance(model.get_submodule(n), kind)]
+        else:
+            picked.append(name)
+    return list(dict.fromkeys(picked))
+
+
+def layer_sizes(model: Backbone, layers: list[str], where: str = "layers") -> dict[str, int]:
+    """Neurons (output channels / units) of each layer of ``layers``, checked to be groupable
+    (``where``: the field an error names)."""
+    groupable = model.groupable()
+    for name in layers:
+        if name not in groupable:
+            raise ConfigError(
+                f"{where}: '{name}' is not a groupable layer of this backbone"
+                f"{suggest(name, groupable)}; expected some of {groupable}"
+            )
+    return {name: model.get_submodule(name).weight.shape[0] for name in layers}

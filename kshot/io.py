@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import json
 import os
 import pickle
@@ -54,6 +55,15 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def sha256(path: str | os.PathLike[str]) -> str:
+    """The sha256 hex digest of the file at ``path`` (read in blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
@@ -143,62 +153,3 @@ def load_tensors(path: str | os.PathLike[str], what: str = "checkpoint") -> dict
     if not isinstance(obj, dict):
         raise CheckpointError(f"{what} '{p}': expected a dict, found {type(obj).__name__}")
     return obj
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def read_stage_file(
-    path: str | os.PathLike[str], what: str, fmt: str, made_from: dict[str, Any], stage: str
-) -> dict[str, Any]:
-    """Load a stage's tensor file (written with :func:`save_tensors`) and check its ``format`` and
-    its ``made_from`` record (the inputs it was computed from) against ``made_from``.
-
-    Raises :class:`DataError` naming the file, every input that differs (expected and found) and
-    the stage to rerun, so a file made for other inputs is refused rather than silently used.
-    """
-    content = load_tensors(path, what=what)
-    where = f"{what} '{path}'"
-    if content.get("format") != fmt:
-        raise DataError(f"{where}: expected format {fmt!r}, found {content.get('format')!r}")
-    found = content.get("made_from")
-    if not isinstance(found, dict):
-        raise DataError(f"{where}: expected a 'made_from' record of its inputs, found {_short(found)}")
-    differ = [
-        f"{key} {_short(want)} (found {_short(found.get(key))})"
-        for key, want in made_from.items()
-        if found.get(key) != want
-    ]
-    if differ:
-        raise DataError(f"{where}: expected a file made from {'; '.join(differ)}; rerun the {stage} stage")
-    return content
-
-
-def episode_entries(
-    content: dict[str, Any],
-    path: str | os.PathLike[str],
-    what: str,
-    section: str,
-    keys: list[tuple[str, str]],
-    stage: str,
-) -> list[dict[str, Any]]:
-    """The entries ``content[section][id]`` for ``keys``, pairs of an episode id and the digest of
-    its indices that the entry must record (``'digest'``); raises :class:`DataError` naming the
-    file for a missing, mismatched or malformed entry."""
-    where = f"{what} '{path}'"
-    table = content.get(section)
-    if not isinstance(table, dict):
-        raise DataError(f"{where}: expected a '{section}' mapping of episodes, found {_short(table)}")
-    out = []
-    for ep_id, digest in keys:
-        entry = table.get(ep_id)
-        if not isinstance(entry, dict) or entry.get("digest") != digest:
-            found = "no entry" if entry is None else "an entry for other images"
-            raise DataError(
-                f"{where}: expected an entry for episode {ep_id} ({section}) of the episodes file, "
-                f"found {found}; rerun the {stage} stage"
-            )
-        out.append(entry)
-    return out

@@ -2,8 +2,8 @@
 without ``torch.optim``'s start-up.
 
 Constructing a ``torch.optim`` optimiser imports ``torch._dynamo`` (its methods are wrapped to opt
-out of compilation), which costs every fine-tuning process 1.3-1.9 s on CPU, measured: about a
-tenth of a k=1 job, dozens of times per pipeline run. Fine-tuning needs one update rule, so it is
+out of compilation), which costs every fine-tuning process a second or two on CPU, dozens of times
+per pipeline run (``benchmarks/README.md`` has the measurement). Fine-tuning needs one update rule, so it is
 written here with the same ops in the same order as ``torch.optim.SGD`` (``dampening=0``, no
 Nesterov): on CPU the parameters end bit for bit the same (a test checks it against
 ``torch.optim.SGD``; on CUDA that takes its multi-tensor path, equal up to float rounding).

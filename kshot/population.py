@@ -21,15 +21,12 @@ The batched group mean: for a layer of ``N`` neurons, member ``p``'s assignment 
 per group): no loop over members or neurons.
 
 On CPU, where the batched population was measured slower than the loop, :func:`train_members` runs
-the members' own loops instead, one after another or side by side in threads, one per core.
+the members' own loops instead, one after another.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -39,12 +36,10 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from kshot.config import FinetuneConfig
 from kshot.errors import DataError
-from kshot.finetune import TrainResult, freeze_batchnorm, to_input, train
+from kshot.finetune import Tensors, TrainResult, freeze_batchnorm, to_input, train
 from kshot.grouping import check_assignment
 from kshot.optim import sgd_direction
 from kshot.shared_grad import GroupedGradient, group_mean_rows_, inverse_counts
-
-Tensors = tuple[torch.Tensor, torch.Tensor]  # (uint8 images [N, C, H, W], int64 labels [N])
 
 
 @dataclass
@@ -259,21 +254,6 @@ def train_population(
     return result
 
 
-def draws_random_numbers(model: nn.Module) -> bool:
-    """Whether fine-tuning ``model`` draws random numbers (dropout; BatchNorm stays in eval mode)."""
-    return any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules())
-
-
-@contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def train_members(
     members: list[nn.Module],
     supports: list[Tensors],
@@ -283,49 +263,13 @@ def train_members(
     groupings: list[dict[str, torch.Tensor] | None],
     seeds: list[int],
     share_bias: bool = True,
-    workers: int = 1,
 ) -> list[TrainResult]:
-    """Grouped fine-tuning of each member (:func:`kshot.finetune.train` with its grouping's
-    :class:`GroupedGradient`), member ``i`` under torch seed ``seeds[i]``.
-
-    ``workers > 1`` (CPU): the members run concurrently in that many threads, each with one torch
-    thread. At k-shot batch sizes one run of a small net keeps one core busy but gains little
-    from a second (its ops are too small to split), so on ``W`` cores ``W`` runs side by side beat
-    one run on ``W`` threads (measured for LeNet on 2 cores; a large backbone on many cores may
-    prefer ``workers=1``). Each run is then what it is with one thread, alone: bitwise the same as
-    ``workers=1`` in a one-thread process, such as the pipeline's jobs (with more threads, float
-    sums may split differently). Threads share torch's random generator, so models with dropout
-    run one after another, and a threaded run that drew random numbers anyway is an error.
-    """
-    jobs = list(zip(members, supports, vals, groupings, seeds, strict=True))
-
-    def fit(job: tuple) -> TrainResult:
-        member, support, val, assign, _ = job
-        hook = GroupedGradient(member, assign or {}, share_bias=share_bias)
-        return train(member, list(member.parameters()), support, val, cfg, device, grad_hook=hook)
-
-    workers = min(workers, len(jobs))
-    if workers > 1 and device.type == "cpu" and not any(map(draws_random_numbers, members)):
-        rng = torch.random.get_rng_state()
-        with _torch_threads(1):
-            pool = ThreadPoolExecutor(
-                workers, "kshot-member", initializer=torch.set_num_threads, initargs=(1,)
-            )
-            try:
-                out = list(pool.map(fit, jobs))
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)  # runs not yet started never start
-                raise
-            pool.shutdown()
-        if not torch.equal(torch.random.get_rng_state(), rng):
-            raise RuntimeError(
-                "train_members: fine-tuning drew random numbers in threads that share torch's "
-                "generator, so the runs are not reproducible; use workers=1 for this model"
-            )
-        return out
+    """Grouped fine-tuning of each member, one after another (:func:`kshot.finetune.train` with
+    its grouping's :class:`GroupedGradient`), member ``i`` under torch seed ``seeds[i]``."""
     out = []
-    for job in jobs:
+    for member, support, val, assign, seed in zip(members, supports, vals, groupings, seeds, strict=True):
+        hook = GroupedGradient(member, assign or {}, share_bias=share_bias)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(job[4])
-            out.append(fit(job))
+            torch.manual_seed(seed)
+            out.append(train(member, list(member.parameters()), support, val, cfg, device, hooks=[hook]))
     return out

@@ -24,8 +24,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
+from kshot.activations import layer_activations
 from kshot.errors import DataError
+from kshot.files.checkpoint import load_checkpoint
+from kshot.files.prepared import load_prepared
+from kshot.grouping import cluster_quality, group_neurons, normalise_patterns, resolve_count
 from kshot.io import atomic_path, read_json, write_json, write_text
 from kshot.stats import mean_ci, paired_diff, significant
 from kshot.tables import Table, main_tables, search_table, source_table, to_latex, to_markdown
@@ -217,8 +222,6 @@ def write_results(
 
 def first_conv(model: Any) -> str:
     """Name of the first groupable Conv2d of a backbone (LeNet: ``conv1``)."""
-    import torch.nn as nn
-
     modules = dict(model.named_modules())
     for name in model.groupable():
         if isinstance(modules[name], nn.Conv2d):
@@ -248,11 +251,7 @@ def write_group_figures(
     ``<benchmark>_groups.json`` (assignments and :func:`kshot.grouping.cluster_quality` per layer),
     whose content it returns.
     """
-    from kshot.activations import layer_activations
-    from kshot.data.prepare import load_prepared
     from kshot.figures import plot_filter_groups, plot_neuron_embedding
-    from kshot.grouping import cluster_quality, group_neurons, resolve_count
-    from kshot.pretrain import load_checkpoint
 
     model, _ = load_checkpoint(checkpoint)
     pool = load_prepared(target, ("pool_x",))["pool_x"]
@@ -303,8 +302,6 @@ def write_group_figures(
 def group_correlations(acts: torch.Tensor, assign: torch.Tensor) -> dict[int, float | None]:
     """Mean Pearson correlation of the activation patterns ``acts [N, M]`` over pairs of distinct
     neurons of each group of ``assign [N]`` (``None`` for a singleton)."""
-    from kshot.grouping import normalise_patterns
-
     z = normalise_patterns(acts)
     corr = z @ z.T  # [N, N]
     out: dict[int, float | None] = {}

@@ -1,70 +1,212 @@
-"""Run one method on every episode of one benchmark and k, with resume.
+"""The pipeline's stages: each reads its input files, calls the algorithms, writes its output files.
 
-Each finished episode is written to ``<out_dir>/episodes/ep<id>.json`` at once (atomically), stamped
-with a digest of everything that determines it (method spec, fine-tuning config, seed, checkpoint and
-data digests); a rerun after an interruption reuses exactly the episodes whose stamp matches and
-computes the rest. The summary ``metrics.json`` holds no timings, so identical params give
-byte-identical files; wall times go to ``timings.json``.
+One function per stage, called by :mod:`kshot.cli` (one command each) with typed configuration and
+paths. The algorithms below take tensors and dataclasses; the stage files (:mod:`kshot.files`)
+read and write what the stages pass between them. Nothing here reads ``params.yaml``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import hashlib
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from kshot.activations import episode_indices
-from kshot.config import FinetuneConfig, MethodSpec
-from kshot.data.datasets import sha256
-from kshot.data.prepare import check_target_of, load_prepared
-from kshot.episodes import Episode, episode_seed, read_episodes
-from kshot.errors import CheckpointError, DataError
-from kshot.io import load_tensors, write_json
+from kshot.activations import episode_patterns
+from kshot.config import (
+    ActivationSpec,
+    BenchmarkConfig,
+    DataConfig,
+    EpisodeConfig,
+    FinetuneConfig,
+    MethodSpec,
+    SearchConfig,
+    SourceConfig,
+)
+from kshot.data.prepare import prepare_source, prepare_target, source_geometry
+from kshot.episodes import Episode, episode_indices, episode_seed, make_episodes, role_seed, select
+from kshot.errors import ConfigError, DataError
+from kshot.files import activations as activation_file
+from kshot.files import groups as group_file
+from kshot.files import runs as run_files
+from kshot.files.checkpoint import check_geometry, load_checkpoint, save_checkpoint
+from kshot.files.episodes import read_episodes, write_episodes
+from kshot.files.prepared import load_prepared, load_target, save_prepared
+from kshot.files.search import read_chosen_counts, save_trace
+from kshot.grouping import layer_sizes
+from kshot.io import sha256, write_json
 from kshot.methods import METHODS, EpisodeData, EpisodeResult
-from kshot.pretrain import checkpoint_arch, load_checkpoint
+from kshot.methods.grouped import GROUPED_KINDS
+from kshot.pretrain import pretrain
+from kshot.runtime import numerics
+from kshot.search import search_episodes, search_group_counts
 
 
-@functools.cache
-def code_digest() -> str:
-    """sha256 of kshot's own source files: a resumed episode is trusted only if it was computed by
-    the same code (any edit, even one that should not change numbers, recomputes)."""
-    h = hashlib.sha256()
-    root = Path(__file__).resolve().parent
-    for path in sorted(root.rglob("*.py")):
-        h.update(str(path.relative_to(root)).encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]
+def prepare_source_stage(
+    name: str, src: SourceConfig, data: DataConfig, raw: Path, out: Path, seed: int
+) -> None:
+    save_prepared(out, prepare_source(name, src, data, raw, seed))
 
 
-def stamp(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def prepare_target_stage(
+    name: str, bench: BenchmarkConfig, src: SourceConfig, data: DataConfig, raw: Path, out: Path
+) -> None:
+    save_prepared(out, prepare_target(name, bench, source_geometry(src, data), data, raw))
 
 
-def check_geometry(checkpoint: Path, target: Path, meta: dict[str, Any]) -> None:
-    """Raise :class:`CheckpointError` when the checkpoint's network does not read the target's
-    images (``meta['channels']`` x ``meta['side']`` squared)."""
-    arch = checkpoint_arch(load_tensors(checkpoint, what="checkpoint"), checkpoint)
-    found = (arch.get("in_channels"), arch.get("image_size"))
-    if found != (meta["channels"], meta["side"]):
-        raise CheckpointError(
-            f"checkpoint '{checkpoint}': expected a network for the {meta['channels']}-channel "
-            f"{meta['side']}x{meta['side']} images of prepared data '{target}', found one for "
-            f"in_channels={found[0]}, image_size={found[1]}"
+def episodes_stage(benchmark: str, k: int, cfg: EpisodeConfig, seed: int, target: Path, out: Path) -> None:
+    data = load_target(target, benchmark, ("pool_y", "test_y"))
+    write_episodes(out, make_episodes(data["pool_y"], data["test_y"], k, cfg, seed, benchmark))
+
+
+def pretrain_stage(
+    name: str,
+    src: SourceConfig,
+    seed: int,
+    data_path: Path,
+    out: Path,
+    metrics_path: Path,
+    device: torch.device,
+    threads: int,
+) -> float:
+    """Pre-train source ``name`` with ``threads`` torch threads; returns the wall time (which goes
+    to the log alone: the checkpoint and its metrics are the same bytes on every run with the same
+    params, and so are the activations and groups that hash it)."""
+    data = load_prepared(data_path, ("train_x", "train_y", "test_x", "test_y"))
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    model, metrics = pretrain(
+        src, data["train_x"], data["train_y"], data["test_x"], data["test_y"], seed, device
+    )
+    metrics["numerics"] = numerics(device, threads)
+    save_checkpoint(out, model, src, int(data["train_x"].shape[-1]), metrics)
+    write_json(metrics_path, {"source": name, "backbone": src.backbone, **metrics})
+    return time.perf_counter() - start
+
+
+def _episodes_of(benchmark: str, k: int | None, target: Path, episodes: Path, keys: tuple[str, ...]):
+    """The prepared target of ``benchmark`` (with ``keys``) and its episodes file at ``k`` (any k
+    for ``None``), checked against each other."""
+    data = load_target(target, benchmark, keys)
+    return data, read_episodes(episodes, benchmark, k, data["meta"])
+
+
+def _activation_provenance(
+    checkpoint: Path, meta: dict[str, Any], seed: int, benchmark: str, k: int, tag: str
+):
+    return activation_file.made_from(sha256(checkpoint), meta["sha256"], seed, benchmark, k, tag)
+
+
+def activations_stage(
+    benchmark: str,
+    k: int,
+    spec: ActivationSpec,
+    seed: int,
+    checkpoint: Path,
+    target: Path,
+    episodes: Path,
+    out: Path,
+    device: torch.device,
+) -> None:
+    """The activation patterns of every groupable layer on every episode of every role
+    (:func:`kshot.activations.episode_patterns`)."""
+    data, ep_file = _episodes_of(benchmark, k, target, episodes, ("pool_x",))
+    check_geometry(checkpoint, target, data["meta"])
+    model, _ = load_checkpoint(checkpoint)
+    model = model.to(device)
+    layers = model.groupable()
+    roles = episode_patterns(model, ep_file, data["pool_x"], spec, layers, device, seed)
+    provenance = _activation_provenance(checkpoint, data["meta"], seed, benchmark, k, spec.tag)
+    activation_file.save_activations(out, provenance, layers, roles)
+
+
+def _grouped_method(name: str, spec: MethodSpec, stage: str) -> Any:
+    if spec.kind not in GROUPED_KINDS:
+        raise ConfigError(
+            f"methods.{name}.kind: the {stage} stage expected a grouped kind "
+            f"{sorted(GROUPED_KINDS)}, found '{spec.kind}'"
         )
+    return METHODS[spec.kind](spec.options, FinetuneConfig(), name)
 
 
-def select(x: torch.Tensor, y: torch.Tensor, idx: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows ``idx`` of images ``x [N, ...]`` and labels ``y [N]`` (all rows for ``None``)."""
-    if idx is None:
-        return x, y
-    t = torch.as_tensor(idx, dtype=torch.int64)
-    return x[t], y[t]
+def group_stage(
+    benchmark: str,
+    k: int,
+    method_name: str,
+    spec: MethodSpec,
+    seed: int,
+    checkpoint: Path,
+    target: Path,
+    episodes: Path,
+    activations: Path,
+    out: Path,
+    summary: Path,
+    device: torch.device,
+    search: Path | None = None,
+) -> None:
+    """A grouped method's groups on every evaluation episode, from the activation file: what a
+    grouping may use of an episode is its support images, seed and the searched counts."""
+    method = _grouped_method(method_name, spec, "group")
+    artifacts = {"search_counts": read_chosen_counts(search)} if search is not None else {}
+    data, ep_file = _episodes_of(benchmark, k, target, episodes, ("pool_x", "pool_y"))
+    model, _ = load_checkpoint(checkpoint)
+    entries = ep_file.get("eval") or []
+    n_classes = int(ep_file["n_classes"])
+    tag = method.options.activation_spec.tag
+    provenance = _activation_provenance(checkpoint, data["meta"], seed, benchmark, k, tag)
+    sizes = layer_sizes(model, model.groupable())
+    patterns = activation_file.read_activations(activations, provenance, "eval", entries, sizes)
+    results = []
+    for e, acts in zip(entries, patterns, strict=True):
+        support = select(data["pool_x"], data["pool_y"], e["support"])
+        empty = (support[0][:0], support[1][:0])
+        ep_seed = role_seed(seed, benchmark, "eval", k, int(e["id"]))
+        ep = EpisodeData(model, support, empty, empty, n_classes, ep_seed, device, artifacts)
+        results.append((e, *method.grouping(model, ep, acts)))
+    made = group_file.groups_made_from(spec.kind, method.options, method_name, sha256(checkpoint))
+    group_file.save_groups(out, summary, made, benchmark, k, tag, results)
+
+
+def search_stage(
+    benchmark: str,
+    cfg: SearchConfig,
+    finetune: FinetuneConfig,
+    seed: int,
+    checkpoint: Path,
+    target: Path,
+    episodes: Path,
+    out: Path,
+    device: torch.device,
+    activations: Path | None = None,
+) -> None:
+    """The search of group counts per layer (:func:`kshot.search.search_group_counts`) on the
+    search episodes, its finalists compared on the selection episodes; patterns from the
+    activation file, or computed here without one."""
+    data, ep_file = _episodes_of(benchmark, None, target, episodes, ("pool_x", "pool_y"))
+    where = f"episodes file '{episodes}'"
+    search, select_eps = (
+        search_episodes(ep_file, data["pool_x"], data["pool_y"], benchmark, seed, role, where)
+        for role in ("search", "select")
+    )
+    model, _ = load_checkpoint(checkpoint)
+    patterns = None
+    if activations is not None:
+        k = int(ep_file["k"])
+        provenance = _activation_provenance(
+            checkpoint, data["meta"], seed, benchmark, k, cfg.activation_spec.tag
+        )
+        sizes = layer_sizes(model, model.groupable())
+        patterns = {
+            role: activation_file.read_activations(
+                activations, provenance, role, ep_file.get(role) or [], sizes
+            )
+            for role in ("search", "select")
+        }
+    n_classes = int(ep_file["n_classes"])
+    trace = search_group_counts(model, search, n_classes, cfg, finetune, device, seed, select_eps, patterns)
+    save_trace(out, trace)
 
 
 def run_episodes(
@@ -83,53 +225,49 @@ def run_episodes(
     role: str = "eval",
     artifacts: dict[str, Any] | None = None,
     groups: Path | None = None,
+    search: Path | None = None,
 ) -> dict[str, Any]:
     """Run ``method_name`` on each episode of ``role`` in ``episodes``; write and return the summary.
 
+    Finished episodes are kept as they finish and reused by a rerun with the same inputs
+    (:mod:`kshot.files.runs`). ``spec``: the method's parsed spec (:func:`kshot.params.parse_method`);
     ``groups``: the group stage's file for a grouped method (its assignments are used instead of
-    clustering here, see :func:`kshot.methods.grouped.read_groups`)."""
-    data = load_prepared(target, ("pool_x", "pool_y", "test_x", "test_y", "meta"))
-    check_target_of(target, data["meta"], benchmark)
-    ep_file = read_episodes(episodes, benchmark, k, data["meta"])
+    clustering here); ``search``: the search file whose chosen counts ``grouped_rl`` uses.
+    """
+    data, ep_file = _episodes_of(benchmark, k, target, episodes, ("pool_x", "pool_y", "test_x", "test_y"))
     if role not in ep_file:
         raise DataError(f"episodes file '{episodes}': expected a '{role}' list, found {sorted(ep_file)}")
     check_geometry(checkpoint, target, data["meta"])
-    method_cls = METHODS[spec.kind]
-    method = method_cls(
-        method_cls.parse_options(spec.options, f"methods.{method_name}"), finetune, method_name
-    )
+    method = METHODS[spec.kind](spec.options, finetune, method_name)
+    artifacts = dict(artifacts or {})
+    if search is not None:
+        artifacts["search_counts"] = read_chosen_counts(search)
     ckpt_sha = sha256(checkpoint)
     given = None
     if groups is not None:
-        from kshot.methods.grouped import groups_made_from, read_groups
-
-        given = read_groups(groups, groups_made_from(method, method_name, ckpt_sha), ep_file[role])
-    key = stamp(
+        made = group_file.groups_made_from(spec.kind, method.options, method_name, ckpt_sha)
+        given = group_file.read_groups(groups, made, ep_file[role])
+    key = run_files.run_key(
         {
-            "spec": dataclasses.asdict(spec),
+            "spec": {"kind": spec.kind, "options": dataclasses.asdict(spec.options)},
             "finetune": dataclasses.asdict(method.cfg),
             "seed": seed,
             "target": data["meta"]["sha256"],
             "checkpoint": ckpt_sha,
             "groups": sha256(groups) if groups is not None else None,
             "episodes": ep_file[role],
-            "artifacts": artifacts or {},
-            "code": code_digest(),
+            "artifacts": artifacts,
         }
     )
     records, timings = [], []
     for raw in ep_file[role]:
         ep = Episode.from_dict(raw)
-        path = out_dir / "episodes" / f"ep{ep.id:03d}.json"
-        if path.is_file():
-            try:
-                done = json.loads(path.read_text())
-                if done.get("stamp") == key:
-                    records.append(done["metrics"])
-                    timings.append(done["timing"])
-                    continue
-            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, AttributeError, TypeError):
-                pass  # a foreign or damaged file is recomputed, never trusted
+        path = run_files.episode_path(out_dir, ep.id)
+        done = run_files.read_finished(path, key)
+        if done is not None:
+            records.append(done[0])
+            timings.append(done[1])
+            continue
         start = time.perf_counter()
         model, _ = load_checkpoint(checkpoint)
         ep_data = EpisodeData(
@@ -141,7 +279,7 @@ def run_episodes(
             seed=episode_seed(seed, benchmark, k, ep.id),
             device=device,
             artifacts={
-                **(artifacts or {}),
+                **artifacts,
                 "unlabeled": data["pool_x"],
                 "unlabeled_exclude": episode_indices(raw),
                 **({"groups": given[ep.id]} if given is not None else {}),
@@ -161,7 +299,7 @@ def run_episodes(
             "wall_time_s": time.perf_counter() - start,
             "train_time_s": result.train_time_s,
         }
-        write_json(path, {"stamp": key, "metrics": metrics, "timing": timing})
+        run_files.save_episode(path, key, metrics, timing)
         records.append(metrics)
         timings.append(timing)
     summary = {
@@ -172,9 +310,5 @@ def run_episodes(
         "role": role,
         "episodes": records,
     }
-    write_json(out_dir / "metrics.json", summary)
-    write_json(
-        out_dir / "timings.json",
-        {"episodes": timings, "total_wall_time_s": sum(t["wall_time_s"] for t in timings)},
-    )
+    run_files.save_run(out_dir, summary, timings)
     return summary

@@ -39,86 +39,18 @@ from typing import Any
 
 import torch
 
-from kshot.activations import ActivationSpec, feature_images, layer_activations
-from kshot.config import FinetuneConfig
-from kshot.controller import ControllerConfig, Reinforce
-from kshot.errors import ConfigError, DataError, check_choice
-from kshot.grouping import ALGORITHMS, group_neurons, resolve_count
-from kshot.methods.base import EpisodeData, Tensors, init_head
-from kshot.methods.grouped import SEARCH_STRATEGIES, layer_sizes, select_layers
+from kshot.activations import feature_images, layer_activations
+from kshot.config import ControllerConfig, FinetuneConfig, SearchConfig
+from kshot.controller import Reinforce
+from kshot.episodes import episode_indices, role_seed, select
+from kshot.errors import ConfigError, DataError
+from kshot.finetune import Tensors, init_head
+from kshot.grouping import group_neurons, layer_sizes, resolve_count, select_layers
 from kshot.models import Backbone
 from kshot.population import train_members, train_population
 
-STRATEGIES = SEARCH_STRATEGIES
 Evaluate = Callable[[dict[str, int]], float]
 Grouper = Callable[[int, dict[str, int]], dict[str, torch.Tensor]]
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    """The ``search`` block: strategy, budget, menu and how configurations are evaluated.
-
-    ``menu``: fractions in (0, 1] of each layer's neurons; ``budget``: distinct configurations
-    fine-tuned; ``max_samples``: samples drawn at most (``None``: ``4 * budget``); ``layers``:
-    grouped layers (``None``: every groupable layer; ``conv``/``fc`` select by type);
-    ``population``: fine-tune the search episodes of one configuration as one batched population
-    (:mod:`kshot.population`), or one after another; ``"auto"`` (the default) batches on CUDA only:
-    on CPU the batched population was measured slower than the loop (``benchmarks/``); ``workers``:
-    on CPU without batching, how many episodes' loops run side by side in threads, one torch
-    thread each (``"auto"``: one per torch thread of the process, so a one-thread job runs them one
-    after another; in a one-thread process rewards are bitwise the same either way); ``steps``:
-    fine-tuning steps of a search evaluation (``None``: the ``finetune`` block's). Fewer steps make
-    a low-fidelity, cheaper reward: it ranks group counts by how well a shorter fine-tuning does with
-    them, an approximation we accept to fit the search in the default run's time (set ``steps:
-    null`` for full-fidelity rewards). ``finalists``: how many
-    of the best searched configurations are re-evaluated, with the ungrouped one, at full fidelity
-    on the selection episodes (``episodes.select_episodes``) to choose the counts; 0: take the
-    search's best as it is.
-    """
-
-    strategy: str = "reinforce"
-    budget: int = 24
-    max_samples: int | None = None
-    menu: list[float] = field(default_factory=lambda: [0.0625, 0.125, 0.25, 0.5, 1.0])
-    layers: list[str] | None = None
-    algorithm: str = "kmeans"
-    features: str = "support"
-    pool_size: int = 500
-    share_bias: bool = True
-    population: bool | str = "auto"
-    workers: int | str = "auto"
-    steps: int | None = None
-    finalists: int = 0
-    controller: ControllerConfig = field(default_factory=ControllerConfig)
-
-    @property
-    def activation_spec(self) -> ActivationSpec:
-        """The activation patterns the search's groupings cluster (rectified, as the methods')."""
-        return ActivationSpec(self.features, self.pool_size)
-
-    def validate(self, where: str) -> None:
-        self.activation_spec.validate(where)
-        check_choice(f"{where}.strategy", self.strategy, STRATEGIES)
-        check_choice(f"{where}.algorithm", self.algorithm, ALGORITHMS)
-        if self.population not in (True, False, "auto"):
-            raise ConfigError(
-                f"{where}.population: expected true, false or 'auto', found {self.population!r}"
-            )
-        if self.workers != "auto" and (
-            isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1
-        ):
-            raise ConfigError(f"{where}.workers: expected an integer >= 1 or 'auto', found {self.workers!r}")
-        if self.finalists < 0:
-            raise ConfigError(f"{where}.finalists: expected an integer >= 0, found {self.finalists}")
-        for name in ("budget", "max_samples", "steps"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"{where}.{name}: expected an integer >= 1, found {value}")
-        if not self.menu:
-            raise ConfigError(f"{where}.menu: expected a non-empty list of fractions, found []")
-        for i, f in enumerate(self.menu):
-            if not 0.0 < f <= 1.0:
-                raise ConfigError(f"{where}.menu[{i}]: expected a fraction in (0, 1], found {f!r}")
 
 
 @dataclass(frozen=True)
@@ -357,12 +289,7 @@ def _member(
 ) -> Backbone:
     """A copy of the source ``model`` with the head a method would give it on this episode."""
     member = copy.deepcopy(model).to(device)
-    empty = (ep.val[0][:0], ep.val[1][:0])  # the search has no test set
-    init_head(
-        member,
-        EpisodeData(member, ep.support, ep.val, empty, n_classes, ep.seed, device),
-        head_init,
-    )
+    init_head(member, n_classes, ep.seed, head_init, ep.support, device)
     return member
 
 
@@ -375,7 +302,6 @@ def make_evaluator(
     device: torch.device,
     share_bias: bool = True,
     population: bool = True,
-    workers: int = 1,
 ) -> Evaluate:
     """``counts -> mean validation accuracy`` of grouped fine-tuning over the search ``episodes``.
 
@@ -383,7 +309,7 @@ def make_evaluator(
     training loop), and its reward is the validation-selected accuracy that run reports. With
     ``population`` the episodes are fine-tuned as one batched population (their support and
     validation sets must have equal sizes, as the episodes of one k have); otherwise each by its
-    own loop, ``workers`` of them side by side (:func:`kshot.population.train_members`).
+    own loop, one after another (:func:`kshot.population.train_members`).
     """
     if not episodes:
         raise DataError("search episodes: expected at least one, found none (episodes.search_episodes)")
@@ -396,7 +322,7 @@ def make_evaluator(
             res = train_population(members, supports, vals, cfg, device, groupings, share_bias)
             return sum(res.val_acc) / len(episodes)
         seeds = [ep.seed for ep in episodes]
-        results = train_members(members, supports, vals, cfg, device, groupings, seeds, share_bias, workers)
+        results = train_members(members, supports, vals, cfg, device, groupings, seeds, share_bias)
         return sum(r.val_acc for r in results) / len(episodes)
 
     return evaluate
@@ -432,14 +358,13 @@ def search_group_counts(
     menu = count_menu(sizes, cfg.menu)
 
     batched = device.type == "cuda" if cfg.population == "auto" else bool(cfg.population)
-    workers = torch.get_num_threads() if cfg.workers == "auto" else cfg.workers
 
     def evaluator(role: str, eps: list[SearchEpisode], ft: FinetuneConfig) -> Evaluate:
         given = None if patterns is None else patterns[role]
         grouper = activation_grouper(
             model, eps, layers, device, cfg.algorithm, cfg.features, cfg.pool_size, given
         )
-        return make_evaluator(model, eps, n_classes, grouper, ft, device, cfg.share_bias, batched, workers)
+        return make_evaluator(model, eps, n_classes, grouper, ft, device, cfg.share_bias, batched)
 
     evaluate = evaluator("search", episodes, low)
     if cfg.strategy == "random":
@@ -468,10 +393,6 @@ def search_episodes(
     fine-tuning seeds are namespaced apart from the evaluation episodes'; the target pool is passed
     as unlabeled images for ``features: support+pool``.
     """
-    from kshot.activations import episode_indices
-    from kshot.episodes import role_seed
-    from kshot.runner import select
-
     if role == "search" and not ep_file.get("search"):
         raise DataError(
             f"{where}: expected a non-empty 'search' list (episodes.search_episodes >= 1), "

@@ -38,8 +38,8 @@ Design choices:
   search menu's coarsest fraction below one neuron per group, rounded up): the deltas' extra
   matmuls grow with the batch and averaging does not, so they win at small k and lose a little at
   k=10.
-  :meth:`GroupedGradient.attach` swaps such layers for :class:`GroupDeltaLinear`
-  (``kshot.finetune.train`` does it when the update is exactly the same),
+  :meth:`GroupedGradient.attach` swaps such layers for :class:`GroupDeltaLinear` (its
+  :meth:`~GroupedGradient.prepare` does it when ``kshot.finetune.train`` says the update is linear),
   :meth:`GroupedGradient.detach` folds the deltas back into the layer's own tensors.
   The results equal the averaged gradient's up to float rounding (a test); ``benchmarks/`` measures
   both.
@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kshot.errors import ConfigError
+from kshot.finetune import TrainHook
 from kshot.grouping import check_assignment
 from kshot.native import group_mean_kernel
 
@@ -226,8 +227,8 @@ class _Layer:
     parts: list[_Rows]
 
 
-class GroupedGradient:
-    """A ``grad_hook`` for :func:`kshot.finetune.train` that shares gradients within groups.
+class GroupedGradient(TrainHook):
+    """A :class:`~kshot.finetune.TrainHook` that shares gradients within groups.
 
     ``assignments`` maps a layer name (an ``nn.Conv2d`` or ``nn.Linear`` of ``model``) to its
     grouping ``assign [N_out]``. The hook is bound to ``model``'s parameter tensors: call it with
@@ -284,6 +285,15 @@ class GroupedGradient:
             raise ValueError("GroupedGradient: called with another model than it was built for")
         for part in self._parts:
             part.apply()
+
+    def prepare(self, trainable: list[torch.Tensor], linear_update: bool) -> list[torch.Tensor]:
+        return self.attach(trainable) if linear_update else trainable
+
+    def after_backward(self, model: nn.Module) -> None:
+        self(model)
+
+    def finish(self, model: nn.Module) -> None:
+        self.detach()
 
     def averaged(self) -> list[nn.Parameter]:
         """The parameters whose gradients the hook averages now (not those trained through deltas)."""

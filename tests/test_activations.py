@@ -68,7 +68,7 @@ def test_non_uint8_images_are_rejected():
 
 
 def test_activation_tags_name_the_spec_and_round_trip():
-    from kshot.activations import ActivationSpec
+    from kshot.config import ActivationSpec
 
     for spec, tag in [
         (ActivationSpec(), "support"),
@@ -88,30 +88,25 @@ def _episodes_file():
         "eval": [{"id": 0, "support": [0, 1, 2], "val": [9]}, {"id": 1, "support": [3, 4, 5], "val": [10]}],
         "search": [{"id": 0, "support": [6, 7, 8], "val": [11]}],
     }
-    return {"k": 1, "n_classes": 3, **eps}
+    return {"benchmark": "b", "k": 1, "n_classes": 3, **eps}
 
 
 SIZES = {"conv1": 5, "conv2": 12, "fc1": 125}
 
 
 def test_activation_file_holds_every_role_and_is_checked_on_reading(tmp_path):
-    from kshot.activations import (
-        ActivationSpec,
-        episode_activations,
-        feature_images,
-        made_from,
-        read_activations,
-    )
+    from kshot.activations import episode_patterns, feature_images
+    from kshot.config import ActivationSpec
     from kshot.episodes import role_seed
     from kshot.errors import DataError
-    from kshot.io import save_tensors
+    from kshot.files.activations import made_from, read_activations, save_activations
 
     model, pool, ep_file = tiny_lenet(), tiny_images(30), _episodes_file()
     spec = ActivationSpec("support+pool", 10)
     prov = made_from("ckpt", "target", 0, "b", 1, spec.tag)
-    content = episode_activations(model, ep_file, pool, spec, model.groupable(), CPU, prov)
+    patterns = episode_patterns(model, ep_file, pool, spec, model.groupable(), CPU, seed=0)
     path = tmp_path / "acts.pt"
-    save_tensors(path, content)
+    save_activations(path, prov, model.groupable(), patterns)
     got = read_activations(path, prov, "eval", ep_file["eval"], SIZES)
     # the same patterns the in-process path computes from the same images and seed
     seed = role_seed(0, "b", "eval", 1, 1)
@@ -149,8 +144,8 @@ def test_support_plus_pool_never_draws_the_episodes_own_support_or_validation_im
 
 
 def test_a_malformed_activation_file_is_a_named_error_not_a_traceback(tmp_path):
-    from kshot.activations import FORMAT, made_from, read_activations
     from kshot.errors import DataError
+    from kshot.files.activations import FORMAT, made_from, read_activations
     from kshot.io import save_tensors
 
     prov = made_from("ckpt", "target", 0, "b", 1, "support")

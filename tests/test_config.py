@@ -3,8 +3,8 @@ import copy
 import pytest
 import yaml
 
-from kshot.config import load_params, params_from_dict
 from kshot.errors import ConfigError
+from kshot.params import load_params, params_from_dict
 from tests.conftest import REPO, TINY_PARAMS
 
 

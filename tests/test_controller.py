@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from kshot.config import from_dict
-from kshot.controller import ControllerConfig, GroupCountPolicy, Reinforce
+from kshot.config import ControllerConfig, from_dict
+from kshot.controller import GroupCountPolicy, Reinforce
 from kshot.errors import ConfigError
 
 

@@ -24,14 +24,14 @@ from PIL import Image
 from upstream import build_upstream
 
 from kshot.cli import main
-from kshot.config import DataConfig, FinetuneConfig, method_spec, params_from_dict
+from kshot.config import DataConfig, FinetuneConfig
 from kshot.data.datasets import acquire, load_split
-from kshot.data.prepare import prepare_target
 from kshot.episodes import make_episodes
 from kshot.errors import CheckpointError, ConfigError, DataError
 from kshot.models import LeNet
+from kshot.params import params_from_dict, parse_method
 from kshot.report import load_runs, summarise
-from kshot.runner import run_episodes
+from kshot.runner import prepare_target_stage, run_episodes
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +238,8 @@ def test_target_class_absent_from_the_dataset_names_the_field_and_writes_nothing
     with pytest.raises(
         DataError, match=r"benchmarks.tiny.target_classes: expected classes present in digits.*\[12\] absent"
     ):
-        prepare_target("tiny", params.benchmarks["tiny"], (1, 28), params.data, upstream["raw"], out)
+        bench = params.benchmarks["tiny"]
+        prepare_target_stage("tiny", bench, params.sources[bench.source], params.data, upstream["raw"], out)
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
@@ -302,7 +303,7 @@ def run(upstream: dict, out_dir: Path, method: str = "full", finetune: FinetuneC
     args = {
         "benchmark": "tiny",
         "method_name": method,
-        "spec": method_spec(method, TINY_PARAMS["methods"][method]),
+        "spec": parse_method(method, TINY_PARAMS["methods"][method]),
         "finetune": finetune or params_from_dict(TINY_PARAMS).finetune,
         "k": 1,
         "checkpoint": upstream["ckpt"],
@@ -500,10 +501,10 @@ def test_checkpoint_without_its_description_names_the_missing_keys(tmp_path, ups
 
 
 def test_grouped_layer_that_the_backbone_lacks_names_the_method_field(tmp_path, upstream):
-    spec = method_spec("grouped", {"kind": "grouped", "groups": 0.5, "layers": ["conv9"]})
+    spec = parse_method("grouped", {"kind": "grouped", "groups": 0.5, "layers": ["conv9"]})
     with pytest.raises(ConfigError, match=r"methods.grouped.layers: 'conv9' is not a groupable layer"):
         run(upstream, tmp_path / "run", method_name="grouped", spec=spec)
-    spec = method_spec("grouped", {"kind": "grouped", "groups": 100000})
+    spec = parse_method("grouped", {"kind": "grouped", "groups": 100000})
     with pytest.raises(ConfigError, match=r"methods.grouped.groups \(for layer conv1\): expected a group"):
         run(upstream, tmp_path / "run2", method_name="grouped", spec=spec)
 

@@ -118,7 +118,7 @@ def test_counts_beyond_a_layer_and_unknown_layers_are_config_errors():
 
 
 def test_layer_selectors_expand_to_every_layer_of_that_type():
-    from kshot.methods.grouped import select_layers
+    from kshot.grouping import select_layers
     from kshot.models import LeNet, WideCNN
 
     assert select_layers(LeNet(1, 28, 3), ["conv"]) == ["conv1", "conv2"]
@@ -132,17 +132,17 @@ def test_group_stage_file_gives_the_same_run_as_grouping_in_process(cls, tmp_pat
     """The pipeline's path (activation file -> group file -> fine-tuning) and the library's
     (method.run computing its own grouping) are the same computation."""
     from kshot.activations import feature_images, layer_activations
-    from kshot.io import save_tensors
-    from kshot.methods.grouped import groups_made_from, make_groups, read_groups
+    from kshot.files.groups import groups_made_from, read_groups, save_groups
 
     m = method(cls, groups=0.5)
     ep = episode()
     images = feature_images(ep.support[0], None, "support", 1, ep.seed)
     acts = layer_activations(ep.model, images, ["conv1", "conv2", "fc1"], CPU)
     raw = {"id": 3, "support": [1, 2, 3], "val": [4]}
-    made = groups_made_from(m, "g", "sha")
-    content, summary = make_groups(m, ep.model, [(raw, ep)], [acts], made)
-    save_tensors(tmp_path / "g.pt", content)
+    made = groups_made_from(m.kind, m.options, "g", "sha")
+    tag = m.options.activation_spec.tag
+    grouped = [(raw, *m.grouping(ep.model, ep, acts))]
+    summary = save_groups(tmp_path / "g.pt", tmp_path / "g.json", made, "b", 1, tag, grouped)
     given = read_groups(tmp_path / "g.pt", made, [raw])
     staged = m.run(episode(groups=given[3]))
     direct = m.run(episode())
@@ -151,7 +151,8 @@ def test_group_stage_file_gives_the_same_run_as_grouping_in_process(cls, tmp_pat
     assert set(summary["mean_quality"]) == {"conv1", "conv2", "fc1"}
     with pytest.raises(DataError, match=r"group file '.*g.pt': expected a file made from method 'h'"):
         read_groups(tmp_path / "g.pt", {**made, "method": "h"}, [raw])
-    other = groups_made_from(method(cls, groups=0.25), "g", "sha")
+    other_method = method(cls, groups=0.25)
+    other = groups_made_from(other_method.kind, other_method.options, "g", "sha")
     with pytest.raises(DataError, match=r"expected a file made from options .*rerun the group stage"):
         read_groups(tmp_path / "g.pt", other, [raw])
     with pytest.raises(DataError, match=r"expected an entry for episode 4 \(episodes\) of the episodes file"):

@@ -24,7 +24,7 @@ import yaml
 from conftest import REPO, TINY_PARAMS
 from upstream import build_upstream
 
-from kshot.config import method_spec, params_from_dict
+from kshot.params import params_from_dict, parse_method
 from kshot.runner import run_episodes
 
 RUN = Path("data/runs/tiny/full/k1")
@@ -97,7 +97,7 @@ def reference_metrics(work: Path, raw: dict, out_dir: Path) -> bytes:
         run_episodes(
             benchmark="tiny",
             method_name="full",
-            spec=method_spec("full", raw["methods"]["full"]),
+            spec=parse_method("full", raw["methods"]["full"]),
             finetune=params.finetune,
             k=1,
             checkpoint=work / "data/checkpoints/digits04/source.pt",

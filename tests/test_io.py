@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from kshot.errors import CheckpointError
+from kshot.files.checkpoint import load_checkpoint
 from kshot.io import atomic_path, load_tensors, read_json, save_tensors, write_json
 from kshot.models import LeNet
-from kshot.pretrain import load_checkpoint
 
 
 def test_atomic_write_leaves_nothing_when_interrupted(tmp_path):

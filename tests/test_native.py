@@ -64,7 +64,7 @@ def test_native_and_pytorch_fine_tuning_are_bitwise_identical(fresh_kernel, cfg,
         hook = GroupedGradient(model, GROUPS, share_bias=share_bias, native=use_native)
         assert ("_NativeRows" in kinds(hook)) == use_native
         torch.manual_seed(0)
-        train(model, list(model.parameters()), task, task, cfg, CPU, grad_hook=hook)
+        train(model, list(model.parameters()), task, task, cfg, CPU, hooks=[hook])
         states.append(model.state_dict())
     moved = 0
     for (name, a), b in zip(states[0].items(), states[1].values(), strict=True):

@@ -7,7 +7,7 @@ from tiny_nets import tiny_lenet, tiny_task
 from kshot.config import FinetuneConfig
 from kshot.errors import DataError
 from kshot.finetune import train
-from kshot.population import draws_random_numbers, train_members, train_population
+from kshot.population import train_members, train_population
 from kshot.shared_grad import GroupedGradient
 
 CPU = torch.device("cpu")
@@ -31,8 +31,8 @@ def sequential(models, supports, vals, cfg, groupings):
     out = []
     for m, s, v, g in zip(models, supports, vals, groupings, strict=True):
         m = copy.deepcopy(m)
-        hook = GroupedGradient(m, g) if g else None
-        out.append((m, train(m, list(m.parameters()), s, v, cfg, CPU, grad_hook=hook)))
+        hooks = [GroupedGradient(m, g)] if g else []
+        out.append((m, train(m, list(m.parameters()), s, v, cfg, CPU, hooks=hooks)))
     return out
 
 
@@ -90,57 +90,13 @@ def test_mismatched_members_are_data_errors():
         train_population(models, [supports[0], tiny_task(3, 1)], vals, cfg, CPU)
 
 
-def test_grouped_finetuning_draws_no_random_numbers():
-    # what lets train_members run members in threads that share torch's generator
-    models, supports, vals = members_and_data(1)
-    cfg = FinetuneConfig(steps=3, lr=0.05, momentum=0.9, eval_every=1)
-    torch.manual_seed(123)
-    state = torch.random.get_rng_state()
-    sequential(models, supports, vals, cfg, GROUPINGS[1:2])
-    assert torch.equal(torch.random.get_rng_state(), state)
-    assert not draws_random_numbers(models[0])
-    assert draws_random_numbers(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5)))
-
-
-def test_members_side_by_side_equal_one_after_another_bitwise(monkeypatch):
-    from kshot import population
-
+def test_members_one_after_another_equal_their_own_seeded_runs_bitwise():
     models, supports, vals = members_and_data()
     cfg = FinetuneConfig(steps=6, lr=0.05, momentum=0.9, eval_every=2)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        one = train_members(
-            [copy.deepcopy(m) for m in models], supports, vals, cfg, CPU, GROUPINGS, [0, 1, 2]
-        )
-    finally:
-        torch.set_num_threads(threads)
-    pools = []
-    real = population.ThreadPoolExecutor
-    monkeypatch.setattr(population, "ThreadPoolExecutor", lambda *a, **k: pools.append(a) or real(*a, **k))
-    side = train_members(
-        [copy.deepcopy(m) for m in models], supports, vals, cfg, CPU, GROUPINGS, [0, 1, 2], workers=2
+    members = train_members(
+        [copy.deepcopy(m) for m in models], supports, vals, cfg, CPU, GROUPINGS, [0, 1, 2]
     )
-    assert [a[0] for a in pools] == [2]  # two threads ran them
-    assert torch.get_num_threads() == threads  # restored
-    for a, b in zip(one, side, strict=True):
-        assert a.val_curve == b.val_curve and a.loss_curve == b.loss_curve
-        for (name, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
-            assert torch.equal(x, y), name
-
-
-def test_members_that_draw_random_numbers_in_threads_are_an_error(monkeypatch):
-    from kshot import population
-
-    models, supports, vals = members_and_data(2)
-    real_train = population.train
-
-    def noisy_train(*args, **kwargs):
-        torch.rand(1)  # a random draw the dropout check cannot see
-        return real_train(*args, **kwargs)
-
-    monkeypatch.setattr(population, "train", noisy_train)
-    cfg = FinetuneConfig(steps=2, lr=0.05, momentum=0.9, eval_every=1)
-    with pytest.raises(RuntimeError, match="random numbers"):
-        train_members(models, supports, vals, cfg, CPU, GROUPINGS[:2], [0, 1], workers=2)
-    train_members(models, supports, vals, cfg, CPU, GROUPINGS[:2], [0, 1], workers=1)  # seeded: fine
+    for seed, (model, res) in enumerate(sequential(models, supports, vals, cfg, GROUPINGS)):
+        assert members[seed].val_curve == res.val_curve and members[seed].loss_curve == res.loss_curve
+        for name, w in model.state_dict().items():
+            assert torch.equal(members[seed].model.state_dict()[name], w), name

@@ -11,11 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
-from kshot.config import SourceConfig
-from kshot.controller import ControllerConfig
+from kshot.config import ControllerConfig, SourceConfig
 from kshot.errors import DataError
+from kshot.files.checkpoint import save_checkpoint
 from kshot.io import save_tensors, write_json
-from kshot.pretrain import save_checkpoint
 from kshot.report import (
     headline_metrics,
     load_runs,

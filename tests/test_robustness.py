@@ -10,7 +10,7 @@ import torch
 from conftest import REPO, TINY_PARAMS
 from upstream import build_upstream
 
-from kshot.config import method_spec, params_from_dict
+from kshot.params import params_from_dict, parse_method
 from kshot.runner import run_episodes
 
 # Method calls that write a file (and ``open`` for writing): each must target a path from
@@ -81,7 +81,7 @@ def test_two_runs_with_the_same_params_write_byte_identical_metrics(tmp_path, up
         run_episodes(
             benchmark="tiny",
             method_name=method,
-            spec=method_spec(method, TINY_PARAMS["methods"][method]),
+            spec=parse_method(method, TINY_PARAMS["methods"][method]),
             finetune=params.finetune,
             k=1,
             checkpoint=upstream["ckpt"],
@@ -116,7 +116,7 @@ def test_pretraining_threads_are_the_recipes_and_are_recorded(tmp_path, upstream
     import json
 
     from kshot.cli import main
-    from kshot.pretrain import load_checkpoint
+    from kshot.files.checkpoint import load_checkpoint
 
     raw = copy.deepcopy(TINY_PARAMS)
     raw["sources"]["digits04"]["threads"] = 1
@@ -155,7 +155,7 @@ def test_bad_pretraining_threads_or_seed_is_refused_by_name(threads, message):
 def test_a_sources_seed_replaces_the_top_level_seed_for_its_pretraining(upstream):
     import dataclasses
 
-    from kshot.data.prepare import load_prepared
+    from kshot.files.prepared import load_prepared
     from kshot.pretrain import pretrain
 
     src = params_from_dict(TINY_PARAMS).sources["digits04"]

@@ -4,14 +4,11 @@ import pytest
 import torch
 from tiny_nets import tiny_lenet, tiny_task
 
-from kshot.config import FinetuneConfig, from_dict
-from kshot.controller import ControllerConfig
+from kshot.config import ControllerConfig, FinetuneConfig, SearchConfig, from_dict
 from kshot.errors import ConfigError, DataError
-from kshot.finetune import train
+from kshot.finetune import init_head, train
 from kshot.grouping import group_neurons
-from kshot.methods.base import EpisodeData, init_head
 from kshot.search import (
-    SearchConfig,
     SearchEpisode,
     activation_grouper,
     count_menu,
@@ -121,7 +118,7 @@ def test_evaluator_batched_and_sequential_agree_and_match_plain_finetuning():
     plain = []
     for ep in eps:
         m = copy.deepcopy(model)
-        init_head(m, EpisodeData(m, ep.support, ep.val, ep.val, 3, ep.seed, CPU), "random")
+        init_head(m, 3, ep.seed, "random", ep.support, CPU)
         plain.append(train(m, list(m.parameters()), ep.support, ep.val, cfg, CPU).val_acc)
     assert looped(full) == pytest.approx(sum(plain) / 2)
 
@@ -222,8 +219,6 @@ def test_search_stage_with_selection_episodes_chooses_among_finalists():
         ({"controller": {"lr": -1.0}}, r"controller\.lr"),
         ({"finalists": -1}, "finalists"),
         ({"population": "sometimes"}, "population"),
-        ({"workers": 0}, "workers"),
-        ({"workers": "many"}, "workers"),
     ],
 )
 def test_search_config_errors_name_the_field(raw, field):

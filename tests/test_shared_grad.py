@@ -18,7 +18,7 @@ CFG = FinetuneConfig(steps=4, lr=0.05, momentum=0.9, weight_decay=0.0, eval_ever
 def fit(model, hook=None, cfg=CFG):
     task = tiny_task()
     torch.manual_seed(0)
-    train(model, list(model.parameters()), task, task, cfg, CPU, grad_hook=hook)
+    train(model, list(model.parameters()), task, task, cfg, CPU, hooks=[hook] if hook else [])
     return model
 
 
@@ -217,11 +217,11 @@ def test_a_failed_run_puts_the_layers_back(monkeypatch):
     fc1 = model.fc1
     hook = GroupedGradient(model, COARSE)
     with pytest.raises(KeyboardInterrupt):
-        train(model, list(model.parameters()), tiny_task(), tiny_task(), CFG, CPU, grad_hook=hook)
+        train(model, list(model.parameters()), tiny_task(), tiny_task(), CFG, CPU, hooks=[hook])
     assert model.fc1 is fc1
     assert not hook._deltas and len(hook.averaged()) == 4
     monkeypatch.undo()
-    train(model, list(model.parameters()), tiny_task(), tiny_task(), CFG, CPU, grad_hook=hook)
+    train(model, list(model.parameters()), tiny_task(), tiny_task(), CFG, CPU, hooks=[hook])
     assert model.fc1 is fc1
 
 
@@ -230,7 +230,7 @@ def test_group_deltas_keep_a_frozen_bias_frozen_and_a_missing_bias_missing():
     bias = model.fc1.bias.detach().clone()
     hook = GroupedGradient(model, COARSE)
     trainable = [p for p in model.parameters() if p is not model.fc1.bias]
-    train(model, trainable, tiny_task(), tiny_task(), CFG, CPU, grad_hook=hook)
+    train(model, trainable, tiny_task(), tiny_task(), CFG, CPU, hooks=[hook])
     assert torch.equal(model.fc1.bias, bias)
     assert not torch.equal(model.fc1.weight, tiny_lenet().fc1.weight)
 
@@ -240,10 +240,10 @@ def test_group_deltas_keep_a_frozen_bias_frozen_and_a_missing_bias_missing():
     assign = {"1": torch.tensor([0, 0, 0, 1, 1, 1, 1, 1])}  # 2 groups <= 8/2
     task = tiny_task()
     hook = GroupedGradient(net, assign)
-    train(net, list(net.parameters()), task, task, CFG, CPU, grad_hook=hook)
+    train(net, list(net.parameters()), task, task, CFG, CPU, hooks=[hook])
     assert isinstance(net[1], nn.Linear) and net[1].bias is None
     averaged = GroupedGradient(reference, assign)
     averaged.attach = lambda trainable: trainable  # the hook path
     averaged.detach = lambda: None
-    train(reference, list(reference.parameters()), task, task, CFG, CPU, grad_hook=averaged)
+    train(reference, list(reference.parameters()), task, task, CFG, CPU, hooks=[averaged])
     torch.testing.assert_close(net[1].weight, reference[1].weight, rtol=1e-4, atol=1e-6)

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import torch
 
-from kshot.config import params_from_dict
 from kshot.data.datasets import acquire
-from kshot.data.prepare import load_prepared, prepare_source, prepare_target, source_geometry
+from kshot.data.prepare import prepare_source, prepare_target, source_geometry
 from kshot.episodes import make_episodes
+from kshot.files.checkpoint import save_checkpoint
+from kshot.files.prepared import load_prepared, save_prepared
 from kshot.io import write_json
-from kshot.pretrain import pretrain, save_checkpoint
+from kshot.params import params_from_dict
+from kshot.pretrain import pretrain
 
 
 def upstream_paths(root: Path, benchmark: str = "tiny", source: str = "digits04", k: int = 1) -> dict:
@@ -38,9 +40,10 @@ def build_upstream(root: Path, raw: dict, episodes: bool = True) -> dict:
     k = params.episodes.k[0]
     paths = upstream_paths(root, "tiny", source, k)
     acquire("digits", params.data, paths["raw"])
-    prepare_source(source, src, params.data, paths["raw"], paths["source"], params.seed)
+    save_prepared(paths["source"], prepare_source(source, src, params.data, paths["raw"], params.seed))
     geometry = source_geometry(src, params.data)
-    prepare_target("tiny", params.benchmarks["tiny"], geometry, params.data, paths["raw"], paths["target"])
+    target = prepare_target("tiny", params.benchmarks["tiny"], geometry, params.data, paths["raw"])
+    save_prepared(paths["target"], target)
     d = load_prepared(paths["source"], ("train_x", "train_y", "test_x", "test_y"))
     model, metrics = pretrain(
         src, d["train_x"], d["train_y"], d["test_x"], d["test_y"], params.seed, torch.device("cpu")

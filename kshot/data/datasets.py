@@ -11,48 +11,21 @@ code; any ImageFolder tree is reachable through ``data.image_folders``.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import pickle
 import shutil
 import tempfile
-import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from kshot.config import DataConfig
+from kshot.data.base import DatasetInfo, ImageSet, load_npz, stratified_split
+from kshot.data.imagefolder import imagefolder_info
 from kshot.errors import DataError, unknown
-from kshot.io import write_json
-
-
-@dataclass(frozen=True)
-class ImageSet:
-    """Images and labels of one split."""
-
-    images: torch.Tensor  # uint8 [N, C, H, W]
-    labels: torch.Tensor  # int64 [N]
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """How to fetch and read one dataset; ``channels``/``size`` are its native geometry.
-
-    ``local_files`` maps each split to the files (relative to torchvision's root folder) that
-    ``data.local_dirs.<name>`` must hold; None where the dataset cannot come from ``data.local_dirs``.
-    """
-
-    channels: int
-    size: int
-    fetch: Callable[[DataConfig, Path], None]
-    load: Callable[[Path, str, DataConfig], ImageSet]
-    local_files: dict[str, tuple[str, ...]] | None = None
+from kshot.io import sha256, write_json
 
 
 def _from_hwc(data: np.ndarray | torch.Tensor, labels: object) -> ImageSet:
@@ -262,30 +235,6 @@ def _fetch_digits(cfg: DataConfig, out: Path) -> None:
     np.savez_compressed(out / "digits.npz", images=images, labels=digits.target.astype(np.int64))
 
 
-def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
-    """Per class, a seeded ``test_fraction`` of the indices goes to test, the rest to train."""
-    rng = np.random.default_rng(seed)
-    train, test = [], []
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        n_test = round(len(idx) * test_fraction)
-        test.append(idx[:n_test])
-        train.append(idx[n_test:])
-    return {"train": np.sort(np.concatenate(train)), "test": np.sort(np.concatenate(test))}
-
-
-def load_npz(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """``images`` and ``labels`` arrays of an npz written at acquisition; errors name the file."""
-    try:
-        with np.load(path) as f:
-            return f["images"], f["labels"]
-    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as err:
-        raise DataError(
-            f"{what} '{path}': expected an npz with images and labels, found a missing, "
-            f"corrupt or truncated file ({type(err).__name__}: {err})"
-        ) from err
-
-
 def _load_digits(raw: Path, split: str, cfg: DataConfig) -> ImageSet:
     images, labels = load_npz(raw / "digits.npz", "digits file")
     idx = stratified_split(labels, cfg.digits_test_fraction, seed=0)[split]
@@ -320,18 +269,8 @@ def dataset_info(name: str, cfg: DataConfig) -> DatasetInfo:
     if name in DATASETS:
         return DATASETS[name]
     if name in cfg.image_folders:
-        from kshot.data.imagefolder import imagefolder_info
-
         return imagefolder_info(name, Path(cfg.image_folders[name]))
     raise unknown("dataset", name, set(DATASETS) | set(cfg.image_folders))
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def acquire(name: str, cfg: DataConfig, out_dir: str | os.PathLike[str]) -> dict[str, str]:

@@ -16,6 +16,7 @@ import torchvision
 from PIL import Image, UnidentifiedImageError
 
 from kshot.config import DataConfig
+from kshot.data.base import DatasetInfo, ImageSet, load_npz, stratified_split
 from kshot.errors import DataError
 
 STORED_SIDE = 64
@@ -56,9 +57,7 @@ def _fetch(root: Path):
     return fetch
 
 
-def _load(raw: Path, split: str, cfg: DataConfig):
-    from kshot.data.datasets import ImageSet, load_npz, stratified_split
-
+def _load(raw: Path, split: str, cfg: DataConfig) -> ImageSet:
     whole = (raw / "all.npz").is_file()
     images, labels = load_npz(raw / ("all.npz" if whole else f"{split}.npz"), "image folder file")
     if whole:
@@ -68,8 +67,6 @@ def _load(raw: Path, split: str, cfg: DataConfig):
     return ImageSet(x, torch.from_numpy(labels))
 
 
-def imagefolder_info(name: str, root: Path):
-    from kshot.data.datasets import DatasetInfo
-
+def imagefolder_info(name: str, root: Path) -> DatasetInfo:
     del name
     return DatasetInfo(3, STORED_SIDE, _fetch(root), _load)

@@ -1,8 +1,9 @@
 """Source and target splits as tensors in the source network's input geometry.
 
-A prepared file holds uint8 images ``[N, C, S, S]`` and labels remapped to ``0..len(classes)-1``
+A prepared split holds uint8 images ``[N, C, S, S]`` and labels remapped to ``0..len(classes)-1``
 (in the order the classes are listed in params), plus a sha256 of the tensors for provenance.
 Target images are converted to the source's channels and side, so one backbone reads both.
+:mod:`kshot.files.prepared` writes and reads it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import torch.nn.functional as F
 from kshot.config import BenchmarkConfig, DataConfig, SourceConfig
 from kshot.data.datasets import ImageSet, dataset_info, load_split
 from kshot.errors import DataError
-from kshot.io import load_tensors, save_tensors
 
 
 def to_geometry(images: torch.Tensor, channels: int, side: int) -> torch.Tensor:
@@ -93,11 +93,10 @@ def _prepare(
     splits: dict[str, str],
     data: DataConfig,
     raw_dir: Path,
-    out: Path,
     cap: tuple[int | None, int] = (None, 0),
 ) -> dict[str, Any]:
-    """Select ``classes`` of each split (``{dataset split: stored name}``), convert to ``geometry``,
-    save ``<stored>_x``/``<stored>_y`` and a summary to ``out``, and return the summary. ``cap`` is
+    """Select ``classes`` of each split (``{dataset split: stored name}``) and convert them to
+    ``geometry``; returns ``<stored>_x``/``<stored>_y`` and their summary ``meta``. ``cap`` is
     (images per class at most, seed), applied to the first split."""
     channels, side = geometry
     parts: dict[str, torch.Tensor] = {}
@@ -110,14 +109,14 @@ def _prepare(
     summary = {"name": name, "dataset": dataset, "classes": classes, "channels": channels, "side": side}
     summary.update({f"n_{key}": len(parts[f"{key}_y"]) for key in splits.values()})
     summary["sha256"] = digest(parts)
-    save_tensors(out, {**parts, "meta": summary})
-    return summary
+    return {**parts, "meta": summary}
 
 
 def prepare_source(
-    name: str, src: SourceConfig, data: DataConfig, raw_dir: Path, out: Path, seed: int
+    name: str, src: SourceConfig, data: DataConfig, raw_dir: Path, seed: int
 ) -> dict[str, Any]:
-    """Write the source train/test split of ``sources.<name>`` to ``out``; return its summary."""
+    """The source train/test split of ``sources.<name>`` (``train_x``, ``train_y``, ``test_x``,
+    ``test_y`` and ``meta``)."""
     return _prepare(
         name,
         src.dataset,
@@ -127,7 +126,6 @@ def prepare_source(
         {"train": "train", "test": "test"},
         data,
         raw_dir,
-        out,
         cap=(src.max_per_class, seed),
     )
 
@@ -138,9 +136,9 @@ def prepare_target(
     geometry: tuple[int, int],
     data: DataConfig,
     raw_dir: Path,
-    out: Path,
 ) -> dict[str, Any]:
-    """Write the target pool (episodes draw support and validation from it) and test split."""
+    """The target pool (episodes draw support and validation from it) and test split of
+    ``benchmarks.<name>`` (``pool_x``, ``pool_y``, ``test_x``, ``test_y`` and ``meta``)."""
     return _prepare(
         name,
         bench.target,
@@ -150,24 +148,4 @@ def prepare_target(
         {"train": "pool", "test": "test"},
         data,
         raw_dir,
-        out,
     )
-
-
-def check_target_of(path: Path, meta: dict[str, Any], benchmark: str) -> None:
-    """Raise :class:`DataError` unless the prepared target at ``path`` (its ``meta``) is
-    ``benchmark``'s."""
-    if meta.get("name") != benchmark:
-        raise DataError(
-            f"prepared data '{path}': expected the target of benchmark '{benchmark}', found that "
-            f"of {meta.get('name')!r}"
-        )
-
-
-def load_prepared(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
-    """Load a prepared file and check it has ``keys``."""
-    obj = load_tensors(path, what="prepared data")
-    missing = [k for k in keys if k not in obj]
-    if missing:
-        raise DataError(f"prepared data '{path}': expected keys {list(keys)}, found {sorted(obj)}")
-    return obj

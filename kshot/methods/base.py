@@ -16,10 +16,8 @@ from typing import Any, ClassVar
 import torch
 
 from kshot.config import FinetuneConfig, from_dict
-from kshot.finetune import GradHook, Penalty, TrainResult, accuracy, predict, train
+from kshot.finetune import Tensors, TrainHook, TrainResult, accuracy, init_head, train
 from kshot.models import Backbone
-
-Tensors = tuple[torch.Tensor, torch.Tensor]  # (uint8 images [N, C, H, W], int64 labels [N])
 
 
 @dataclass
@@ -112,67 +110,28 @@ class Method(ABC):
         """Adapt to ``ep.support`` (selecting on ``ep.val``) and report test accuracy."""
 
 
-@torch.no_grad()
-def class_centroids(model: Backbone, support: Tensors, n_classes: int, device: torch.device) -> torch.Tensor:
-    """L2-normalised mean penultimate feature per class: ``[n_classes, D]``."""
-    model.eval()
-    feats = torch.nn.functional.normalize(predict(model.features, support[0], device), dim=1)
-    sums = torch.zeros(n_classes, feats.shape[1]).index_add_(0, support[1], feats)
-    return torch.nn.functional.normalize(sums, dim=1)
-
-
-def init_head(model: Backbone, ep: EpisodeData, how: str) -> None:
-    """Replace the source head by a target head of ``ep.n_classes`` outputs.
-
-    ``random``: torch's default init under the episode seed; ``zero``: all zeros; ``centroid``:
-    weight rows are the normalised class centroids scaled to the default init's norm (imprinting).
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(ep.seed)
-        model.replace_head(ep.n_classes)
-    head = model.head
-    with torch.no_grad():
-        if how == "zero":
-            head.weight.zero_()
-            head.bias.zero_()
-        elif how == "centroid":
-            scale = head.weight.norm(dim=1).mean()
-            centroids = class_centroids(model, ep.support, ep.n_classes, ep.device)
-            head.weight.copy_(centroids.to(head.weight.device) * scale)
-            head.bias.zero_()
-
-
 class GradientMethod(Method):
-    """Replace the head, fine-tune the parameters :meth:`trainable` returns, evaluate on test."""
+    """Replace the head, fine-tune the parameters :meth:`trainable` returns with the loop of
+    :func:`kshot.finetune.train` changed by the :meth:`hooks`, evaluate on test."""
 
     def trainable(self, model: Backbone) -> list[torch.Tensor]:
         return list(model.parameters())
 
-    def penalty(self, model: Backbone, ep: EpisodeData) -> Penalty | None:
-        return None
-
-    def grad_hook(self, model: Backbone, ep: EpisodeData) -> GradHook | None:
-        return None
+    def hooks(self, model: Backbone, ep: EpisodeData) -> list[TrainHook]:
+        """How this method changes the training loop (made after the new head is in place)."""
+        return []
 
     def extra(self, model: Backbone, ep: EpisodeData) -> dict[str, Any]:
         return {}
 
     def run(self, ep: EpisodeData) -> EpisodeResult:
         model = ep.model.to(ep.device)
-        init_head(model, ep, self.cfg.head_init)
-        penalty = self.penalty(model, ep)
-        hook = self.grad_hook(model, ep)
+        init_head(model, ep.n_classes, ep.seed, self.cfg.head_init, ep.support, ep.device)
+        hooks = self.hooks(model, ep)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(ep.seed)
             res: TrainResult = train(
-                model,
-                self.trainable(model),
-                ep.support,
-                ep.val,
-                self.cfg,
-                ep.device,
-                penalty=penalty,
-                grad_hook=hook,
+                model, self.trainable(model), ep.support, ep.val, self.cfg, ep.device, hooks=hooks
             )
         return EpisodeResult.from_train(
             res, accuracy(res.model, *ep.test, ep.device), **self.extra(model, ep)

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kshot.finetune import predict
-from kshot.methods.base import EpisodeData, EpisodeResult, Method, Tensors, class_centroids
+from kshot.finetune import Tensors, class_centroids, predict
+from kshot.methods.base import EpisodeData, EpisodeResult, Method
 
 
 @dataclass(frozen=True)

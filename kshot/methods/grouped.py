@@ -20,30 +20,27 @@ and test images never feed the grouping.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
-from kshot.activations import ActivationSpec, episode_digest, feature_images, layer_activations
-from kshot.errors import ConfigError, DataError, check_choice, suggest
+from kshot.activations import feature_images, layer_activations
+from kshot.config import CLUSTERING, SEARCH_STRATEGIES, ActivationSpec
+from kshot.errors import ConfigError, DataError, check_choice
+from kshot.finetune import TrainHook
 from kshot.grouping import (
-    ALGORITHMS,
     check_assignment,
     cluster_quality,
     group_layers,
+    layer_sizes,
     random_grouping,
     resolve_count,
+    select_layers,
 )
-from kshot.io import episode_entries, read_stage_file
 from kshot.methods.base import EpisodeData, GradientMethod, TrainOverrides
 from kshot.models import Backbone
 from kshot.shared_grad import GroupedGradient
-
-SEARCH_STRATEGIES = ("reinforce", "random")
 
 
 @dataclass(frozen=True)
@@ -62,7 +59,7 @@ class GroupingOptions(TrainOverrides):
     rectify: bool = True
 
     def validate(self, where: str) -> None:
-        check_choice(f"{where}.algorithm", self.algorithm, ALGORITHMS)
+        check_choice(f"{where}.algorithm", self.algorithm, CLUSTERING)
         self.activation_spec.validate(where)
 
     @property
@@ -102,46 +99,11 @@ class GroupedOptions(GroupingOptions):
             raise ConfigError(f"{where}.layers: expected a non-empty list or null, found []")
 
 
-LAYER_KINDS = {"conv": torch.nn.Conv2d, "fc": torch.nn.Linear}
-
-
-def select_layers(model: Backbone, layers: list[str] | None) -> list[str]:
-    """Expand a ``layers`` option into groupable layer names, in forward order.
-
-    ``None`` is every groupable layer; the selectors ``conv`` and ``fc`` stand for every groupable
-    Conv2d / Linear layer, so one option reads the same on backbones with other layer names.
-    """
-    groupable = model.groupable()
-    if layers is None:
-        return groupable
-    picked: list[str] = []
-    for name in layers:
-        if name in LAYER_KINDS:
-            kind = LAYER_KINDS[name]
-            picked += [n for n in groupable if isinstance(model.get_submodule(n), kind)]
-        else:
-            picked.append(name)
-    return list(dict.fromkeys(picked))
-
-
-def layer_sizes(model: Backbone, layers: list[str], where: str = "layers") -> dict[str, int]:
-    """Neurons (output channels / units) of each layer of ``layers``, checked to be groupable
-    (``where``: the field an error names)."""
-    groupable = model.groupable()
-    for name in layers:
-        if name not in groupable:
-            raise ConfigError(
-                f"{where}: '{name}' is not a groupable layer of this backbone"
-                f"{suggest(name, groupable)}; expected some of {groupable}"
-            )
-    return {name: model.get_submodule(name).weight.shape[0] for name in layers}
-
-
 class _GroupedBase(GradientMethod):
     """Build the grouping before fine-tuning; report counts and cluster quality in ``extra``.
 
     The grouping diagnostics of the current episode are kept on the instance between
-    :meth:`grad_hook` and :meth:`extra` (both called within one :meth:`run`; runs are sequential).
+    :meth:`hooks` and :meth:`extra` (both called within one :meth:`run`; runs are sequential).
     """
 
     random_membership: ClassVar[bool] = False
@@ -184,7 +146,7 @@ class _GroupedBase(GradientMethod):
         }
         return assign, extra
 
-    def grad_hook(self, model: Backbone, ep: EpisodeData) -> GroupedGradient:
+    def hooks(self, model: Backbone, ep: EpisodeData) -> list[TrainHook]:
         """The shared-gradient hook of this episode's grouping: the one the pipeline's group stage
         made (``ep.artifacts['groups']``: ``{'assign': ..., 'extra': ...}``) or one made here."""
         given = ep.artifacts.get("groups")
@@ -200,7 +162,7 @@ class _GroupedBase(GradientMethod):
             sizes = layer_sizes(model, list(assign))
             for name, a in assign.items():
                 check_assignment(a, sizes[name], f"groups of layer '{name}'")
-        return GroupedGradient(model, assign, share_bias=self.options.share_bias)
+        return [GroupedGradient(model, assign, share_bias=self.options.share_bias)]
 
     def extra(self, model: Backbone, ep: EpisodeData) -> dict[str, Any]:
         return self._extra
@@ -290,65 +252,3 @@ class GroupedRL(_GroupedBase):
 
 GROUPED_METHODS = (Grouped, GroupedRandom, GroupedRL)
 GROUPED_KINDS = frozenset(cls.kind for cls in GROUPED_METHODS)
-
-
-GROUPS_FORMAT = "kshot-groups/1"
-
-
-def groups_made_from(method: _GroupedBase, method_name: str, checkpoint_sha: str) -> dict[str, Any]:
-    """What a group file depends on besides its episodes and activations (checked on reading):
-    the checkpoint, the method's name and kind and all its options."""
-    options = json.loads(json.dumps(dataclasses.asdict(method.options), sort_keys=True))
-    return {"checkpoint": checkpoint_sha, "method": method_name, "kind": method.kind, "options": options}
-
-
-def make_groups(
-    method: _GroupedBase,
-    model: Backbone,
-    episodes: list[tuple[dict[str, Any], EpisodeData]],
-    patterns: list[dict[str, torch.Tensor]],
-    provenance: dict[str, Any],
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The group stage: each evaluation episode's assignments from its activation ``patterns``.
-
-    ``episodes``: pairs of an episodes-file entry and its :class:`EpisodeData`; ``provenance``:
-    :func:`groups_made_from`. Returns the group file's content (assignments and diagnostics per
-    episode, read by :func:`read_groups`) and a JSON-ready summary: each episode's counts and
-    cluster quality, and per layer the mean silhouette and intra- and inter-group correlation.
-    """
-    entries, extras = {}, {}
-    for (raw, ep), acts in zip(episodes, patterns, strict=True):
-        assign, extra = method.grouping(model, ep, acts)
-        key = str(int(raw["id"]))
-        entries[key] = {"digest": episode_digest(raw), "assign": assign, "extra": extra}
-        extras[key] = extra
-    mean: dict[str, dict[str, float | None]] = {}
-    for layer in next(iter(extras.values()))["quality"] if extras else []:
-        mean[layer] = {}
-        for stat in ("silhouette", "intra_corr", "inter_corr"):
-            values = [e["quality"][layer][stat] for e in extras.values()]
-            values = [v for v in values if v is not None]
-            mean[layer][stat] = sum(values) / len(values) if values else None
-    header = {
-        "method": provenance["method"],
-        "kind": method.kind,
-        "activations": method.options.activation_spec.tag,
-    }
-    content = {"format": GROUPS_FORMAT, "made_from": provenance, "episodes": entries}
-    return content, {**header, "mean_quality": mean, "episodes": extras}
-
-
-def read_groups(
-    path: str | Path, provenance: dict[str, Any], episodes: list[dict[str, Any]]
-) -> dict[int, dict[str, Any]]:
-    """``{episode id: {'assign': ..., 'extra': ...}}`` from group file ``path``, checked to be made
-    from ``provenance`` (:func:`groups_made_from`: this checkpoint, method and options) and for
-    these evaluation ``episodes`` (an episodes file's entries); raises :class:`DataError` naming
-    the file otherwise."""
-    content = read_stage_file(path, "group file", GROUPS_FORMAT, provenance, "group")
-    keys = [(str(int(e["id"])), episode_digest(e)) for e in episodes]
-    entries = episode_entries(content, path, "group file", "episodes", keys, "group")
-    return {
-        int(ep_id): {"assign": entry.get("assign"), "extra": entry.get("extra")}
-        for (ep_id, _), entry in zip(keys, entries, strict=True)
-    }

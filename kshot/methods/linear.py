@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from kshot.finetune import accuracy, predict, train
-from kshot.methods.base import EpisodeData, EpisodeResult, GradientMethod, Tensors, init_head
+from kshot.finetune import Tensors, accuracy, init_head, predict, train
+from kshot.methods.base import EpisodeData, EpisodeResult, GradientMethod
 
 
 class LinearProbe(GradientMethod):
@@ -19,7 +19,7 @@ class LinearProbe(GradientMethod):
 
     def run(self, ep: EpisodeData) -> EpisodeResult:
         model = ep.model.to(ep.device).eval()
-        init_head(model, ep, self.cfg.head_init)
+        init_head(model, ep.n_classes, ep.seed, self.cfg.head_init, ep.support, ep.device)
 
         def feats(data: Tensors) -> Tensors:
             return predict(model.features, data[0], ep.device), data[1]  # ([N, D], [N])

@@ -2,29 +2,20 @@
 import functools
 import json
 
-from snakemake.utils import validate
-
-from kshot.config import (
-    from_dict,
-    method_spec,
-    params_from_dict,
-    replicate_benchmarks,
-    with_replicates,
-)
+from kshot.config import TAG_PATTERN, replicate_benchmarks, with_replicates
 from kshot.errors import ConfigError, unknown
-from kshot.activations import TAG_PATTERN
-from kshot.methods import METHODS
 from kshot.methods.grouped import GROUPED_KINDS
-from kshot.search import SearchConfig
+from kshot.params import params_from_dict, params_to_dict
 
 # the replicate study's sources and benchmarks (<name>_seed<s>)
 config.update(with_replicates(config))
-# kshot's own checks first (one line naming the field, what was expected and what was found, the
-# nearest valid name), then the JSON schema's, which also fills in its defaults
+# kshot's validator, the one the command line uses too: one line naming the field, what was
+# expected and what was found, the nearest valid name. The rules read the validated PARAMS, and
+# pass the jobs their sections with every default explicit (PLAIN).
 PARAMS = params_from_dict(config)
-validate(config, schema="../schemas/config.schema.yaml")
+PLAIN = params_to_dict(PARAMS)
 
-RAW = config["data"]["raw_dir"]
+RAW = PARAMS.data.raw_dir
 LOGS = "data/logs"  # the rules with a {root} wildcard log under {root}/logs: data/logs for the default run
 # Files that only the regime study needs live under data/regime/, outside the DVC stages' outputs
 # (data/prepared, data/runs, ...), so running it leaves `dvc status` of the default run as it was.
@@ -47,66 +38,63 @@ def params_json(*sections, **named):
 
     ``named`` picks one entry of a table, e.g. methods="full" keeps only methods.full.
     """
-    out = {s: config[s] for s in sections if s in config}
+    out = {s: PLAIN[s] for s in sections}
     for table, name in named.items():
-        out[table] = {name: config[table][name]}
+        out[table] = {name: PLAIN[table][name]}
     return json.dumps(out, sort_keys=True)
 
 
 def entry(table, name):
-    """``config[table][name]``; a name the params do not define (e.g. in a target path asked for on
-    the command line) is an error naming the table and the nearest defined name."""
-    entries = config.get(table) or {}
+    """``PARAMS.<table>[name]``; a name the params do not define (e.g. in a target path asked for
+    on the command line) is an error naming the table and the nearest defined name."""
+    entries = getattr(PARAMS, table)
     if name not in entries:
         raise unknown(table, name, entries)
     return entries[name]
 
 
 def source_of(benchmark):
-    return entry("benchmarks", benchmark)["source"]
+    return entry("benchmarks", benchmark).source
 
 
 def source_config(source):
-    entry("sources", source)  # an unknown name: the error naming the table
-    return PARAMS.sources[source]
+    return entry("sources", source)
 
 
 def source_dataset(source):
-    return entry("sources", source)["dataset"]
+    return entry("sources", source).dataset
 
 
 def target_dataset(benchmark):
-    return entry("benchmarks", benchmark)["target"]
+    return entry("benchmarks", benchmark).target
 
 
 def is_grouped(method):
-    return entry("methods", method)["kind"] in GROUPED_KINDS
+    return entry("methods", method).kind in GROUPED_KINDS
 
 
 def activation_tag(method=None):
     """The activation file (tag) a grouped ``method`` clusters; for ``None``, the search's."""
     if method is None:
-        search = from_dict(SearchConfig, config.get("search"), "search")
-        return search.activation_spec.tag
-    spec = method_spec(method, entry("methods", method))
+        return PARAMS.search.activation_spec.tag
+    spec = entry("methods", method)
     if spec.kind not in GROUPED_KINDS:
         raise ConfigError(
             f"methods.{method}.kind: groups and activations are made for grouped kinds "
             f"{sorted(GROUPED_KINDS)}, found '{spec.kind}'"
         )
-    options = METHODS[spec.kind].parse_options(spec.options, f"methods.{method}")
-    return options.activation_spec.tag
+    return spec.options.activation_spec.tag
 
 
 @functools.cache
 def default_outputs():
     """Every file under data/ that the default run (``run:``) makes."""
-    grouped = [m for m in config["run"]["methods"] if is_grouped(m)]
+    grouped = [m for m in PARAMS.run.methods if is_grouped(m)]
     groups = expand(
         "data/groups/{benchmark}/{method}/k{k}.{ext}",
-        benchmark=config["run"]["benchmarks"],
+        benchmark=PARAMS.run.benchmarks,
         method=grouped,
-        k=config["episodes"]["k"],
+        k=PARAMS.episodes.k,
         ext=["pt", "json"],
     )
     return frozenset(
@@ -130,7 +118,7 @@ def home(rel):
 def default_datasets():
     """The datasets the default run reads: its sources' and its benchmarks' targets."""
     return {source_dataset(s) for s in used_sources()} | {
-        target_dataset(b) for b in config["run"]["benchmarks"]
+        target_dataset(b) for b in PARAMS.run.benchmarks
     }
 
 
@@ -164,14 +152,14 @@ def groups_input(wildcards):
 
 def activation_targets():
     """Every activation file the run's grouped methods and searches read."""
-    methods = [m for m in config["run"]["methods"] if is_grouped(m)]
+    methods = [m for m in PARAMS.run.methods if is_grouped(m)]
     tags = {activation_tag(m) for m in methods}
     if search_targets():
         tags.add(activation_tag())
     return expand(
         "data/activations/{benchmark}/k{k}/{tag}.pt",
-        benchmark=config["run"]["benchmarks"],
-        k=config["episodes"]["k"],
+        benchmark=PARAMS.run.benchmarks,
+        k=PARAMS.episodes.k,
         tag=sorted(tags),
     )
 
@@ -179,21 +167,20 @@ def activation_targets():
 def search_input(wildcards):
     """The search result a ``grouped_rl`` method reads (none for other kinds)."""
     spec = entry("methods", wildcards.method)
-    if spec["kind"] != "grouped_rl":
+    if spec.kind != "grouped_rl":
         return []
-    strategy = spec.get("search", "reinforce")
-    return home(f"search/{wildcards.benchmark}/k{wildcards.k}/{strategy}.json")
+    return home(f"search/{wildcards.benchmark}/k{wildcards.k}/{spec.options.search}.json")
 
 
 def search_targets():
     """Both strategies for every benchmark and k that a grouped_rl method runs on."""
-    kinds = {config["methods"][m]["kind"] for m in config["run"]["methods"]}
+    kinds = {PARAMS.methods[m].kind for m in PARAMS.run.methods}
     if "grouped_rl" not in kinds:
         return []
     return expand(
         "data/search/{benchmark}/k{k}/{strategy}.json",
-        benchmark=config["run"]["benchmarks"],
-        k=config["episodes"]["k"],
+        benchmark=PARAMS.run.benchmarks,
+        k=PARAMS.episodes.k,
         strategy=["reinforce", "random"],
     )
 
@@ -201,22 +188,22 @@ def search_targets():
 def run_metrics(benchmarks=None, methods=None, ks=None):
     return expand(
         "data/runs/{benchmark}/{method}/k{k}/metrics.json",
-        benchmark=benchmarks or config["run"]["benchmarks"],
-        method=methods or config["run"]["methods"],
-        k=ks or config["episodes"]["k"],
+        benchmark=benchmarks or PARAMS.run.benchmarks,
+        method=methods or PARAMS.run.methods,
+        k=ks or PARAMS.episodes.k,
     )
 
 
 def used_sources():
-    return sorted({source_of(b) for b in config["run"]["benchmarks"]})
+    return sorted({source_of(b) for b in PARAMS.run.benchmarks})
 
 
 def regime_runs():
     """Metrics of every run of the regime study (regime.runs blocks): the default run's where it
     has them, the others under data/regime/."""
     out = []
-    for block in config.get("regime", {}).get("runs", []):
-        out += run_metrics(block["benchmarks"], block["methods"])
+    for block in PARAMS.regime.runs:
+        out += run_metrics(block.benchmarks, block.methods)
     return sorted({home(path.removeprefix("data/")) for path in out})
 
 
@@ -234,20 +221,20 @@ def comparison_pairs(kind):
     """[a, b] pairs of the ablation table (those whose methods both run), the regime study's or
     the replicate study's."""
     if kind in ("regime", "replicates"):
-        return (config.get(kind) or {}).get("pairs", [])
-    ran = set(config["run"]["methods"])
-    return [p for p in config.get("ablation", []) if set(p) <= ran]
+        return getattr(PARAMS, kind).pairs
+    ran = set(PARAMS.run.methods)
+    return [p for p in PARAMS.ablation if set(p) <= ran]
 
 
 def data_targets():
-    benches = config["run"]["benchmarks"]
+    benches = PARAMS.run.benchmarks
     return (
         expand("data/prepared/sources/{source}.pt", source=used_sources())
         + expand("data/prepared/targets/{benchmark}.pt", benchmark=benches)
         + expand(
             "data/episodes/{benchmark}/k{k}.json",
             benchmark=benches,
-            k=config["episodes"]["k"],
+            k=PARAMS.episodes.k,
         )
     )
 

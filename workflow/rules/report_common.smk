@@ -8,7 +8,7 @@ NOTEBOOK_TEMPLATE = os.path.join(workflow.basedir, "reports", "analysis.ipynb")
 
 
 def report_benchmarks():
-    return config["run"]["benchmarks"]
+    return PARAMS.run.benchmarks
 
 
 def search_labels():

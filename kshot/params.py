@@ -1,0 +1,96 @@
+"""Loading and whole-file validation of a params file: the one validator of kshot's parameters.
+
+:mod:`kshot.config` types and checks each section. This module adds the checks that need the
+registries, which sit above the config layer: dataset names (:data:`kshot.data.datasets.DATASETS`
+and ``data.image_folders``), backbones (:data:`kshot.models.BACKBONES`) and method kinds
+(:data:`kshot.methods.METHODS`), whose ``Options`` dataclass parses each method's options once,
+here. The command line, the Snakefile and therefore ``dvc repro`` all validate through
+:func:`params_from_dict`, so a wrong value gets the same one-line message from each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kshot.config import MethodSpec, Params, from_dict
+from kshot.data.datasets import DATASETS, local_dir_datasets
+from kshot.errors import ConfigError, unknown, yaml_error
+from kshot.methods import METHODS
+from kshot.models import BACKBONES
+
+
+def parse_method(name: str, spec: MethodSpec | Any) -> MethodSpec:
+    """``methods.<name>`` (a :class:`MethodSpec` or its raw mapping) with its kind checked and its
+    options parsed by the kind's ``Options`` dataclass."""
+    where = f"methods.{name}"
+    if not isinstance(spec, MethodSpec):
+        spec = MethodSpec.from_raw(spec, where)
+    if spec.kind not in METHODS:
+        raise unknown(f"{where}.kind", spec.kind, METHODS)
+    options = spec.options
+    if not isinstance(options, METHODS[spec.kind].Options):
+        options = METHODS[spec.kind].parse_options(options, where)
+    return MethodSpec(kind=spec.kind, options=options)
+
+
+def check_registries(params: Params) -> Params:
+    """``params`` with every name checked against the registries and every method's options
+    parsed; raises :class:`ConfigError` naming the field."""
+    datasets = set(DATASETS) | set(params.data.image_folders)
+    local = local_dir_datasets()
+    for name in params.data.local_dirs:
+        if name not in local:
+            raise unknown(f"data.local_dirs.{name}", name, local)
+    for name, src in params.sources.items():
+        if src.dataset not in datasets:
+            raise unknown(f"sources.{name}.dataset", src.dataset, datasets)
+        if src.backbone not in BACKBONES:
+            raise unknown(f"sources.{name}.backbone", src.backbone, BACKBONES)
+    for name, bench in params.benchmarks.items():
+        if bench.target not in datasets:
+            raise unknown(f"benchmarks.{name}.target", bench.target, datasets)
+    methods = {name: parse_method(name, spec) for name, spec in params.methods.items()}
+    return dataclasses.replace(params, methods=methods)
+
+
+def params_from_dict(raw: Any) -> Params:
+    """Validate a parsed params mapping (e.g. Snakemake's ``config``) as a whole."""
+    return check_registries(from_dict(Params, raw, ""))
+
+
+def read_params_file(path: str | Path) -> Any:
+    """The parsed YAML of a params file (not yet validated); errors name the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"params file '{p}': expected an existing YAML file, found nothing")
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        raise yaml_error(p, err) from err
+
+
+def read_valid_params(path: str | Path) -> tuple[Any, Params]:
+    """The parsed YAML of a params file and its validated :class:`Params`; raises
+    :class:`ConfigError` naming the file and the field."""
+    raw = read_params_file(path)
+    try:
+        return raw, params_from_dict(raw)
+    except ConfigError as err:
+        raise ConfigError(f"params file '{path}': {err}") from err
+
+
+def load_params(path: str | Path) -> Params:
+    """Read and validate a params file; raises :class:`ConfigError` naming the file and field."""
+    return read_valid_params(path)[1]
+
+
+def params_to_dict(params: Params) -> dict[str, Any]:
+    """The plain mapping of ``params`` that :func:`params_from_dict` reads back to equal params:
+    every default explicit, each method written ``{kind: ..., <options>}``."""
+    out = dataclasses.asdict(params)
+    out["methods"] = {name: spec.to_raw() for name, spec in params.methods.items()}
+    return out
