@@ -47,7 +47,6 @@ from kshot.config import FinetuneConfig
 from kshot.finetune import resolve_device
 from kshot.io import write_json
 from kshot.models import LeNet
-from kshot.native import group_mean_kernel
 from kshot.optim import SGD
 from kshot.population import train_members, train_population
 from kshot.runtime import cpu_description, keep_freed_memory
@@ -93,9 +92,8 @@ def step_times(k: int, device: torch.device, rounds: int, steps: int, fraction: 
     hook (the general path, e.g. with weight decay); ``grouped``, the pipeline's default path, where
     coarsely grouped linear layers train through their group deltas (``GroupedGradient.attach``).
     Also the grouped path split in two: ``linear_only`` (the linear layers' grouping alone, through
-    their deltas where they qualify) and ``conv_only`` (the conv layers' averaging alone); and
-    ``grouped_pytorch``, the grouped path with the averaging in PyTorch ops instead of the C
-    kernel (:mod:`kshot.native`; what a machine without a C compiler runs); ``touch_conv2``, a
+    their deltas where they qualify) and ``conv_only`` (the conv layers' averaging alone);
+    ``touch_conv2``, a
     plain step that multiplies ``conv2``'s weight gradient by 1 in place (what merely touching that
     gradient once more costs); ``plain_control``, plain steps again: its "overhead" is the
     measurement's own noise (an A/A control), so it should be 0 within its interval.
@@ -116,7 +114,6 @@ def step_times(k: int, device: torch.device, rounds: int, steps: int, fraction: 
         "plain": (None, False),
         "averaged": (hook, False),
         "grouped": (hook, True),
-        "grouped_pytorch": (GroupedGradient(model, groups, native=False), True),
         "linear_only": (GroupedGradient(model, {n: a for n, a in groups.items() if n not in convs}), True),
         "conv_only": (GroupedGradient(model, {n: groups[n] for n in convs}), True),
         "touch_conv2": (lambda m: m.conv2.weight.grad.mul_(1.0), False),
@@ -164,7 +161,7 @@ def step_times(k: int, device: torch.device, rounds: int, steps: int, fraction: 
         sync(device)
         return (time.perf_counter() - start) / steps
 
-    hook_s, pytorch_hook_s = hook_alone(hook), hook_alone(hooks["grouped_pytorch"][0])
+    hook_s = hook_alone(hook)
     p = median["plain"]
     with FlopCounterMode(display=False) as counter:  # forward + backward FLOPs of one step
         F.cross_entropy(model(x), y).backward()
@@ -179,11 +176,8 @@ def step_times(k: int, device: torch.device, rounds: int, steps: int, fraction: 
         "grouped_step_ms": 1e3 * median["grouped"],
         "averaged_step_ms": 1e3 * median["averaged"],
         "hook_only_ms": 1e3 * hook_s,
-        "pytorch_hook_only_ms": 1e3 * pytorch_hook_s,
         "overhead_pct": overhead["grouped"][0],
         "overhead_pct_ci95": list(overhead["grouped"][1:]),
-        "pytorch_overhead_pct": overhead["grouped_pytorch"][0],
-        "pytorch_overhead_pct_ci95": list(overhead["grouped_pytorch"][1:]),
         "averaged_overhead_pct": overhead["averaged"][0],
         "averaged_overhead_pct_ci95": list(overhead["averaged"][1:]),
         "parts_overhead_pct": {v: overhead[v][0] for v in ("linear_only", "conv_only", "touch_conv2")},
@@ -348,7 +342,6 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "cpu": cpu_description(),
-        "native_kernel": group_mean_kernel() is not None,
         "settings": [],
     }
     for threads in args.threads:
@@ -388,10 +381,9 @@ def report(setting: dict) -> None:
             f"k={row['k']:>2}, groups {row['group_fraction']:g} of the neurons: plain "
             f"{row['plain_step_ms']:.2f} ms, grouped {row['grouped_step_ms']:.2f} ms "
             f"({row['overhead_pct']:+.1f}%, 95% CI {row['overhead_pct_ci95'][0]:+.1f} to "
-            f"{row['overhead_pct_ci95'][1]:+.1f}; PyTorch ops instead of the C kernel "
-            f"{row['pytorch_overhead_pct']:+.1f}%), averaged gradients alone "
+            f"{row['overhead_pct_ci95'][1]:+.1f}), averaged gradients alone "
             f"{row['averaged_step_ms']:.2f} ms ({row['averaged_overhead_pct']:+.1f}%), hook "
-            f"{row['hook_only_ms']:.3f} ms (PyTorch ops {row['pytorch_hook_only_ms']:.3f} ms); "
+            f"{row['hook_only_ms']:.3f} ms; "
             f"{row['finetune_gflops']:.1f} GFLOP/s "
             f"({100 * row['fraction_of_matmul']:.0f}% of matmul); parts: "
             + ", ".join(f"{v} {pct:+.1f}%" for v, pct in row["parts_overhead_pct"].items())

@@ -1,11 +1,12 @@
-"""The README's benchmark tables, rendered from the measurements in ``benchmarks/measured/``.
+"""The tables of benchmarks/README.md, rendered from the measurements in ``benchmarks/measured/``.
 
-The benchmark scripts write JSON to ``benchmarks/results/`` (ignored by git). The files the README
-quotes are copied to ``benchmarks/measured/`` and committed (``pipeline_time_<n>.json``, one per
-fresh-clone run shown, each a row); this script renders them as Markdown.
-``python benchmarks/summarise.py`` prints the tables; ``--update-readme`` rewrites the block between
-the README's ``<!-- benchmarks:begin -->`` and ``<!-- benchmarks:end -->`` markers, and a test checks
-that the block is what this script renders, so no number there is typed by hand.
+The benchmark scripts write JSON to ``benchmarks/results/`` (ignored by git). The files
+``benchmarks/README.md`` quotes are copied to ``benchmarks/measured/`` and committed
+(``pipeline_time_<n>.json``, one per fresh-clone run shown, each a row); this script renders them as
+Markdown. ``python benchmarks/summarise.py`` prints the tables; ``--update-readme`` rewrites the block
+between ``benchmarks/README.md``'s ``<!-- benchmarks:begin -->`` and ``<!-- benchmarks:end -->``
+markers, and a test checks that the block is what this script renders, so no number there is typed
+by hand.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 MEASURED = ROOT / "benchmarks" / "measured"
-README = ROOT / "README.md"
+README = ROOT / "benchmarks" / "README.md"
 BEGIN, END = "<!-- benchmarks:begin -->", "<!-- benchmarks:end -->"
 
 
@@ -26,8 +27,8 @@ def _load(folder: Path, name: str) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _pct(x: float) -> str:
-    return f"{x:+.1f}%"
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:+.1f}%"
 
 
 def _ci(row: dict[str, Any], key: str) -> str:
@@ -96,7 +97,7 @@ def steps_section(d: dict[str, Any]) -> list[str]:
             "plain step",
             "grouped: overhead",
             "noise",
-            "PyTorch ops instead of the C kernel",
+            "PyTorch ops instead of the C kernel (removed since)",
             "averaged",
             "GFLOP/s (of the matmul's at those threads)",
         ),
@@ -108,7 +109,7 @@ def steps_section(d: dict[str, Any]) -> list[str]:
         out.append(
             f"| {row['group_fraction']:g} | {row['k']} | {threads} | {row['plain_step_ms']:.2f} ms | "
             f"{_ci(row, 'overhead_pct')} | {_ci(row, 'control_pct')} | "
-            f"{_pct(row['pytorch_overhead_pct'])} | {_pct(row['averaged_overhead_pct'])} | "
+            f"{_pct(row.get('pytorch_overhead_pct'))} | {_pct(row['averaged_overhead_pct'])} | "
             f"{row['finetune_gflops']:.1f} ({100 * row['finetune_gflops'] / matmul:.0f}% of {matmul:.0f}) |"
         )
     return out
@@ -126,8 +127,9 @@ def search_section(d: dict[str, Any]) -> list[str]:
         "**Search evaluations per minute**, as a ratio to the same evaluations at full fidelity (100 "
         "steps) one after another in one process with the same threads; *low fidelity* is the "
         "pipeline's 50-step reward, *side by side* the search's members (its episodes) in threads "
-        "of one torch thread each (`search.workers: auto`), *population* one `vmap` batch. The last "
-        "column compares the fastest variant with the faster of the 1- and 2-thread loops:",
+        "of one torch thread each (measured before `search.workers`, which ran them so, was removed), "
+        "*population* one `vmap` batch. The last column compares the fastest variant with the faster "
+        "of the 1- and 2-thread loops:",
         "",
         _row(
             "k",
@@ -214,9 +216,10 @@ def render(folder: Path = MEASURED) -> str:
 
 
 def readme_block(text: str) -> str:
-    """What lies between the README's markers."""
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{README}: expected the markers {BEGIN} and {END}")
+    """What lies between the markers of ``text`` (benchmarks/README.md)."""
+    # once each, in order: prose that quotes a marker would otherwise move the block into itself
+    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
+        raise SystemExit(f"{README}: expected the markers {BEGIN} and then {END}, once each")
     return text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n") + "\n"
 
 

@@ -33,8 +33,9 @@ from kshot.config import (
     from_dict,
 )
 from kshot.data.datasets import acquire
-from kshot.errors import ConfigError, KshotError, unknown
+from kshot.errors import ConfigError, DataError, KshotError, unknown
 from kshot.finetune import resolve_device
+from kshot.io import read_json, write_text
 from kshot.params import parse_method, read_valid_params
 from kshot.runtime import keep_freed_memory
 
@@ -272,6 +273,22 @@ def cmd_notebook(args: argparse.Namespace, raw: dict[str, Any]) -> None:
     )
 
 
+def cmd_readme(args: argparse.Namespace, raw: dict[str, Any]) -> None:
+    from kshot.tables import with_headline
+
+    readme = Path(args.readme)
+    if not readme.is_file():
+        raise DataError(f"--readme '{readme}': expected an existing file, found nothing")
+    metrics = read_json(args.metrics, "--metrics")
+    if not isinstance(metrics, dict):
+        raise DataError(f"--metrics '{args.metrics}': expected a JSON object, found {type(metrics).__name__}")
+    text = readme.read_text()
+    new = with_headline(text, metrics, str(readme))
+    if new != text:
+        write_text(readme, new)
+    print(f"{readme}: headline table {'updated' if new != text else 'unchanged'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kshot", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -370,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html", default=None, help="HTML export")
     p.add_argument("--cwd", default=".", help="folder the notebook runs in (the pipeline's root)")
     p.add_argument("--param", action="append", default=[], help="NAME=VALUE (a string), repeatable")
+    p = report("readme", cmd_readme, "the README's headline table from the headline metrics")
+    p.add_argument("--metrics", default="reports/metrics.json", help="headline metrics JSON (aggregate's)")
+    p.add_argument("--readme", default="README.md", help="file with the headline markers, rewritten in place")
     return parser
 
 

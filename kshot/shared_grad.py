@@ -24,9 +24,7 @@ Design choices:
   ``index_select`` written straight back into the gradient (a channels_last conv gradient in place
   too: each output channel's entries are one contiguous block). Assignments and inverse counts are
   moved to the device once, and layers whose grouping is one neuron per group are skipped (no
-  work, bitwise identical). On the CPU the same arithmetic runs for all parameters in one call of
-  a small C kernel (:mod:`kshot.native`, bitwise the same), since four PyTorch dispatches per
-  parameter right after ``backward()`` cost more than the arithmetic at k-shot batch sizes.
+  work, bitwise identical).
 - **Group deltas for coarse linear layers.** Under momentum SGD without weight decay (the
   fine-tuning default), averaging the gradient of a layer's weight ``W`` is the same update as
   training ``W = W0 + S V[assign]`` through one delta row ``V[g]`` per group, with
@@ -47,9 +45,7 @@ Design choices:
 
 from __future__ import annotations
 
-import ctypes
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -59,7 +55,6 @@ from torch import nn
 from kshot.errors import ConfigError
 from kshot.finetune import TrainHook
 from kshot.grouping import check_assignment
-from kshot.native import group_mean_kernel
 
 
 def group_mean_rows_(
@@ -133,49 +128,6 @@ class _Rows:
             group_mean_rows_(rows, self.assign, self.inv_counts, self.n_groups, self.sums)
 
 
-class _NativeRows:
-    """Every :class:`_Rows` part of a hook averaged in one call of the C kernel
-    (:mod:`kshot.native`): bitwise the same as the parts' own :meth:`_Rows.apply`, without its four
-    PyTorch dispatches per parameter. Only for float32 parameters on the CPU."""
-
-    def __init__(self, parts: list[_Rows], kernel: Callable[..., None]) -> None:
-        self.parts = parts
-        self.kernel = kernel
-        self._keep = [(p.assign.contiguous(), p.inv_counts.contiguous()) for p in parts]  # alive
-        n = len(parts)
-        ints, ptrs = ctypes.c_int64 * n, ctypes.c_void_p * n
-        self.n = ints(*(len(p.assign) for p in parts))
-        self.d = ints(*(p.sums.shape[1] for p in parts))
-        self.assign = ptrs(*(a.data_ptr() for a, _ in self._keep))
-        self.groups = ints(*(p.n_groups for p in parts))
-        self.inv_counts = ptrs(*(inv.data_ptr() for _, inv in self._keep))
-        self.sums = ptrs(*(p.sums.data_ptr() for p in parts))
-        self.grads = ptrs()
-
-    @staticmethod
-    def supports(part: _Rows) -> bool:
-        return part.param.device.type == "cpu" and part.param.dtype == torch.float32
-
-    def apply(self) -> None:
-        grads = self.grads
-        for i, part in enumerate(self.parts):
-            g = part.param.grad
-            if g is None:
-                grads[i] = None
-                continue
-            if g.dtype != torch.float32 or not g.is_cpu:
-                raise RuntimeError(
-                    f"GroupedGradient: a gradient of {g.dtype} on {g.device}, expected float32 "
-                    "on the CPU as when the hook was built; build the hook after moving the model"
-                )
-            if not _rows_in_place(g):  # attribute checks only: no view tensors in the hot path
-                g = part.rows()
-            grads[i] = g.data_ptr()
-        self.kernel(
-            len(self.parts), grads, self.n, self.d, self.assign, self.groups, self.inv_counts, self.sums
-        )
-
-
 DELTA_MAX_FRACTION = 0.5  # a Linear with at most this many groups per neuron trains through deltas
 
 
@@ -234,11 +186,6 @@ class GroupedGradient(TrainHook):
     grouping ``assign [N_out]``. The hook is bound to ``model``'s parameter tensors: call it with
     the same model (``train`` updates parameters in place, so they stay the same tensors).
 
-    Per-op dispatch, not arithmetic, dominates the averaging at k-shot batch sizes, so on the CPU
-    every float32 parameter is averaged in one call of the C kernel of :mod:`kshot.native`
-    (:class:`_NativeRows`); elsewhere, or with ``native=False`` or no C compiler, each parameter
-    by its own PyTorch ops (:class:`_Rows`). Both give bitwise the same gradients.
-
     Between :meth:`attach` and :meth:`detach`, coarsely grouped linear layers train through their
     group deltas instead (:class:`GroupDeltaLinear`) and the hook leaves them alone.
     """
@@ -248,11 +195,9 @@ class GroupedGradient(TrainHook):
         model: nn.Module,
         assignments: dict[str, torch.Tensor],
         share_bias: bool = True,
-        native: bool = True,
     ) -> None:
         self.model = model
         self.share_bias = share_bias
-        self.native = native
         modules = dict(model.named_modules())
         self.groups: dict[str, int] = {}
         self._layers: dict[str, _Layer] = {}
@@ -277,8 +222,7 @@ class GroupedGradient(TrainHook):
             ]
             self._layers[name] = _Layer(m, assign, g, parts)
         self._deltas: dict[str, GroupDeltaLinear] = {}
-        self._parts: list[_Rows | _NativeRows] = []
-        self._refresh_parts()
+        self._parts = self._rows()
 
     def __call__(self, model: nn.Module) -> None:
         if model is not self.model:
@@ -332,7 +276,7 @@ class GroupedGradient(TrainHook):
             if delta.delta_bias is not None:
                 swapped.add(id(m.bias))
                 added.append(delta.delta_bias)
-        self._refresh_parts()
+        self._parts = self._rows()
         return [p for p in trainable if id(p) not in swapped] + added
 
     def detach(self) -> None:
@@ -342,19 +286,7 @@ class GroupedGradient(TrainHook):
             delta.fold_into(base)
             self._swap(name, base)
         self._deltas = {}
-        self._refresh_parts()
-
-    def _refresh_parts(self) -> None:
-        """The averaging parts the hook applies: those of every grouped layer not in deltas, the
-        CPU float32 ones in one call of the C kernel where it is available."""
-        rows = self._rows()
-        native = [part for part in rows if _NativeRows.supports(part)]
-        kernel = group_mean_kernel() if native and self.native else None
-        if kernel is None:
-            self._parts = list(rows)
-        else:
-            self._parts = [part for part in rows if not _NativeRows.supports(part)]
-            self._parts.append(_NativeRows(native, kernel))
+        self._parts = self._rows()
 
     def _rows(self) -> list[_Rows]:
         """The averaging parts of every grouped layer not trained through deltas."""

@@ -582,3 +582,66 @@ def regime_table(
         cells=rows,
         data=pd.DataFrame(data),
     )
+
+
+# ---------------------------------------------------------------- the README's headline
+
+HEADLINE_BEGIN, HEADLINE_END = "<!-- headline:begin -->", "<!-- headline:end -->"
+
+
+def _headline_cell(value: float | None, signed: bool) -> str:
+    if value is None or math.isnan(value):
+        return "n/a"
+    if signed:
+        return "0.00" if round(value, 2) == 0 else f"{value:+.2f}"
+    return f"{value:.1f}"
+
+
+def headline_markdown(metrics: Mapping[str, Any]) -> str:
+    """The README's headline table from ``reports/metrics.json`` (:func:`kshot.report.headline_metrics`).
+
+    One row per benchmark and k: the baseline's mean test accuracy (%) and every other method's mean
+    paired difference to it (percentage points), then a caption line. The baseline is the one
+    ``diff_vs_<name>`` key; methods follow it in name order, benchmarks and k in order.
+    """
+    diff_keys = [key for key in metrics if key.startswith("diff_vs_")]
+    if len(diff_keys) != 1 or "test_acc" not in metrics or "n_episodes" not in metrics:
+        raise DataError(
+            "metrics: expected the keys test_acc, n_episodes and one diff_vs_<baseline>, "
+            f"found {sorted(metrics)}"
+        )
+    baseline = diff_keys[0].removeprefix("diff_vs_")
+    test, diff = metrics["test_acc"], metrics[diff_keys[0]]
+    named = [m for table in (test, diff) for cells in table.values() for ms in cells.values() for m in ms]
+    methods = [m for m in _order(named, baseline, None) if m != baseline]
+    header = ["benchmark", "k", f"{baseline} (%)"] + [f"{m} − {baseline}" for m in methods]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "--:|" * (len(header) - 1)]
+    for bench in sorted(test):
+        for key in sorted(test[bench], key=lambda k: int(k.removeprefix("k"))):
+            cells = [
+                _headline_cell(test[bench][key].get(baseline), signed=False),
+                *(_headline_cell(diff.get(bench, {}).get(key, {}).get(m), signed=True) for m in methods),
+            ]
+            lines.append("| " + " | ".join([bench, key.removeprefix("k"), *cells]) + " |")
+    lines += [
+        "",
+        f"`{baseline}`: mean test accuracy (%); every other column: that method's mean paired difference "
+        f"to `{baseline}` (percentage points). Means over {metrics['n_episodes']} evaluation episodes per "
+        "benchmark and k, the same episodes for every method; which differences are significant, with "
+        "95% intervals, is in `reports/tables/results.md`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def with_headline(text: str, metrics: Mapping[str, Any], where: str) -> str:
+    """``text`` (the README, read from ``where``) with the block between :data:`HEADLINE_BEGIN` and
+    :data:`HEADLINE_END` replaced by :func:`headline_markdown` of ``metrics``."""
+    begins, ends = text.count(HEADLINE_BEGIN), text.count(HEADLINE_END)
+    if begins != 1 or ends != 1 or text.index(HEADLINE_BEGIN) > text.index(HEADLINE_END):
+        raise DataError(
+            f"{where}: expected the markers {HEADLINE_BEGIN} and then {HEADLINE_END}, once each, "
+            f"found them {begins} and {ends} times{' in the other order' if begins == ends == 1 else ''}"
+        )
+    head, rest = text.split(HEADLINE_BEGIN)
+    _, tail = rest.split(HEADLINE_END)
+    return f"{head}{HEADLINE_BEGIN}\n{headline_markdown(metrics)}{HEADLINE_END}{tail}"

@@ -22,14 +22,20 @@ PACKAGE = REPO / "kshot"
 # Layers, bottom to top: a module may import modules of its own layer or below, never above.
 LAYERS = [
     {"kshot", "kshot.errors", "kshot.config", "kshot.io", "kshot.runtime", "kshot.stats"},
-    {"kshot.models", "kshot.optim", "kshot.data.base", "kshot.data.imagefolder", "kshot.data.datasets"},
+    {
+        "kshot.models",
+        "kshot.optim",
+        "kshot.data",
+        "kshot.data.base",
+        "kshot.data.imagefolder",
+        "kshot.data.datasets",
+    },
     {
         "kshot.finetune",
         "kshot.episodes",
         "kshot.data.prepare",
         "kshot.pretrain",
         "kshot.grouping",
-        "kshot.native",
         "kshot.shared_grad",
         "kshot.activations",
         "kshot.controller",
@@ -64,6 +70,7 @@ LAZY = {
     ("kshot.cli", "kshot.regime"): "report commands: pandas is not loaded by every stage job",
     ("kshot.cli", "kshot.report"): "report commands: pandas and matplotlib likewise",
     ("kshot.cli", "kshot.notebook"): "report commands: nbclient likewise",
+    ("kshot.cli", "kshot.tables"): "report commands: pandas likewise (the README's headline table)",
     ("kshot.report", "kshot.figures"): "matplotlib only where a figure is drawn",
 }
 
@@ -162,7 +169,7 @@ def test_function_local_imports_are_the_deliberate_lazy_ones():
 
 def test_the_training_loop_imports_nothing_of_grouping():
     deps = {m for m, _ in imports_of(PACKAGE / "finetune.py")}
-    assert not deps & {"kshot.grouping", "kshot.shared_grad", "kshot.native", "kshot.methods"}
+    assert not deps & {"kshot.grouping", "kshot.shared_grad", "kshot.methods"}
     assert "GroupedGradient" not in (PACKAGE / "finetune.py").read_text()
 
 

@@ -1,4 +1,5 @@
-"""The benchmark helpers: Snakemake log parsing, and the README's tables rendered from measurements."""
+"""The benchmark helpers: Snakemake log parsing, and benchmarks/README.md's tables rendered from
+measurements."""
 
 from __future__ import annotations
 
@@ -70,11 +71,11 @@ def test_log_parse_counts_a_job_that_never_finished():
     assert d["unfinished"] == 1 and d["rules"]["search"]["jobs"] == 1
 
 
-def test_readme_benchmark_block_is_rendered_from_the_committed_measurements():
-    text = (REPO / "README.md").read_text()
+def test_benchmarks_readme_block_is_rendered_from_the_committed_measurements():
+    text = (REPO / "benchmarks" / "README.md").read_text()
     assert summarise.readme_block(text) == summarise.render(), (
-        "README.md's benchmark block differs from `python benchmarks/summarise.py`'s rendering of "
-        "benchmarks/measured/: run `python benchmarks/summarise.py --update-readme`"
+        "benchmarks/README.md's benchmark block differs from `python benchmarks/summarise.py`'s "
+        "rendering of benchmarks/measured/: run `python benchmarks/summarise.py --update-readme`"
     )
 
 
