@@ -92,7 +92,12 @@ def test_negative_learning_rate_is_rejected(tiny_params):
 def test_params_yaml_round_trips_through_yaml(tiny_params, tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(tiny_params))
-    assert load_params(path).methods == tiny_params["methods"]
+    params = load_params(path)
+    assert params == params_from_dict(tiny_params)
+    for name, raw in tiny_params["methods"].items():
+        spec = params.methods[name]
+        assert spec.kind == raw["kind"]
+        assert all(getattr(spec.options, k) == v for k, v in raw.items() if k != "kind")
 
 
 def test_local_dirs_key_that_is_not_a_torchvision_dataset_suggests_the_nearest(tiny_params):

@@ -19,6 +19,7 @@ from kshot.config import DataConfig, from_dict
 from kshot.data.datasets import DATASETS, ImageSet, acquire, load_split
 from kshot.data.prepare import select_classes, to_geometry
 from kshot.errors import ConfigError, DataError
+from kshot.params import params_from_dict
 
 
 def _idx_images(images: np.ndarray) -> bytes:
@@ -317,13 +318,14 @@ def test_local_dir_that_does_not_exist_is_named_as_a_folder_and_leaves_nothing(t
 
 
 @pytest.mark.parametrize("key", ["fashion_mnist", "digits", "mnsit"])
-def test_local_dirs_key_that_is_not_a_torchvision_dataset_is_a_config_error(key):
+def test_local_dirs_key_that_is_not_a_torchvision_dataset_is_a_config_error(key, tiny_params):
+    tiny_params["data"]["local_dirs"] = {key: "/somewhere"}
     with pytest.raises(
         ConfigError,
         match=rf"data.local_dirs.{key}: unknown value '{key}'.*"
         r"expected one of \['cifar10', 'mnist', 'svhn', 'usps'\]",
     ):
-        from_dict(DataConfig, {"local_dirs": {key: "/somewhere"}}, "data")
+        params_from_dict(tiny_params)
 
 
 def test_local_dirs_naming_torchvision_datasets_is_valid_config():
