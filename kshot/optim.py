@@ -3,9 +3,9 @@ without ``torch.optim``'s start-up.
 
 Constructing a ``torch.optim`` optimiser imports ``torch._dynamo`` (its methods are wrapped to opt
 out of compilation), which costs every fine-tuning process a second or two on CPU, dozens of times
-per pipeline run (``benchmarks/README.md`` has the measurement). Fine-tuning needs one update rule, so it is
-written here with the same ops in the same order as ``torch.optim.SGD`` (``dampening=0``, no
-Nesterov): on CPU the parameters end bit for bit the same (a test checks it against
+per pipeline run (``benchmarks/README.md`` has the measurement). Fine-tuning needs one update
+rule, so it is written here with the same ops in the same order as ``torch.optim.SGD``
+(``dampening=0``, no Nesterov): on CPU the parameters end bit for bit the same (a test checks it against
 ``torch.optim.SGD``; on CUDA that takes its multi-tensor path, equal up to float rounding).
 Pre-training keeps ``torch.optim.SGD`` (one job, and its learning-rate schedule needs it).
 The search's LSTM controller is trained with Adam, written here the same way (``torch.optim.Adam``'s

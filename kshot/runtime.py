@@ -5,7 +5,7 @@ a dynamic threshold (128 KiB at first) with ``mmap`` and gives them back to the 
 freed, and trims the heap top over 128 KiB. A fine-tuning step allocates and frees the same feature
 maps and gradients (hundreds of KiB each for LeNet) every step, so each step paid page faults and
 zeroing in the kernel: a large share of a search job's wall time. Reusing the blocks changes no
-result bit (``benchmarks/bench_malloc.py`` measures both; the README quotes it). We raise the
+result bit (``benchmarks/bench_malloc.py`` measures both, ``benchmarks/README.md`` logs it). We raise the
 mmap threshold to glibc's maximum (32 MiB on 64-bit) and stop trimming, so freed blocks are reused.
 The cost is that a process keeps its peak heap until it exits, which our short jobs do anyway.
 Elsewhere than glibc (macOS, musl) this is a no-op.

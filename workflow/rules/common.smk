@@ -169,7 +169,9 @@ def search_input(wildcards):
     spec = entry("methods", wildcards.method)
     if spec.kind != "grouped_rl":
         return []
-    return home(f"search/{wildcards.benchmark}/k{wildcards.k}/{spec.options.search}.json")
+    return home(
+        f"search/{wildcards.benchmark}/k{wildcards.k}/{spec.options.search}.json"
+    )
 
 
 def search_targets():
