@@ -90,6 +90,10 @@ def _path(text: str | None) -> Path | None:
     return Path(text) if text else None
 
 
+def _inputs(args: argparse.Namespace) -> runner.StageInputs:
+    return runner.StageInputs(Path(args.checkpoint), Path(args.target), Path(args.episodes))
+
+
 def cmd_acquire(args: argparse.Namespace, raw: dict[str, Any]) -> None:
     acquire(args.dataset, _section(raw, "data", DataConfig), args.out)
 
@@ -134,9 +138,7 @@ def cmd_activations(args: argparse.Namespace, raw: dict[str, Any]) -> None:
         args.k,
         ActivationSpec.from_tag(args.tag),
         raw.get("seed", 0),
-        Path(args.checkpoint),
-        Path(args.target),
-        Path(args.episodes),
+        _inputs(args),
         Path(args.out),
         _device(raw),
     )
@@ -149,9 +151,7 @@ def cmd_group(args: argparse.Namespace, raw: dict[str, Any]) -> None:
         args.method,
         _method(raw, args.method),
         raw.get("seed", 0),
-        Path(args.checkpoint),
-        Path(args.target),
-        Path(args.episodes),
+        _inputs(args),
         Path(args.activations),
         Path(args.out),
         Path(args.summary),
@@ -169,9 +169,7 @@ def cmd_search(args: argparse.Namespace, raw: dict[str, Any]) -> None:
         from_dict(SearchConfig, section, "search"),
         _section(raw, "finetune", FinetuneConfig),
         raw.get("seed", 0),
-        Path(args.checkpoint),
-        Path(args.target),
-        Path(args.episodes),
+        _inputs(args),
         Path(args.out),
         _device(raw),
         activations=_path(args.activations),
@@ -185,9 +183,7 @@ def cmd_finetune(args: argparse.Namespace, raw: dict[str, Any]) -> None:
         spec=_method(raw, args.method),
         finetune=_section(raw, "finetune", FinetuneConfig),
         k=args.k,
-        checkpoint=Path(args.checkpoint),
-        target=Path(args.target),
-        episodes=Path(args.episodes),
+        inputs=_inputs(args),
         out_dir=Path(args.out_dir),
         seed=raw.get("seed", 0),
         device=_device(raw),

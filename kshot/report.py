@@ -6,7 +6,7 @@ initialisation, so the per-episode differences are what the interval is computed
 (:mod:`kshot.stats`). Formatting lives in :mod:`kshot.tables`, drawing in :mod:`kshot.figures`;
 this module loads, summarises and writes.
 
-Writers (each an entry point of :mod:`kshot.report_cli`):
+Writers (each a report command of :mod:`kshot.cli`):
 
 - :func:`write_results`: main and source tables (md, csv, tex), accuracy-vs-k and paired-scatter
   figures, ``metrics.json`` (headline numbers for ``dvc metrics``) and plot-ready CSVs.

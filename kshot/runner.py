@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,16 @@ from kshot.methods.grouped import GROUPED_KINDS
 from kshot.pretrain import pretrain
 from kshot.runtime import numerics
 from kshot.search import search_episodes, search_group_counts
+
+
+@dataclass(frozen=True)
+class StageInputs:
+    """What every stage after pre-training reads of a benchmark at one k: the source network's
+    checkpoint, the prepared target and its episodes file."""
+
+    checkpoint: Path
+    target: Path
+    episodes: Path
 
 
 def prepare_source_stage(
@@ -86,11 +97,13 @@ def pretrain_stage(
     return time.perf_counter() - start
 
 
-def _episodes_of(benchmark: str, k: int | None, target: Path, episodes: Path, keys: tuple[str, ...]):
+def _episodes_of(
+    benchmark: str, k: int | None, inputs: StageInputs, keys: tuple[str, ...]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The prepared target of ``benchmark`` (with ``keys``) and its episodes file at ``k`` (any k
     for ``None``), checked against each other."""
-    data = load_target(target, benchmark, keys)
-    return data, read_episodes(episodes, benchmark, k, data["meta"])
+    data = load_target(inputs.target, benchmark, keys)
+    return data, read_episodes(inputs.episodes, benchmark, k, data["meta"])
 
 
 def _activation_provenance(
@@ -104,21 +117,19 @@ def activations_stage(
     k: int,
     spec: ActivationSpec,
     seed: int,
-    checkpoint: Path,
-    target: Path,
-    episodes: Path,
+    inputs: StageInputs,
     out: Path,
     device: torch.device,
 ) -> None:
     """The activation patterns of every groupable layer on every episode of every role
     (:func:`kshot.activations.episode_patterns`)."""
-    data, ep_file = _episodes_of(benchmark, k, target, episodes, ("pool_x",))
-    check_geometry(checkpoint, target, data["meta"])
-    model, _ = load_checkpoint(checkpoint)
+    data, ep_file = _episodes_of(benchmark, k, inputs, ("pool_x",))
+    check_geometry(inputs.checkpoint, inputs.target, data["meta"])
+    model, _ = load_checkpoint(inputs.checkpoint)
     model = model.to(device)
     layers = model.groupable()
     roles = episode_patterns(model, ep_file, data["pool_x"], spec, layers, device, seed)
-    provenance = _activation_provenance(checkpoint, data["meta"], seed, benchmark, k, spec.tag)
+    provenance = _activation_provenance(inputs.checkpoint, data["meta"], seed, benchmark, k, spec.tag)
     activation_file.save_activations(out, provenance, layers, roles)
 
 
@@ -137,9 +148,7 @@ def group_stage(
     method_name: str,
     spec: MethodSpec,
     seed: int,
-    checkpoint: Path,
-    target: Path,
-    episodes: Path,
+    inputs: StageInputs,
     activations: Path,
     out: Path,
     summary: Path,
@@ -150,12 +159,12 @@ def group_stage(
     grouping may use of an episode is its support images, seed and the searched counts."""
     method = _grouped_method(method_name, spec, "group")
     artifacts = {"search_counts": read_chosen_counts(search)} if search is not None else {}
-    data, ep_file = _episodes_of(benchmark, k, target, episodes, ("pool_x", "pool_y"))
-    model, _ = load_checkpoint(checkpoint)
+    data, ep_file = _episodes_of(benchmark, k, inputs, ("pool_x", "pool_y"))
+    model, _ = load_checkpoint(inputs.checkpoint)
     entries = ep_file.get("eval") or []
     n_classes = int(ep_file["n_classes"])
     tag = method.options.activation_spec.tag
-    provenance = _activation_provenance(checkpoint, data["meta"], seed, benchmark, k, tag)
+    provenance = _activation_provenance(inputs.checkpoint, data["meta"], seed, benchmark, k, tag)
     sizes = layer_sizes(model, model.groupable())
     patterns = activation_file.read_activations(activations, provenance, "eval", entries, sizes)
     results = []
@@ -165,7 +174,7 @@ def group_stage(
         ep_seed = role_seed(seed, benchmark, "eval", k, int(e["id"]))
         ep = EpisodeData(model, support, empty, empty, n_classes, ep_seed, device, artifacts)
         results.append((e, *method.grouping(model, ep, acts)))
-    made = group_file.groups_made_from(spec.kind, method.options, method_name, sha256(checkpoint))
+    made = group_file.groups_made_from(spec.kind, method.options, method_name, sha256(inputs.checkpoint))
     group_file.save_groups(out, summary, made, benchmark, k, tag, results)
 
 
@@ -174,9 +183,7 @@ def search_stage(
     cfg: SearchConfig,
     finetune: FinetuneConfig,
     seed: int,
-    checkpoint: Path,
-    target: Path,
-    episodes: Path,
+    inputs: StageInputs,
     out: Path,
     device: torch.device,
     activations: Path | None = None,
@@ -184,18 +191,18 @@ def search_stage(
     """The search of group counts per layer (:func:`kshot.search.search_group_counts`) on the
     search episodes, its finalists compared on the selection episodes; patterns from the
     activation file, or computed here without one."""
-    data, ep_file = _episodes_of(benchmark, None, target, episodes, ("pool_x", "pool_y"))
-    where = f"episodes file '{episodes}'"
+    data, ep_file = _episodes_of(benchmark, None, inputs, ("pool_x", "pool_y"))
+    where = f"episodes file '{inputs.episodes}'"
     search, select_eps = (
         search_episodes(ep_file, data["pool_x"], data["pool_y"], benchmark, seed, role, where)
         for role in ("search", "select")
     )
-    model, _ = load_checkpoint(checkpoint)
+    model, _ = load_checkpoint(inputs.checkpoint)
     patterns = None
     if activations is not None:
         k = int(ep_file["k"])
         provenance = _activation_provenance(
-            checkpoint, data["meta"], seed, benchmark, k, cfg.activation_spec.tag
+            inputs.checkpoint, data["meta"], seed, benchmark, k, cfg.activation_spec.tag
         )
         sizes = layer_sizes(model, model.groupable())
         patterns = {
@@ -216,9 +223,7 @@ def run_episodes(
     spec: MethodSpec,
     finetune: FinetuneConfig,
     k: int,
-    checkpoint: Path,
-    target: Path,
-    episodes: Path,
+    inputs: StageInputs,
     out_dir: Path,
     seed: int,
     device: torch.device,
@@ -227,22 +232,25 @@ def run_episodes(
     groups: Path | None = None,
     search: Path | None = None,
 ) -> dict[str, Any]:
-    """Run ``method_name`` on each episode of ``role`` in ``episodes``; write and return the summary.
+    """Run ``method_name`` on each episode of ``role`` in the episodes file; write and return the
+    summary.
 
     Finished episodes are kept as they finish and reused by a rerun with the same inputs
     (:mod:`kshot.files.runs`). ``spec``: the method's parsed spec (:func:`kshot.params.parse_method`);
     ``groups``: the group stage's file for a grouped method (its assignments are used instead of
     clustering here); ``search``: the search file whose chosen counts ``grouped_rl`` uses.
     """
-    data, ep_file = _episodes_of(benchmark, k, target, episodes, ("pool_x", "pool_y", "test_x", "test_y"))
+    data, ep_file = _episodes_of(benchmark, k, inputs, ("pool_x", "pool_y", "test_x", "test_y"))
     if role not in ep_file:
-        raise DataError(f"episodes file '{episodes}': expected a '{role}' list, found {sorted(ep_file)}")
-    check_geometry(checkpoint, target, data["meta"])
+        raise DataError(
+            f"episodes file '{inputs.episodes}': expected a '{role}' list, found {sorted(ep_file)}"
+        )
+    check_geometry(inputs.checkpoint, inputs.target, data["meta"])
     method = METHODS[spec.kind](spec.options, finetune, method_name)
     artifacts = dict(artifacts or {})
     if search is not None:
         artifacts["search_counts"] = read_chosen_counts(search)
-    ckpt_sha = sha256(checkpoint)
+    ckpt_sha = sha256(inputs.checkpoint)
     given = None
     if groups is not None:
         made = group_file.groups_made_from(spec.kind, method.options, method_name, ckpt_sha)
@@ -269,7 +277,7 @@ def run_episodes(
             timings.append(done[1])
             continue
         start = time.perf_counter()
-        model, _ = load_checkpoint(checkpoint)
+        model, _ = load_checkpoint(inputs.checkpoint)
         ep_data = EpisodeData(
             model=model,
             support=select(data["pool_x"], data["pool_y"], ep.support),

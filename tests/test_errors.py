@@ -31,7 +31,7 @@ from kshot.errors import CheckpointError, ConfigError, DataError
 from kshot.models import LeNet
 from kshot.params import params_from_dict, parse_method
 from kshot.report import load_runs, summarise
-from kshot.runner import prepare_target_stage, run_episodes
+from kshot.runner import StageInputs, prepare_target_stage, run_episodes
 
 
 @pytest.fixture(scope="module")
@@ -297,18 +297,20 @@ def test_good_image_folder_is_acquired_and_split(tmp_path):
 
 # --- fine-tuning runs ------------------------------------------------------------------------------
 
+INPUTS = {"checkpoint": "ckpt", "target": "target", "episodes": "episodes"}  # upstream's keys
+
 
 def run(upstream: dict, out_dir: Path, method: str = "full", finetune: FinetuneConfig | None = None, **kw):
-    """``run_episodes`` of the tiny params on the upstream files; ``kw`` overrides arguments."""
+    """``run_episodes`` of the tiny params on the upstream files; ``kw`` overrides arguments and
+    the input files (``checkpoint``, ``target``, ``episodes``)."""
+    files = {name: kw.pop(name, upstream[key]) for name, key in INPUTS.items()}
     args = {
         "benchmark": "tiny",
         "method_name": method,
         "spec": parse_method(method, TINY_PARAMS["methods"][method]),
         "finetune": finetune or params_from_dict(TINY_PARAMS).finetune,
         "k": 1,
-        "checkpoint": upstream["ckpt"],
-        "target": upstream["target"],
-        "episodes": upstream["episodes"],
+        "inputs": StageInputs(**files),
         "out_dir": out_dir,
         "seed": 0,
         "device": torch.device("cpu"),

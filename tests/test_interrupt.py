@@ -25,7 +25,7 @@ from conftest import REPO, TINY_PARAMS
 from upstream import build_upstream
 
 from kshot.params import params_from_dict, parse_method
-from kshot.runner import run_episodes
+from kshot.runner import StageInputs, run_episodes
 
 RUN = Path("data/runs/tiny/full/k1")
 N_EPISODES = 6
@@ -100,9 +100,11 @@ def reference_metrics(work: Path, raw: dict, out_dir: Path) -> bytes:
             spec=parse_method("full", raw["methods"]["full"]),
             finetune=params.finetune,
             k=1,
-            checkpoint=work / "data/checkpoints/digits04/source.pt",
-            target=work / "data/prepared/targets/tiny.pt",
-            episodes=work / "data/episodes/tiny/k1.json",
+            inputs=StageInputs(
+                work / "data/checkpoints/digits04/source.pt",
+                work / "data/prepared/targets/tiny.pt",
+                work / "data/episodes/tiny/k1.json",
+            ),
             out_dir=out_dir,
             seed=params.seed,
             device=torch.device("cpu"),

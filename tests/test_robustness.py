@@ -11,7 +11,7 @@ from conftest import REPO, TINY_PARAMS
 from upstream import build_upstream
 
 from kshot.params import params_from_dict, parse_method
-from kshot.runner import run_episodes
+from kshot.runner import StageInputs, run_episodes
 
 # Method calls that write a file (and ``open`` for writing): each must target a path from
 # kshot.io.atomic_path, or write inside an acquisition's temporary folder (renamed into place whole by
@@ -84,9 +84,7 @@ def test_two_runs_with_the_same_params_write_byte_identical_metrics(tmp_path, up
             spec=parse_method(method, TINY_PARAMS["methods"][method]),
             finetune=params.finetune,
             k=1,
-            checkpoint=upstream["ckpt"],
-            target=upstream["target"],
-            episodes=upstream["episodes"],
+            inputs=StageInputs(upstream["ckpt"], upstream["target"], upstream["episodes"]),
             out_dir=tmp_path / name,
             seed=params.seed,
             device=torch.device("cpu"),
