@@ -106,12 +106,6 @@ def _episodes_of(
     return data, read_episodes(inputs.episodes, benchmark, k, data["meta"])
 
 
-def _activation_provenance(
-    checkpoint: Path, meta: dict[str, Any], seed: int, benchmark: str, k: int, tag: str
-):
-    return activation_file.made_from(sha256(checkpoint), meta["sha256"], seed, benchmark, k, tag)
-
-
 def activations_stage(
     benchmark: str,
     k: int,
@@ -129,7 +123,8 @@ def activations_stage(
     model = model.to(device)
     layers = model.groupable()
     roles = episode_patterns(model, ep_file, data["pool_x"], spec, layers, device, seed)
-    provenance = _activation_provenance(inputs.checkpoint, data["meta"], seed, benchmark, k, spec.tag)
+    ckpt_sha, target_sha = sha256(inputs.checkpoint), data["meta"]["sha256"]
+    provenance = activation_file.made_from(ckpt_sha, target_sha, seed, benchmark, k, spec.tag)
     activation_file.save_activations(out, provenance, layers, roles)
 
 
@@ -164,7 +159,8 @@ def group_stage(
     entries = ep_file.get("eval") or []
     n_classes = int(ep_file["n_classes"])
     tag = method.options.activation_spec.tag
-    provenance = _activation_provenance(inputs.checkpoint, data["meta"], seed, benchmark, k, tag)
+    ckpt_sha = sha256(inputs.checkpoint)  # the activations' and the groups' provenance
+    provenance = activation_file.made_from(ckpt_sha, data["meta"]["sha256"], seed, benchmark, k, tag)
     sizes = layer_sizes(model, model.groupable())
     patterns = activation_file.read_activations(activations, provenance, "eval", entries, sizes)
     results = []
@@ -174,7 +170,7 @@ def group_stage(
         ep_seed = role_seed(seed, benchmark, "eval", k, int(e["id"]))
         ep = EpisodeData(model, support, empty, empty, n_classes, ep_seed, device, artifacts)
         results.append((e, *method.grouping(model, ep, acts)))
-    made = group_file.groups_made_from(spec.kind, method.options, method_name, sha256(inputs.checkpoint))
+    made = group_file.groups_made_from(spec.kind, method.options, method_name, ckpt_sha)
     group_file.save_groups(out, summary, made, benchmark, k, tag, results)
 
 
@@ -201,9 +197,8 @@ def search_stage(
     patterns = None
     if activations is not None:
         k = int(ep_file["k"])
-        provenance = _activation_provenance(
-            inputs.checkpoint, data["meta"], seed, benchmark, k, cfg.activation_spec.tag
-        )
+        ckpt_sha, tag = sha256(inputs.checkpoint), cfg.activation_spec.tag
+        provenance = activation_file.made_from(ckpt_sha, data["meta"]["sha256"], seed, benchmark, k, tag)
         sizes = layer_sizes(model, model.groupable())
         patterns = {
             role: activation_file.read_activations(
