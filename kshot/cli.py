@@ -36,6 +36,7 @@ from kshot.data.datasets import acquire
 from kshot.errors import ConfigError, DataError, KshotError, unknown
 from kshot.finetune import resolve_device
 from kshot.io import read_json, write_text
+from kshot.jobs import acquire_entry
 from kshot.params import parse_method, read_valid_params
 from kshot.runtime import keep_freed_memory
 
@@ -95,7 +96,8 @@ def _inputs(args: argparse.Namespace) -> runner.StageInputs:
 
 
 def cmd_acquire(args: argparse.Namespace, raw: dict[str, Any]) -> None:
-    acquire(args.dataset, _section(raw, "data", DataConfig), args.out)
+    data = _section(raw, "data", DataConfig)
+    acquire(args.dataset, data, args.out, source=acquire_entry(data, args.dataset))
 
 
 def cmd_prepare_source(args: argparse.Namespace, raw: dict[str, Any]) -> None:

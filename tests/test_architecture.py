@@ -49,7 +49,7 @@ LAYERS = [
         "kshot.methods.l2sp",
         "kshot.methods.linear",
     },
-    {"kshot.params"},
+    {"kshot.params", "kshot.jobs"},
     {
         "kshot.files",
         "kshot.files.common",

@@ -185,7 +185,7 @@ def test_missing_dataset_files_through_the_cli_name_the_setting(tmp_path, capsys
     cfg = json.dumps({"data": {"fashion_mnist_dir": str(tmp_path / "nowhere")}})
     assert main(["acquire", "--dataset", "fashion_mnist", "--out", str(out), "--params-json", cfg]) == 2
     err = capsys.readouterr().err
-    assert f"data.fashion_mnist_dir '{tmp_path / 'nowhere'}'" in err and "found none" in err
+    assert f"data.fashion_mnist_dir '{tmp_path / 'nowhere'}'" in err and "found no such folder" in err
     assert not out.exists() and list(out.parent.iterdir()) == []
 
 

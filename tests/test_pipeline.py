@@ -14,6 +14,8 @@ import pytest
 import yaml
 from PIL import Image
 
+from kshot.jobs import COMMANDS, job_params
+from kshot.params import load_params
 from tests.conftest import REPO
 
 
@@ -250,12 +252,13 @@ def test_pretraining_takes_its_threads_from_the_recipe_whatever_the_cores(tmp_pa
 def test_gpu_profile_gives_the_one_gpu_to_every_rule_that_runs_torch_on_the_device():
     profile = yaml.safe_load((REPO / "workflow/profiles/gpu/config.yaml").read_text())
     assert profile["resources"] == {"gpu": 1}
-    rules_text = "".join(p.read_text() for p in (REPO / "workflow/rules").glob("*.smk"))
-    # the rules whose command passes the device choice on (params_json("seed", "device", ...))
+    # the jobs whose params carry the device (kshot.jobs), by rule name
+    params = load_params(REPO / "params.yaml")
+    keys = {"dataset": "digits", "source": "fashion04", "benchmark": "fashion", "method": "full", "k": 1}
     on_device = {
-        name
-        for name, body in re.findall(r"^rule (\w+):\n((?:[ \t]+.*\n|\n)*)", rules_text, flags=re.M)
-        if '"device"' in body
+        command.replace("-", "_")
+        for command in COMMANDS
+        if "device" in job_params(params, command, "cpu", strategy="random", **keys)
     }
     assert on_device >= {"pretrain", "activations", "search", "finetune"}, on_device
     assert {r for r, res in profile["set-resources"].items() if res == {"gpu": 1}} == on_device

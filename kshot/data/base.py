@@ -32,6 +32,8 @@ class DatasetInfo:
 
     ``local_files`` maps each split to the files (relative to torchvision's root folder) that
     ``data.local_dirs.<name>`` must hold; None where the dataset cannot come from ``data.local_dirs``.
+    ``check`` raises what ``fetch`` would about a missing or empty source (a folder, a file, a
+    download not allowed) without fetching anything: the Snakefile calls it while the DAG is built.
     """
 
     channels: int
@@ -39,6 +41,7 @@ class DatasetInfo:
     fetch: Callable[[DataConfig, Path], None]
     load: Callable[[Path, str, DataConfig], ImageSet]
     local_files: dict[str, tuple[str, ...]] | None = None
+    check: Callable[[DataConfig], None] = lambda cfg: None
 
 
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> dict[str, np.ndarray]:

@@ -11,12 +11,14 @@ code; any ImageFolder tree is reachable through ``data.image_folders``.
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import pickle
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,12 +48,33 @@ FASHION_FILES = (
 )
 
 
+def _fashion_missing(src: Path) -> list[str]:
+    """The Fashion-MNIST files that ``src`` lacks (gzipped or not); a file of 0 bytes is lacking."""
+
+    def present(path: Path) -> bool:
+        return path.is_file() and path.stat().st_size > 0
+
+    return [f for f in FASHION_FILES if not present(src / f"{f}.gz") and not present(src / f)]
+
+
+def _check_fashion(cfg: DataConfig) -> None:
+    src = Path(cfg.fashion_mnist_dir)
+    missing = _fashion_missing(src)
+    if missing and not cfg.download:
+        raise DataError(
+            f"data.fashion_mnist_dir '{src}': expected the Fashion-MNIST idx files "
+            f"({', '.join(f + '.gz' for f in missing)}), found "
+            f"{'no such folder' if not src.is_dir() else 'them missing or empty'}; install Debian's "
+            "'dataset-fashion-mnist' package, point data.fashion_mnist_dir at the files, or set "
+            "data.download: true where the network is reachable"
+        )
+
+
 def _fetch_fashion(cfg: DataConfig, out: Path) -> None:
     src = Path(cfg.fashion_mnist_dir)
     raw = out / "FashionMNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
-    missing = [f for f in FASHION_FILES if not (src / f"{f}.gz").is_file() and not (src / f).is_file()]
-    if not missing:
+    if not _fashion_missing(src):
         for f in FASHION_FILES:
             if (src / f).is_file():
                 shutil.copyfile(src / f, raw / f)
@@ -65,16 +88,9 @@ def _fetch_fashion(cfg: DataConfig, out: Path) -> None:
                     f"found a corrupt or truncated one ({err})"
                 ) from err
         return
-    if cfg.download:
-        _tv("FashionMNIST")(str(out), train=True, download=True)
-        _tv("FashionMNIST")(str(out), train=False, download=True)
-        return
-    raise DataError(
-        f"data.fashion_mnist_dir '{src}': expected the Fashion-MNIST idx files "
-        f"({', '.join(f + '.gz' for f in missing)}), found none of them there; install Debian's "
-        "'dataset-fashion-mnist' package, point data.fashion_mnist_dir at the files, or set "
-        "data.download: true where the network is reachable"
-    )
+    _check_fashion(cfg)
+    _tv("FashionMNIST")(str(out), train=True, download=True)
+    _tv("FashionMNIST")(str(out), train=False, download=True)
 
 
 def _tv(name: str) -> type:
@@ -154,6 +170,11 @@ def _tv_loader(
 def _copy_local(key: str, name: str, src: Path, files: dict[str, tuple[str, ...]], out: Path) -> None:
     """Copy the files of both splits of ``files`` from ``src``, the folder of ``data.local_dirs.<key>``,
     into ``out`` at the same relative paths; checks all are there before copying any."""
+    _copy_files(key, name, src, _check_local(key, name, src, files), out)
+
+
+def _check_local(key: str, name: str, src: Path, files: dict[str, tuple[str, ...]]) -> list[str]:
+    """The files ``data.local_dirs.<key>`` must hold; raises when the folder or one is missing."""
     if not src.is_dir():
         raise DataError(
             f"data.local_dirs.{key}: expected a folder holding the {name} files, found "
@@ -166,6 +187,10 @@ def _copy_local(key: str, name: str, src: Path, files: dict[str, tuple[str, ...]
             f"data.local_dirs.{key} '{src}': expected the {name} files {wanted}, laid out as under "
             f"torchvision's root folder, found {missing} missing"
         )
+    return wanted
+
+
+def _copy_files(key: str, name: str, src: Path, wanted: list[str], out: Path) -> None:
     for f in wanted:
         (out / f).parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -189,12 +214,7 @@ def _fetch_torchvision(
             _copy_local(key, name, Path(cfg.local_dirs[key]).expanduser(), files, out)
             return
         # acquire hands over a fresh empty folder: without a download torchvision has nothing to read
-        if not cfg.download:
-            raise DataError(
-                f"data.local_dirs.{key} or data.download: expected a folder holding the {name} files "
-                "(laid out as under torchvision's root folder) or true to download them with "
-                "torchvision (network access needed), found no folder and download false"
-            )
+        _check_download(key, name, cfg)
         try:
             for split in ("train", "test"):
                 _tv(name)(str(out), download=True, **_split_args(split_kw, split))
@@ -206,6 +226,15 @@ def _fetch_torchvision(
             ) from err
 
     return fetch
+
+
+def _check_download(key: str, name: str, cfg: DataConfig) -> None:
+    if key not in cfg.local_dirs and not cfg.download:
+        raise DataError(
+            f"data.local_dirs.{key} or data.download: expected a folder holding the {name} files "
+            "(laid out as under torchvision's root folder) or true to download them with "
+            "torchvision (network access needed), found no folder and download false"
+        )
 
 
 def _torchvision_info(
@@ -224,6 +253,11 @@ def _torchvision_info(
         _fetch_torchvision(key, name, split_kw, files),
         _tv_loader(name, split_kw, files, md5),
         local_files=files,
+        check=lambda cfg: (
+            _check_local(key, name, Path(cfg.local_dirs[key]).expanduser(), files)
+            if key in cfg.local_dirs
+            else _check_download(key, name, cfg)
+        ),
     )
 
 
@@ -243,7 +277,11 @@ def _load_digits(raw: Path, split: str, cfg: DataConfig) -> ImageSet:
 
 DATASETS: dict[str, DatasetInfo] = {
     "fashion_mnist": DatasetInfo(
-        1, 28, _fetch_fashion, _tv_loader("FashionMNIST", "train", _idx_files("FashionMNIST"))
+        1,
+        28,
+        _fetch_fashion,
+        _tv_loader("FashionMNIST", "train", _idx_files("FashionMNIST")),
+        check=_check_fashion,
     ),
     "digits": DatasetInfo(1, 8, _fetch_digits, _load_digits),
     "mnist": _torchvision_info("mnist", "MNIST", "train", 1, 28, _idx_files("MNIST")),
@@ -273,8 +311,27 @@ def dataset_info(name: str, cfg: DataConfig) -> DatasetInfo:
     raise unknown("dataset", name, set(DATASETS) | set(cfg.image_folders))
 
 
-def acquire(name: str, cfg: DataConfig, out_dir: str | os.PathLike[str]) -> dict[str, str]:
-    """Fetch dataset ``name`` into ``out_dir`` and write ``manifest.json`` (sha256 of every file).
+def acquired_from(out_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The ``data`` fields the dataset in ``out_dir`` was acquired with (None: not acquired, or by
+    an older kshot)."""
+    try:
+        manifest = json.loads((Path(out_dir) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest.get("source") if isinstance(manifest, dict) else None
+
+
+def check_acquirable(name: str, cfg: DataConfig) -> None:
+    """Raise the :class:`DataError` that acquiring ``name`` would, where it can be known without
+    fetching: a missing or empty folder or file, a download that is not allowed."""
+    dataset_info(name, cfg).check(cfg)
+
+
+def acquire(
+    name: str, cfg: DataConfig, out_dir: str | os.PathLike[str], source: dict[str, Any] | None = None
+) -> dict[str, str]:
+    """Fetch dataset ``name`` into ``out_dir`` and write ``manifest.json`` (sha256 of every file,
+    and ``source``: the ``data`` fields it was acquired with, see :func:`acquired_from`).
 
     The folder is built under a temporary name and renamed into place when complete, so a failed or
     interrupted acquisition leaves no folder behind. Returns the manifest mapping.
@@ -286,7 +343,7 @@ def acquire(name: str, cfg: DataConfig, out_dir: str | os.PathLike[str]) -> dict
     try:
         info.fetch(cfg, tmp)
         manifest = {str(p.relative_to(tmp)): sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-        write_json(tmp / "manifest.json", {"dataset": name, "sha256": manifest})
+        write_json(tmp / "manifest.json", {"dataset": name, "source": source, "sha256": manifest})
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

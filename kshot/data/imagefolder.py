@@ -42,10 +42,22 @@ def _read_tree(root: Path, side: int) -> tuple[np.ndarray, np.ndarray, list[str]
     return images, np.asarray(tree.targets, dtype=np.int64), tree.classes
 
 
-def _fetch(root: Path):
-    def fetch(cfg: DataConfig, out: Path) -> None:
+def _check(root: Path):
+    def check(cfg: DataConfig) -> None:
         if not root.is_dir():
             raise DataError(f"image folder '{root}': expected an existing folder, found nothing")
+        if not any(p.is_dir() for p in root.iterdir()):
+            raise DataError(
+                f"image folder '{root}': expected one sub-folder per class (or train/ and test/), "
+                "found no sub-folder"
+            )
+
+    return check
+
+
+def _fetch(root: Path):
+    def fetch(cfg: DataConfig, out: Path) -> None:
+        _check(root)(cfg)
         parts = {"train": root / "train", "test": root / "test"}
         if not all(p.is_dir() for p in parts.values()):
             parts = {"all": root}
@@ -69,4 +81,4 @@ def _load(raw: Path, split: str, cfg: DataConfig) -> ImageSet:
 
 def imagefolder_info(name: str, root: Path) -> DatasetInfo:
     del name
-    return DatasetInfo(3, STORED_SIDE, _fetch(root), _load)
+    return DatasetInfo(3, STORED_SIDE, _fetch(root), _load, check=_check(root))

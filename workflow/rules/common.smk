@@ -1,19 +1,40 @@
 # Validation of the config and the input functions every rule shares.
 import functools
 import json
+import shlex
+import sys
+
+import torch
+from snakemake.settings.types import DeploymentMethod
 
 from kshot.config import TAG_PATTERN, replicate_benchmarks, with_replicates
 from kshot.errors import ConfigError, unknown
 from kshot.methods.grouped import GROUPED_KINDS
-from kshot.params import params_from_dict, params_to_dict
+from kshot.data.datasets import acquired_from, check_acquirable
+from kshot.jobs import acquire_entry, check_device, job_params
+from kshot.params import params_from_dict
 
 # the replicate study's sources and benchmarks (<name>_seed<s>)
 config.update(with_replicates(config))
 # kshot's validator, the one the command line uses too: one line naming the field, what was
 # expected and what was found, the nearest valid name. The rules read the validated PARAMS, and
-# pass the jobs their sections with every default explicit (PLAIN).
+# pass each job exactly what it reads (kshot.jobs), which is also its rerun fingerprint.
 PARAMS = params_from_dict(config)
-PLAIN = params_to_dict(PARAMS)
+# The device the jobs run on, resolved here: `auto` and `cpu` on a CPU machine are the same jobs,
+# and `cuda` without a GPU stops the run before any job. Jobs sent to a cluster resolve it where
+# they run.
+DEVICE = (
+    check_device(PARAMS.device, torch.cuda.is_available())
+    if workflow.local_exec
+    else PARAMS.device
+)
+# kshot through the interpreter that runs Snakemake: its environment is kshot's, activated or not
+# (with --sdm conda, the job's own environment's python).
+KSHOT = (
+    "python -m kshot"
+    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+    else f"{shlex.quote(sys.executable)} -m kshot"
+)
 
 RAW = PARAMS.data.raw_dir
 LOGS = "data/logs"  # the rules with a {root} wildcard log under {root}/logs: data/logs for the default run
@@ -33,15 +54,21 @@ wildcard_constraints:
     root=f"data|{REGIME_ROOT}",
 
 
-def params_json(*sections, **named):
-    """The config sections a stage depends on, as JSON: a stage reruns when these change.
+def job_json(command, wildcards):
+    """What job ``command`` with ``wildcards`` reads of the params, as JSON: the job reruns exactly
+    when this changes (kshot.jobs.job_params)."""
+    keys = dict(wildcards.items())
+    return json.dumps(job_params(PARAMS, command, DEVICE, **keys), sort_keys=True)
 
-    ``named`` picks one entry of a table, e.g. methods="full" keeps only methods.full.
-    """
-    out = {s: PLAIN[s] for s in sections}
-    for table, name in named.items():
-        out[table] = {name: PLAIN[table][name]}
-    return json.dumps(out, sort_keys=True)
+
+def acquire_json(wildcards, folder):
+    """The acquisition's params; when it will run (no dataset in ``folder`` yet, or one acquired
+    with other ``data`` fields), a missing or empty source stops the run here, before Snakemake
+    deletes the folder it would replace."""
+    source = acquire_entry(PARAMS.data, wildcards.dataset)
+    if acquired_from(folder) != source:
+        check_acquirable(wildcards.dataset, PARAMS.data)
+    return json.dumps({"data": source}, sort_keys=True)
 
 
 def entry(table, name):

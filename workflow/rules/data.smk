@@ -14,9 +14,9 @@ rule acquire:
     resources:
         mem_mb=2000,
     params:
-        cfg=lambda w: params_json("data"),
+        cfg=lambda w, output: acquire_json(w, output[0]),
     shell:
-        "python -m kshot acquire --dataset {wildcards.dataset} --out {output} "
+        "{KSHOT} acquire --dataset {wildcards.dataset} --out {output} "
         "--params-json {params.cfg:q} > {log} 2>&1"
 
 
@@ -40,9 +40,9 @@ rule prepare_source:
     resources:
         mem_mb=4000,
     params:
-        cfg=lambda w: params_json("data", "seed", sources=w.source),
+        cfg=lambda w: job_json("prepare-source", w),
     shell:
-        "python -m kshot prepare-source --source {wildcards.source} --raw {input.raw} "
+        "{KSHOT} prepare-source --source {wildcards.source} --raw {input.raw} "
         "--out {output} --params-json {params.cfg:q} > {log} 2>&1"
 
 
@@ -59,11 +59,9 @@ rule prepare_target:
     resources:
         mem_mb=4000,
     params:
-        cfg=lambda w: params_json(
-            "data", benchmarks=w.benchmark, sources=source_of(w.benchmark)
-        ),
+        cfg=lambda w: job_json("prepare-target", w),
     shell:
-        "python -m kshot prepare-target --benchmark {wildcards.benchmark} --raw {input.raw} "
+        "{KSHOT} prepare-target --benchmark {wildcards.benchmark} --raw {input.raw} "
         "--out {output} --params-json {params.cfg:q} > {log} 2>&1"
 
 
@@ -80,7 +78,7 @@ rule episodes:
     resources:
         mem_mb=2000,
     params:
-        cfg=lambda w: params_json("episodes", "seed"),
+        cfg=lambda w: job_json("episodes", w),
     shell:
-        "python -m kshot episodes --benchmark {wildcards.benchmark} --k {wildcards.k} "
+        "{KSHOT} episodes --benchmark {wildcards.benchmark} --k {wildcards.k} "
         "--target {input} --out {output} --params-json {params.cfg:q} > {log} 2>&1"

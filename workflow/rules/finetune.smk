@@ -18,11 +18,11 @@ rule finetune:
     resources:
         mem_mb=2000,
     params:
-        cfg=lambda w: params_json("seed", "device", "finetune", methods=w.method),
+        cfg=lambda w: job_json("finetune", w),
         out_dir=subpath(output.metrics, parent=True),
         groups=lambda w, input: f"--groups {input.groups}" if input.groups else "",
     shell:
-        "python -m kshot finetune --benchmark {wildcards.benchmark} --method {wildcards.method} "
+        "{KSHOT} finetune --benchmark {wildcards.benchmark} --method {wildcards.method} "
         "--k {wildcards.k} --checkpoint {input.ckpt} --target {input.target} "
         "--episodes {input.episodes} --out-dir {params.out_dir} {params.groups} --threads {threads} "
         "--params-json {params.cfg:q} > {log} 2>&1"

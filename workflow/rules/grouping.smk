@@ -17,9 +17,9 @@ rule activations:
     resources:
         mem_mb=2000,
     params:
-        cfg=lambda w: params_json("seed", "device"),
+        cfg=lambda w: job_json("activations", w),
     shell:
-        "python -m kshot activations --benchmark {wildcards.benchmark} --k {wildcards.k} --tag {wildcards.tag} "
+        "{KSHOT} activations --benchmark {wildcards.benchmark} --k {wildcards.k} --tag {wildcards.tag} "
         "--checkpoint {input.ckpt} --target {input.target} --episodes {input.episodes} "
         "--out {output} --threads {threads} --params-json {params.cfg:q} > {log} 2>&1"
 
@@ -42,10 +42,10 @@ rule group:
     resources:
         mem_mb=2000,
     params:
-        cfg=lambda w: params_json("seed", "device", methods=w.method),
+        cfg=lambda w: job_json("group", w),
         search=lambda w, input: f"--search {input.search}" if input.search else "",
     shell:
-        "python -m kshot group --benchmark {wildcards.benchmark} --method {wildcards.method} "
+        "{KSHOT} group --benchmark {wildcards.benchmark} --method {wildcards.method} "
         "--k {wildcards.k} --checkpoint {input.ckpt} --target {input.target} "
         "--episodes {input.episodes} --activations {input.acts} {params.search} "
         "--out {output.groups} --summary {output.summary} --threads {threads} "

@@ -16,8 +16,8 @@ rule pretrain:
     resources:
         mem_mb=4000,
     params:
-        cfg=lambda w: params_json("seed", "device", sources=w.source),
+        cfg=lambda w: job_json("pretrain", w),
     shell:
-        "python -m kshot pretrain --source {wildcards.source} --data {input} "
+        "{KSHOT} pretrain --source {wildcards.source} --data {input} "
         "--out {output.ckpt} --metrics {output.metrics} "
         "--params-json {params.cfg:q} > {log} 2>&1"

@@ -58,7 +58,7 @@ rule aggregate:
         figures=subpath(output.figure, parent=True),
         baseline="full",
     shell:
-        "python -m kshot aggregate --runs {input.runs} --sources {input.sources} "
+        "{KSHOT} aggregate --runs {input.runs} --sources {input.sources} "
         "--episodes {input.episodes} --tables-dir {params.tables} --figures-dir {params.figures} "
         "--metrics {output.metrics} --plots-dir {output.plots} --baseline {params.baseline} "
         "> {log} 2>&1"
@@ -102,7 +102,7 @@ rule group_figures:
         images=500,
         seed=PARAMS.seed,
     shell:
-        "python -m kshot group-figures --checkpoint {input.ckpt} --target {input.target} "
+        "{KSHOT} group-figures --checkpoint {input.ckpt} --target {input.target} "
         "--benchmark {wildcards.benchmark} --out-dir {params.out_dir} --groups {params.groups} "
         "--images {params.images} --seed {params.seed} > {log} 2>&1"
 
@@ -145,7 +145,7 @@ rule search_report:
         tables=subpath(output.table, parent=True),
         figures=subpath(output.curves, parent=True),
     shell:
-        "python -m kshot search-report --traces {input.traces} --labels {params.labels:q} "
+        "{KSHOT} search-report --traces {input.traces} --labels {params.labels:q} "
         "--tables-dir {params.tables} --figures-dir {params.figures} > {log} 2>&1"
 
 
@@ -176,5 +176,5 @@ rule notebook:
     resources:
         mem_mb=4000,
     shell:
-        "python -m kshot notebook --template {input.template} --out {output.ipynb} "
+        "{KSHOT} notebook --template {input.template} --out {output.ipynb} "
         "--html {output.html} --cwd . --param ROOT=. --param BASELINE=full > {log} 2>&1"

@@ -16,9 +16,9 @@ rule search:
     resources:
         mem_mb=4000,
     params:
-        cfg=lambda w: params_json("seed", "device", "finetune", "search"),
+        cfg=lambda w: job_json("search", w),
     shell:
-        "python -m kshot search --benchmark {wildcards.benchmark} "
+        "{KSHOT} search --benchmark {wildcards.benchmark} "
         "--strategy {wildcards.strategy} --checkpoint {input.ckpt} --target {input.target} "
         "--episodes {input.episodes} --activations {input.acts} --out {output} --threads {threads} "
         "--params-json {params.cfg:q} > {log} 2>&1"
