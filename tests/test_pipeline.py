@@ -145,8 +145,7 @@ def test_regime_study_writes_its_own_files_apart_from_the_default_runs(pipeline_
         "pairs": [["grouped", "full"], ["full_long", "full"]],
     }
     (work / "params.yaml").write_text(yaml.safe_dump(params))
-    # params-only triggers left out: the extra dataset changes the `data` section every job records
-    planned = planned_outputs(work, "regime", "--rerun-triggers", "mtime", "input", "code")
+    planned = planned_outputs(work, "regime")
     assert "data/regime/checkpoints/digits04_wide/source.pt" in planned
     assert "data/regime/runs/tiny/full_long/k1/metrics.json" in planned
     assert "data/regime/runs/tiny_wide/grouped/k1/metrics.json" in planned
@@ -158,6 +157,89 @@ def test_regime_study_writes_its_own_files_apart_from_the_default_runs(pipeline_
     shared = ("/runs/tiny/full/", "/runs/tiny/grouped/", "/checkpoints/digits04/", "/episodes/tiny/")
     again = [p for p in planned if any(s in p for s in shared)]
     assert not again, f"the regime redoes the default run's jobs: {again}"
+
+
+def shapes_folder(root: Path) -> Path:
+    """An image-folder dataset of two classes, four images each."""
+    folder = root / "shapes"
+    for c in ("a", "b"):
+        (folder / c).mkdir(parents=True)
+        for i in range(4):
+            Image.new("L", (16, 16), 60 * i).save(folder / c / f"{i}.png")
+    return folder
+
+
+def _shapes(params: dict, root: Path, run: bool) -> None:
+    params["data"]["image_folders"] = {"shapes": str(shapes_folder(root))}
+    params["benchmarks"]["tiny_shapes"] = {"source": "digits04", "target": "shapes", "target_classes": [0, 1]}
+    if run:
+        params["run"]["benchmarks"].append("tiny_shapes")
+
+
+def _set(params: dict, path: str, value) -> None:
+    *head, last = path.split(".")
+    node = params
+    for key in head:
+        node = node[key]
+    node[last] = value
+
+
+EDITS = {
+    # edit -> (change the params, the finished outputs of data/ that must be made again)
+    "auto-device-on-a-cpu-machine": (lambda p, root: _set(p, "device", "auto"), set()),
+    "a-dataset-and-benchmark-not-run": (lambda p, root: _shapes(p, root, run=False), set()),
+    "a-dataset-and-benchmark-run": (lambda p, root: _shapes(p, root, run=True), set()),
+    "another-k": (lambda p, root: _set(p, "episodes.k", [1, 2]), set()),
+    "one-method-fewer": (lambda p, root: p["run"]["methods"].remove("linear"), set()),
+    "a-method-more": (
+        lambda p, root: (
+            p["methods"].update(full_long={"kind": "full", "steps": 8}),
+            p["run"]["methods"].append("full_long"),
+        ),
+        set(),
+    ),
+    "a-search-option-the-default-strategy": (lambda p, root: _set(p, "search.strategy", "random"), set()),
+    "the-fine-tuning-lr": (
+        lambda p, root: _set(p, "finetune.lr", 0.02),
+        # every gradient method and the search read it; the centroid classifier does not
+        {
+            f"data/runs/tiny/{m}/k1/metrics.json"
+            for m in ("full", "linear", "l2sp", "grouped", "grouped_random", "grouped_rl")
+        }
+        | {f"data/search/tiny/k1/{s}.json" for s in ("reinforce", "random")}
+        | {f"data/groups/tiny/grouped_rl/k1.{e}" for e in ("pt", "json")},
+    ),
+    "one-methods-groups": (
+        lambda p, root: _set(p, "methods.grouped.groups", 0.25),
+        {
+            "data/runs/tiny/grouped/k1/metrics.json",
+            "data/groups/tiny/grouped/k1.pt",
+            "data/groups/tiny/grouped/k1.json",
+        },
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("edit", list(EDITS))
+def test_an_edit_reruns_exactly_the_jobs_that_read_what_changed(pipeline_dir, tmp_path, edit):
+    """Each job's rerun fingerprint is what it reads: adding a dataset, benchmark, k or method,
+    dropping one, or writing the device that `auto` resolves to plans no finished job again; a
+    changed value plans exactly the jobs that read it (and the reports after them)."""
+    from tests.conftest import TINY_PARAMS
+
+    work = tmp_path / "copy"
+    shutil.copytree(pipeline_dir, work, symlinks=True)
+    finished = {
+        str(p.relative_to(work)) for p in (work / "data").rglob("*") if p.is_file() or p.name in ("digits",)
+    }
+    params = copy.deepcopy(TINY_PARAMS)
+    change, expected = EDITS[edit]
+    change(params, tmp_path)
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    planned = set(planned_outputs(work))
+    again = {p for p in planned if p in finished and p.startswith("data/")}
+    assert again == expected
 
 
 @pytest.mark.slow
