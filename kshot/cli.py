@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -179,7 +181,7 @@ def cmd_search(args: argparse.Namespace, raw: dict[str, Any]) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace, raw: dict[str, Any]) -> None:
-    runner.run_episodes(
+    summary = runner.run_episodes(
         benchmark=args.benchmark,
         method_name=args.method,
         spec=_method(raw, args.method),
@@ -192,6 +194,13 @@ def cmd_finetune(args: argparse.Namespace, raw: dict[str, Any]) -> None:
         groups=_path(args.groups),
         search=_path(args.search),
     )
+    diverged = [ep["episode"] for ep in summary["episodes"] if ep.get("diverged_step") is not None]
+    if diverged:
+        args.warn(
+            f"{args.method} k={args.k} on {args.benchmark} diverged (a non-finite loss) on "
+            f"{len(diverged)} of {len(summary['episodes'])} episodes; their accuracy is that of the "
+            "last state the validation kept, and the results table says so"
+        )
 
 
 def cmd_compare(args: argparse.Namespace, raw: dict[str, Any]) -> None:
@@ -297,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
         group.add_argument("--params", default="params.yaml", help="params YAML file")
         group.add_argument("--params-json", help="params as a JSON string (used by the rules)")
         p.add_argument("--threads", type=_threads, default=None, help="torch CPU threads")
+        p.add_argument(
+            "--log", default=None, help="write the output here; errors and warnings also to the console"
+        )
         for arg in required:
             p.add_argument(f"--{arg}", required=True)
         p.set_defaults(fn=fn, needs_params=True)
@@ -304,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def report(name: str, fn, help_: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_)
+        p.add_argument(
+            "--log", default=None, help="write the output here; errors and warnings also to the console"
+        )
         p.set_defaults(fn=fn, needs_params=False, threads=None)
         return p
 
@@ -391,11 +406,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _to_log(path: Path):
+    """Send this process's stdout and stderr to ``path`` (created with its folder); returns a
+    stream to the console's stderr as it was before."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    console = os.fdopen(os.dup(2), "w", buffering=1)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    return console
+
+
 def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # malloc reuses freed feature maps: see kshot.runtime
     # SIGTERM (Snakemake cancelling a job) unwinds like an exception, so temporary files are removed
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     args = build_parser().parse_args(argv)
+    console = _to_log(Path(args.log)) if args.log else None
+
+    def say(line: str) -> None:
+        """One line to stderr, and to the console too when stderr goes to a log."""
+        print(line, file=sys.stderr, flush=True)
+        if console is not None:
+            print(line, file=console, flush=True)
+
+    args.warn = lambda message: say(f"kshot {args.command}: warning: {message}")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -405,6 +443,13 @@ def main(argv: list[str] | None = None) -> int:
         args.fn(args, raw)
     except KshotError as err:
         message = " | ".join(line.strip() for line in str(err).splitlines() if line.strip())
-        print(f"kshot {args.command}: error: {message}", file=sys.stderr)
+        say(f"kshot {args.command}: error: {message}")
         return 2
+    except Exception as err:  # a bug, not a user's error: the traceback goes to the log
+        traceback.print_exc()
+        if console is None:
+            raise
+        first = " ".join(str(err).split())[:300]
+        say(f"kshot {args.command}: internal error {type(err).__name__}: {first} (traceback in {args.log})")
+        return 1
     return 0

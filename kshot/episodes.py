@@ -109,15 +109,10 @@ def sample_episode(
     )
 
 
-def make_episodes(
-    pool_labels: torch.Tensor,
-    test_labels: torch.Tensor,
-    k: int,
-    cfg: EpisodeConfig,
-    seed: int,
-    benchmark: str,
-) -> dict:
-    """All evaluation and search episodes of one benchmark and k, as a JSON-ready dict."""
+def check_sizes(pool_labels: torch.Tensor, test_labels: torch.Tensor, k: int, cfg: EpisodeConfig) -> int:
+    """Raise unless every class has the ``k`` support and ``val_per_class`` images of an episode in
+    the pool and ``test_per_class`` in the test split; returns the number of classes. The
+    Snakefile calls it on an existing prepared target while the DAG is built."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ConfigError(f"k: expected an integer number of shots >= 1, found {k!r}")
     n_classes = int(pool_labels.max()) + 1
@@ -130,6 +125,19 @@ def make_episodes(
                 f"episodes.test_per_class: expected at most {int(counts[small])} (target class "
                 f"#{small} has only that many test images), found {cfg.test_per_class}"
             )
+    return n_classes
+
+
+def make_episodes(
+    pool_labels: torch.Tensor,
+    test_labels: torch.Tensor,
+    k: int,
+    cfg: EpisodeConfig,
+    seed: int,
+    benchmark: str,
+) -> dict:
+    """All evaluation and search episodes of one benchmark and k, as a JSON-ready dict."""
+    n_classes = check_sizes(pool_labels, test_labels, k, cfg)
     pool, test = pool_labels.numpy(), test_labels.numpy()
     out: dict = {"benchmark": benchmark, "k": k, "seed": seed, "n_classes": n_classes}
     roles = (("eval", cfg.n_episodes), ("search", cfg.search_episodes), ("select", cfg.select_episodes))

@@ -262,7 +262,7 @@ def run_episodes(
             "artifacts": artifacts,
         }
     )
-    records, timings = [], []
+    records, timings, resumed = [], [], []
     for raw in ep_file[role]:
         ep = Episode.from_dict(raw)
         path = run_files.episode_path(out_dir, ep.id)
@@ -270,6 +270,7 @@ def run_episodes(
         if done is not None:
             records.append(done[0])
             timings.append(done[1])
+            resumed.append(ep.id)
             continue
         start = time.perf_counter()
         model, _ = load_checkpoint(inputs.checkpoint)
@@ -314,4 +315,9 @@ def run_episodes(
         "episodes": records,
     }
     run_files.save_run(out_dir, summary, timings)
+    if resumed:
+        print(
+            f"{method_name} k={k}: resumed {len(resumed)} of {len(records)} episodes finished by an "
+            f"earlier run with the same inputs ({run_files.episode_path(out_dir, resumed[0]).parent})"
+        )
     return summary

@@ -208,6 +208,7 @@ def main_tables(summary: pd.DataFrame, baseline: str, order: Sequence[str] | Non
             f"every method). Δ: paired difference to `{baseline}` in percentage points, its 95% CI "
             "computed on per-episode differences; * when that CI excludes 0. Bold: best mean per k."
         )
+        note += diverged_note(g)
         cols = ["method"] + [f"k={k}" for k in ks] + [f"k={k}" for k in ks]
         tables.append(
             Table(
@@ -221,6 +222,21 @@ def main_tables(summary: pd.DataFrame, baseline: str, order: Sequence[str] | Non
             )
         )
     return tables
+
+
+def diverged_note(g: pd.DataFrame) -> str:
+    """The caption's warning when runs diverged (a non-finite loss): which, on how many episodes;
+    their accuracy is that of the last finite state the validation kept."""
+    if "n_diverged" not in g or not (g.n_diverged.fillna(0) > 0).any():
+        return ""
+    cells = [
+        f"{r.method} k={int(r.k)} ({int(r.n_diverged)}/{int(r.n_episodes)})"
+        for r in g[g.n_diverged.fillna(0) > 0].sort_values(["method", "k"]).itertuples()
+    ]
+    return (
+        " **Diverged** (a non-finite training loss; the accuracy is that of the best state the "
+        f"validation kept before it): {', '.join(cells)}."
+    )
 
 
 def numerics_label(record: Mapping[str, Any] | None) -> str:

@@ -32,6 +32,7 @@ from kshot.models import LeNet
 from kshot.params import params_from_dict, parse_method
 from kshot.report import load_runs, summarise
 from kshot.runner import StageInputs, prepare_target_stage, run_episodes
+from kshot.tables import main_tables
 
 
 @pytest.fixture(scope="module")
@@ -342,6 +343,8 @@ def test_divergent_learning_rate_marks_every_episode_and_the_report_counts_it(tm
     assert [ep["diverged_step"] for ep in saved["episodes"]] == steps
     table = summarise(load_runs([tmp_path / "run" / "metrics.json"]), "full")
     assert table.loc[0, "n_diverged"] == len(steps) == 2
+    (caption,) = [t.note for t in main_tables(table, "full")]
+    assert "**Diverged**" in caption and "full k=1 (2/2)" in caption
 
 
 def test_damaged_episode_file_is_recomputed_not_trusted(tmp_path, upstream):

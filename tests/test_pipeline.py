@@ -242,6 +242,68 @@ def test_an_edit_reruns_exactly_the_jobs_that_read_what_changed(pipeline_dir, tm
     assert again == expected
 
 
+def _data_files(work: Path) -> dict[str, int]:
+    return {str(p.relative_to(work)): p.stat().st_mtime_ns for p in (work / "data").rglob("*") if p.is_file()}
+
+
+BREAKS = {
+    # a value the DAG can judge -> the one-line error the console shows before any job runs
+    "test-per-class-too-large": ("episodes.test_per_class", 500, "episodes.test_per_class: expected at most"),
+    "val-per-class-too-large": ("episodes.val_per_class", 400, "episodes.val_per_class"),
+    "cuda-without-a-gpu": ("device", "cuda", "device: expected a CUDA GPU for 'cuda', found none"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(BREAKS))
+def test_a_broken_value_stops_the_run_before_any_job_and_fixing_it_leaves_nothing_to_do(
+    pipeline_dir, tmp_path, name
+):
+    import torch
+
+    from tests.conftest import TINY_PARAMS
+
+    field, value, message = BREAKS[name]
+    if name == "cuda-without-a-gpu" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    work = tmp_path / "copy"
+    shutil.copytree(pipeline_dir, work, symlinks=True)
+    before = _data_files(work)
+    params = copy.deepcopy(TINY_PARAMS)
+    _set(params, field, value)
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = run_snakemake(work, check=False, quiet=False)
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr
+    assert _data_files(work) == before  # nothing deleted, nothing rewritten
+    (work / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
+    assert "Nothing to be done" in run_snakemake(work, "-n").stdout
+
+
+@pytest.mark.slow
+def test_a_job_time_error_shows_its_one_line_on_the_console_and_loses_no_finished_file(
+    pipeline_dir, tmp_path
+):
+    """A corrupt image can only be found by reading it, in the acquisition job: the console shows
+    kshot's line (not just "check log file(s)"), and the finished files are as they were."""
+    from tests.conftest import TINY_PARAMS
+
+    work = tmp_path / "copy"
+    shutil.copytree(pipeline_dir, work, symlinks=True)
+    before = _data_files(work)
+    params = copy.deepcopy(TINY_PARAMS)
+    _shapes(params, tmp_path, run=True)
+    bad = tmp_path / "shapes" / "a" / "broken.png"
+    bad.write_bytes(b"not a png")
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = run_snakemake(work, check=False, quiet=False)
+    assert proc.returncode != 0
+    assert f"kshot acquire: error: image file '{bad}': expected a readable image" in proc.stderr
+    after = _data_files(work)
+    assert {p: t for p, t in after.items() if p in before} == before
+    assert not (work / "data/raw/shapes").exists()  # and nothing half-written
+
+
 @pytest.mark.slow
 def test_replicate_study_runs_new_sources_apart_and_tabulates_each_and_across(pipeline_dir, tmp_path):
     """The replicate study pre-trains the source again per seed and runs the methods on new

@@ -57,9 +57,26 @@ def _fashion_missing(src: Path) -> list[str]:
     return [f for f in FASHION_FILES if not present(src / f"{f}.gz") and not present(src / f)]
 
 
+def _check_gzip(path: Path) -> None:
+    """Raise unless ``path`` decompresses to its end (a truncated download or copy does not)."""
+    try:
+        with gzip.open(path, "rb") as f:
+            while f.read(1 << 22):
+                pass
+    except (OSError, EOFError) as err:
+        raise DataError(
+            f"Fashion-MNIST file '{path}': expected a gzipped idx file, "
+            f"found a corrupt or truncated one ({err})"
+        ) from err
+
+
 def _check_fashion(cfg: DataConfig) -> None:
     src = Path(cfg.fashion_mnist_dir)
     missing = _fashion_missing(src)
+    if not missing:
+        for f in FASHION_FILES:
+            if not (src / f).is_file():
+                _check_gzip(src / f"{f}.gz")
     if missing and not cfg.download:
         raise DataError(
             f"data.fashion_mnist_dir '{src}': expected the Fashion-MNIST idx files "
@@ -79,14 +96,9 @@ def _fetch_fashion(cfg: DataConfig, out: Path) -> None:
             if (src / f).is_file():
                 shutil.copyfile(src / f, raw / f)
                 continue
-            try:
-                with gzip.open(src / f"{f}.gz", "rb") as fin, open(raw / f, "wb") as fout:
-                    shutil.copyfileobj(fin, fout)
-            except (OSError, EOFError) as err:
-                raise DataError(
-                    f"Fashion-MNIST file '{src / f}.gz': expected a gzipped idx file, "
-                    f"found a corrupt or truncated one ({err})"
-                ) from err
+            _check_gzip(src / f"{f}.gz")
+            with gzip.open(src / f"{f}.gz", "rb") as fin, open(raw / f, "wb") as fout:
+                shutil.copyfileobj(fin, fout)
         return
     _check_fashion(cfg)
     _tv("FashionMNIST")(str(out), train=True, download=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from kshot.errors import DataError
 from kshot.io import load_tensors, save_tensors
 
@@ -38,3 +40,14 @@ def load_target(path: Path, benchmark: str, keys: tuple[str, ...]) -> dict[str, 
     data = load_prepared(path, (*keys, "meta") if "meta" not in keys else keys)
     check_target_of(path, data["meta"], benchmark)
     return data
+
+
+def target_labels(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The pool and test labels of a prepared target, read lazily (memory-mapped, no checksum):
+    a quick look for checks made while the DAG is built. None when the file is missing or not a
+    prepared target; the job that reads it says why."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return obj["pool_y"], obj["test_y"]
+    except Exception:  # any unreadable file: the stage that reads it reports it by name
+        return None

@@ -3,12 +3,15 @@ import functools
 import json
 import shlex
 import sys
+from pathlib import Path
 
 import torch
 from snakemake.settings.types import DeploymentMethod
 
 from kshot.config import TAG_PATTERN, replicate_benchmarks, with_replicates
+from kshot.episodes import check_sizes
 from kshot.errors import ConfigError, unknown
+from kshot.files.prepared import target_labels
 from kshot.methods.grouped import GROUPED_KINDS
 from kshot.data.datasets import acquired_from, check_acquirable
 from kshot.jobs import acquire_entry, check_device, job_params
@@ -69,6 +72,15 @@ def acquire_json(wildcards, folder):
     if acquired_from(folder) != source:
         check_acquirable(wildcards.dataset, PARAMS.data)
     return json.dumps({"data": source}, sort_keys=True)
+
+
+def episodes_json(wildcards, target):
+    """The episodes job's params; sizes its existing prepared ``target`` cannot satisfy (k,
+    val_per_class, test_per_class) stop the run here, before Snakemake deletes the episodes."""
+    labels = target_labels(Path(target))
+    if labels is not None:
+        check_sizes(*labels, int(wildcards.k), PARAMS.episodes)
+    return job_json("episodes", wildcards)
 
 
 def entry(table, name):

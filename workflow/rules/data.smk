@@ -17,7 +17,7 @@ rule acquire:
         cfg=lambda w, output: acquire_json(w, output[0]),
     shell:
         "{KSHOT} acquire --dataset {wildcards.dataset} --out {output} "
-        "--params-json {params.cfg:q} > {log} 2>&1"
+        "--params-json {params.cfg:q} --log {log}"
 
 
 use rule acquire as acquire_regime with:
@@ -43,7 +43,7 @@ rule prepare_source:
         cfg=lambda w: job_json("prepare-source", w),
     shell:
         "{KSHOT} prepare-source --source {wildcards.source} --raw {input.raw} "
-        "--out {output} --params-json {params.cfg:q} > {log} 2>&1"
+        "--out {output} --params-json {params.cfg:q} --log {log}"
 
 
 rule prepare_target:
@@ -62,7 +62,7 @@ rule prepare_target:
         cfg=lambda w: job_json("prepare-target", w),
     shell:
         "{KSHOT} prepare-target --benchmark {wildcards.benchmark} --raw {input.raw} "
-        "--out {output} --params-json {params.cfg:q} > {log} 2>&1"
+        "--out {output} --params-json {params.cfg:q} --log {log}"
 
 
 rule episodes:
@@ -78,7 +78,7 @@ rule episodes:
     resources:
         mem_mb=2000,
     params:
-        cfg=lambda w: job_json("episodes", w),
+        cfg=lambda w, input: episodes_json(w, input[0]),
     shell:
         "{KSHOT} episodes --benchmark {wildcards.benchmark} --k {wildcards.k} "
-        "--target {input} --out {output} --params-json {params.cfg:q} > {log} 2>&1"
+        "--target {input} --out {output} --params-json {params.cfg:q} --log {log}"

@@ -25,4 +25,4 @@ rule finetune:
         "{KSHOT} finetune --benchmark {wildcards.benchmark} --method {wildcards.method} "
         "--k {wildcards.k} --checkpoint {input.ckpt} --target {input.target} "
         "--episodes {input.episodes} --out-dir {params.out_dir} {params.groups} --threads {threads} "
-        "--params-json {params.cfg:q} > {log} 2>&1"
+        "--params-json {params.cfg:q} --log {log}"

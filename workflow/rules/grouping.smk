@@ -21,7 +21,7 @@ rule activations:
     shell:
         "{KSHOT} activations --benchmark {wildcards.benchmark} --k {wildcards.k} --tag {wildcards.tag} "
         "--checkpoint {input.ckpt} --target {input.target} --episodes {input.episodes} "
-        "--out {output} --threads {threads} --params-json {params.cfg:q} > {log} 2>&1"
+        "--out {output} --threads {threads} --params-json {params.cfg:q} --log {log}"
 
 
 # One file per benchmark, grouped method and k: the assignments of every evaluation episode, with
@@ -49,4 +49,4 @@ rule group:
         "--k {wildcards.k} --checkpoint {input.ckpt} --target {input.target} "
         "--episodes {input.episodes} --activations {input.acts} {params.search} "
         "--out {output.groups} --summary {output.summary} --threads {threads} "
-        "--params-json {params.cfg:q} > {log} 2>&1"
+        "--params-json {params.cfg:q} --log {log}"

@@ -20,4 +20,4 @@ rule pretrain:
     shell:
         "{KSHOT} pretrain --source {wildcards.source} --data {input} "
         "--out {output.ckpt} --metrics {output.metrics} "
-        "--params-json {params.cfg:q} > {log} 2>&1"
+        "--params-json {params.cfg:q} --log {log}"

@@ -31,7 +31,7 @@ rule compare:
         extra="",
     shell:
         "{KSHOT} compare --kind {params.kind} --runs {input.runs} "
-        "--pairs {params.pairs} --out-stem {params.stem} {params.extra} > {log} 2>&1"
+        "--pairs {params.pairs} --out-stem {params.stem} {params.extra} --log {log}"
 
 
 use rule compare as compare_regime with:

@@ -61,7 +61,7 @@ rule aggregate:
         "{KSHOT} aggregate --runs {input.runs} --sources {input.sources} "
         "--episodes {input.episodes} --tables-dir {params.tables} --figures-dir {params.figures} "
         "--metrics {output.metrics} --plots-dir {output.plots} --baseline {params.baseline} "
-        "> {log} 2>&1"
+        "--log {log}"
 
 
 rule group_figures:
@@ -104,7 +104,7 @@ rule group_figures:
     shell:
         "{KSHOT} group-figures --checkpoint {input.ckpt} --target {input.target} "
         "--benchmark {wildcards.benchmark} --out-dir {params.out_dir} --groups {params.groups} "
-        "--images {params.images} --seed {params.seed} > {log} 2>&1"
+        "--images {params.images} --seed {params.seed} --log {log}"
 
 
 rule search_report:
@@ -146,7 +146,7 @@ rule search_report:
         figures=subpath(output.curves, parent=True),
     shell:
         "{KSHOT} search-report --traces {input.traces} --labels {params.labels:q} "
-        "--tables-dir {params.tables} --figures-dir {params.figures} > {log} 2>&1"
+        "--tables-dir {params.tables} --figures-dir {params.figures} --log {log}"
 
 
 rule notebook:
@@ -177,4 +177,4 @@ rule notebook:
         mem_mb=4000,
     shell:
         "{KSHOT} notebook --template {input.template} --out {output.ipynb} "
-        "--html {output.html} --cwd . --param ROOT=. --param BASELINE=full > {log} 2>&1"
+        "--html {output.html} --cwd . --param ROOT=. --param BASELINE=full --log {log}"

@@ -21,4 +21,4 @@ rule search:
         "{KSHOT} search --benchmark {wildcards.benchmark} "
         "--strategy {wildcards.strategy} --checkpoint {input.ckpt} --target {input.target} "
         "--episodes {input.episodes} --activations {input.acts} --out {output} --threads {threads} "
-        "--params-json {params.cfg:q} > {log} 2>&1"
+        "--params-json {params.cfg:q} --log {log}"
