@@ -5,6 +5,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
+from kshot.params import read_params_file
+
+# Snakemake's own message for invalid YAML names no line: kshot's reader names the file, line, column
+read_params_file("params.yaml")
+
+
 configfile: "params.yaml"
 
 

@@ -29,6 +29,9 @@ SEARCH_STRATEGIES = ("reinforce", "random")  # kshot.search
 FEATURES = ("support", "support+pool")  # kshot.activations
 TAG_PATTERN = r"support(\+pool\d+)?(-raw)?"  # an ActivationSpec's tag; the Snakemake wildcard's too
 DEVICES = ("auto", "cpu", "cuda")
+# A number as YAML 1.2 writes it that YAML 1.1 (PyYAML: Snakemake's, DVC's and our loader) reads as a
+# string: an exponent without a dot or without a sign (1e6, 2.5e-3 is read as a number already).
+YAML12_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _type_name(tp: Any) -> str:
@@ -68,6 +71,8 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
     if tp is float:
+        if isinstance(value, str) and YAML12_NUMBER.fullmatch(value):
+            return float(value)  # `1e6`: a number in YAML 1.2, a string to PyYAML's YAML 1.1
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}: expected a number, found {value!r}")
         return float(value)
@@ -106,6 +111,16 @@ def from_dict(cls: type[T], data: Any, where: str) -> T:
     if validate is not None:
         validate(where)
     return obj
+
+
+def check_eval_every(where: str, steps: int, eval_every: int) -> None:
+    """The validation (every ``eval_every`` steps and at the last) picks the stopping step: with
+    ``eval_every`` over ``steps`` it would see the last step only."""
+    if eval_every > steps:
+        raise ConfigError(
+            f"{where}.eval_every: expected at most the {steps} fine-tuning steps (validation every "
+            f"eval_every steps picks the stopping step; more sees only the last), found {eval_every}"
+        )
 
 
 def _positive(where: str, name: str, value: float | int | None, strict: bool = True) -> None:
@@ -238,6 +253,7 @@ class FinetuneConfig:
     def validate(self, where: str) -> None:
         for name in ("steps", "lr", "eval_every"):
             _positive(where, name, getattr(self, name))
+        check_eval_every(where, self.steps, self.eval_every)
         _positive(where, "weight_decay", self.weight_decay, strict=False)
         _positive(where, "momentum", self.momentum, strict=False)
         if self.head_init not in ("random", "zero", "centroid"):

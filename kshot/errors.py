@@ -47,3 +47,12 @@ def yaml_error(path: object, err: Exception) -> ConfigError:
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
     problem = getattr(err, "problem", None) or " ".join(str(err).split())
     return ConfigError(f"params file '{path}': expected valid YAML, found a syntax error{where}: {problem}")
+
+
+def finding(err: BaseException) -> str:
+    """A library's error message as the ``found ...`` part of ours: one line, without a leading
+    ``Found`` of its own (torchvision's "Found no valid file ..." would read "found Found no ...")."""
+    text = " ".join(str(err).split())
+    if text[:6].lower() == "found ":
+        text = text[6:]
+    return text[:1].lower() + text[1:] if text[:2] != text[:2].upper() else text

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from kshot.config import MethodSpec, Params, from_dict
+from kshot.config import MethodSpec, Params, check_eval_every, from_dict
 from kshot.data.datasets import DATASETS, local_dir_datasets
 from kshot.errors import ConfigError, unknown, yaml_error
 from kshot.methods import METHODS
@@ -54,6 +54,11 @@ def check_registries(params: Params) -> Params:
         if bench.target not in datasets:
             raise unknown(f"benchmarks.{name}.target", bench.target, datasets)
     methods = {name: parse_method(name, spec) for name, spec in params.methods.items()}
+    for name, spec in methods.items():
+        steps = getattr(spec.options, "steps", None) or params.finetune.steps
+        every = getattr(spec.options, "eval_every", None) or params.finetune.eval_every
+        if every > steps:  # with the method's overrides of the finetune block
+            check_eval_every(f"methods.{name} (with finetune)", steps, every)
     return dataclasses.replace(params, methods=methods)
 
 

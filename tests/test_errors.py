@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,15 +20,16 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY_PARAMS
+from conftest import REPO, TINY_PARAMS
 from PIL import Image
 from upstream import build_upstream
 
 from kshot.cli import main
 from kshot.config import DataConfig, FinetuneConfig
-from kshot.data.datasets import acquire, load_split
+from kshot.data.datasets import FASHION_FILES, acquire, check_acquirable, load_split
 from kshot.episodes import make_episodes
 from kshot.errors import CheckpointError, ConfigError, DataError
+from kshot.jobs import check_device
 from kshot.models import LeNet
 from kshot.params import params_from_dict, parse_method
 from kshot.report import load_runs, summarise
@@ -609,3 +611,152 @@ def test_run_metrics_without_episodes_are_refused(tmp_path):
     bad.write_text(json.dumps({"benchmark": "b", "method": "m", "k": 1}))
     with pytest.raises(DataError, match=r"run metrics '.*metrics.json': expected an 'episodes' list"):
         load_runs([bad])
+
+
+# --- issue 19: errors raised while the DAG is built, on the console, and numbers YAML 1.1 misreads ---
+
+
+def _default_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def test_an_exponent_without_a_dot_is_a_number_not_a_string():
+    raw = _default_params()
+    raw["finetune"]["lr"] = "1e-2"  # what PyYAML (YAML 1.1) makes of `lr: 1e-2`
+    raw["methods"]["grouped"]["groups"] = "2.5e-1"
+    params = params_from_dict(raw)
+    assert params.finetune.lr == 0.01 and params.methods["grouped"].options.groups == 0.25
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("lr", "1e", "finetune.lr: expected a number, found '1e'"),
+        ("steps", "1e3", "finetune.steps: expected an integer, found '1e3'"),
+        ("eval_every", 200, "finetune.eval_every: expected at most the 100 fine-tuning steps"),
+    ],
+    ids=["not-a-number", "exponent-for-an-integer", "eval-every-over-steps"],
+)
+def test_finetune_values_refused_by_name(field, value, message):
+    raw = _default_params()
+    raw["finetune"][field] = value
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        params_from_dict(raw)
+
+
+def test_eval_every_over_a_methods_own_steps_names_the_method():
+    raw = _default_params()
+    raw["methods"]["short"] = {"kind": "full", "steps": 5}
+    with pytest.raises(
+        ConfigError, match=r"methods\.short \(with finetune\)\.eval_every: expected at most the 5"
+    ):
+        params_from_dict(raw)
+
+
+def test_cuda_without_a_gpu_is_refused_and_auto_resolves():
+    assert check_device("auto", cuda_available=False) == "cpu"
+    assert check_device("auto", cuda_available=True) == "cuda"
+    with pytest.raises(ConfigError, match=r"device: expected a CUDA GPU for 'cuda', found none"):
+        check_device("cuda", cuda_available=False)
+
+
+def _fashion_dir(root: Path, truncate: str | None = None, empty: str | None = None) -> Path:
+    import gzip
+
+    root.mkdir(parents=True, exist_ok=True)
+    for name in FASHION_FILES:
+        path = root / f"{name}.gz"
+        path.write_bytes(gzip.compress(bytes(4096)))
+        if name == truncate:
+            path.write_bytes(path.read_bytes()[:-20])
+        if name == empty:
+            path.write_bytes(b"")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda d: d, "found no such folder"),
+        (lambda d: (d.mkdir(), d)[1], "found them missing or empty"),
+        (
+            lambda d: _fashion_dir(d, empty="t10k-images-idx3-ubyte"),
+            "t10k-images-idx3-ubyte.gz), found them missing",
+        ),
+        (
+            lambda d: _fashion_dir(d, truncate="train-labels-idx1-ubyte"),
+            "train-labels-idx1-ubyte.gz': expected a gzipped",
+        ),
+    ],
+    ids=["no-folder", "empty-folder", "empty-file", "truncated-file"],
+)
+def test_fashion_source_problems_are_found_without_acquiring(tmp_path, setup, message):
+    folder = setup(tmp_path / "fm")
+    with pytest.raises(DataError, match=re.escape(message)):
+        check_acquirable("fashion_mnist", DataConfig(fashion_mnist_dir=str(folder)))
+    assert not (tmp_path / "raw").exists()
+
+
+def test_a_complete_fashion_source_passes_the_check(tmp_path):
+    check_acquirable("fashion_mnist", DataConfig(fashion_mnist_dir=str(_fashion_dir(tmp_path / "fm"))))
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            {"local_dirs": {"mnist": "/nowhere/mnist"}},
+            "data.local_dirs.mnist: expected a folder holding the MNIST files",
+        ),
+        ({}, "data.local_dirs.mnist or data.download: expected a folder"),
+    ],
+    ids=["local-folder-missing", "no-folder-no-download"],
+)
+def test_a_torchvision_dataset_without_its_files_is_refused_before_acquiring(data, message):
+    with pytest.raises(DataError, match=re.escape(message)):
+        check_acquirable("mnist", DataConfig(**data))
+
+
+def test_an_image_folder_without_class_folders_is_refused_before_acquiring(tmp_path):
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "loose.png").write_bytes(b"x")
+    cfg = DataConfig(image_folders={"tree": str(tmp_path / "tree")})
+    with pytest.raises(
+        DataError, match=r"image folder '.*tree': expected one sub-folder per class.*found no sub-folder"
+    ):
+        check_acquirable("tree", cfg)
+
+
+def test_an_image_folder_with_an_empty_class_never_says_found_found(tmp_path):
+    (tmp_path / "tree" / "a").mkdir(parents=True)
+    cfg = DataConfig(image_folders={"tree": str(tmp_path / "tree")})
+    with pytest.raises(DataError) as err:
+        acquire("tree", cfg, tmp_path / "raw" / "tree")
+    assert "found no valid file" in str(err.value) and "found Found" not in str(err.value)
+    assert not (tmp_path / "raw" / "tree").exists()
+
+
+def test_a_job_logging_to_a_file_prints_its_error_on_the_console_too(tmp_path, upstream):
+    out, log = tmp_path / "k1.json", tmp_path / "logs" / "episodes.log"
+    proc = run_cli(
+        tmp_path, "episodes", "--benchmark", "tiny", "--k", "1", "--target", str(upstream["target"]),
+        "--out", str(out), "--params-json", params_json(episodes={"test_per_class": 999}),
+        "--log", str(log),
+    )  # fmt: skip
+    line = assert_one_line_error(proc, "kshot episodes: error: episodes.test_per_class: expected at most")
+    assert log.read_text().strip() == line
+    assert not out.exists()
+
+
+def test_an_internal_error_in_a_logged_job_names_its_log_and_keeps_the_traceback_there(tmp_path):
+    log = tmp_path / "acquire.log"
+    # --out under a file: mkdir fails with an OSError that is no user-input error kshot knows
+    (tmp_path / "file").write_text("")
+    proc = run_cli(
+        tmp_path, "acquire", "--dataset", "digits", "--out", str(tmp_path / "file" / "digits"),
+        "--params-json", "{}", "--log", str(log),
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith("kshot acquire: internal error")
+    assert f"(traceback in {log})" in proc.stderr
+    assert "Traceback" in log.read_text()

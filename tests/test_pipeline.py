@@ -406,3 +406,28 @@ def test_gpu_profile_gives_the_one_gpu_to_every_rule_that_runs_torch_on_the_devi
     }
     assert on_device >= {"pretrain", "activations", "search", "finetune"}, on_device
     assert {r for r, res in profile["set-resources"].items() if res == {"gpu": 1}} == on_device
+
+
+def test_invalid_yaml_stops_snakemake_with_the_file_line_and_column(tmp_path):
+    (tmp_path / "params.yaml").write_text("seed: 0\nfinetune:\n  lr: [0.1\n  steps: 3\n")
+    proc = run_snakemake(tmp_path, "-n", check=False, quiet=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "params file 'params.yaml': expected valid YAML, found a syntax error at line 4, column 8" in out
+    assert "is not valid JSON or YAML" not in out
+    assert not (tmp_path / "data").exists()
+
+
+def test_snakemake_run_without_activating_the_environment_runs_kshot_with_its_python(tmp_path):
+    """The rules call kshot through the interpreter that runs Snakemake, not a bare `python`."""
+    from tests.conftest import TINY_PARAMS
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
+    env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root")}  # no venv on PATH
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+         "--cores", "1", "data/raw/digits"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "data/raw/digits/manifest.json").is_file()

@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from kshot.config import DataConfig
 from kshot.data.base import DatasetInfo, ImageSet, load_npz, stratified_split
-from kshot.errors import DataError
+from kshot.errors import DataError, finding
 
 STORED_SIDE = 64
 
@@ -28,7 +28,7 @@ def _read_tree(root: Path, side: int) -> tuple[np.ndarray, np.ndarray, list[str]
     except FileNotFoundError as err:
         raise DataError(
             f"image folder '{root}': expected one sub-folder per class, each with at least one "
-            f"image (.jpg, .png, ...), found {err}"
+            f"image (.jpg, .png, ...), found {finding(err)}"
         ) from err
     images = np.empty((len(tree.samples), side, side, 3), dtype=np.uint8)
     for i, (path, _) in enumerate(tree.samples):
