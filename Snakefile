@@ -30,6 +30,18 @@ rule all:
         final_outputs(),
 
 
+# After `dvc pull`/`dvc checkout`, outputs that match dvc.lock are marked up to date (kshot/settle.py).
+onsuccess:
+    if not workflow.dryrun:
+        write_stamp(stamped_outputs())
+
+
+if settle_wanted():
+    note = agree_with_dvc(stamped_outputs(), workflow.main_snakefile)
+    if note:
+        print(note, file=sys.stderr)
+
+
 # One target per phase; dvc.yaml runs each phase as a DVC stage.
 rule stage_data:
     input:

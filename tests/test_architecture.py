@@ -62,7 +62,7 @@ LAYERS = [
         "kshot.files.runs",
     },
     {"kshot.tables", "kshot.figures", "kshot.report", "kshot.regime", "kshot.notebook"},
-    {"kshot.runner", "kshot.cli", "kshot.__main__"},
+    {"kshot.runner", "kshot.cli", "kshot.__main__", "kshot.settle"},
 ]
 
 # Imports made inside a function on purpose, each with its reason (none to dodge a cycle).

@@ -44,10 +44,12 @@ def dvc(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     return proc
 
 
-@pytest.mark.slow
-def test_dvc_repro_runs_every_stage_then_has_nothing_to_do_and_the_regime_leaves_it_so(tmp_path):
+@pytest.fixture(scope="module")
+def dvc_project(tmp_path_factory):
+    """The tiny project after `dvc init` and a first `dvc repro`."""
     if shutil.which("dvc", path=str(BIN)) is None:
         pytest.skip("dvc is not installed in this environment")
+    tmp_path = tmp_path_factory.mktemp("dvc")
     for name in COPIED:
         src, dst = REPO / name, tmp_path / name
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -63,8 +65,14 @@ def test_dvc_repro_runs_every_stage_then_has_nothing_to_do_and_the_regime_leaves
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     dvc(tmp_path, "init", "--no-scm", "-q")
-
     dvc(tmp_path, "repro")
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_every_stage_then_has_nothing_to_do_and_the_regime_leaves_it_so(dvc_project, tmp_path):
+    tmp_path = tmp_path / "work"
+    shutil.copytree(dvc_project, tmp_path, symlinks=True)
 
     lock = yaml.safe_load((tmp_path / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"data", "pretrain", "activations", "finetune", "report"}
@@ -78,8 +86,70 @@ def test_dvc_repro_runs_every_stage_then_has_nothing_to_do_and_the_regime_leaves
     assert "Running stage" not in again.stdout + again.stderr
 
     # the regime study, as the README runs it, writes beside DVC's outputs, not into them
-    proc = run(tmp_path, "snakemake", "regime", "--cores", "2", "--rerun-triggers", "params", "input", "code")
+    proc = run(tmp_path, "snakemake", "regime", "--cores", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "reports/regime/regime.md").exists()
     assert (tmp_path / "data/regime/runs/tiny_wide/full_long/k1/metrics.json").exists()
     assert "up to date" in dvc(tmp_path, "status").stdout
+
+
+def assert_agree(workdir: Path) -> None:
+    """Snakemake has nothing to do and DVC finds every stage up to date."""
+    proc = run(workdir, "snakemake", "-n", "--cores", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Nothing to be done" in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-3000:]
+    assert "up to date" in dvc(workdir, "status").stdout
+
+
+def in_git(workdir: Path) -> set[str]:
+    """The outputs dvc.yaml leaves to git (its metrics, cache: false)."""
+    stages = yaml.safe_load((workdir / "dvc.yaml").read_text())["stages"]
+    return {
+        next(iter(m)) if isinstance(m, dict) else m for s in stages.values() for m in s.get("metrics", [])
+    }
+
+
+def dvc_outs(workdir: Path) -> list[str]:
+    """The outputs DVC keeps in its cache."""
+    lock = yaml.safe_load((workdir / "dvc.lock").read_text())
+    outs = [out["path"] for stage in lock["stages"].values() for out in stage.get("outs", [])]
+    return [p for p in outs if p not in in_git(workdir)]
+
+
+@pytest.mark.slow
+def test_after_dvc_checkout_a_fresh_dvc_pull_or_an_older_commit_snakemake_agrees_with_dvc(
+    dvc_project, tmp_path
+):
+    work = tmp_path / "work"
+    shutil.copytree(dvc_project, work, symlinks=True)
+    dvc(work, "remote", "add", "-d", "local", str(tmp_path / "remote"))
+    dvc(work, "push", "-q")
+
+    # the outputs gone, then restored from the cache: new times, in any order
+    for out in dvc_outs(work):
+        shutil.rmtree(work / out) if (work / out).is_dir() else (work / out).unlink()
+    dvc(work, "checkout", "-q")
+    assert_agree(work)
+
+    # a fresh clone: the project's files and dvc.lock, no data and no .snakemake, then `dvc pull`
+    clone = tmp_path / "clone"
+    for name in [*COPIED, "params.yaml", "dvc.lock", *in_git(work)]:
+        src, dst = work / name, clone / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
+    shutil.copytree(work / ".dvc", clone / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp"))
+    dvc(clone, "pull", "-q")
+    assert_agree(clone)
+
+    # an older commit: run a changed value, then restore the earlier params.yaml, dvc.lock and
+    # metrics (what `git checkout` does) and their outputs (`dvc checkout`)
+    before = {name: (work / name).read_text() for name in ("params.yaml", "dvc.lock", *in_git(work))}
+    params = yaml.safe_load(before["params.yaml"])
+    params["finetune"]["lr"] = 0.02
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    dvc(work, "repro")
+    assert (work / "dvc.lock").read_text() != before["dvc.lock"]
+    for name, text in before.items():
+        (work / name).write_text(text)
+    dvc(work, "checkout", "-q")
+    assert_agree(work)

@@ -1,12 +1,11 @@
 # Validation of the config and the input functions every rule shares.
 import functools
 import json
-import shlex
+import os
 import sys
 from pathlib import Path
 
 import torch
-from snakemake.settings.types import DeploymentMethod
 
 from kshot.config import TAG_PATTERN, replicate_benchmarks, with_replicates
 from kshot.episodes import check_sizes
@@ -16,6 +15,7 @@ from kshot.methods.grouped import GROUPED_KINDS
 from kshot.data.datasets import acquired_from, check_acquirable
 from kshot.jobs import acquire_entry, check_device, job_params
 from kshot.params import params_from_dict
+from kshot.settle import agree_with_dvc, write_stamp
 
 # the replicate study's sources and benchmarks (<name>_seed<s>)
 config.update(with_replicates(config))
@@ -31,12 +31,17 @@ DEVICE = (
     if workflow.local_exec
     else PARAMS.device
 )
-# kshot through the interpreter that runs Snakemake: its environment is kshot's, activated or not
-# (with --sdm conda, the job's own environment's python).
-KSHOT = (
-    "python -m kshot"
-    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
-    else f"{shlex.quote(sys.executable)} -m kshot"
+
+
+# Rules run `python -m kshot`: the interpreter that runs Snakemake comes first on the jobs' PATH,
+# so its environment is kshot's, activated or not (with --sdm conda, the job's own environment is
+# activated over it). The interpreter's path is no part of any job's fingerprint.
+envvars:
+    "PATH",
+
+
+os.environ["PATH"] = os.pathsep.join(
+    [os.path.dirname(sys.executable), os.environ["PATH"]]
 )
 
 RAW = PARAMS.data.raw_dir
@@ -76,7 +81,8 @@ def acquire_json(wildcards, folder):
 
 def episodes_json(wildcards, target):
     """The episodes job's params; sizes its existing prepared ``target`` cannot satisfy (k,
-    val_per_class, test_per_class) stop the run here, before Snakemake deletes the episodes."""
+    val_per_class, test_per_class) stop the run here, before Snakemake deletes the episodes.
+    """
     labels = target_labels(Path(target))
     if labels is not None:
         check_sizes(*labels, int(wildcards.k), PARAMS.episodes)
@@ -297,3 +303,20 @@ def final_outputs():
     if comparison_pairs("ablation"):
         out.append("reports/tables/ablation.md")
     return out
+
+
+def stamped_outputs():
+    """The default run's outputs, whose times kshot.settle compares with the last run's."""
+    return sorted(set(default_outputs()) | set(final_outputs()))
+
+
+def settle_wanted():
+    """Whether this Snakemake, reading params.yaml alone on this machine, should check DVC's
+    restored outputs (not with --config or --configfile: DVC's params are the file's).
+    """
+    return (
+        workflow.is_main_process
+        and workflow.local_exec
+        and not workflow.config_settings.overwrite_config
+        and not workflow.overwrite_configfiles
+    )

@@ -16,7 +16,7 @@ rule acquire:
     params:
         cfg=lambda w, output: acquire_json(w, output[0]),
     shell:
-        "{KSHOT} acquire --dataset {wildcards.dataset} --out {output} "
+        "python -m kshot acquire --dataset {wildcards.dataset} --out {output} "
         "--params-json {params.cfg:q} --log {log}"
 
 
@@ -42,7 +42,7 @@ rule prepare_source:
     params:
         cfg=lambda w: job_json("prepare-source", w),
     shell:
-        "{KSHOT} prepare-source --source {wildcards.source} --raw {input.raw} "
+        "python -m kshot prepare-source --source {wildcards.source} --raw {input.raw} "
         "--out {output} --params-json {params.cfg:q} --log {log}"
 
 
@@ -61,7 +61,7 @@ rule prepare_target:
     params:
         cfg=lambda w: job_json("prepare-target", w),
     shell:
-        "{KSHOT} prepare-target --benchmark {wildcards.benchmark} --raw {input.raw} "
+        "python -m kshot prepare-target --benchmark {wildcards.benchmark} --raw {input.raw} "
         "--out {output} --params-json {params.cfg:q} --log {log}"
 
 
@@ -80,5 +80,5 @@ rule episodes:
     params:
         cfg=lambda w, input: episodes_json(w, input[0]),
     shell:
-        "{KSHOT} episodes --benchmark {wildcards.benchmark} --k {wildcards.k} "
+        "python -m kshot episodes --benchmark {wildcards.benchmark} --k {wildcards.k} "
         "--target {input} --out {output} --params-json {params.cfg:q} --log {log}"

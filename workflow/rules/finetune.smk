@@ -22,7 +22,7 @@ rule finetune:
         out_dir=subpath(output.metrics, parent=True),
         groups=lambda w, input: f"--groups {input.groups}" if input.groups else "",
     shell:
-        "{KSHOT} finetune --benchmark {wildcards.benchmark} --method {wildcards.method} "
+        "python -m kshot finetune --benchmark {wildcards.benchmark} --method {wildcards.method} "
         "--k {wildcards.k} --checkpoint {input.ckpt} --target {input.target} "
         "--episodes {input.episodes} --out-dir {params.out_dir} {params.groups} --threads {threads} "
         "--params-json {params.cfg:q} --log {log}"

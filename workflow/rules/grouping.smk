@@ -19,7 +19,7 @@ rule activations:
     params:
         cfg=lambda w: job_json("activations", w),
     shell:
-        "{KSHOT} activations --benchmark {wildcards.benchmark} --k {wildcards.k} --tag {wildcards.tag} "
+        "python -m kshot activations --benchmark {wildcards.benchmark} --k {wildcards.k} --tag {wildcards.tag} "
         "--checkpoint {input.ckpt} --target {input.target} --episodes {input.episodes} "
         "--out {output} --threads {threads} --params-json {params.cfg:q} --log {log}"
 
@@ -45,7 +45,7 @@ rule group:
         cfg=lambda w: job_json("group", w),
         search=lambda w, input: f"--search {input.search}" if input.search else "",
     shell:
-        "{KSHOT} group --benchmark {wildcards.benchmark} --method {wildcards.method} "
+        "python -m kshot group --benchmark {wildcards.benchmark} --method {wildcards.method} "
         "--k {wildcards.k} --checkpoint {input.ckpt} --target {input.target} "
         "--episodes {input.episodes} --activations {input.acts} {params.search} "
         "--out {output.groups} --summary {output.summary} --threads {threads} "

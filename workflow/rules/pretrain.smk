@@ -18,6 +18,6 @@ rule pretrain:
     params:
         cfg=lambda w: job_json("pretrain", w),
     shell:
-        "{KSHOT} pretrain --source {wildcards.source} --data {input} "
+        "python -m kshot pretrain --source {wildcards.source} --data {input} "
         "--out {output.ckpt} --metrics {output.metrics} "
         "--params-json {params.cfg:q} --log {log}"

@@ -30,7 +30,7 @@ rule compare:
         stem=subpath(output.table, strip_suffix=".md"),
         extra="",
     shell:
-        "{KSHOT} compare --kind {params.kind} --runs {input.runs} "
+        "python -m kshot compare --kind {params.kind} --runs {input.runs} "
         "--pairs {params.pairs} --out-stem {params.stem} {params.extra} --log {log}"
 
 

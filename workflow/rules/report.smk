@@ -58,7 +58,7 @@ rule aggregate:
         figures=subpath(output.figure, parent=True),
         baseline="full",
     shell:
-        "{KSHOT} aggregate --runs {input.runs} --sources {input.sources} "
+        "python -m kshot aggregate --runs {input.runs} --sources {input.sources} "
         "--episodes {input.episodes} --tables-dir {params.tables} --figures-dir {params.figures} "
         "--metrics {output.metrics} --plots-dir {output.plots} --baseline {params.baseline} "
         "--log {log}"
@@ -102,7 +102,7 @@ rule group_figures:
         images=500,
         seed=PARAMS.seed,
     shell:
-        "{KSHOT} group-figures --checkpoint {input.ckpt} --target {input.target} "
+        "python -m kshot group-figures --checkpoint {input.ckpt} --target {input.target} "
         "--benchmark {wildcards.benchmark} --out-dir {params.out_dir} --groups {params.groups} "
         "--images {params.images} --seed {params.seed} --log {log}"
 
@@ -145,7 +145,7 @@ rule search_report:
         tables=subpath(output.table, parent=True),
         figures=subpath(output.curves, parent=True),
     shell:
-        "{KSHOT} search-report --traces {input.traces} --labels {params.labels:q} "
+        "python -m kshot search-report --traces {input.traces} --labels {params.labels:q} "
         "--tables-dir {params.tables} --figures-dir {params.figures} --log {log}"
 
 
@@ -176,5 +176,5 @@ rule notebook:
     resources:
         mem_mb=4000,
     shell:
-        "{KSHOT} notebook --template {input.template} --out {output.ipynb} "
+        "python -m kshot notebook --template {input.template} --out {output.ipynb} "
         "--html {output.html} --cwd . --param ROOT=. --param BASELINE=full --log {log}"

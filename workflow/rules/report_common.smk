@@ -4,7 +4,10 @@ import os
 REPORT_FIG = "reports/figures"
 REPORT_TAB = "reports/tables"
 # the notebook is workflow source: found beside the Snakefile, whatever the working directory
+# relative where the project is the working directory, so moving it reruns nothing
 NOTEBOOK_TEMPLATE = os.path.join(workflow.basedir, "reports", "analysis.ipynb")
+if not os.path.relpath(NOTEBOOK_TEMPLATE).startswith(".."):
+    NOTEBOOK_TEMPLATE = os.path.relpath(NOTEBOOK_TEMPLATE)
 
 
 def report_benchmarks():

@@ -18,7 +18,7 @@ rule search:
     params:
         cfg=lambda w: job_json("search", w),
     shell:
-        "{KSHOT} search --benchmark {wildcards.benchmark} "
+        "python -m kshot search --benchmark {wildcards.benchmark} "
         "--strategy {wildcards.strategy} --checkpoint {input.ckpt} --target {input.target} "
         "--episodes {input.episodes} --activations {input.acts} --out {output} --threads {threads} "
         "--params-json {params.cfg:q} --log {log}"
