@@ -226,8 +226,14 @@ def cmd_compare(args: argparse.Namespace, raw: dict[str, Any]) -> None:
 
 
 def cmd_aggregate(args: argparse.Namespace, raw: dict[str, Any]) -> None:
-    from kshot.report import write_results
+    from kshot.report import target_notes, write_results
 
+    try:
+        targets = json.loads(args.targets) if args.targets else {}
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"--targets: expected a JSON object, found invalid JSON ({err})") from err
+    if not isinstance(targets, dict):
+        raise ConfigError(f"--targets: expected a JSON object, found {type(targets).__name__}")
     write_results(
         [Path(p) for p in args.runs],
         [Path(p) for p in args.sources],
@@ -237,6 +243,7 @@ def cmd_aggregate(args: argparse.Namespace, raw: dict[str, Any]) -> None:
         metrics_path=_path(args.metrics),
         plots_dir=_path(args.plots_dir),
         episodes=[Path(p) for p in args.episodes],
+        targets=target_notes(targets),
     )
 
 
@@ -381,6 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", default=None, help="headline metrics JSON to write")
     p.add_argument("--plots-dir", default=None, help="folder for plot-ready CSVs")
     p.add_argument("--baseline", default="full")
+    p.add_argument(
+        "--targets",
+        default=None,
+        help='JSON: per benchmark {"dataset", "classes", "raw"} (its target classes, named in the caption)',
+    )
     p = report("group-figures", cmd_group_figures, "Fig. 1 view (filters by group) and neuron embedding")
     for name in ("checkpoint", "target", "benchmark", "out-dir"):
         p.add_argument(f"--{name}", required=True)

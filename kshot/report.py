@@ -17,7 +17,7 @@ Writers (each a report command of :mod:`kshot.cli`):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +27,22 @@ import torch
 from torch import nn
 
 from kshot.activations import layer_activations
+from kshot.data.datasets import class_names
 from kshot.errors import DataError
 from kshot.files.checkpoint import load_checkpoint
 from kshot.files.prepared import load_prepared
 from kshot.grouping import cluster_quality, group_neurons, normalise_patterns, resolve_count
 from kshot.io import atomic_path, read_json, write_json, write_text
 from kshot.stats import mean_ci, paired_diff, significant
-from kshot.tables import Table, main_tables, search_table, source_table, to_latex, to_markdown
+from kshot.tables import (
+    Table,
+    main_tables,
+    search_table,
+    source_table,
+    target_classes_note,
+    to_latex,
+    to_markdown,
+)
 
 __all__ = [
     "load_runs",
@@ -175,6 +184,19 @@ def chance_levels(episode_files: Sequence[Path]) -> dict[str, float]:
     return out
 
 
+def target_notes(targets: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """Per benchmark, the caption's target classes from ``{"dataset", "classes", "raw"}`` (its target
+    dataset, its classes' labels there, and the folder the dataset was acquired in)."""
+    notes = {}
+    for bench, t in targets.items():
+        missing = sorted({"dataset", "classes", "raw"} - set(t))
+        if missing:
+            raise DataError(f"--targets: expected dataset, classes and raw for '{bench}', missing {missing}")
+        names = class_names(t["dataset"], Path(t["raw"]))
+        notes[bench] = target_classes_note(t["dataset"], t["classes"], names)
+    return notes
+
+
 def write_results(
     runs: list[Path],
     sources: list[Path],
@@ -184,6 +206,7 @@ def write_results(
     metrics_path: Path | None = None,
     plots_dir: Path | None = None,
     episodes: Sequence[Path] = (),
+    targets: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Write, from run and source metrics:
 
@@ -193,6 +216,7 @@ def write_results(
       method than ``baseline`` ran);
     - ``metrics_path`` (optional): :func:`headline_metrics` JSON; ``plots_dir`` (optional):
       :func:`write_plot_data` CSVs. ``episodes`` (optional): episode files, for chance levels.
+      ``targets`` (optional): per benchmark, its target classes for the caption.
 
     Returns the summary frame (``results.csv``).
     """
@@ -202,7 +226,7 @@ def write_results(
     summary = summarise(df, baseline)
     with atomic_path(tables_dir / "results.csv") as tmp:
         summary.to_csv(tmp, index=False, float_format="%.4f")
-    tables = main_tables(summary, baseline)
+    tables = main_tables(summary, baseline, targets=targets)
     src_rows = [read_json(p, what="source metrics") for p in sources]
     if src_rows:
         src = source_table(src_rows)

@@ -162,9 +162,15 @@ def to_latex(t: Table, label: str | None = None) -> str:
 # ---------------------------------------------------------------- main results
 
 
-def main_tables(summary: pd.DataFrame, baseline: str, order: Sequence[str] | None = None) -> list[Table]:
+def main_tables(
+    summary: pd.DataFrame,
+    baseline: str,
+    order: Sequence[str] | None = None,
+    targets: Mapping[str, str] | None = None,
+) -> list[Table]:
     """One table per benchmark: methods x k, mean test accuracy ± 95% CI, then the paired
-    difference against ``baseline`` per k (``*`` when its CI excludes 0).
+    difference against ``baseline`` per k (``*`` when its CI excludes 0). ``targets``: per
+    benchmark, its target classes as the caption names them (:func:`target_classes_note`).
 
     The best mean of each k column is bold, and so is every mean equal to it at the printed
     precision (a tie the reader cannot tell apart is shown as a tie).
@@ -208,6 +214,8 @@ def main_tables(summary: pd.DataFrame, baseline: str, order: Sequence[str] | Non
             f"every method). Δ: paired difference to `{baseline}` in percentage points, its 95% CI "
             "computed on per-episode differences; * when that CI excludes 0. Bold: best mean per k."
         )
+        if targets and bench in targets:
+            note += f" Target classes: {targets[bench]}."
         note += diverged_note(g)
         cols = ["method"] + [f"k={k}" for k in ks] + [f"k={k}" for k in ks]
         tables.append(
@@ -222,6 +230,16 @@ def main_tables(summary: pd.DataFrame, baseline: str, order: Sequence[str] | Non
             )
         )
     return tables
+
+
+def target_classes_note(dataset: str, classes: Sequence[int], names: Sequence[str] | None) -> str:
+    """``fashion_mnist 5 Sandal, 6 Shirt, ...``: a benchmark's target classes, by their label in
+    ``dataset`` and, where it has other names, by name, in the episodes' label order (0, 1, ...)."""
+    cells = []
+    for c in classes:
+        name = names[c] if names is not None and 0 <= c < len(names) else None
+        cells.append(f"{c} {name}" if name is not None and name != str(c) else str(c))
+    return f"{dataset} {', '.join(cells)}"
 
 
 def diverged_note(g: pd.DataFrame) -> str:

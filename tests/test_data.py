@@ -16,7 +16,7 @@ import scipy.io
 import torch
 
 from kshot.config import DataConfig, from_dict
-from kshot.data.datasets import DATASETS, ImageSet, acquire, load_split
+from kshot.data.datasets import DATASETS, ImageSet, acquire, class_names, load_split
 from kshot.data.prepare import select_classes, to_geometry
 from kshot.errors import ConfigError, DataError
 from kshot.params import params_from_dict
@@ -52,6 +52,22 @@ def test_fashion_from_debian_style_gz_files_loads_both_splits(tmp_path):
     test = load_split("fashion_mnist", "test", cfg, tmp_path / "raw")
     assert train.images.shape == (30, 1, 28, 28) and train.images.dtype == torch.uint8
     assert test.labels.tolist() == [i % 10 for i in range(20)]
+
+
+def test_class_names_in_label_order_for_registry_datasets_and_image_folders(tmp_path):
+    from PIL import Image
+
+    assert class_names("fashion_mnist", tmp_path)[5:] == ["Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    assert class_names("digits", tmp_path) == [str(d) for d in range(10)]
+    assert class_names("cifar10", tmp_path)[:2] == ["airplane", "automobile"]
+    tree = tmp_path / "pets"
+    for c in ("dog", "cat", "bird"):  # made in another order than the alphabetical one
+        (tree / c).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tree / c / "0.png")
+    acquire("pets", DataConfig(image_folders={"pets": str(tree)}), tmp_path / "raw" / "pets")
+    assert class_names("pets", tmp_path / "raw" / "pets") == ["bird", "cat", "dog"]
+    with pytest.raises(DataError, match=r"dataset folder '.*nowhere': expected train_classes.txt"):
+        class_names("pets", tmp_path / "nowhere")
 
 
 def test_missing_fashion_files_name_the_folder_and_leave_nothing(tmp_path):

@@ -69,6 +69,7 @@ def test_pipeline_writes_the_results_table_with_every_method(pipeline_dir):
     assert table.test_acc.between(0, 100).all()
     md = (pipeline_dir / "reports" / "tables" / "results.md").read_text()
     assert "### tiny" in md and "Source pre-training" in md
+    assert "Target classes: digits 5, 6, 7, 8, 9." in md
     assert (pipeline_dir / "reports" / "figures" / "accuracy_vs_k.png").stat().st_size > 1000
 
 

@@ -21,6 +21,7 @@ from kshot.report import (
     markdown_table,
     mean_ci,
     summarise,
+    target_notes,
     write_results,
     write_search_report,
 )
@@ -186,6 +187,20 @@ def test_main_table_bolds_ties_at_printed_precision_and_lists_the_baseline_first
     best_col = [row[1] for row in t.bold]
     assert best_col == [False, True, False]
     assert t.cells[0][2] == "—"
+
+
+def test_main_table_caption_names_the_target_classes_by_label_and_name(tmp_path):
+    summary = summarise(_runs(), "full")
+    notes = target_notes({"b": {"dataset": "fashion_mnist", "classes": [9, 5], "raw": str(tmp_path)}})
+    assert notes == {"b": "fashion_mnist 9 Ankle boot, 5 Sandal"}
+    (t,) = main_tables(summary, "full", targets=notes)
+    assert t.note.endswith("Target classes: fashion_mnist 9 Ankle boot, 5 Sandal.")
+    digits = target_notes({"b": {"dataset": "digits", "classes": [5, 6], "raw": str(tmp_path)}})
+    assert digits == {"b": "digits 5, 6"}  # a label that is its own name is not repeated
+    with pytest.raises(
+        DataError, match=r"--targets: expected dataset, classes and raw for 'b', missing \['raw'\]"
+    ):
+        target_notes({"b": {"dataset": "digits", "classes": [5]}})
 
 
 def test_latex_table_escapes_names_and_spans_the_two_column_groups():

@@ -34,6 +34,8 @@ class DatasetInfo:
     ``data.local_dirs.<name>`` must hold; None where the dataset cannot come from ``data.local_dirs``.
     ``check`` raises what ``fetch`` would about a missing or empty source (a folder, a file, a
     download not allowed) without fetching anything: the Snakefile calls it while the DAG is built.
+    ``names`` gives the class names in label order from the acquired folder (None: the labels are
+    the classes' only names).
     """
 
     channels: int
@@ -42,6 +44,7 @@ class DatasetInfo:
     load: Callable[[Path, str, DataConfig], ImageSet]
     local_files: dict[str, tuple[str, ...]] | None = None
     check: Callable[[DataConfig], None] = lambda cfg: None
+    names: Callable[[Path], list[str]] | None = None
 
 
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> dict[str, np.ndarray]:

@@ -25,7 +25,7 @@ import torch
 
 from kshot.config import DataConfig
 from kshot.data.base import DatasetInfo, ImageSet, load_npz, stratified_split
-from kshot.data.imagefolder import imagefolder_info
+from kshot.data.imagefolder import folder_class_names, imagefolder_info
 from kshot.errors import DataError, unknown
 from kshot.io import sha256, write_json
 
@@ -256,9 +256,11 @@ def _torchvision_info(
     channels: int,
     size: int,
     files: dict[str, tuple[str, ...]],
+    names: list[str],
     md5: bool = False,
 ) -> DatasetInfo:
-    """Registry entry ``key`` read by torchvision's class ``name``; fetch and load share ``files``."""
+    """Registry entry ``key`` read by torchvision's class ``name``; fetch and load share ``files``;
+    ``names``: its classes' names in label order."""
     return DatasetInfo(
         channels,
         size,
@@ -270,7 +272,16 @@ def _torchvision_info(
             if key in cfg.local_dirs
             else _check_download(key, name, cfg)
         ),
+        names=_named(names),
     )
+
+
+DIGIT_NAMES = [str(d) for d in range(10)]
+CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def _named(names: list[str]) -> Callable[[Path], list[str]]:
+    return lambda raw: list(names)
 
 
 def _fetch_digits(cfg: DataConfig, out: Path) -> None:
@@ -294,17 +305,32 @@ DATASETS: dict[str, DatasetInfo] = {
         _fetch_fashion,
         _tv_loader("FashionMNIST", "train", _idx_files("FashionMNIST")),
         check=_check_fashion,
+        names=lambda raw: list(_tv("FashionMNIST").classes),
     ),
-    "digits": DatasetInfo(1, 8, _fetch_digits, _load_digits),
-    "mnist": _torchvision_info("mnist", "MNIST", "train", 1, 28, _idx_files("MNIST")),
+    "digits": DatasetInfo(1, 8, _fetch_digits, _load_digits, names=_named(DIGIT_NAMES)),
+    "mnist": _torchvision_info("mnist", "MNIST", "train", 1, 28, _idx_files("MNIST"), DIGIT_NAMES),
     "usps": _torchvision_info(
-        "usps", "USPS", "train", 1, 16, {"train": ("usps.bz2",), "test": ("usps.t.bz2",)}
+        "usps", "USPS", "train", 1, 16, {"train": ("usps.bz2",), "test": ("usps.t.bz2",)}, DIGIT_NAMES
     ),
     "svhn": _torchvision_info(
-        "svhn", "SVHN", "split", 3, 32, {s: (f"{s}_32x32.mat",) for s in ("train", "test")}, md5=True
+        "svhn",
+        "SVHN",
+        "split",
+        3,
+        32,
+        {s: (f"{s}_32x32.mat",) for s in ("train", "test")},
+        DIGIT_NAMES,
+        md5=True,
     ),
     "cifar10": _torchvision_info(
-        "cifar10", "CIFAR10", "train", 3, 32, dict.fromkeys(("train", "test"), CIFAR10_FILES), md5=True
+        "cifar10",
+        "CIFAR10",
+        "train",
+        3,
+        32,
+        dict.fromkeys(("train", "test"), CIFAR10_FILES),
+        CIFAR10_NAMES,
+        md5=True,
     ),
 }
 
@@ -321,6 +347,15 @@ def dataset_info(name: str, cfg: DataConfig) -> DatasetInfo:
     if name in cfg.image_folders:
         return imagefolder_info(name, Path(cfg.image_folders[name]))
     raise unknown("dataset", name, set(DATASETS) | set(cfg.image_folders))
+
+
+def class_names(name: str, raw_dir: str | os.PathLike[str]) -> list[str] | None:
+    """The class names of dataset ``name`` acquired in ``raw_dir``, in label order (an ImageFolder
+    tree's from the folder; None where the labels are the only names)."""
+    info = DATASETS.get(name)
+    if info is None:
+        return folder_class_names(Path(raw_dir))
+    return info.names(Path(raw_dir)) if info.names else None
 
 
 def acquired_from(out_dir: str | os.PathLike[str]) -> dict[str, Any] | None:

@@ -79,6 +79,16 @@ def _load(raw: Path, split: str, cfg: DataConfig) -> ImageSet:
     return ImageSet(x, torch.from_numpy(labels))
 
 
+def folder_class_names(raw: Path) -> list[str]:
+    """The class (sub-folder) names of an acquired tree, in label order: alphabetical, as
+    torchvision's ImageFolder numbers them (the train split's where the tree has train/ and test/)."""
+    for split in ("train", "all"):
+        listed = raw / f"{split}_classes.txt"
+        if listed.is_file():
+            return listed.read_text().splitlines()
+    raise DataError(f"dataset folder '{raw}': expected train_classes.txt or all_classes.txt, found neither")
+
+
 def imagefolder_info(name: str, root: Path) -> DatasetInfo:
     del name
-    return DatasetInfo(3, STORED_SIDE, _fetch(root), _load, check=_check(root))
+    return DatasetInfo(3, STORED_SIDE, _fetch(root), _load, check=_check(root), names=folder_class_names)

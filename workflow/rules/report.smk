@@ -15,6 +15,7 @@ rule aggregate:
             benchmark=report_benchmarks(),
             k=PARAMS.episodes.k[:1],
         ),
+        raw=lambda w: target_raw_dirs(),
     output:
         table=f"{REPORT_TAB}/results.md",
         csv=report(
@@ -57,11 +58,12 @@ rule aggregate:
         tables=subpath(output.table, parent=True),
         figures=subpath(output.figure, parent=True),
         baseline="full",
+        targets=lambda w: targets_json(),
     shell:
         "python -m kshot aggregate --runs {input.runs} --sources {input.sources} "
         "--episodes {input.episodes} --tables-dir {params.tables} --figures-dir {params.figures} "
         "--metrics {output.metrics} --plots-dir {output.plots} --baseline {params.baseline} "
-        "--log {log}"
+        "--targets {params.targets:q} --log {log}"
 
 
 rule group_figures:

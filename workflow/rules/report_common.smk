@@ -14,6 +14,21 @@ def report_benchmarks():
     return PARAMS.run.benchmarks
 
 
+def targets_json():
+    """Per report benchmark, its target dataset, classes and acquired folder: the results tables
+    name the target classes (kshot.report.target_notes)."""
+    targets = {}
+    for b in report_benchmarks():
+        dataset = target_dataset(b)
+        classes = list(entry("benchmarks", b).target_classes)
+        targets[b] = {"dataset": dataset, "classes": classes, "raw": f"{RAW}/{dataset}"}
+    return json.dumps(targets, sort_keys=True)
+
+
+def target_raw_dirs():
+    return sorted({f"{RAW}/{target_dataset(b)}" for b in report_benchmarks()})
+
+
 def search_labels():
     """One label per search trace of search_targets(), e.g. "fashion k=5" (the strategy is read
     from the trace itself)."""
