@@ -4,6 +4,8 @@ Conventions every figure keeps, so that figures read alike and survive grey-scal
 colour *and* one marker per method (Okabe-Ito colour-blind-safe palette), the same method keeps
 its colour across figures, the baseline is drawn dashed, axes name their quantity and unit.
 
+- :func:`plot_forest`: paired differences to the baseline with their 95% CIs (a forest plot), the
+  numbers the conclusions rest on.
 - :func:`plot_accuracy_vs_k`: mean test accuracy against shots per class with 95% CI bands.
 - :func:`plot_paired_scatter`: per-episode accuracy of a method against the baseline's on the same
   episode, with the diagonal (points above it: the method won that episode).
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +89,62 @@ def method_styles(methods: Sequence[str], baseline: str | None = None) -> dict[s
             "linestyle": "--" if m == baseline else "-",
         }
     return styles
+
+
+def plot_forest(
+    rows: pd.DataFrame, out_stem: Path, title: str, xlabel: str, baseline: str | None = None
+) -> list[Path]:
+    """A forest plot: one panel per ``panel``, one row per ``row`` (top to bottom in the order they
+    first appear), its ``diff`` as a marker with the 95% interval ``ci`` as a bar, and a dashed line
+    at 0. The marker is filled where ``significant`` (the interval excludes 0), hollow otherwise;
+    colour and marker follow ``series`` (e.g. the method) as in the other figures with the same
+    ``baseline``.
+    """
+    need = {"panel", "series", "row", "diff", "ci", "significant"}
+    if missing := sorted(need - set(rows.columns)):
+        raise DataError(f"forest plot: expected columns {sorted(need)}, missing {missing}")
+    if rows.empty:
+        raise DataError("forest plot: expected at least one row, found none")
+    panels = list(dict.fromkeys(rows.panel))
+    labels = list(dict.fromkeys(rows.row))
+    series = list(dict.fromkeys(rows.series))
+    styles = method_styles(series + ([baseline] if baseline else []), baseline)
+    y_of = {label: len(labels) - 1 - i for i, label in enumerate(labels)}
+    series_of = dict(zip(rows.row, rows.series, strict=True))
+    fig, axes = plt.subplots(
+        1,
+        len(panels),
+        figsize=(3.4 * len(panels) + 1.6, 0.26 * len(labels) + 1.5),
+        sharey=True,
+        squeeze=False,
+    )
+    for ax, panel in zip(axes[0], panels, strict=True):
+        g = rows[rows.panel == panel]
+        for r in g.itertuples():
+            st = styles[r.series]
+            ax.errorbar(
+                r.diff,
+                y_of[r.row],
+                xerr=0.0 if pd.isna(r.ci) else r.ci,
+                fmt=st["marker"],
+                color=st["color"],
+                mfc=st["color"] if r.significant else "white",
+                ms=5,
+                capsize=2,
+                lw=1.2,
+            )
+        for previous, label in pairwise(labels):  # a rule between series
+            if series_of[previous] != series_of[label]:
+                ax.axhline(y_of[label] + 0.5, color="0.85", lw=0.8, zorder=0)
+        ax.axvline(0, color="grey", lw=1, ls="--", zorder=0)
+        ax.set_title(str(panel))
+        ax.set_xlabel(xlabel)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks([y_of[label] for label in labels], labels)
+    axes[0][0].set_ylim(-0.6, len(labels) - 0.4)
+    fig.suptitle(title + "\nmarker: mean; bar: 95% CI; filled: the CI excludes 0")
+    fig.set_layout_engine("constrained")
+    return save(fig, out_stem)
 
 
 def plot_accuracy_vs_k(

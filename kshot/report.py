@@ -105,6 +105,23 @@ def summarise(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def forest_rows(summary: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """The forest plot's rows from :func:`summarise`: per benchmark (panel), each method but
+    ``baseline`` (sorted) at each k, its paired difference to ``baseline`` and that CI."""
+    rows = [
+        {
+            "panel": r.benchmark,
+            "series": r.method,
+            "row": f"{r.method}, k={int(r.k)}",
+            "diff": r.diff_vs_baseline,
+            "ci": r.diff_ci95,
+            "significant": bool(r.significant),
+        }
+        for r in summary[summary.method != baseline].sort_values(["benchmark", "method", "k"]).itertuples()
+    ]
+    return pd.DataFrame(rows, columns=["panel", "series", "row", "diff", "ci", "significant"])
+
+
 def markdown_table(summary: pd.DataFrame, baseline: str) -> str:
     """The main tables (one per benchmark) as Markdown."""
     return "\n".join(to_markdown(t) for t in main_tables(summary, baseline))
@@ -212,15 +229,15 @@ def write_results(
 
     - ``tables_dir``: ``results.{md,csv,tex}`` (``results.md`` also holds the source table),
       ``sources.{csv,tex}``;
-    - ``figures_dir``: ``accuracy_vs_k.{png,svg}``, ``paired_scatter.{png,svg}`` (when another
-      method than ``baseline`` ran);
+    - ``figures_dir``: ``accuracy_vs_k.{png,svg}``, and when another method than ``baseline`` ran,
+      ``forest.{png,svg}`` (paired differences) and ``paired_scatter.{png,svg}``;
     - ``metrics_path`` (optional): :func:`headline_metrics` JSON; ``plots_dir`` (optional):
       :func:`write_plot_data` CSVs. ``episodes`` (optional): episode files, for chance levels.
       ``targets`` (optional): per benchmark, its target classes for the caption.
 
     Returns the summary frame (``results.csv``).
     """
-    from kshot.figures import plot_accuracy_vs_k, plot_paired_scatter
+    from kshot.figures import plot_accuracy_vs_k, plot_forest, plot_paired_scatter
 
     df = load_runs(runs)
     summary = summarise(df, baseline)
@@ -236,6 +253,13 @@ def write_results(
     _write_table_set(tables, tables_dir / "results", "tab:results")
     plot_accuracy_vs_k(summary, figures_dir / "accuracy_vs_k", baseline, chance_levels(episodes))
     if len(set(df.method) - {baseline}) and baseline in set(df.method):
+        plot_forest(
+            forest_rows(summary, baseline),
+            figures_dir / "forest",
+            f"Paired difference to {baseline} per benchmark, method and k",
+            f"test accuracy − {baseline}'s (percentage points)",
+            baseline,
+        )
         plot_paired_scatter(df, baseline, figures_dir / "paired_scatter")
     if metrics_path is not None:
         write_json(metrics_path, headline_metrics(summary, src_rows, baseline))

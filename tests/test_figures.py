@@ -79,3 +79,34 @@ def test_paired_scatter_needs_the_baseline(tmp_path):
     assert "full: test accuracy (%)" in _svg_text(tmp_path / "s")
     with pytest.raises(DataError, match="expected 'nope'"):
         plot_paired_scatter(pd.DataFrame(df), "nope", tmp_path / "s")
+
+
+def test_forest_plot_has_a_row_per_method_and_k_and_fills_only_significant_markers(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from kshot import figures
+    from kshot.report import forest_rows, summarise
+
+    summary = summarise(load_runs(write_runs(tmp_path, benches=("b1", "b2"))), "full")
+    rows = forest_rows(summary, "full")
+    assert "full" not in set(rows.series) and len(rows) == len(summary[summary.method != "full"])
+    rows.loc[0, "significant"] = False  # one hollow marker among the filled ones
+    captured = []
+    original = figures.save
+    figures.save = lambda fig, stem: captured.append(fig) or original(fig, stem)
+    try:
+        figures.plot_forest(rows, tmp_path / "f", "Paired difference to full", "pp")
+    finally:
+        figures.save = original
+    (fig,) = captured
+    left = fig.axes[0]
+    ticks = [t.get_text() for t in left.get_yticklabels()]
+    assert sorted(ticks) == sorted(set(rows.row)) and len(fig.axes) == 2  # one panel per benchmark
+    for ax, bench in zip(fig.axes, ("b1", "b2"), strict=True):
+        markers = [line for line in ax.lines if line.get_marker() not in (None, "None", "", "|")]
+        filled = sum(line.get_markerfacecolor() != "white" for line in markers)
+        assert filled == int(rows[rows.panel == bench].significant.sum()) and len(markers) == 4
+    plt.close("all")
+    assert "filled: the CI excludes 0" in _svg_text(tmp_path / "f")
+    with pytest.raises(DataError, match="forest plot: expected columns"):
+        figures.plot_forest(rows.drop(columns="ci"), tmp_path / "f", "t", "pp")

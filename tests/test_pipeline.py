@@ -130,14 +130,8 @@ def test_regime_study_writes_its_own_files_apart_from_the_default_runs(pipeline_
 
     work = tmp_path / "copy"
     shutil.copytree(pipeline_dir, work, symlinks=True)
-    folder = tmp_path / "shapes"  # an image-folder dataset that only the regime reads
-    for c in ("a", "b"):
-        (folder / c).mkdir(parents=True)
-        for i in range(4):
-            Image.new("L", (16, 16), 60 * i).save(folder / c / f"{i}.png")
     params = with_regime_only_runs(copy.deepcopy(TINY_PARAMS))
-    params["data"]["image_folders"] = {"shapes": str(folder)}
-    params["benchmarks"]["tiny_shapes"] = {"source": "digits04", "target": "shapes", "target_classes": [0, 1]}
+    _shapes(params, tmp_path, run=False)  # an image-folder dataset that only the regime reads
     params["regime"] = {
         "runs": [
             {"benchmarks": ["tiny", "tiny_wide"], "methods": ["full", "grouped", "full_long"]},

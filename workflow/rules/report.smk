@@ -31,6 +31,13 @@ rule aggregate:
             category="1. Results",
             labels={"table": "source pre-training"},
         ),
+        forest=report(
+            f"{REPORT_FIG}/forest.png",
+            caption="../report/forest.rst",
+            category="1. Results",
+            labels={"figure": "paired differences to full (forest plot)"},
+        ),
+        forest_svg=f"{REPORT_FIG}/forest.svg",
         figure=report(
             f"{REPORT_FIG}/accuracy_vs_k.png",
             caption="../report/accuracy_vs_k.rst",

@@ -46,6 +46,7 @@ def report_targets():
         f"{REPORT_TAB}/results.md",
         f"{REPORT_FIG}/accuracy_vs_k.png",
         f"{REPORT_FIG}/paired_scatter.png",
+        f"{REPORT_FIG}/forest.png",
         "reports/metrics.json",
         "reports/analysis.html",
     ]
