@@ -222,7 +222,9 @@ def cmd_compare(args: argparse.Namespace, raw: dict[str, Any]) -> None:
             f"--replicate-of: expected it with --kind replicates and only then, found kind {args.kind!r} "
             f"and {len(replicate_of)} entries"
         )
-    write_comparisons([Path(p) for p in args.runs], pairs, Path(args.out_stem), args.kind, replicate_of)
+    write_comparisons(
+        [Path(p) for p in args.runs], pairs, Path(args.out_stem), args.kind, replicate_of, _path(args.figure)
+    )
 
 
 def cmd_aggregate(args: argparse.Namespace, raw: dict[str, Any]) -> None:
@@ -379,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="replicates: each run's benchmark=base:seed (base benchmark, source seed)",
     )
     p.add_argument("--out-stem", required=True, help="output path without suffix")
+    p.add_argument("--figure", default=None, help="forest plot path without suffix (.png and .svg)")
     p = report("aggregate", cmd_aggregate, "tables, figures, metrics and plot data from run metrics")
     p.add_argument("--runs", nargs="+", required=True, help="run metrics.json files")
     p.add_argument("--sources", nargs="*", default=[], help="source metrics.json files")

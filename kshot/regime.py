@@ -18,8 +18,10 @@ from pathlib import Path
 import pandas as pd
 
 from kshot.errors import DataError, suggest
+from kshot.figures import plot_forest
 from kshot.io import atomic_path, write_text
 from kshot.report import load_runs
+from kshot.stats import significant
 from kshot.tables import ablation_table, replicates_table, to_latex, to_markdown
 
 NOTES = {
@@ -37,16 +39,39 @@ TITLES = {
 }
 
 
+def forest_rows(data: pd.DataFrame) -> pd.DataFrame:
+    """The forest plot's rows of a comparison table's data: a panel per benchmark, a row per pair
+    (per source seed, then across them, for the replicate study) and k, coloured by pair."""
+    rows = []
+    for r in data.itertuples():
+        pair = f"{r.a} − {r.b}"
+        label = pair
+        if "seed" in data:
+            label += f", source seed {int(r.seed)}" if pd.notna(r.seed) else ", across sources"
+        rows.append(
+            {
+                "panel": r.benchmark,
+                "series": pair,
+                "row": f"{label}, k={int(r.k)}",
+                "diff": r.diff,
+                "ci": r.ci95,
+                "significant": significant(r.diff, r.ci95),
+            }
+        )
+    return pd.DataFrame(rows, columns=["panel", "series", "row", "diff", "ci", "significant"])
+
+
 def write_comparisons(
     runs: Sequence[Path],
     pairs: Sequence[tuple[str, str]],
     out_stem: Path,
     kind: str,
     replicate_of: Mapping[str, tuple[str, int]] | None = None,
+    figure: Path | None = None,
 ) -> pd.DataFrame:
     """Write ``<out_stem>.{md,csv,tex}`` for ``kind`` ``ablation``, ``regime`` or ``replicates``
-    (which needs ``replicate_of``: each run's benchmark -> (base benchmark, source seed)); returns
-    the CSV frame."""
+    (which needs ``replicate_of``: each run's benchmark -> (base benchmark, source seed)), and
+    where ``figure`` is given its forest plot ``<figure>.{png,svg}``; returns the CSV frame."""
     df = load_runs(list(runs))
     found = sorted(set(df.method))
     for pair in pairs:
@@ -64,4 +89,6 @@ def write_comparisons(
     write_text(out_stem.with_suffix(".tex"), to_latex(table, f"tab:{kind}"))
     with atomic_path(out_stem.with_suffix(".csv")) as tmp:
         table.data.to_csv(tmp, index=False, float_format="%.4f")
+    if figure is not None:
+        plot_forest(forest_rows(table.data), figure, TITLES[kind], "a − b (percentage points)")
     return table.data

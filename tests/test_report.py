@@ -411,3 +411,26 @@ def test_replicates_table_gives_each_source_seed_and_the_interval_across_them():
     assert "(2↑ 1↓)" in t.cells[3][1] and not t.cells[3][1].split(" (")[0].endswith("*")
     with pytest.raises(DataError, match="missing \\['b_seed2'\\]"):
         replicates_table(df, [("grouped", "full")], {"b": ("b", 0), "b_seed1": ("b", 1)})
+    from kshot.regime import forest_rows
+
+    rows = forest_rows(t.data)
+    assert rows.row.tolist() == [
+        "grouped − full, source seed 0, k=1",
+        "grouped − full, source seed 1, k=1",
+        "grouped − full, source seed 2, k=1",
+        "grouped − full, across sources, k=1",
+    ]
+    assert set(rows.series) == {"grouped − full"} and set(rows.panel) == {"b"}
+    assert rows.significant.tolist() == [True, True, True, False]
+
+
+def test_compare_draws_the_forest_plot_of_its_pairs(tmp_path):
+    from kshot.cli import main
+
+    runs = [str(p) for p in write_runs(tmp_path)]
+    stem, figure = tmp_path / "tables" / "ablation", tmp_path / "figures" / "ablation_forest"
+    argv = ["compare", "--kind", "ablation", "--runs", *runs, "--out-stem", str(stem)]
+    assert main([*argv, "--pairs", "better:full", "worse:full", "--figure", str(figure)]) == 0
+    assert figure.with_suffix(".png").stat().st_size > 10_000
+    svg = figure.with_suffix(".svg").read_text()
+    assert "better − full, k=1" in svg and "worse − full, k=5" in svg

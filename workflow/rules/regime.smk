@@ -17,6 +17,13 @@ rule compare:
             labels={"table": "ablation"},
         ),
         tex="reports/tables/ablation.tex",
+        figure=report(
+            "reports/figures/ablation_forest.png",
+            caption="../report/forest_pairs.rst",
+            category="4. Paired comparisons",
+            labels={"figure": "ablation (forest plot)"},
+        ),
+        figure_svg="reports/figures/ablation_forest.svg",
     log:
         f"{LOGS}/compare/ablation.log",
     conda:
@@ -28,10 +35,12 @@ rule compare:
         kind="ablation",
         pairs=[f"{a}:{b}" for a, b in comparison_pairs("ablation")],
         stem=subpath(output.table, strip_suffix=".md"),
+        figure=subpath(output.figure, strip_suffix=".png"),
         extra="",
     shell:
         "python -m kshot compare --kind {params.kind} --runs {input.runs} "
-        "--pairs {params.pairs} --out-stem {params.stem} {params.extra} --log {log}"
+        "--pairs {params.pairs} --out-stem {params.stem} --figure {params.figure} {params.extra} "
+        "--log {log}"
 
 
 use rule compare as compare_regime with:
@@ -46,12 +55,20 @@ use rule compare as compare_regime with:
             labels={"table": "regime"},
         ),
         tex="reports/regime/regime.tex",
+        figure=report(
+            "reports/regime/regime_forest.png",
+            caption="../report/forest_pairs.rst",
+            category="4. Paired comparisons",
+            labels={"figure": "regime (forest plot)"},
+        ),
+        figure_svg="reports/regime/regime_forest.svg",
     log:
         f"{REGIME_ROOT}/logs/compare/regime.log",
     params:
         kind="regime",
         pairs=[f"{a}:{b}" for a, b in comparison_pairs("regime")],
         stem=subpath(output.table, strip_suffix=".md"),
+        figure=subpath(output.figure, strip_suffix=".png"),
         extra="",
 
 
@@ -72,12 +89,20 @@ use rule compare as compare_replicates with:
             labels={"table": "replicates"},
         ),
         tex="reports/replicates/replicates.tex",
+        figure=report(
+            "reports/replicates/replicates_forest.png",
+            caption="../report/forest_pairs.rst",
+            category="4. Paired comparisons",
+            labels={"figure": "replicates (forest plot)"},
+        ),
+        figure_svg="reports/replicates/replicates_forest.svg",
     log:
         f"{REGIME_ROOT}/logs/compare/replicates.log",
     params:
         kind="replicates",
         pairs=[f"{a}:{b}" for a, b in comparison_pairs("replicates")],
         stem=subpath(output.table, strip_suffix=".md"),
+        figure=subpath(output.figure, strip_suffix=".png"),
         extra=" ".join(
             ["--replicate-of"]
             + [
