@@ -18,6 +18,7 @@ its colour across figures, the baseline is drawn dashed, axes name their quantit
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from itertools import pairwise
 from pathlib import Path
@@ -25,7 +26,10 @@ from typing import Any
 
 import matplotlib
 
-matplotlib.use("Agg")
+# Files only (no window) unless a backend is asked for: a Jupyter kernel asks for its inline one
+# (MPLBACKEND), so the notebook's figures show.
+if "MPLBACKEND" not in os.environ:
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd

@@ -2,8 +2,9 @@
 
 The notebook is a template: its cell tagged ``parameters`` holds defaults; :func:`execute_notebook`
 inserts a cell right after it that sets the given parameters (the papermill convention, without
-papermill), runs every cell in ``cwd`` and writes the executed notebook and an HTML export. A
-failing cell raises :class:`kshot.errors.DataError` naming the cell, and nothing is written.
+papermill), runs every cell in ``cwd`` and writes the executed notebook and an HTML export without
+the code (the .ipynb keeps it). A failing cell raises :class:`kshot.errors.DataError` naming the
+cell, and nothing is written.
 """
 
 from __future__ import annotations
@@ -67,5 +68,5 @@ def execute_notebook(
     if out_html is not None:
         from nbconvert import HTMLExporter
 
-        body, _ = HTMLExporter().from_notebook_node(nb)
+        body, _ = HTMLExporter(exclude_input=True).from_notebook_node(nb)  # results, not code
         write_text(out_html, body)

@@ -8,6 +8,7 @@ import pytest
 from kshot.errors import DataError
 from kshot.io import write_json
 from kshot.notebook import execute_notebook, inject_parameters
+from kshot.regime import write_comparisons
 from kshot.report import write_group_figures, write_results, write_search_report
 from tests.conftest import REPO, make_images
 from tests.test_report import search_traces, write_runs, write_source, write_target
@@ -66,6 +67,20 @@ def test_notebook_executes_on_pipeline_outputs_and_reports_their_numbers(tmp_pat
     assert (tmp_path / "a.html").stat().st_size > 10_000
     # no execution timestamps: a re-run on the same outputs writes the same bytes (DVC sees no change)
     assert not [c for c in nb.cells if "execution" in c.metadata]
+    html = (tmp_path / "a.html").read_text()
+    assert "def project_root" not in html and "best mean" in html  # results without the code
+
+    # as Jupyter or `jupyter nbconvert --execute` run it: in reports/, no parameter given
+    write_comparisons(runs, [("better", "full")], rep / "tables" / "ablation", "ablation",
+                      figure=rep / "figures" / "ablation_forest")  # fmt: skip
+    execute_notebook(TEMPLATE, tmp_path / "again.ipynb", {}, cwd=rep)
+    again = nbformat.read(tmp_path / "again.ipynb", as_version=4)
+    cells = {c.source.split("\n")[0]: c for c in again.cells if c.cell_type == "code"}
+    assert "3 methods" in json.dumps(cells[next(k for k in cells if k.startswith("import json"))].outputs)
+    curves = cells["curves = []"]
+    assert any("image/png" in o.get("data", {}) for o in curves.outputs), "the training curves are not shown"
+    shown = json.dumps(cells["shown = 0"].outputs, ensure_ascii=False)
+    assert "better − full" in shown and shown.count("image/png") == 1
 
 
 def test_a_missing_output_fails_naming_the_notebook(tmp_path):
