@@ -135,13 +135,20 @@ def headline_metrics(
     summary: pd.DataFrame, sources: Sequence[dict[str, Any]], baseline: str
 ) -> dict[str, Any]:
     """Small nested JSON for ``dvc metrics``: source accuracies, mean test accuracy per
-    benchmark/k/method and the paired difference to ``baseline`` (percent; ``null`` if undefined)."""
+    benchmark/k/method and the paired difference to ``baseline`` (percent; ``null`` if undefined),
+    and per method the number of cells (benchmark x k) where that difference is significantly
+    above or below 0."""
     out: dict[str, Any] = {
         "source_test_acc": {s["source"]: round(100 * s["source_test_acc"], 4) for s in sources},
         "test_acc": {},
         f"diff_vs_{baseline}": {},
+        f"significant_vs_{baseline}": {},
         "n_episodes": int(summary.n_episodes.min()),
     }
+    for r in summary[summary.method != baseline].itertuples():
+        counts = out[f"significant_vs_{baseline}"].setdefault(r.method, {"above": 0, "below": 0})
+        if r.significant:
+            counts["above" if r.diff_vs_baseline > 0 else "below"] += 1
     for r in summary.itertuples():
         key = f"k{r.k}"
         out["test_acc"].setdefault(r.benchmark, {}).setdefault(key, {})[r.method] = _none_for_nan(r.test_acc)

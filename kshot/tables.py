@@ -664,7 +664,42 @@ def headline_markdown(metrics: Mapping[str, Any]) -> str:
         "benchmark and k, the same episodes for every method; which differences are significant, with "
         "95% intervals, is in `reports/tables/results.md`.",
     ]
-    return "\n".join(lines) + "\n"
+    findings = findings_markdown(metrics, baseline)
+    return "\n".join(lines) + "\n" + (f"\n{findings}" if findings else "")
+
+
+def findings_markdown(metrics: Mapping[str, Any], baseline: str) -> str:
+    """What the run shows, in words, from ``metrics``: whether a method is significantly above
+    ``baseline`` in most cells (benchmark x k), then per method (best mean first) its mean paired
+    difference over the cells and in how many cells it is significantly above and below. Empty
+    for metrics without ``significant_vs_<baseline>`` (written before it existed)."""
+    counts = metrics.get(f"significant_vs_{baseline}")
+    if not counts:
+        return ""
+    per: dict[str, list[float]] = {}
+    for cells in metrics[f"diff_vs_{baseline}"].values():
+        for diffs in cells.values():
+            for method, value in diffs.items():
+                if value is not None:
+                    per.setdefault(method, []).append(value)
+    ranked = sorted(per, key=lambda m: (-sum(per[m]) / len(per[m]), m))
+    ahead = [m for m in ranked if counts.get(m, {}).get("above", 0) > len(per[m]) / 2]
+    n_cells = max(len(v) for v in per.values())
+    lead = (
+        f"{', '.join(f'`{m}`' for m in ahead)} significantly above `{baseline}` in most cells"
+        if ahead
+        else f"no method is significantly above `{baseline}` in most of the {n_cells} cells (benchmark x k)"
+    )
+    cells = ", ".join(
+        f"`{m}` {sum(per[m]) / len(per[m]):+.2f} pp "
+        f"({counts.get(m, {}).get('above', 0)} / {counts.get(m, {}).get('below', 0)})"
+        for m in ranked
+    )
+    return (
+        f"**What this run shows** (written by `kshot readme` from these metrics): {lead}. Mean "
+        f"paired difference over the cells, and the cells where it is significantly above / below "
+        f"`{baseline}`: {cells}.\n"
+    )
 
 
 def with_headline(text: str, metrics: Mapping[str, Any], where: str) -> str:

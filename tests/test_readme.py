@@ -38,6 +38,21 @@ def test_headline_has_one_row_per_benchmark_and_k_with_signed_differences_to_the
     assert "over 3 evaluation episodes" in lines[-1] and "reports/tables/results.md" in lines[-1]
 
 
+def test_findings_say_whether_a_method_is_significantly_ahead_in_most_cells_and_rank_the_methods():
+    from kshot.tables import findings_markdown
+
+    assert findings_markdown(TINY, "full") == ""  # metrics written before the counts existed
+    counts = {"grouped": {"above": 1, "below": 0}, "l2sp": {"above": 0, "below": 1}}
+    text = findings_markdown({**TINY, "significant_vs_full": counts}, "full")
+    assert "no method is significantly above `full` in most of the 2 cells" in text
+    assert text.index("`grouped` +0.75 pp (1 / 0)") < text.index("`l2sp` +0.45 pp (0 / 1)")  # best mean first
+    ahead = {**counts, "grouped": {"above": 2, "below": 0}}
+    assert "`grouped` significantly above `full` in most cells" in findings_markdown(
+        {**TINY, "significant_vs_full": ahead}, "full"
+    )
+    assert headline_markdown({**TINY, "significant_vs_full": counts}).endswith(text)
+
+
 def test_headline_refuses_metrics_without_a_baseline_difference():
     with pytest.raises(DataError, match="diff_vs_<baseline>"):
         headline_markdown({"test_acc": {}, "n_episodes": 1})
