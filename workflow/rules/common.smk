@@ -300,9 +300,14 @@ def finetune_targets():
 
 def final_outputs():
     out = report_targets() + search_targets()
-    if comparison_pairs("ablation"):
-        out.append("reports/tables/ablation.md")
-    return out
+    return out + ablation_outputs()
+
+
+def ablation_outputs():
+    """The ablation table and its forest plot, where the params have ablation pairs that ran."""
+    if not comparison_pairs("ablation"):
+        return []
+    return ["reports/tables/ablation.md", "reports/figures/ablation_forest.png"]
 
 
 def stamped_outputs():

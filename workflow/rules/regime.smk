@@ -75,6 +75,7 @@ use rule compare as compare_regime with:
 rule regime:
     input:
         "reports/regime/regime.md",
+        "reports/regime/regime_forest.png",
 
 
 use rule compare as compare_replicates with:
@@ -115,3 +116,4 @@ use rule compare as compare_replicates with:
 rule replicates:
     input:
         "reports/replicates/replicates.md",
+        "reports/replicates/replicates_forest.png",

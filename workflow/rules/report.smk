@@ -169,6 +169,7 @@ rule notebook:
             benchmark=report_benchmarks(),
         ),
         search=lambda w: [f"{REPORT_TAB}/search.csv"] if search_targets() else [],
+        ablation=lambda w: ablation_outputs(),
     output:
         ipynb="reports/analysis.executed.ipynb",
         html=report(
@@ -186,4 +187,5 @@ rule notebook:
         mem_mb=4000,
     shell:
         "python -m kshot notebook --template {input.template} --out {output.ipynb} "
-        "--html {output.html} --cwd . --param ROOT=. --param BASELINE=full --log {log}"
+        "--html {output.html} --cwd . --param ROOT=. --param BASELINE=full --param STUDIES=no "
+        "--log {log}"
