@@ -36,7 +36,6 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-from matplotlib.ticker import FuncFormatter
 
 from kshot.errors import DataError
 from kshot.grouping import normalise_patterns
@@ -455,44 +454,54 @@ def plot_search_curves(traces: Mapping[str, Mapping[str, Mapping[str, Any]]], ou
 
 
 def plot_group_counts(traces: Mapping[str, Mapping[str, Any]], out_stem: Path) -> list[Path]:
-    """Chosen groups per layer as a fraction of the layer's neurons, one bar per search
-    (``{label: SearchTrace.to_dict()}``, e.g. ``"fashion k=5 reinforce"``); the layer's menu as
-    grey ticks. Bars are labelled with the absolute count ``G/N``."""
+    """Chosen groups per layer, one row per search (``{label: SearchTrace.to_dict()}``, e.g.
+    ``"fashion k=5 reinforce"``) and one column per layer: each cell is labelled with the count
+    ``G/N`` (groups of the layer's N neurons) and coloured by G/N on a log scale (a sequential,
+    colour-blind-safe map: dark = few groups, strong sharing; yellow = every neuron its own)."""
     if not traces:
         raise DataError("group counts: expected at least one search, found none")
     layers: list[str] = []
     for t in traces.values():
         layers += [name for name in t["layers"] if name not in layers]
     labels = list(traces)
-    width = 0.8 / len(labels)
-    fig, ax = plt.subplots(figsize=(1.2 + 1.3 * len(layers) * max(1, len(labels) / 2), 3.8))
+    share = np.full((len(labels), len(layers)), np.nan)
+    texts = [[""] * len(layers) for _ in labels]
     for i, label in enumerate(labels):
-        t = traces[label]
-        xs, ys, texts = [], [], []
-        chosen = chosen_counts(t)
+        t, chosen = traces[label], chosen_counts(traces[label])
         for j, name in enumerate(layers):
-            if name not in chosen:
-                continue
-            n = max(t["menu"][name])
-            g = chosen[name]
-            xs.append(j - 0.4 + width * (i + 0.5))
-            ys.append(g / n)
-            texts.append(f"{g}/{n}")
-            if i == 0:
-                for m in t["menu"][name]:
-                    ax.plot([j - 0.45, j + 0.45], [m / n] * 2, color="grey", lw=0.6, alpha=0.5, zorder=0)
-        bars = ax.bar(xs, ys, width=width * 0.9, color=PALETTE[(i + 1) % len(PALETTE)], label=label)
-        ax.bar_label(bars, labels=texts, fontsize=7, padding=1)
-    ax.set_xticks(range(len(layers)), layers)
-    ax.set_yscale("log", base=2)
-    lowest = min(min(t["menu"][n]) / max(t["menu"][n]) for t in traces.values() for n in t["layers"])
-    ax.set_ylim(lowest / 1.6, 1.6)
-    ax.yaxis.set_major_formatter(
-        FuncFormatter(lambda y, _: "1" if y >= 1 else f"1/{round(1 / y)}" if y > 0 else "")
+            if name in chosen:
+                n = max(t["menu"][name])
+                share[i, j] = math.log2(chosen[name] / n)
+                texts[i][j] = f"{chosen[name]}/{n}"
+    lowest = min(
+        math.log2(min(t["menu"][n]) / max(t["menu"][n])) for t in traces.values() for n in t["layers"]
     )
+    fig, ax = plt.subplots(figsize=(3.2 + 1.1 * len(layers), 1.3 + 0.3 * len(labels)), layout="constrained")
+    floor = min(lowest, -1.0)
+    image = ax.imshow(share, cmap="viridis", vmin=floor, vmax=0.0, aspect="auto")
+    middle = floor / 2
+    for i in range(len(labels)):
+        for j in range(len(layers)):
+            if texts[i][j]:
+                dark = share[i, j] < middle
+                ax.text(
+                    j,
+                    i,
+                    texts[i][j],
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if dark else "black",
+                )
+    ax.set_xticks(range(len(layers)), layers)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
     ax.set_xlabel("layer (forward order)")
-    ax.set_ylabel("groups / neurons (log scale)")
-    ax.set_title("Chosen group counts per layer (grey ticks: the menu)")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="best", frameon=False)
+    bar = fig.colorbar(image, ax=ax)
+    bar.set_label("groups / neurons (log scale)")
+    exponents = range(math.ceil(floor), 1)
+    bar.set_ticks(exponents, labels=[f"1/{2**-e}" if e else "1" for e in exponents])
+    ax.set_title("Chosen group counts per layer (G/N: G groups of the layer's N neurons)")
     return save(fig, out_stem)

@@ -14,6 +14,7 @@ from kshot.figures import (
     plot_search_curves,
 )
 from kshot.report import load_runs, write_group_figures
+from kshot.tables import chosen_counts
 from tests.conftest import make_images
 from tests.test_report import search_traces, write_runs, write_source, write_target
 
@@ -57,7 +58,12 @@ def test_search_figures_show_rl_against_random_per_search(tmp_path):
     assert "reinforce (best so far)" in svg and "random (best so far)" in svg
     assert "validation reward (accuracy, %)" in svg
     plot_group_counts({f"b k=1 {s}": t for s, t in traces.items()}, tmp_path / "g")
-    assert "groups / neurons (log scale)" in _svg_text(tmp_path / "g")
+    svg = _svg_text(tmp_path / "g")
+    assert "groups / neurons (log scale)" in svg
+    for strategy, trace in traces.items():  # a row per search, each chosen count written G/N
+        assert f"b k=1 {strategy}" in svg
+        for layer, count in chosen_counts(trace).items():
+            assert f"{count}/{max(trace['menu'][layer])}" in svg
 
 
 def test_group_figures_from_a_checkpoint_and_target_images(tmp_path, tiny_model):
