@@ -336,7 +336,7 @@ def write_group_figures(
         assigns[filter_layer],
         out_dir / f"{benchmark}_filters",
         f"{benchmark}: source {filter_layer} filters in {q['n_groups']} groups\n"
-        f"(k-means on activations over {len(images)} unlabeled target images)\n"
+        f"(k-means on activations over {len(images)} unlabeled target images, not an episode's)\n"
         f"mean correlation r within groups {q['intra_corr']:.2f}, between {q['inter_corr']:.2f}",
         notes=notes,
     )
@@ -346,7 +346,7 @@ def write_group_figures(
         assigns[embed_layer],
         out_dir / f"{benchmark}_embedding",
         f"{benchmark}: {embed_layer} neurons ({q['n_neurons']}) by activation pattern\n"
-        f"k-means into {q['n_groups']} groups (silhouette "
+        f"k-means over {len(images)} unlabeled target images into {q['n_groups']} groups (silhouette "
         + (f"{q['silhouette']:.2f})" if q["silhouette"] is not None else "n/a)"),
         seed=seed,
     )
