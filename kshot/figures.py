@@ -7,8 +7,8 @@ its colour across figures, the baseline is drawn dashed, axes name their quantit
 - :func:`plot_forest`: paired differences to the baseline with their 95% CIs (a forest plot), the
   numbers the conclusions rest on.
 - :func:`plot_accuracy_vs_k`: mean test accuracy against shots per class with 95% CI bands.
-- :func:`plot_paired_scatter`: per-episode accuracy of a method against the baseline's on the same
-  episode, with the diagonal (points above it: the method won that episode).
+- :func:`plot_episode_differences`: each episode's paired difference to the baseline, with the
+  episodes won, tied and lost.
 - :func:`plot_filter_groups`: the paper's Fig. 1 view, first-layer filters ordered and framed by group.
 - :func:`plot_neuron_embedding`: a 2-D PCA of one layer's normalised activation patterns (what the
   clustering sees), coloured by group.
@@ -193,61 +193,69 @@ def plot_accuracy_vs_k(
     return save(fig, out_stem)
 
 
-def plot_paired_scatter(
-    df: pd.DataFrame, baseline: str, out_stem: Path, methods: Sequence[str] | None = None
-) -> list[Path]:
-    """Per-episode test accuracy (%) of each method (rows) against ``baseline`` on the same
-    episode, one column per benchmark; colour/marker = k. Points above the diagonal: the method
-    beat the baseline on that episode. ``df``: :func:`kshot.report.load_runs` output."""
-    others = [m for m in (methods or sorted(df.method.unique())) if m != baseline]
+def plot_episode_differences(df: pd.DataFrame, baseline: str, out_stem: Path) -> list[Path]:
+    """Each episode's paired difference in test accuracy to ``baseline`` (percentage points): one
+    panel per benchmark, one row per method and k (as in :func:`plot_forest`), a dot per episode, a
+    bar at the mean, and the episodes won / tied / lost at the row's end. Shows what per-episode
+    accuracies hide: a small difference that holds on almost every episode, or a mean carried by a
+    few. ``df``: :func:`kshot.report.load_runs` output."""
+    others = sorted(set(df.method) - {baseline})
     if baseline not in set(df.method) or not others:
         raise DataError(
-            f"paired scatter: expected '{baseline}' and another method, found {sorted(set(df.method))}"
+            f"episode differences: expected '{baseline}' and another method, found {sorted(set(df.method))}"
         )
     benches = sorted(df.benchmark.unique())
     ks = sorted(int(k) for k in df.k.unique())
-    base = df[df.method == baseline].set_index(["benchmark", "k", "episode"])["test_acc"] * 100
+    rows = [(m, k) for m in others for k in ks]
+    y_of = {row: len(rows) - 1 - i for i, row in enumerate(rows)}
+    styles = method_styles([baseline, *others], baseline)
+    base = df[df.method == baseline].set_index(["benchmark", "k", "episode"])["test_acc"]
     fig, axes = plt.subplots(
-        len(others), len(benches), figsize=(3.2 * len(benches), 3.0 * len(others)), squeeze=False
+        1,
+        len(benches),
+        figsize=(3.8 * len(benches) + 1.6, 0.26 * len(rows) + 1.5),
+        sharey=True,
+        squeeze=False,
+        layout="constrained",
     )
-    for i, method in enumerate(others):
-        for j, bench in enumerate(benches):
-            ax = axes[i][j]
-            sel = df[(df.method == method) & (df.benchmark == bench)]
-            x = sel.set_index(["benchmark", "k", "episode"])["test_acc"] * 100
-            common = x.index.intersection(base.index)
-            lo, hi = 100.0, 0.0
-            for c, k in enumerate(ks):
-                idx = [t for t in common if t[1] == k]
-                if not idx:
-                    continue
-                bx, mx = base[idx].to_numpy(), x[idx].to_numpy()
-                lo, hi = min(lo, bx.min(), mx.min()), max(hi, bx.max(), mx.max())
-                above, below = int((mx > bx).sum()), int((mx < bx).sum())
-                ax.scatter(
-                    bx,
-                    mx,
-                    s=18,
-                    color=PALETTE[(c + 1) % len(PALETTE)],
-                    marker=MARKERS[c % len(MARKERS)],
-                    alpha=0.8,
-                    label=f"k={k}: {above} above, {below} below of {len(idx)}",
-                )
-            if hi <= lo:
-                lo, hi = 0.0, 100.0
-            pad = 0.05 * (hi - lo) + 0.5
-            lim = (lo - pad, hi + pad)
-            ax.plot(lim, lim, color="grey", lw=1, ls="--", zorder=0)
-            ax.set_xlim(lim)
-            ax.set_ylim(lim)
-            ax.set_aspect("equal")
-            ax.grid(alpha=0.3)
-            ax.set_xlabel(f"{baseline}: test accuracy (%)")
-            ax.set_ylabel(f"{method}: test accuracy (%)")
-            ax.set_title(f"{bench}: {method} vs {baseline}", fontsize=10)
-            ax.legend(fontsize=7, loc="upper left", frameon=False)
-    fig.suptitle(f"Per-episode paired accuracy (dashed: equal to {baseline})")
-    fig.set_layout_engine("constrained")
+    for ax, bench in zip(axes[0], benches, strict=True):
+        for method, k in rows:
+            sel = df[(df.method == method) & (df.benchmark == bench) & (df.k == k)]
+            acc = sel.set_index(["benchmark", "k", "episode"])["test_acc"]
+            common = acc.index.intersection(base.index)
+            if common.empty:
+                continue
+            diff = 100 * (acc[common] - base[common]).to_numpy()
+            y = (
+                y_of[(method, k)] + np.linspace(-0.25, 0.25, len(diff))
+                if len(diff) > 1
+                else [y_of[(method, k)]]
+            )
+            st = styles[method]
+            ax.scatter(diff, y, s=9, color=st["color"], marker=st["marker"], alpha=0.6, lw=0)
+            ax.plot(
+                [diff.mean()] * 2,
+                [y_of[(method, k)] - 0.35, y_of[(method, k)] + 0.35],
+                color=st["color"],
+                lw=2,
+            )
+            won, lost = int((diff > 0).sum()), int((diff < 0).sum())
+            ax.annotate(
+                f"{won}/{len(diff) - won - lost}/{lost}",
+                (1.0, y_of[(method, k)]),
+                xycoords=("axes fraction", "data"),
+                xytext=(3, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=7,
+            )
+        ax.axvline(0, color="grey", lw=1, ls="--", zorder=0)
+        ax.set_title(f"{bench} (won/tied/lost)", fontsize=10)
+        ax.set_xlabel(f"test accuracy − {baseline}'s, per episode (pp)")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks([y_of[r] for r in rows], [f"{m}, k={k}" for m, k in rows])
+    axes[0][0].set_ylim(-0.6, len(rows) - 0.4)
+    fig.suptitle(f"Per-episode paired difference to {baseline} (dot: an episode; bar: the mean)")
     return save(fig, out_stem)
 
 

@@ -8,7 +8,7 @@ this module loads, summarises and writes.
 
 Writers (each a report command of :mod:`kshot.cli`):
 
-- :func:`write_results`: main and source tables (md, csv, tex), accuracy-vs-k and paired-scatter
+- :func:`write_results`: main and source tables (md, csv, tex), forest, per-episode and accuracy-vs-k
   figures, ``metrics.json`` (headline numbers for ``dvc metrics``) and plot-ready CSVs.
 - :func:`write_group_figures`: the paper's Fig. 1 view and a neuron embedding for one benchmark.
 - :func:`write_search_report`: search table and figures from ``SearchTrace`` JSON files.
@@ -237,14 +237,14 @@ def write_results(
     - ``tables_dir``: ``results.{md,csv,tex}`` (``results.md`` also holds the source table),
       ``sources.{csv,tex}``;
     - ``figures_dir``: ``accuracy_vs_k.{png,svg}``, and when another method than ``baseline`` ran,
-      ``forest.{png,svg}`` (paired differences) and ``paired_scatter.{png,svg}``;
+      ``forest.{png,svg}`` (paired differences) and ``episode_differences.{png,svg}``;
     - ``metrics_path`` (optional): :func:`headline_metrics` JSON; ``plots_dir`` (optional):
       :func:`write_plot_data` CSVs. ``episodes`` (optional): episode files, for chance levels.
       ``targets`` (optional): per benchmark, its target classes for the caption.
 
     Returns the summary frame (``results.csv``).
     """
-    from kshot.figures import plot_accuracy_vs_k, plot_forest, plot_paired_scatter
+    from kshot.figures import plot_accuracy_vs_k, plot_episode_differences, plot_forest
 
     df = load_runs(runs)
     summary = summarise(df, baseline)
@@ -267,7 +267,7 @@ def write_results(
             f"test accuracy − {baseline}'s (percentage points)",
             baseline,
         )
-        plot_paired_scatter(df, baseline, figures_dir / "paired_scatter")
+        plot_episode_differences(df, baseline, figures_dir / "episode_differences")
     if metrics_path is not None:
         write_json(metrics_path, headline_metrics(summary, src_rows, baseline))
     if plots_dir is not None:

@@ -77,14 +77,20 @@ def test_group_figures_from_a_checkpoint_and_target_images(tmp_path, tiny_model)
         assert (tmp_path / "g" / name).is_file()
 
 
-def test_paired_scatter_needs_the_baseline(tmp_path):
-    from kshot.figures import plot_paired_scatter
+def test_episode_differences_count_the_episodes_won_tied_and_lost_and_need_the_baseline(tmp_path):
+    from kshot.figures import plot_episode_differences
 
     df = load_runs(write_runs(tmp_path, benches=("b1",)))
-    plot_paired_scatter(df, "full", tmp_path / "s")
-    assert "full: test accuracy (%)" in _svg_text(tmp_path / "s")
+    plot_episode_differences(df, "full", tmp_path / "s")
+    svg = _svg_text(tmp_path / "s")
+    assert "test accuracy − full's, per episode (pp)" in svg
+    for (method, k), g in df[df.method != "full"].groupby(["method", "k"]):
+        base = df[(df.method == "full") & (df.k == k)].set_index("episode").test_acc
+        d = g.set_index("episode").test_acc - base
+        counts = f"{int((d > 0).sum())}/{int((d == 0).sum())}/{int((d < 0).sum())}"
+        assert f"{method}, k={k}" in svg and counts in svg
     with pytest.raises(DataError, match="expected 'nope'"):
-        plot_paired_scatter(pd.DataFrame(df), "nope", tmp_path / "s")
+        plot_episode_differences(pd.DataFrame(df), "nope", tmp_path / "s")
 
 
 def test_forest_plot_has_a_row_per_method_and_k_and_fills_only_significant_markers(tmp_path):

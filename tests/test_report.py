@@ -363,7 +363,7 @@ def test_write_results_writes_every_table_format_metrics_and_plot_data(tmp_path,
     assert list(wide.columns) == ["k", "better", "full", "worse"]
     paired = pd.read_csv(rep / "plots" / "paired" / "b1.csv")
     assert list(paired.columns[:3]) == ["k", "episode", "full"] and len(paired) == 8
-    for stem in ("accuracy_vs_k", "paired_scatter", "forest"):
+    for stem in ("accuracy_vs_k", "episode_differences", "forest"):
         assert (rep / "figures" / f"{stem}.png").stat().st_size > 10_000
 
 

@@ -45,13 +45,13 @@ rule aggregate:
             labels={"figure": "accuracy vs k"},
         ),
         figure_svg=f"{REPORT_FIG}/accuracy_vs_k.svg",
-        scatter=report(
-            f"{REPORT_FIG}/paired_scatter.png",
-            caption="../report/paired_scatter.rst",
+        episodes_figure=report(
+            f"{REPORT_FIG}/episode_differences.png",
+            caption="../report/episode_differences.rst",
             category="1. Results",
-            labels={"figure": "per-episode paired scatter"},
+            labels={"figure": "per-episode paired differences"},
         ),
-        scatter_svg=f"{REPORT_FIG}/paired_scatter.svg",
+        episodes_figure_svg=f"{REPORT_FIG}/episode_differences.svg",
         metrics="reports/metrics.json",
         plots=directory("reports/plots"),
     log:

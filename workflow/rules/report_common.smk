@@ -45,7 +45,7 @@ def report_targets():
     out = [
         f"{REPORT_TAB}/results.md",
         f"{REPORT_FIG}/accuracy_vs_k.png",
-        f"{REPORT_FIG}/paired_scatter.png",
+        f"{REPORT_FIG}/episode_differences.png",
         f"{REPORT_FIG}/forest.png",
         "reports/metrics.json",
         "reports/analysis.html",
