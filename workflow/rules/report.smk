@@ -81,7 +81,7 @@ rule group_figures:
         filters=report(
             f"{REPORT_FIG}/groups/{{benchmark}}_filters.png",
             caption="../report/filters.rst",
-            category="2. Neuron groups",
+            category="3. Neuron groups",
             subcategory="{benchmark}",
             labels={
                 "benchmark": "{benchmark}",
@@ -92,7 +92,7 @@ rule group_figures:
         embedding=report(
             f"{REPORT_FIG}/groups/{{benchmark}}_embedding.png",
             caption="../report/embedding.rst",
-            category="2. Neuron groups",
+            category="3. Neuron groups",
             subcategory="{benchmark}",
             labels={"benchmark": "{benchmark}", "figure": "neuron embedding"},
         ),
@@ -124,21 +124,21 @@ rule search_report:
         csv=report(
             f"{REPORT_TAB}/search.csv",
             caption="../report/search_table.rst",
-            category="3. Group-count search",
+            category="4. Group-count search",
             labels={"table": "chosen counts and rewards"},
         ),
         tex=f"{REPORT_TAB}/search.tex",
         curves=report(
             f"{REPORT_FIG}/search_curves.png",
             caption="../report/search_curves.rst",
-            category="3. Group-count search",
+            category="4. Group-count search",
             labels={"figure": "best reward vs evaluations"},
         ),
         curves_svg=f"{REPORT_FIG}/search_curves.svg",
         counts=report(
             f"{REPORT_FIG}/group_counts.png",
             caption="../report/group_counts.rst",
-            category="3. Group-count search",
+            category="4. Group-count search",
             labels={"figure": "chosen groups per layer"},
         ),
         counts_svg=f"{REPORT_FIG}/group_counts.svg",
@@ -175,7 +175,7 @@ rule notebook:
         html=report(
             "reports/analysis.html",
             caption="../report/notebook.rst",
-            category="4. Analysis notebook",
+            category="5. Analysis notebook",
             labels={"notebook": "analysis"},
         ),
     log:
