@@ -14,6 +14,10 @@ read_params_file("params.yaml")
 configfile: "params.yaml"
 
 
+# the landing page of `snakemake --report` (make report): what ran, what to read first
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/pretrain.smk"
