@@ -22,7 +22,7 @@ from kshot.figures import plot_forest
 from kshot.io import atomic_path, write_text
 from kshot.report import load_runs
 from kshot.stats import significant
-from kshot.tables import ablation_table, replicates_table, to_latex, to_markdown
+from kshot.tables import ablation_table, html_page, replicates_table, to_latex, to_markdown
 
 NOTES = {
     "ablation": "Each row a − b in percentage points, mean ± 95% CI over the episodes both methods "
@@ -69,7 +69,7 @@ def write_comparisons(
     replicate_of: Mapping[str, tuple[str, int]] | None = None,
     figure: Path | None = None,
 ) -> pd.DataFrame:
-    """Write ``<out_stem>.{md,csv,tex}`` for ``kind`` ``ablation``, ``regime`` or ``replicates``
+    """Write ``<out_stem>.{md,html,csv,tex}`` for ``kind`` ``ablation``, ``regime`` or ``replicates``
     (which needs ``replicate_of``: each run's benchmark -> (base benchmark, source seed)), and
     where ``figure`` is given its forest plot ``<figure>.{png,svg}``; returns the CSV frame."""
     df = load_runs(list(runs))
@@ -86,6 +86,7 @@ def write_comparisons(
     else:
         table = ablation_table(df, pairs, title=TITLES[kind], note=NOTES[kind])
     write_text(out_stem.with_suffix(".md"), to_markdown(table))
+    write_text(out_stem.with_suffix(".html"), html_page([table], table.title))
     write_text(out_stem.with_suffix(".tex"), to_latex(table, f"tab:{kind}"))
     with atomic_path(out_stem.with_suffix(".csv")) as tmp:
         table.data.to_csv(tmp, index=False, float_format="%.4f")

@@ -36,6 +36,7 @@ from kshot.io import atomic_path, read_json, write_json, write_text
 from kshot.stats import mean_ci, paired_diff, significant
 from kshot.tables import (
     Table,
+    html_page,
     main_tables,
     search_table,
     source_table,
@@ -193,6 +194,7 @@ def write_plot_data(df: pd.DataFrame, summary: pd.DataFrame, plots_dir: Path, ba
 
 def _write_table_set(tables: Sequence[Table], stem: Path, label_prefix: str) -> None:
     write_text(stem.with_suffix(".md"), "\n".join(to_markdown(t) for t in tables))
+    write_text(stem.with_suffix(".html"), html_page(tables, tables[0].title))
     write_text(
         stem.with_suffix(".tex"),
         "\n".join(to_latex(t, f"{label_prefix}:{i}") for i, t in enumerate(tables)),
@@ -234,7 +236,7 @@ def write_results(
 ) -> pd.DataFrame:
     """Write, from run and source metrics:
 
-    - ``tables_dir``: ``results.{md,csv,tex}`` (``results.md`` also holds the source table),
+    - ``tables_dir``: ``results.{md,html,csv,tex}`` (``.md`` and ``.html`` also hold the source table),
       ``sources.{csv,tex}``;
     - ``figures_dir``: ``accuracy_vs_k.{png,svg}``, and when another method than ``baseline`` ran,
       ``forest.{png,svg}`` (paired differences) and ``episode_differences.{png,svg}``;
@@ -398,7 +400,7 @@ def load_traces(paths: Sequence[Path], labels: Sequence[str]) -> dict[tuple[str,
 def write_search_report(
     traces: Sequence[Path], labels: Sequence[str], tables_dir: Path, figures_dir: Path
 ) -> pd.DataFrame:
-    """Search table (``search.{md,csv,tex}``), best-so-far curves (``search_curves``) and chosen
+    """Search table (``search.{md,html,csv,tex}``), best-so-far curves (``search_curves``) and chosen
     counts (``group_counts``) from search traces; ``labels[i]`` names the search of ``traces[i]``
     (e.g. ``"fashion k=5"``), RL and random traces of one search sharing a label."""
     from kshot.figures import plot_group_counts, plot_search_curves

@@ -9,6 +9,7 @@ Every number comes from a pipeline output: the per-(benchmark, k, method) summar
 
 from __future__ import annotations
 
+import html
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -87,6 +88,52 @@ def to_markdown(t: Table) -> str:
         cells = [f"**{c}**" if b and c else c for c, b in zip(row, bold, strict=True)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _html_text(text: str) -> str:
+    """Escaped ``text`` with Markdown's `code` and **bold** spans as HTML."""
+    out = html.escape(text, quote=False)
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", out)
+
+
+def to_html(t: Table) -> str:
+    """An HTML ``<section>``: the title, the note, and the table (spanning group headers, bold
+    cells), for pages that show the tables rendered (the Snakemake report)."""
+    head = ""
+    if t.groups:
+        spans = "".join(f'<th colspan="{n}">{_html_text(label)}</th>' for label, n in t.groups)
+        head = f"<tr><th></th>{spans}</tr>"
+    head += "<tr>" + "".join(f"<th>{_html_text(c)}</th>" for c in t.columns) + "</tr>"
+    rows = []
+    for row, bold in zip(t.cells, t.bold, strict=True):
+        cells = [
+            f"<td>{'<strong>' if b and c else ''}{_html_text(c)}{'</strong>' if b and c else ''}</td>"
+            for c, b in zip(row, bold, strict=True)
+        ]
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    note = f"<p>{_html_text(t.note)}</p>" if t.note else ""
+    return (
+        f"<section><h3>{_html_text(t.title)}</h3>{note}<table><thead>{head}</thead>"
+        f"<tbody>{''.join(rows)}</tbody></table></section>\n"
+    )
+
+
+HTML_STYLE = (
+    "body{font-family:sans-serif;font-size:14px;margin:1em}"
+    "table{border-collapse:collapse;margin:0.5em 0 1.5em}"
+    "th,td{padding:3px 8px;text-align:right;border-bottom:1px solid #ddd}"
+    "th:first-child,td:first-child{text-align:left}thead th{border-bottom:2px solid #444}p{max-width:60em}"
+)
+
+
+def html_page(tables: Sequence[Table], title: str) -> str:
+    """A standalone HTML page of ``tables`` (no script, no external resource)."""
+    body = "".join(to_html(t) for t in tables)
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{HTML_STYLE}</style></head><body>\n{body}</body></html>\n"
+    )
 
 
 # LaTeX specials, and the non-ASCII symbols the tables' text uses, which plain pdflatex stops on

@@ -203,6 +203,19 @@ def test_main_table_caption_names_the_target_classes_by_label_and_name(tmp_path)
         target_notes({"b": {"dataset": "digits", "classes": [5]}})
 
 
+def test_html_table_renders_groups_bold_cells_and_code_and_escapes_the_rest():
+    from kshot.tables import html_page, to_html
+
+    (t,) = main_tables(summarise(_runs().replace({"method": {"better": "a<b"}}), "full"), "full")
+    section = to_html(t)
+    assert f'<th colspan="{t.groups[0][1]}">accuracy (%)</th>' in section  # the spanning header
+    assert section.count("<tr>") == 2 + len(t.cells)  # the group row, the header, a row per method
+    assert "a&lt;b" in section and "a<b" not in section
+    assert "<strong>" in section and "<code>full</code>" in section
+    page = html_page([t], t.title)
+    assert page.startswith("<!DOCTYPE html>") and "<script" not in page and "http" not in page
+
+
 def test_latex_table_escapes_names_and_spans_the_two_column_groups():
     summary = summarise(_runs().replace({"method": {"better": "l2_sp"}}), "full")
     tex = to_latex(main_tables(summary, "full")[0], "tab:x")
@@ -355,7 +368,7 @@ def test_write_results_writes_every_table_format_metrics_and_plot_data(tmp_path,
     summary = write_results(
         runs, [src], rep / "tables", rep / "figures", "full", rep / "metrics.json", rep / "plots"
     )
-    for name in ("results.md", "results.csv", "results.tex", "sources.csv"):
+    for name in ("results.md", "results.html", "results.csv", "results.tex", "sources.csv"):
         assert (rep / "tables" / name).stat().st_size > 100
     assert "### Source pre-training" in (rep / "tables" / "results.md").read_text()
     assert pd.read_csv(rep / "tables" / "results.csv").shape[0] == len(summary) == 12

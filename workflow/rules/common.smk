@@ -307,7 +307,11 @@ def ablation_outputs():
     """The ablation table and its forest plot, where the params have ablation pairs that ran."""
     if not comparison_pairs("ablation"):
         return []
-    return ["reports/tables/ablation.md", "reports/figures/ablation_forest.png"]
+    return [
+        "reports/tables/ablation.md",
+        "reports/tables/ablation.html",
+        "reports/figures/ablation_forest.png",
+    ]
 
 
 def stamped_outputs():

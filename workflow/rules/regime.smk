@@ -10,8 +10,9 @@ rule compare:
         runs=run_metrics(),
     output:
         table="reports/tables/ablation.md",
-        csv=report(
-            "reports/tables/ablation.csv",
+        csv="reports/tables/ablation.csv",
+        html=report(
+            "reports/tables/ablation.html",
             caption="../report/comparisons.rst",
             category="2. Paired comparisons",
             labels={"table": "ablation"},
@@ -48,8 +49,9 @@ use rule compare as compare_regime with:
         runs=regime_runs(),
     output:
         table="reports/regime/regime.md",
-        csv=report(
-            "reports/regime/regime.csv",
+        csv="reports/regime/regime.csv",
+        html=report(
+            "reports/regime/regime.html",
             caption="../report/comparisons.rst",
             category="2. Paired comparisons",
             labels={"table": "regime"},
@@ -75,6 +77,7 @@ use rule compare as compare_regime with:
 rule regime:
     input:
         "reports/regime/regime.md",
+        "reports/regime/regime.html",
         "reports/regime/regime_forest.png",
 
 
@@ -83,8 +86,9 @@ use rule compare as compare_replicates with:
         runs=replicate_runs(),
     output:
         table="reports/replicates/replicates.md",
-        csv=report(
-            "reports/replicates/replicates.csv",
+        csv="reports/replicates/replicates.csv",
+        html=report(
+            "reports/replicates/replicates.html",
             caption="../report/comparisons.rst",
             category="2. Paired comparisons",
             labels={"table": "replicates"},
@@ -116,4 +120,5 @@ use rule compare as compare_replicates with:
 rule replicates:
     input:
         "reports/replicates/replicates.md",
+        "reports/replicates/replicates.html",
         "reports/replicates/replicates_forest.png",

@@ -18,19 +18,15 @@ rule aggregate:
         raw=lambda w: target_raw_dirs(),
     output:
         table=f"{REPORT_TAB}/results.md",
-        csv=report(
-            f"{REPORT_TAB}/results.csv",
+        csv=f"{REPORT_TAB}/results.csv",
+        html=report(
+            f"{REPORT_TAB}/results.html",
             caption="../report/results.rst",
             category="1. Results",
             labels={"table": "test accuracy by method and k"},
         ),
         tex=f"{REPORT_TAB}/results.tex",
-        sources=report(
-            f"{REPORT_TAB}/sources.csv",
-            caption="../report/sources.rst",
-            category="1. Results",
-            labels={"table": "source pre-training"},
-        ),
+        sources=f"{REPORT_TAB}/sources.csv",
         forest=report(
             f"{REPORT_FIG}/forest.png",
             caption="../report/forest.rst",
@@ -121,8 +117,9 @@ rule search_report:
         traces=search_targets(),
     output:
         table=f"{REPORT_TAB}/search.md",
-        csv=report(
-            f"{REPORT_TAB}/search.csv",
+        csv=f"{REPORT_TAB}/search.csv",
+        html=report(
+            f"{REPORT_TAB}/search.html",
             caption="../report/search_table.rst",
             category="4. Group-count search",
             labels={"table": "chosen counts and rewards"},

@@ -44,6 +44,7 @@ def report_targets():
     """Everything the report rules write that a full run should have (for final_outputs)."""
     out = [
         f"{REPORT_TAB}/results.md",
+        f"{REPORT_TAB}/results.html",
         f"{REPORT_FIG}/accuracy_vs_k.png",
         f"{REPORT_FIG}/episode_differences.png",
         f"{REPORT_FIG}/forest.png",
@@ -54,5 +55,9 @@ def report_targets():
         f"{REPORT_FIG}/groups/{{benchmark}}_filters.png", benchmark=report_benchmarks()
     )
     if search_targets():
-        out += [f"{REPORT_TAB}/search.md", f"{REPORT_FIG}/search_curves.png"]
+        out += [
+            f"{REPORT_TAB}/search.md",
+            f"{REPORT_TAB}/search.html",
+            f"{REPORT_FIG}/search_curves.png",
+        ]
     return out
