@@ -40,7 +40,7 @@ from matplotlib.patches import Rectangle
 from kshot.errors import DataError
 from kshot.grouping import normalise_patterns
 from kshot.io import atomic_path
-from kshot.tables import chosen_counts, trace_curve
+from kshot.tables import FOREST_COLUMNS, chosen_counts, trace_curve
 
 PALETTE = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#D55E00", "#0072B2", "#CC79A7", "#F0E442"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
@@ -103,9 +103,8 @@ def plot_forest(
     colour and marker follow ``series`` (e.g. the method) as in the other figures with the same
     ``baseline``.
     """
-    need = {"panel", "series", "row", "diff", "ci", "significant"}
-    if missing := sorted(need - set(rows.columns)):
-        raise DataError(f"forest plot: expected columns {sorted(need)}, missing {missing}")
+    if missing := sorted(set(FOREST_COLUMNS) - set(rows.columns)):
+        raise DataError(f"forest plot: expected columns {sorted(FOREST_COLUMNS)}, missing {missing}")
     if rows.empty:
         raise DataError("forest plot: expected at least one row, found none")
     panels = list(dict.fromkeys(rows.panel))

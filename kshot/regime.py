@@ -22,7 +22,7 @@ from kshot.figures import plot_forest
 from kshot.io import atomic_path, write_text
 from kshot.report import load_runs
 from kshot.stats import significant
-from kshot.tables import ablation_table, html_page, replicates_table, to_latex, to_markdown
+from kshot.tables import FOREST_COLUMNS, ablation_table, html_page, replicates_table, to_latex, to_markdown
 
 NOTES = {
     "ablation": "Each row a − b in percentage points, mean ± 95% CI over the episodes both methods "
@@ -58,7 +58,7 @@ def forest_rows(data: pd.DataFrame) -> pd.DataFrame:
                 "significant": significant(r.diff, r.ci95),
             }
         )
-    return pd.DataFrame(rows, columns=["panel", "series", "row", "diff", "ci", "significant"])
+    return pd.DataFrame(rows, columns=FOREST_COLUMNS)
 
 
 def write_comparisons(

@@ -35,6 +35,7 @@ from kshot.grouping import cluster_quality, group_neurons, normalise_patterns, r
 from kshot.io import atomic_path, read_json, write_json, write_text
 from kshot.stats import mean_ci, paired_diff, significant
 from kshot.tables import (
+    FOREST_COLUMNS,
     Table,
     html_page,
     main_tables,
@@ -120,7 +121,7 @@ def forest_rows(summary: pd.DataFrame, baseline: str) -> pd.DataFrame:
         }
         for r in summary[summary.method != baseline].sort_values(["benchmark", "method", "k"]).itertuples()
     ]
-    return pd.DataFrame(rows, columns=["panel", "series", "row", "diff", "ci", "significant"])
+    return pd.DataFrame(rows, columns=FOREST_COLUMNS)
 
 
 def markdown_table(summary: pd.DataFrame, baseline: str) -> str:

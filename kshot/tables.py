@@ -90,6 +90,11 @@ def to_markdown(t: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The rows a forest plot draws (kshot.figures.plot_forest): a panel, a colour series and a row
+# label, the difference, its 95% CI half-width and whether the CI excludes 0.
+FOREST_COLUMNS = ["panel", "series", "row", "diff", "ci", "significant"]
+
+
 def _html_text(text: str) -> str:
     """Escaped ``text`` with Markdown's `code` and **bold** spans as HTML."""
     out = html.escape(text, quote=False)
@@ -729,7 +734,8 @@ def findings_markdown(metrics: Mapping[str, Any], baseline: str) -> str:
             for method, value in diffs.items():
                 if value is not None:
                     per.setdefault(method, []).append(value)
-    ranked = sorted(per, key=lambda m: (-sum(per[m]) / len(per[m]), m))
+    mean = {m: sum(v) / len(v) for m, v in per.items()}
+    ranked = sorted(per, key=lambda m: (-mean[m], m))
     ahead = [m for m in ranked if counts.get(m, {}).get("above", 0) > len(per[m]) / 2]
     n_cells = max(len(v) for v in per.values())
     lead = (
@@ -738,8 +744,7 @@ def findings_markdown(metrics: Mapping[str, Any], baseline: str) -> str:
         else f"no method is significantly above `{baseline}` in most of the {n_cells} cells (benchmark x k)"
     )
     cells = ", ".join(
-        f"`{m}` {sum(per[m]) / len(per[m]):+.2f} pp "
-        f"({counts.get(m, {}).get('above', 0)} / {counts.get(m, {}).get('below', 0)})"
+        f"`{m}` {mean[m]:+.2f} pp ({counts.get(m, {}).get('above', 0)} / {counts.get(m, {}).get('below', 0)})"
         for m in ranked
     )
     return (

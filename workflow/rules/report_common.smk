@@ -14,19 +14,25 @@ def report_benchmarks():
     return PARAMS.run.benchmarks
 
 
-def targets_json():
+def target_entries():
     """Per report benchmark, its target dataset, classes and acquired folder: the results tables
     name the target classes (kshot.report.target_notes)."""
-    targets = {}
-    for b in report_benchmarks():
-        dataset = target_dataset(b)
-        classes = list(entry("benchmarks", b).target_classes)
-        targets[b] = {"dataset": dataset, "classes": classes, "raw": f"{RAW}/{dataset}"}
-    return json.dumps(targets, sort_keys=True)
+    return {
+        b: {
+            "dataset": target_dataset(b),
+            "classes": list(entry("benchmarks", b).target_classes),
+            "raw": f"{RAW}/{target_dataset(b)}",
+        }
+        for b in report_benchmarks()
+    }
+
+
+def targets_json():
+    return json.dumps(target_entries(), sort_keys=True)
 
 
 def target_raw_dirs():
-    return sorted({f"{RAW}/{target_dataset(b)}" for b in report_benchmarks()})
+    return sorted({t["raw"] for t in target_entries().values()})
 
 
 def search_labels():
