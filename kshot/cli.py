@@ -193,6 +193,7 @@ def cmd_finetune(args: argparse.Namespace, raw: dict[str, Any]) -> None:
         device=_device(raw),
         groups=_path(args.groups),
         search=_path(args.search),
+        tuning=_path(args.tuning),
     )
     diverged = [ep["episode"] for ep in summary["episodes"] if ep.get("diverged_step") is not None]
     if diverged:
@@ -201,6 +202,21 @@ def cmd_finetune(args: argparse.Namespace, raw: dict[str, Any]) -> None:
             f"{len(diverged)} of {len(summary['episodes'])} episodes; their accuracy is that of the "
             "last state the validation kept, and the results table says so"
         )
+
+
+def cmd_tune(args: argparse.Namespace, raw: dict[str, Any]) -> None:
+    runner.tune_stage(
+        args.benchmark,
+        args.method,
+        _method(raw, args.method),
+        _section(raw, "finetune", FinetuneConfig),
+        _section(raw, "search", SearchConfig),
+        raw.get("seed", 0),
+        args.k,
+        _inputs(args),
+        Path(args.out),
+        _device(raw),
+    )
 
 
 def cmd_compare(args: argparse.Namespace, raw: dict[str, Any]) -> None:
@@ -346,6 +362,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, required=True)
     p.add_argument("--search", default=None, help="search result JSON (grouped_rl)")
     p.add_argument("--groups", default=None, help="the group stage's file (grouped methods)")
+    p.add_argument("--tuning", default=None, help="the tune stage's file: run its chosen options")
+    p = stage(
+        "tune",
+        cmd_tune,
+        "choose a method's options from its tune grid on validation data",
+        ("benchmark", "method", "checkpoint", "target", "episodes", "out"),
+    )
+    p.add_argument("--k", type=int, required=True)
     p = stage(
         "activations",
         cmd_activations,

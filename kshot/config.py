@@ -29,6 +29,7 @@ SEARCH_STRATEGIES = ("reinforce", "random")  # kshot.search
 FEATURES = ("support", "support+pool")  # kshot.activations
 TAG_PATTERN = r"support(\+pool\d+)?(-raw)?"  # an ActivationSpec's tag; the Snakemake wildcard's too
 DEVICES = ("auto", "cpu", "cuda")
+TUNED = "+tuned"  # <method>+tuned: the method with the options its tune stage chose (kshot.tuning)
 # A number as YAML 1.2 writes it that YAML 1.1 (PyYAML: Snakemake's, DVC's and our loader) reads as a
 # string: an exponent without a dot or without a sign (1e6, 2.5e-3 is read as a number already).
 YAML12_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -275,6 +276,9 @@ class MethodSpec:
 
     kind: str
     options: Any = field(default_factory=dict)
+    # option name -> candidate values: the grid the tuning stage searches (:mod:`kshot.tuning`);
+    # empty: the method runs with its options as written only
+    tune: dict[str, list[Any]] = field(default_factory=dict)
 
     @classmethod
     def from_raw(cls, raw: Any, where: str) -> MethodSpec:
@@ -282,14 +286,21 @@ class MethodSpec:
             raise ConfigError(f"{where}: expected a mapping with a 'kind' key, found {raw!r}")
         if not isinstance(raw["kind"], str):
             raise ConfigError(f"{where}.kind: expected a method kind name, found {raw['kind']!r}")
-        return cls(kind=raw["kind"], options={k: v for k, v in raw.items() if k != "kind"})
+        tune = raw.get("tune") or {}
+        if not isinstance(tune, dict) or not all(isinstance(v, list) for v in tune.values()):
+            raise ConfigError(
+                f"{where}.tune: expected a mapping of option names to lists of candidate values, "
+                f"found {raw.get('tune')!r}"
+            )
+        options = {k: v for k, v in raw.items() if k not in ("kind", "tune")}
+        return cls(kind=raw["kind"], options=options, tune=tune)
 
     def to_raw(self) -> dict[str, Any]:
         """The mapping the params write for this spec (every option explicit once parsed)."""
         options = self.options
         if dataclasses.is_dataclass(options):
             options = dataclasses.asdict(options)  # type: ignore[arg-type]
-        return {"kind": self.kind, **options}
+        return {"kind": self.kind, **options, **({"tune": self.tune} if self.tune else {})}
 
 
 @dataclass(frozen=True)
@@ -538,6 +549,19 @@ class Params:
     replicates: ReplicatesConfig = field(default_factory=ReplicatesConfig)
     ablation: list[list[str]] = field(default_factory=list)
 
+    @property
+    def method_names(self) -> list[str]:
+        """The names a run may list: every method, and ``<method>+tuned`` for each with a ``tune``
+        grid (the method with the options its tune stage chose)."""
+        return [*self.methods, *(f"{m}{TUNED}" for m, spec in self.methods.items() if spec.tune)]
+
+    def method(self, name: str) -> MethodSpec:
+        """The spec of method ``name``; for ``<method>+tuned``, that of ``<method>``."""
+        base = name.removesuffix(TUNED)
+        if name not in self.method_names:
+            raise unknown("methods", name, self.method_names)
+        return self.methods[base]
+
     def validate(self, where: str) -> None:
         if self.seed < 0:
             raise ConfigError(f"seed: expected an integer >= 0, found {self.seed}")
@@ -553,16 +577,16 @@ class Params:
                     f"sources.{bench.source}.classes (same dataset '{src.dataset}'), found {shared} in both"
                 )
         _check_names("run.benchmarks", self.run.benchmarks, self.benchmarks)
-        _check_names("run.methods", self.run.methods, self.methods)
+        _check_names("run.methods", self.run.methods, self.method_names)
         for i, block in enumerate(self.regime.runs):
             _check_names(f"regime.runs[{i}].benchmarks", block.benchmarks, self.benchmarks)
-            _check_names(f"regime.runs[{i}].methods", block.methods, self.methods)
+            _check_names(f"regime.runs[{i}].methods", block.methods, self.method_names)
         for i, pair in enumerate(self.ablation):
             if len(pair) != 2 or pair[0] == pair[1]:
                 raise ConfigError(
                     f"ablation[{i}]: expected two different method names [a, b], found {pair!r}"
                 )
-            _check_names(f"ablation[{i}]", pair, self.methods)
+            _check_names(f"ablation[{i}]", pair, self.method_names)
         for i, b in enumerate(self.replicates.benchmarks):
             if b not in self.benchmarks:
                 raise unknown(f"replicates.benchmarks[{i}]", b, self.benchmarks)
@@ -572,14 +596,14 @@ class Params:
                     f"replicates.seeds: expected seeds other than {own}, the pre-training seed of "
                     f"benchmarks.{b}'s source (the default run's replicate), found {self.replicates.seeds}"
                 )
-        _check_names("replicates.methods", self.replicates.methods, self.methods)
+        _check_names("replicates.methods", self.replicates.methods, self.method_names)
         for i, pair in enumerate(self.replicates.pairs):
             _check_names(f"replicates.pairs[{i}]", pair, self.replicates.methods)
         regime_methods = {m for block in self.regime.runs for m in block.methods}
         searched = sorted(
             m
             for m in {*self.run.methods, *regime_methods, *self.replicates.methods}
-            if self.methods[m].kind == "grouped_rl"
+            if self.method(m).kind == "grouped_rl" or m.endswith(TUNED)
         )
         if searched and self.episodes.search_episodes < 1:
             raise ConfigError(

@@ -18,6 +18,7 @@ from kshot.config import DataConfig, Params
 from kshot.data.datasets import DATASETS, local_dir_datasets
 from kshot.errors import ConfigError, unknown
 from kshot.methods import METHODS, GradientMethod
+from kshot.tuning import base_name
 
 COMMANDS = (
     "acquire",
@@ -28,6 +29,7 @@ COMMANDS = (
     "activations",
     "group",
     "search",
+    "tune",
     "finetune",
 )
 
@@ -133,9 +135,24 @@ def job_params(params: Params, command: str, device: str = "cpu", **keys: Any) -
             "finetune": dataclasses.asdict(params.finetune),
             "search": search,
         }
-    # finetune
-    method = keys["method"]
-    out = {"seed": params.seed, "device": device, "methods": {method: _entry(params, "methods", method)}}
+    if command == "tune":
+        method = keys["method"]
+        search = {name: getattr(params.search, name) for name in ("budget", "steps", "finalists")}
+        out = {
+            "seed": params.seed,
+            "device": device,
+            "methods": {method: _entry(params, "methods", method)},
+            "search": search,
+        }
+        if _reads_finetune(params, method):
+            out["finetune"] = dataclasses.asdict(params.finetune)
+        return out
+    # finetune: of a method as written, or (<method>+tuned) with the options its tune stage chose,
+    # which are the job's input file; the grid is the tune stage's business, not the runs'
+    method = base_name(keys["method"])
+    entry = _entry(params, "methods", method)
+    entry.pop("tune", None)
+    out = {"seed": params.seed, "device": device, "methods": {method: entry}}
     if _reads_finetune(params, method):
         out["finetune"] = dataclasses.asdict(params.finetune)
     return out

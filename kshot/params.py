@@ -16,11 +16,12 @@ from typing import Any
 
 import yaml
 
-from kshot.config import MethodSpec, Params, check_eval_every, from_dict
+from kshot.config import TUNED, MethodSpec, Params, check_eval_every, from_dict
 from kshot.data.datasets import DATASETS, local_dir_datasets
 from kshot.errors import ConfigError, unknown, yaml_error
 from kshot.methods import METHODS
 from kshot.models import BACKBONES
+from kshot.tuning import check_grid
 
 
 def parse_method(name: str, spec: MethodSpec | Any) -> MethodSpec:
@@ -34,7 +35,7 @@ def parse_method(name: str, spec: MethodSpec | Any) -> MethodSpec:
     options = spec.options
     if not isinstance(options, METHODS[spec.kind].Options):
         options = METHODS[spec.kind].parse_options(options, where)
-    return MethodSpec(kind=spec.kind, options=options)
+    return MethodSpec(kind=spec.kind, options=options, tune=spec.tune)
 
 
 def check_registries(params: Params) -> Params:
@@ -55,6 +56,12 @@ def check_registries(params: Params) -> Params:
             raise unknown(f"benchmarks.{name}.target", bench.target, datasets)
     methods = {name: parse_method(name, spec) for name, spec in params.methods.items()}
     for name, spec in methods.items():
+        if "+" in name:
+            raise ConfigError(
+                f"methods.{name}: expected a name without '+' ('<method>{TUNED}' names a tuned "
+                f"method's runs), found '{name}'"
+            )
+        check_grid(spec.kind, spec.options, spec.tune, params.search.budget, f"methods.{name}")
         steps = getattr(spec.options, "steps", None) or params.finetune.steps
         every = getattr(spec.options, "eval_every", None) or params.finetune.eval_every
         if every > steps:  # with the method's overrides of the finetune block

@@ -36,6 +36,7 @@ from kshot.files.checkpoint import check_geometry, load_checkpoint, save_checkpo
 from kshot.files.episodes import read_episodes, write_episodes
 from kshot.files.prepared import load_prepared, load_target, save_prepared
 from kshot.files.search import read_chosen_counts, save_trace
+from kshot.files.tuning import read_chosen, save_tuning
 from kshot.grouping import layer_sizes
 from kshot.io import sha256, write_json
 from kshot.methods import METHODS, EpisodeData, EpisodeResult
@@ -43,6 +44,7 @@ from kshot.methods.grouped import GROUPED_KINDS
 from kshot.pretrain import pretrain
 from kshot.runtime import numerics
 from kshot.search import search_episodes, search_group_counts
+from kshot.tuning import default_candidate, method_reward, tune, tuned_name, with_candidate
 
 
 @dataclass(frozen=True)
@@ -211,6 +213,54 @@ def search_stage(
     save_trace(out, trace)
 
 
+def tune_stage(
+    benchmark: str,
+    method_name: str,
+    spec: MethodSpec,
+    finetune: FinetuneConfig,
+    search: SearchConfig,
+    seed: int,
+    k: int,
+    inputs: StageInputs,
+    out: Path,
+    device: torch.device,
+) -> None:
+    """The tuning at ``k`` of ``method_name``'s grid (``spec.tune``, :func:`kshot.tuning.tune`) on the search
+    episodes, its finalists and defaults compared on the selection episodes, with the grouped
+    search's budget, low-fidelity steps and finalists (``search``)."""
+    data, ep_file = _episodes_of(benchmark, k, inputs, ("pool_x", "pool_y"))
+    where = f"episodes file '{inputs.episodes}'"
+    episodes = {
+        role: search_episodes(ep_file, data["pool_x"], data["pool_y"], benchmark, seed, role, where)
+        for role in ("search", "select")
+    }
+    if search.finalists > 0 and not episodes["select"]:
+        raise DataError(
+            f"search.finalists: {search.finalists} needs selection episodes (episodes.select_episodes "
+            ">= 1), found none in the episodes file"
+        )
+    model, _ = load_checkpoint(inputs.checkpoint)
+    n_classes = int(ep_file["n_classes"])
+
+    def reward(options: Any, role: str, low_fidelity: bool) -> float:
+        steps = search.steps if low_fidelity else None
+        return method_reward(
+            method_name, spec.kind, options, finetune, model, episodes[role], n_classes, device, steps
+        )
+
+    trace = tune(
+        method_name,
+        spec.kind,
+        spec.options,
+        spec.tune,
+        search.budget,
+        search.finalists,
+        reward,
+        default_candidate(spec.options, spec.tune, finetune),
+    )
+    save_tuning(out, trace)
+
+
 def run_episodes(
     *,
     benchmark: str,
@@ -226,6 +276,7 @@ def run_episodes(
     artifacts: dict[str, Any] | None = None,
     groups: Path | None = None,
     search: Path | None = None,
+    tuning: Path | None = None,
 ) -> dict[str, Any]:
     """Run ``method_name`` on each episode of ``role`` in the episodes file; write and return the
     summary.
@@ -233,7 +284,9 @@ def run_episodes(
     Finished episodes are kept as they finish and reused by a rerun with the same inputs
     (:mod:`kshot.files.runs`). ``spec``: the method's parsed spec (:func:`kshot.params.parse_method`);
     ``groups``: the group stage's file for a grouped method (its assignments are used instead of
-    clustering here); ``search``: the search file whose chosen counts ``grouped_rl`` uses.
+    clustering here); ``search``: the search file whose chosen counts ``grouped_rl`` uses;
+    ``tuning``: the tune stage's file of ``method_name``, whose chosen options are run (as
+    ``<method_name>+tuned``) instead of the options as written.
     """
     data, ep_file = _episodes_of(benchmark, k, inputs, ("pool_x", "pool_y", "test_x", "test_y"))
     if role not in ep_file:
@@ -241,6 +294,11 @@ def run_episodes(
             f"episodes file '{inputs.episodes}': expected a '{role}' list, found {sorted(ep_file)}"
         )
     check_geometry(inputs.checkpoint, inputs.target, data["meta"])
+    if tuning is not None:
+        chosen = read_chosen(tuning, method_name)
+        where = f"tuning result '{tuning}'"
+        spec = MethodSpec(spec.kind, with_candidate(spec.kind, spec.options, chosen, where))
+        method_name = tuned_name(method_name)
     method = METHODS[spec.kind](spec.options, finetune, method_name)
     artifacts = dict(artifacts or {})
     if search is not None:

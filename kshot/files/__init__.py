@@ -11,6 +11,7 @@ was expected and what was found, so a file made for other inputs is refused rath
 - :mod:`~kshot.files.activations`: activation patterns of every episode;
 - :mod:`~kshot.files.groups`: a grouped method's assignments on every evaluation episode;
 - :mod:`~kshot.files.search`: a search's trace and chosen counts;
+- :mod:`~kshot.files.tuning`: a method's tuning trace and chosen options;
 - :mod:`~kshot.files.runs`: a method's per-episode records (the resume points) and summary.
 
 The algorithms below this layer take and return tensors and dataclasses and never open a

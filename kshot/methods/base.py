@@ -88,6 +88,9 @@ class Method(ABC):
 
     kind: ClassVar[str]
     Options: ClassVar[type] = TrainOverrides
+    # True for methods that see the unlabeled test images while adapting (transductive inference):
+    # every table marks them, since they use information the inductive methods do not
+    transductive: ClassVar[bool] = False
 
     def __init__(self, options: Any, finetune: FinetuneConfig, name: str | None = None) -> None:
         self.options = options

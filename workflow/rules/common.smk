@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from kshot.config import TAG_PATTERN, replicate_benchmarks, with_replicates
+from kshot.config import TAG_PATTERN, TUNED, replicate_benchmarks, with_replicates
 from kshot.episodes import check_sizes
 from kshot.errors import ConfigError, unknown
 from kshot.files.prepared import target_labels
@@ -56,7 +56,7 @@ wildcard_constraints:
     dataset=r"[A-Za-z0-9_\-]+",
     source=r"[A-Za-z0-9_\-]+",
     benchmark=r"[A-Za-z0-9_\-]+",
-    method=r"[A-Za-z0-9_\-]+",
+    method=r"[A-Za-z0-9_\-]+(\+tuned)?",
     strategy=r"reinforce|random",
     tag=TAG_PATTERN,
     root=f"data|{REGIME_ROOT}",
@@ -91,7 +91,10 @@ def episodes_json(wildcards, target):
 
 def entry(table, name):
     """``PARAMS.<table>[name]``; a name the params do not define (e.g. in a target path asked for
-    on the command line) is an error naming the table and the nearest defined name."""
+    on the command line) is an error naming the table and the nearest defined name. A method
+    ``<name>+tuned`` is method ``<name>`` run with the options its tune stage chose."""
+    if table == "methods":
+        return PARAMS.method(name)
     entries = getattr(PARAMS, table)
     if name not in entries:
         raise unknown(table, name, entries)
@@ -147,6 +150,7 @@ def default_outputs():
         + pretrain_targets()
         + activation_targets()
         + search_targets()
+        + tune_targets()
         + run_metrics()
         + groups
     )
@@ -219,9 +223,28 @@ def search_input(wildcards):
     )
 
 
+def tuning_input(wildcards):
+    """The tune stage's file a tuned method (``<method>+tuned``) reads (none for others)."""
+    if not wildcards.method.endswith(TUNED):
+        return []
+    base = wildcards.method.removesuffix(TUNED)
+    return home(f"tune/{wildcards.benchmark}/{base}/k{wildcards.k}.json")
+
+
+def tune_targets():
+    """The tune stage's file of every tuned method of the default run, benchmark and k."""
+    tuned = [m.removesuffix(TUNED) for m in PARAMS.run.methods if m.endswith(TUNED)]
+    return expand(
+        "data/tune/{benchmark}/{method}/k{k}.json",
+        benchmark=PARAMS.run.benchmarks,
+        method=tuned,
+        k=PARAMS.episodes.k,
+    )
+
+
 def search_targets():
     """Both strategies for every benchmark and k that a grouped_rl method runs on."""
-    kinds = {PARAMS.methods[m].kind for m in PARAMS.run.methods}
+    kinds = {entry("methods", m).kind for m in PARAMS.run.methods}
     if "grouped_rl" not in kinds:
         return []
     return expand(
@@ -295,7 +318,7 @@ def pretrain_targets():
 
 
 def finetune_targets():
-    return run_metrics() + search_targets()
+    return run_metrics() + search_targets() + tune_targets()
 
 
 def final_outputs():

@@ -1,0 +1,214 @@
+"""One tuning budget for every method: a grid of hyper-parameter candidates, chosen on validation data.
+
+A method entry of the params may carry a grid, ``tune: {option: [candidates], ...}``, over any of
+its kind's options (the learning rate, a regularisation weight, steps, ...). The grid's candidates
+are the product of its lists, in the order written, and there may be at most ``budget`` of them:
+the budget ``B`` is the grouped search's (``search.budget``), so a tuned method is given no more
+evaluations than grouping's search of its group counts. The tuning stage (:func:`tune`) then does
+what the search does, with the same episodes and the same fidelity:
+
+1. every candidate is evaluated once on the *search* episodes: its reward is the mean validation
+   accuracy of the method run with the candidate's options (at ``search.steps`` fine-tuning steps
+   when the grid does not tune ``steps``, a low-fidelity reward as the search's);
+2. the ``finalists`` candidates with the highest rewards, plus the *default* candidate (the options
+   as written, the untuned method), are run again at full fidelity on the *selection* episodes;
+3. the finalist with the highest mean selection accuracy is chosen (ties: the default, then the
+   grid order), so tuning falls back to the defaults when no candidate beats them on data it was
+   not ranked on.
+
+No test image reaches a tuning run: its episodes (:class:`kshot.search.SearchEpisode`) have none,
+and the method's test slot holds the validation set, whose accuracy is never read. The evaluation
+episodes then run the chosen options only (``<method>+tuned`` in the tables).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from kshot.config import TUNED, FinetuneConfig, from_dict
+from kshot.errors import ConfigError, DataError
+from kshot.methods import METHODS, EpisodeData, GradientMethod
+from kshot.methods.grouped import GROUPED_KINDS
+from kshot.models import Backbone
+from kshot.search import SearchEpisode
+
+
+def tuned_name(method: str) -> str:
+    return f"{method}{TUNED}"
+
+
+def base_name(method: str) -> str:
+    """``l2sp+tuned`` -> ``l2sp``; a name without the suffix is returned as it is."""
+    return method.removesuffix(TUNED)
+
+
+def grid_candidates(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """The candidates of ``grid`` (option -> values), the product of its lists in the order
+    written: ``{a: [1, 2], b: [3]}`` -> ``[{a: 1, b: 3}, {a: 2, b: 3}]``."""
+    names = list(grid)
+    return [dict(zip(names, values, strict=True)) for values in itertools.product(*grid.values())]
+
+
+def check_grid(kind: str, options: Any, grid: dict[str, list[Any]], budget: int, where: str) -> None:
+    """Raise :class:`ConfigError` naming ``<where>.tune...`` for a grid that names an option the kind
+    lacks, has an empty list, a candidate its ``Options`` refuses, or more candidates than ``budget``.
+    """
+    cls = METHODS[kind]
+    if grid and kind in GROUPED_KINDS:
+        raise ConfigError(
+            f"{where}.tune: expected no grid for grouped kind '{kind}' (its group counts are tuned by "
+            "the search, kind grouped_rl, under the same budget), found one"
+        )
+    fields = {f.name for f in dataclasses.fields(cls.Options)}
+    base = dataclasses.asdict(options)
+    for name, values in grid.items():
+        if name not in fields:
+            raise ConfigError(
+                f"{where}.tune.{name}: expected an option of kind '{kind}' ({sorted(fields) or 'none'}), "
+                f"found '{name}'"
+            )
+        if not values:
+            raise ConfigError(f"{where}.tune.{name}: expected a non-empty list of candidates, found []")
+        for i, value in enumerate(values):
+            try:
+                from_dict(cls.Options, {**base, name: value}, where)
+            except ConfigError as err:
+                raise ConfigError(f"{where}.tune.{name}[{i}]: {err}") from err
+    n = math.prod(len(v) for v in grid.values())
+    if n > budget:
+        sizes = " x ".join(f"{len(v)} {name}" for name, v in grid.items())
+        raise ConfigError(
+            f"{where}.tune: expected at most {budget} candidates (search.budget, the budget of every "
+            f"tuner), found {n} ({sizes})"
+        )
+
+
+def with_candidate(kind: str, options: Any, candidate: dict[str, Any], where: str) -> Any:
+    """``options`` (a kind's parsed ``Options``) with the values of ``candidate``."""
+    return from_dict(METHODS[kind].Options, {**dataclasses.asdict(options), **candidate}, where)
+
+
+@dataclass
+class Trial:
+    """One candidate's rewards: mean validation accuracy on the search episodes (``None``: the
+    default candidate, not in the grid) and on the selection episodes (``None``: not a finalist)."""
+
+    candidate: dict[str, Any]
+    search_reward: float | None
+    select_reward: float | None = None
+    default: bool = False
+
+
+@dataclass
+class TuneTrace:
+    """What a tuning stage did (JSON-ready through :meth:`to_dict`); ``chosen`` is the candidate
+    the evaluation episodes run."""
+
+    method: str
+    kind: str
+    grid: dict[str, list[Any]]
+    budget: int
+    trials: list[Trial] = field(default_factory=list)
+    chosen: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def method_reward(
+    name: str,
+    kind: str,
+    options: Any,
+    finetune: FinetuneConfig,
+    model: Backbone,
+    episodes: list[SearchEpisode],
+    n_classes: int,
+    device: torch.device,
+    steps: int | None = None,
+) -> float:
+    """Mean validation accuracy of method ``kind`` with ``options`` over ``episodes`` (``steps``:
+    fine-tuning steps instead of the method's own, for a low-fidelity reward)."""
+    if not episodes:
+        raise DataError("tuning episodes: expected at least one, found none (episodes.search_episodes)")
+    method = METHODS[kind](options, finetune, name)
+    if steps is not None and isinstance(method, GradientMethod):
+        method.cfg = dataclasses.replace(
+            method.cfg, steps=steps, eval_every=min(method.cfg.eval_every, steps)
+        )
+    total = 0.0
+    for ep in episodes:
+        data = EpisodeData(
+            model=copy.deepcopy(model),
+            support=ep.support,
+            val=ep.val,
+            test=ep.val,  # no test image is ever given to a tuning run; its test accuracy is unread
+            n_classes=n_classes,
+            seed=ep.seed,
+            device=device,
+            artifacts={"unlabeled": ep.unlabeled, "unlabeled_exclude": ep.exclude},
+        )
+        total += method.run(data).val_acc
+    return total / len(episodes)
+
+
+def default_candidate(options: Any, grid: dict[str, list[Any]], finetune: FinetuneConfig) -> dict[str, Any]:
+    """The values the method runs with untuned, for the options of ``grid``: an option left unset
+    (``None``, e.g. ``lr``) takes the shared ``finetune`` block's value, as the method does."""
+    shared = dataclasses.asdict(finetune)
+    out = {}
+    for option in grid:
+        value = getattr(options, option)
+        out[option] = shared[option] if value is None and option in shared else value
+    return out
+
+
+def tune(
+    name: str,
+    kind: str,
+    options: Any,
+    grid: dict[str, list[Any]],
+    budget: int,
+    finalists: int,
+    reward: Callable[[Any, str, bool], float],
+    default: dict[str, Any] | None = None,
+) -> TuneTrace:
+    """The tuning stage of method ``name`` (the module docstring). ``reward(options, role,
+    low_fidelity)`` returns the mean validation accuracy of the method with ``options`` on the
+    ``'search'`` or ``'select'`` episodes; ``finalists``: how many of the best candidates are
+    re-checked with the ``default`` candidate (:func:`default_candidate`; ``None``: the values of
+    ``options``) on the selection episodes (0: the best search reward is chosen as it is)."""
+    where = f"methods.{name}"
+    check_grid(kind, options, grid, budget, where)
+    if not grid:
+        raise ConfigError(f"{where}.tune: expected a grid of candidates to tune, found none")
+    trace = TuneTrace(method=name, kind=kind, grid=grid, budget=budget)
+    low = "steps" not in grid
+    for candidate in grid_candidates(grid):
+        opts = with_candidate(kind, options, candidate, where)
+        trace.trials.append(Trial(candidate, float(reward(opts, "search", low))))
+    ranked = sorted(trace.trials, key=lambda t: -(t.search_reward or 0.0))  # stable: ties keep grid order
+    if finalists == 0:
+        trace.chosen = dict(ranked[0].candidate)
+        return trace
+    if default is None:
+        default = {option: getattr(options, option) for option in grid}
+    checked = [t for t in ranked if t.candidate != default][:finalists]
+    plain = next((t for t in trace.trials if t.candidate == default), None)
+    if plain is None:
+        plain = Trial(default, None)
+        trace.trials.append(plain)
+    plain.default = True
+    for trial in [plain, *checked]:
+        opts = with_candidate(kind, options, trial.candidate, where)
+        trial.select_reward = float(reward(opts, "select", False))
+    best = max([plain, *checked], key=lambda t: t.select_reward or 0.0)  # max keeps the first of ties
+    trace.chosen = dict(best.candidate)
+    return trace
