@@ -262,6 +262,7 @@ def cmd_aggregate(args: argparse.Namespace, raw: dict[str, Any]) -> None:
         plots_dir=_path(args.plots_dir),
         episodes=[Path(p) for p in args.episodes],
         targets=target_notes(targets),
+        tuned=args.tuned,
     )
 
 
@@ -415,6 +416,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", default=None, help="headline metrics JSON to write")
     p.add_argument("--plots-dir", default=None, help="folder for plot-ready CSVs")
     p.add_argument("--baseline", default="full")
+    p.add_argument(
+        "--tuned",
+        nargs="*",
+        default=[],
+        help="methods of the tuned block besides the <method>+tuned runs (searched, or nothing to tune)",
+    )
     p.add_argument(
         "--targets",
         default=None,

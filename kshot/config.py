@@ -480,6 +480,15 @@ class ReplicatesConfig:
                 )
 
 
+@dataclass(frozen=True)
+class PeersConfig:
+    """The peers study (``snakemake peers``): every method of ``methods`` (tuned ones as
+    ``<method>+tuned``) on the default run's benchmarks and k, in tables of their own
+    (reports/peers/): the contest that does not fit in the default run's time."""
+
+    methods: list[str] = field(default_factory=list)
+
+
 def replicate_name(name: str, seed: int) -> str:
     """The name of the replicate of source or benchmark ``name`` pre-trained with ``seed``."""
     return f"{name}_seed{seed}"
@@ -547,6 +556,7 @@ class Params:
     search: SearchConfig = field(default_factory=SearchConfig)
     regime: RegimeConfig = field(default_factory=RegimeConfig)
     replicates: ReplicatesConfig = field(default_factory=ReplicatesConfig)
+    peers: PeersConfig = field(default_factory=PeersConfig)
     ablation: list[list[str]] = field(default_factory=list)
 
     @property
@@ -597,12 +607,13 @@ class Params:
                     f"benchmarks.{b}'s source (the default run's replicate), found {self.replicates.seeds}"
                 )
         _check_names("replicates.methods", self.replicates.methods, self.method_names)
+        _check_names("peers.methods", self.peers.methods, self.method_names)
         for i, pair in enumerate(self.replicates.pairs):
             _check_names(f"replicates.pairs[{i}]", pair, self.replicates.methods)
         regime_methods = {m for block in self.regime.runs for m in block.methods}
         searched = sorted(
             m
-            for m in {*self.run.methods, *regime_methods, *self.replicates.methods}
+            for m in {*self.run.methods, *regime_methods, *self.replicates.methods, *self.peers.methods}
             if self.method(m).kind == "grouped_rl" or m.endswith(TUNED)
         )
         if searched and self.episodes.search_episodes < 1:

@@ -17,7 +17,7 @@ Writers (each a report command of :mod:`kshot.cli`):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from kshot.activations import layer_activations
+from kshot.config import TUNED
 from kshot.data.datasets import class_names
 from kshot.errors import DataError
 from kshot.files.checkpoint import load_checkpoint
@@ -83,12 +84,35 @@ def load_runs(paths: list[Path]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summarise(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
+def blocks(
+    methods: Collection[str], baseline: str, tuned: Collection[str] = ()
+) -> dict[str, tuple[str, str]]:
+    """Method -> (block, the baseline it is compared with). When ``<baseline>+tuned`` ran, the
+    *tuned* block (``<method>+tuned`` runs and the methods of ``tuned``: searched ones, and those
+    with nothing to tune) is compared with it, the *defaults* block (the options as written) with
+    ``baseline``: tuned against tuned, untuned against untuned. Otherwise every method is in the
+    defaults block."""
+    tuned_base = f"{baseline}{TUNED}"
+    out = {}
+    for m in methods:
+        is_tuned = tuned_base in methods and (m.endswith(TUNED) or m in tuned)
+        out[m] = ("tuned", tuned_base) if is_tuned else ("defaults", baseline)
+    return out
+
+
+def summarise(df: pd.DataFrame, baseline: str, tuned: Collection[str] = ()) -> pd.DataFrame:
     """Per (benchmark, k, method): mean test accuracy with CI, and the paired difference against
-    ``baseline`` with its CI (accuracies in percent)."""
+    the method's baseline with its CI (accuracies in percent): ``baseline``, or for the tuned block
+    ``<baseline>+tuned`` (:func:`blocks`; the ``block`` and ``baseline`` columns say which)."""
     out = []
-    base = df[df.method == baseline].set_index(["benchmark", "k", "episode"])["test_acc"]
+    block_of = blocks(set(df.method), baseline, tuned)
+    by_base = {
+        b: df[df.method == b].set_index(["benchmark", "k", "episode"])["test_acc"]
+        for b in {b for _, b in block_of.values()}
+    }
     for (bench, k, method), g in df.groupby(["benchmark", "k", "method"], sort=True):
+        block, own_base = block_of[method]
+        base = by_base[own_base]
         mean, half = mean_ci(g.test_acc.to_numpy() * 100)
         row: dict[str, Any] = {
             "benchmark": bench,
@@ -101,15 +125,18 @@ def summarise(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
             "n_diverged": int(g.diverged_step.notna().sum()),
         }
         paired = g.set_index(["benchmark", "k", "episode"])["test_acc"]
-        d, dh, n = paired_diff(paired, base) if method != baseline else (math.nan, math.nan, 0)
+        d, dh, n = paired_diff(paired, base) if method != own_base else (math.nan, math.nan, 0)
         row.update(diff_vs_baseline=d, diff_ci95=dh, significant=bool(n and significant(d, dh)))
+        row.update(block=block, baseline=own_base)
         out.append(row)
     return pd.DataFrame(out)
 
 
 def forest_rows(summary: pd.DataFrame, baseline: str) -> pd.DataFrame:
-    """The forest plot's rows from :func:`summarise`: per benchmark (panel), each method but
-    ``baseline`` (sorted) at each k, its paired difference to ``baseline`` and that CI."""
+    """The forest plot's rows from :func:`summarise`: per benchmark (panel), each method but the
+    baselines (sorted) at each k, its paired difference to its baseline and that CI."""
+    if "baseline" in summary:
+        summary = summary[summary.method != summary.baseline]
     rows = [
         {
             "panel": r.benchmark,
@@ -147,17 +174,20 @@ def headline_metrics(
         f"significant_vs_{baseline}": {},
         "n_episodes": int(summary.n_episodes.min()),
     }
-    for r in summary[summary.method != baseline].itertuples():
-        counts = out[f"significant_vs_{baseline}"].setdefault(r.method, {"above": 0, "below": 0})
+    own = summary.baseline if "baseline" in summary else pd.Series(baseline, index=summary.index)
+    for r, base in zip(summary.itertuples(), own, strict=True):
+        if r.method == base:
+            continue
+        counts = out.setdefault(f"significant_vs_{base}", {}).setdefault(r.method, {"above": 0, "below": 0})
         if r.significant:
             counts["above" if r.diff_vs_baseline > 0 else "below"] += 1
-    for r in summary.itertuples():
+    for r, base in zip(summary.itertuples(), own, strict=True):
         key = f"k{r.k}"
         out["test_acc"].setdefault(r.benchmark, {}).setdefault(key, {})[r.method] = _none_for_nan(r.test_acc)
-        if r.method != baseline:
-            out[f"diff_vs_{baseline}"].setdefault(r.benchmark, {}).setdefault(key, {})[r.method] = (
-                _none_for_nan(r.diff_vs_baseline)
-            )
+        if r.method != base:
+            out.setdefault(f"diff_vs_{base}", {}).setdefault(r.benchmark, {}).setdefault(key, {})[
+                r.method
+            ] = _none_for_nan(r.diff_vs_baseline)
     return out
 
 
@@ -234,8 +264,10 @@ def write_results(
     plots_dir: Path | None = None,
     episodes: Sequence[Path] = (),
     targets: Mapping[str, str] | None = None,
+    tuned: Collection[str] = (),
 ) -> pd.DataFrame:
-    """Write, from run and source metrics:
+    """Write, from run and source metrics (``tuned``: the methods of the tuned block besides the
+    ``<method>+tuned`` runs, :func:`blocks`):
 
     - ``tables_dir``: ``results.{md,html,csv,tex}`` (``.md`` and ``.html`` also hold the source table),
       ``sources.{csv,tex}``;
@@ -250,7 +282,7 @@ def write_results(
     from kshot.figures import plot_accuracy_vs_k, plot_episode_differences, plot_forest
 
     df = load_runs(runs)
-    summary = summarise(df, baseline)
+    summary = summarise(df, baseline, tuned)
     with atomic_path(tables_dir / "results.csv") as tmp:
         summary.to_csv(tmp, index=False, float_format="%.4f")
     tables = main_tables(summary, baseline, targets=targets)
@@ -266,8 +298,9 @@ def write_results(
         plot_forest(
             forest_rows(summary, baseline),
             figures_dir / "forest",
-            f"Paired difference to {baseline} per benchmark, method and k",
-            f"test accuracy − {baseline}'s (percentage points)",
+            f"Paired difference to {baseline} per benchmark, method and k"
+            + (f" (tuned methods: to {baseline}{TUNED})" if (summary.block == "tuned").any() else ""),
+            "test accuracy − the baseline's (percentage points)",
             baseline,
         )
         plot_episode_differences(df, baseline, figures_dir / "episode_differences")

@@ -214,6 +214,34 @@ def to_latex(t: Table, label: str | None = None) -> str:
 # ---------------------------------------------------------------- main results
 
 
+# A results table per benchmark and block when the run has tuned methods (kshot.report.blocks)
+BLOCK_TITLES = {"tuned": ", every method tuned", "defaults": ", options as written (untuned)"}
+BLOCK_NOTES = {
+    "tuned": (
+        " Tuned: each method ran with the options its tune stage chose from its grid (`<method>+tuned`),"
+        " grouped_rl with its searched group counts, both under the same budget of candidates"
+        " (search.budget) scored on the validation sets of the search episodes and re-checked on the"
+        " selection episodes; never on test data. Methods without options to tune appear as they are."
+    ),
+    "defaults": " Untuned: every method with the options as written in params.yaml.",
+}
+
+
+def _blocks_of(summary: pd.DataFrame) -> list[tuple[tuple[str, str], pd.DataFrame]]:
+    """``((benchmark, block), rows)`` per benchmark, the tuned block first; a summary without a
+    ``block`` column is one block, ``''``."""
+    if "block" not in summary:
+        return [((b, ""), g) for b, g in summary.groupby("benchmark", sort=True)]
+    out = []
+    for bench, g in summary.groupby("benchmark", sort=True):
+        block_names = set(g.block)
+        if block_names == {"defaults"}:
+            out.append(((bench, ""), g))
+            continue
+        out += [((bench, b), g[g.block == b]) for b in ("tuned", "defaults") if b in block_names]
+    return out
+
+
 def main_tables(
     summary: pd.DataFrame,
     baseline: str,
@@ -232,7 +260,8 @@ def main_tables(
     if missing:
         raise DataError(f"summary: expected columns {sorted(need)}, missing {missing}")
     tables = []
-    for bench, g in summary.groupby("benchmark", sort=True):
+    for (bench, block), g in _blocks_of(summary):
+        baseline = str(g.baseline.iloc[0]) if "baseline" in g else baseline
         ks = sorted(int(k) for k in g.k.unique())
         n_eps = sorted({int(n) for n in g.n_episodes}) if "n_episodes" in g else []
         best = {k: round(float(g[g.k == k].test_acc.max()), DIGITS) for k in ks}
@@ -268,11 +297,11 @@ def main_tables(
         )
         if targets and bench in targets:
             note += f" Target classes: {targets[bench]}."
-        note += diverged_note(g)
+        note += diverged_note(g) + BLOCK_NOTES.get(block, "")
         cols = ["method"] + [f"k={k}" for k in ks] + [f"k={k}" for k in ks]
         tables.append(
             Table(
-                title=f"{bench}: test accuracy by method and shots per class",
+                title=f"{bench}: test accuracy by method and shots per class{BLOCK_TITLES.get(block, '')}",
                 note=note,
                 columns=cols,
                 cells=cells,

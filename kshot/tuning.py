@@ -50,6 +50,11 @@ def base_name(method: str) -> str:
     return method.removesuffix(TUNED)
 
 
+def tunable(kind: str) -> bool:
+    """Whether method ``kind`` has options a grid could tune."""
+    return bool(dataclasses.fields(METHODS[kind].Options))
+
+
 def grid_candidates(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     """The candidates of ``grid`` (option -> values), the product of its lists in the order
     written: ``{a: [1, 2], b: [3]}`` -> ``[{a: 1, b: 3}, {a: 2, b: 3}]``."""
@@ -194,7 +199,8 @@ def tune(
     for candidate in grid_candidates(grid):
         opts = with_candidate(kind, options, candidate, where)
         trace.trials.append(Trial(candidate, float(reward(opts, "search", low))))
-    ranked = sorted(trace.trials, key=lambda t: -(t.search_reward or 0.0))  # stable: ties keep grid order
+    # stable: ties (to 6 decimals, as below) keep the grid order
+    ranked = sorted(trace.trials, key=lambda t: -round(t.search_reward or 0.0, 6))
     if finalists == 0:
         trace.chosen = dict(ranked[0].candidate)
         return trace
@@ -209,6 +215,8 @@ def tune(
     for trial in [plain, *checked]:
         opts = with_candidate(kind, options, trial.candidate, where)
         trial.select_reward = float(reward(opts, "select", False))
-    best = max([plain, *checked], key=lambda t: t.select_reward or 0.0)  # max keeps the first of ties
+    # max keeps the first of ties; rewards are means of float32 accuracies, so equal accuracies
+    # can differ in the last bits: a tie is equality to 6 decimals (accuracies are multiples of 1/N)
+    best = max([plain, *checked], key=lambda t: round(t.select_reward or 0.0, 6))
     trace.chosen = dict(best.candidate)
     return trace

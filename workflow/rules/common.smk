@@ -14,6 +14,7 @@ from kshot.files.prepared import target_labels
 from kshot.methods.grouped import GROUPED_KINDS
 from kshot.data.datasets import acquired_from, check_acquirable
 from kshot.jobs import acquire_entry, check_device, job_params
+from kshot.tuning import tunable
 from kshot.params import params_from_dict
 from kshot.settle import agree_with_dvc, write_stamp
 
@@ -242,6 +243,21 @@ def tune_targets():
     )
 
 
+def tuned_block(methods=None):
+    """The methods (the default run's by default) that the results' tuned block shows as they
+    are: the searched ones (grouped_rl, grouping's tuner) and those whose kind has no option a
+    grid could tune."""
+    return [
+        m
+        for m in methods or PARAMS.run.methods
+        if not m.endswith(TUNED)
+        and (
+            entry("methods", m).kind == "grouped_rl"
+            or not tunable(entry("methods", m).kind)
+        )
+    ]
+
+
 def search_targets():
     """Both strategies for every benchmark and k that a grouped_rl method runs on."""
     kinds = {entry("methods", m).kind for m in PARAMS.run.methods}
@@ -284,6 +300,15 @@ def replicate_runs():
     if not study.seeds or not study.methods:
         return []
     out = run_metrics(list(replicate_benchmarks(PARAMS)), study.methods)
+    return sorted({home(path.removeprefix("data/")) for path in out})
+
+
+def peer_runs():
+    """Metrics of every run of the peers study: the default run's where it has them, the others
+    under data/regime/."""
+    if not PARAMS.peers.methods:
+        return []
+    out = run_metrics(PARAMS.run.benchmarks, PARAMS.peers.methods)
     return sorted({home(path.removeprefix("data/")) for path in out})
 
 

@@ -122,3 +122,55 @@ rule replicates:
         "reports/replicates/replicates.md",
         "reports/replicates/replicates.html",
         "reports/replicates/replicates_forest.png",
+
+
+# The peers study: the results tables, forest plot and figures of the default run's aggregate,
+# for every peer method, tuned and as written (`snakemake --cores N peers`).
+use rule aggregate as aggregate_peers with:
+    input:
+        runs=peer_runs(),
+        sources=expand("data/checkpoints/{source}/metrics.json", source=used_sources()),
+        episodes=expand(
+            "data/episodes/{benchmark}/k{k}.json",
+            benchmark=report_benchmarks(),
+            k=PARAMS.episodes.k[:1],
+        ),
+        raw=lambda w: target_raw_dirs(),
+    output:
+        table="reports/peers/results.md",
+        csv="reports/peers/results.csv",
+        html=report(
+            "reports/peers/results.html",
+            caption="../report/results.rst",
+            category="3. Peers",
+            labels={"table": "peers: test accuracy by method and k"},
+        ),
+        tex="reports/peers/results.tex",
+        sources="reports/peers/sources.csv",
+        forest=report(
+            "reports/peers/forest.png",
+            caption="../report/forest.rst",
+            category="3. Peers",
+            labels={"figure": "peers: paired differences (forest plot)"},
+        ),
+        forest_svg="reports/peers/forest.svg",
+        figure="reports/peers/accuracy_vs_k.png",
+        figure_svg="reports/peers/accuracy_vs_k.svg",
+        episodes_figure="reports/peers/episode_differences.png",
+        episodes_figure_svg="reports/peers/episode_differences.svg",
+        metrics="reports/peers/metrics.json",
+        plots=directory("reports/peers/plots"),
+    log:
+        f"{REGIME_ROOT}/logs/report/aggregate_peers.log",
+    params:
+        tables=subpath(output.table, parent=True),
+        figures=subpath(output.figure, parent=True),
+        baseline="full",
+        tuned=lambda w: " ".join(tuned_block(PARAMS.peers.methods)),
+        targets=lambda w: targets_json(),
+
+
+rule peers:
+    input:
+        "reports/peers/results.md",
+        "reports/peers/forest.png",

@@ -61,12 +61,13 @@ rule aggregate:
         tables=subpath(output.table, parent=True),
         figures=subpath(output.figure, parent=True),
         baseline="full",
+        tuned=lambda w: " ".join(tuned_block()),
         targets=lambda w: targets_json(),
     shell:
         "python -m kshot aggregate --runs {input.runs} --sources {input.sources} "
         "--episodes {input.episodes} --tables-dir {params.tables} --figures-dir {params.figures} "
         "--metrics {output.metrics} --plots-dir {output.plots} --baseline {params.baseline} "
-        "--targets {params.targets:q} --log {log}"
+        "--tuned {params.tuned} --targets {params.targets:q} --log {log}"
 
 
 rule group_figures:
