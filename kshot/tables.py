@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kshot.config import TUNED
 from kshot.errors import DataError
 from kshot.stats import mean_ci, paired_diff, significant
 
@@ -713,37 +714,49 @@ def _headline_cell(value: float | None, signed: bool) -> str:
 
 
 def headline_markdown(metrics: Mapping[str, Any]) -> str:
-    """The README's headline table from ``reports/metrics.json`` (:func:`kshot.report.headline_metrics`).
+    """The README's headline tables from ``reports/metrics.json`` (:func:`kshot.report.headline_metrics`).
 
-    One row per benchmark and k: the baseline's mean test accuracy (%) and every other method's mean
-    paired difference to it (percentage points), then a caption line. The baseline is the one
-    ``diff_vs_<name>`` key; methods follow it in name order, benchmarks and k in order.
+    One table per baseline (per ``diff_vs_<name>`` key with differences; a tuned baseline
+    ``<name>+tuned`` first): one row per benchmark and k, the baseline's mean test accuracy (%) and
+    every other method's mean paired difference to it (percentage points), then a caption line and
+    what the table shows (:func:`findings_markdown`). Methods follow the baseline in name order,
+    benchmarks and k in order.
     """
-    diff_keys = [key for key in metrics if key.startswith("diff_vs_")]
-    if len(diff_keys) != 1 or "test_acc" not in metrics or "n_episodes" not in metrics:
+    diff_keys = [key for key in metrics if key.startswith("diff_vs_") and metrics[key]]
+    if not diff_keys or "test_acc" not in metrics or "n_episodes" not in metrics:
         raise DataError(
-            "metrics: expected the keys test_acc, n_episodes and one diff_vs_<baseline>, "
+            "metrics: expected the keys test_acc, n_episodes and a diff_vs_<baseline> with differences, "
             f"found {sorted(metrics)}"
         )
-    baseline = diff_keys[0].removeprefix("diff_vs_")
-    test, diff = metrics["test_acc"], metrics[diff_keys[0]]
-    named = [m for table in (test, diff) for cells in table.values() for ms in cells.values() for m in ms]
+    diff_keys.sort(key=lambda key: (not key.endswith(TUNED), key))
+    return "\n".join(_headline_block(metrics, key.removeprefix("diff_vs_")) for key in diff_keys)
+
+
+def _headline_block(metrics: Mapping[str, Any], baseline: str) -> str:
+    test, diff = metrics["test_acc"], metrics[f"diff_vs_{baseline}"]
+    named = [m for cells in diff.values() for ms in cells.values() for m in ms]
     methods = [m for m in _order(named, baseline, None) if m != baseline]
     header = ["benchmark", "k", f"{baseline} (%)"] + [f"{m} − {baseline}" for m in methods]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "--:|" * (len(header) - 1)]
-    for bench in sorted(test):
+    for bench in sorted(diff):
         for key in sorted(test[bench], key=lambda k: int(k.removeprefix("k"))):
             cells = [
                 _headline_cell(test[bench][key].get(baseline), signed=False),
                 *(_headline_cell(diff.get(bench, {}).get(key, {}).get(m), signed=True) for m in methods),
             ]
             lines.append("| " + " | ".join([bench, key.removeprefix("k"), *cells]) + " |")
+    which = (
+        "**Tuned** (each method with the options its tune stage chose on validation data, or its "
+        "searched group counts, under one budget): "
+        if baseline.endswith(TUNED)
+        else ("**Untuned** (options as written): " if any(k.endswith(TUNED) for k in metrics) else "")
+    )
     lines += [
         "",
-        f"`{baseline}`: mean test accuracy (%); every other column: that method's mean paired difference "
-        f"to `{baseline}` (percentage points). Means over {metrics['n_episodes']} evaluation episodes per "
-        "benchmark and k, the same episodes for every method; which differences are significant, with "
-        "95% intervals, is in `reports/tables/results.md`.",
+        f"{which}`{baseline}`: mean test accuracy (%); every other column: that method's mean paired "
+        f"difference to `{baseline}` (percentage points). Means over {metrics['n_episodes']} evaluation "
+        "episodes per benchmark and k, the same episodes for every method; which differences are "
+        "significant, with 95% intervals, is in `reports/tables/results.md`.",
     ]
     findings = findings_markdown(metrics, baseline)
     return "\n".join(lines) + "\n" + (f"\n{findings}" if findings else "")

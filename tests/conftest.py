@@ -42,7 +42,7 @@ TINY_PARAMS = {
     },
     "finetune": {"steps": 4, "lr": 0.01, "eval_every": 2},
     "methods": {
-        "full": {"kind": "full"},
+        "full": {"kind": "full", "tune": {"lr": [0.01, 0.1]}},
         "linear": {"kind": "linear", "lr": 0.1},
         "centroid": {"kind": "centroid"},
         "l2sp": {"kind": "l2sp", "alpha": 0.01, "beta": 0.01},
@@ -53,7 +53,16 @@ TINY_PARAMS = {
     "search": {"budget": 3, "menu": [0.25, 1.0], "finalists": 1},
     "run": {
         "benchmarks": ["tiny"],
-        "methods": ["full", "linear", "centroid", "l2sp", "grouped", "grouped_random", "grouped_rl"],
+        "methods": [
+            "full",
+            "full+tuned",
+            "linear",
+            "centroid",
+            "l2sp",
+            "grouped",
+            "grouped_random",
+            "grouped_rl",
+        ],
     },
 }
 

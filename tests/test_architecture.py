@@ -48,6 +48,14 @@ LAYERS = [
         "kshot.methods.grouped",
         "kshot.methods.l2sp",
         "kshot.methods.linear",
+        "kshot.methods.adafilter",
+        "kshot.methods.bitfit",
+        "kshot.methods.bss",
+        "kshot.methods.delta",
+        "kshot.methods.fewshot",
+        "kshot.methods.lpft",
+        "kshot.methods.surgical",
+        "kshot.tuning",
     },
     {"kshot.params", "kshot.jobs"},
     {
@@ -59,6 +67,7 @@ LAYERS = [
         "kshot.files.activations",
         "kshot.files.groups",
         "kshot.files.search",
+        "kshot.files.tuning",
         "kshot.files.runs",
     },
     {"kshot.tables", "kshot.figures", "kshot.report", "kshot.regime", "kshot.notebook"},
@@ -271,3 +280,14 @@ def test_every_dvc_stage_depends_on_the_whole_package_and_workflow():
 
 def test_dvc_ignores_bytecode_so_the_package_hash_is_its_source():
     assert "**/__pycache__" in (REPO / ".dvcignore").read_text().split()
+
+
+def test_a_stage_job_starts_without_torchvision_or_easyfsl():
+    """Every pipeline job imports kshot.cli; torchvision (and easyfsl, which loads it) cost about
+    2 s per job, so they are imported where a dataset, a ResNet or a classifier needs them."""
+    import subprocess
+    import sys
+
+    code = "import sys, kshot.cli; print(sorted(m for m in ('torchvision', 'easyfsl') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

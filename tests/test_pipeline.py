@@ -58,6 +58,7 @@ def test_pipeline_writes_the_results_table_with_every_method(pipeline_dir):
     table = pd.read_csv(pipeline_dir / "reports" / "tables" / "results.csv")
     assert set(table.method) == {
         "full",
+        "full+tuned",
         "linear",
         "centroid",
         "l2sp",
@@ -71,6 +72,24 @@ def test_pipeline_writes_the_results_table_with_every_method(pipeline_dir):
     assert "### tiny" in md and "Source pre-training" in md
     assert "Target classes: digits 5, 6, 7, 8, 9." in md
     assert (pipeline_dir / "reports" / "figures" / "accuracy_vs_k.png").stat().st_size > 1000
+    # two blocks: the tuned methods against full+tuned, the untuned ones against full
+    assert md.index("every method tuned") < md.index("options as written")
+    blocks = dict(zip(table.method, table.baseline, strict=True))
+    assert blocks["grouped_rl"] == blocks["centroid"] == "full+tuned" and blocks["l2sp"] == "full"
+
+
+@pytest.mark.slow
+def test_the_tuned_run_runs_the_options_its_tune_stage_chose(pipeline_dir):
+    import json
+
+    trace = json.loads((pipeline_dir / "data/tune/tiny/full/k1.json").read_text())
+    assert trace["method"] == "full" and [t["candidate"] for t in trace["trials"][:2]] == [
+        {"lr": 0.01},
+        {"lr": 0.1},
+    ]
+    assert trace["chosen"] in [t["candidate"] for t in trace["trials"] if t["select_reward"] is not None]
+    run = json.loads((pipeline_dir / "data/runs/tiny/full+tuned/k1/metrics.json").read_text())
+    assert {e["method"] for e in run["episodes"]} == {"full+tuned"}
 
 
 @pytest.mark.slow
@@ -196,13 +215,19 @@ EDITS = {
     "a-search-option-the-default-strategy": (lambda p, root: _set(p, "search.strategy", "random"), set()),
     "the-fine-tuning-lr": (
         lambda p, root: _set(p, "finetune.lr", 0.02),
-        # every gradient method and the search read it; the centroid classifier does not
+        # every gradient method, the search and the tuning read it; the centroid classifier does not
         {
             f"data/runs/tiny/{m}/k1/metrics.json"
-            for m in ("full", "linear", "l2sp", "grouped", "grouped_random", "grouped_rl")
+            for m in ("full", "full+tuned", "linear", "l2sp", "grouped", "grouped_random", "grouped_rl")
         }
         | {f"data/search/tiny/k1/{s}.json" for s in ("reinforce", "random")}
+        | {"data/tune/tiny/full/k1.json"}
         | {f"data/groups/tiny/grouped_rl/k1.{e}" for e in ("pt", "json")},
+    ),
+    "a-tune-grid": (
+        lambda p, root: _set(p, "methods.full.tune", {"lr": [0.01, 0.05]}),
+        # the grid is the tune stage's: full as written does not rerun
+        {"data/tune/tiny/full/k1.json", "data/runs/tiny/full+tuned/k1/metrics.json"},
     ),
     "one-methods-groups": (
         lambda p, root: _set(p, "methods.grouped.groups", 0.25),

@@ -69,8 +69,8 @@ def test_a_tuned_name_exists_only_for_a_method_with_a_grid():
     raw = params_with("l2sp", {"kind": "l2sp", "tune": {"alpha": [0.1, 1.0]}})
     raw["run"]["methods"] = ["l2sp", "l2sp+tuned"]
     assert params_from_dict(raw).method("l2sp+tuned").kind == "l2sp"
-    raw["run"]["methods"] = ["full+tuned"]
-    with pytest.raises(ConfigError, match=r"run\.methods\[0\]: unknown .*'full\+tuned'"):
+    raw["run"]["methods"] = ["centroid+tuned"]
+    with pytest.raises(ConfigError, match=r"run\.methods\[0\]: unknown .*'centroid\+tuned'"):
         params_from_dict(raw)
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 from PIL import Image, UnidentifiedImageError
 
 from kshot.config import DataConfig
@@ -23,6 +22,8 @@ STORED_SIDE = 64
 
 
 def _read_tree(root: Path, side: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    import torchvision  # here: importing it costs every pipeline job about 2 s at start-up
+
     try:
         tree = torchvision.datasets.ImageFolder(str(root), allow_empty=False)
     except FileNotFoundError as err:

@@ -1,15 +1,25 @@
-"""Nearest class centroid with cosine similarity on frozen penultimate features (SimpleShot /
-ProtoNet-style; no training, no hyper-parameters)."""
+"""Nearest class centroid with cosine similarity on frozen penultimate features: SimpleShot (Wang
+et al., arXiv:1911.04623, 2019) with L2-normalised features and no centring, easyfsl's
+implementation (see :mod:`kshot.methods.fewshot`).
+
+A class's centroid is the mean of its L2-normalised support features; a query goes to the centroid
+of highest cosine similarity. No training, no hyper-parameters. Its predictions are those of
+:func:`kshot.finetune.class_centroids` (the centroid head initialisation) and of ``simpleshot`` at
+its defaults (``tests/test_fewshot.py``).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 
-from kshot.finetune import Tensors, class_centroids, predict
-from kshot.methods.base import EpisodeData, EpisodeResult, Method
+from kshot.methods.fewshot import EasyFSLMethod
+
+if TYPE_CHECKING:  # easyfsl is imported where a classifier is made (kshot.methods.fewshot says why)
+    from easyfsl.methods import FewShotClassifier
 
 
 @dataclass(frozen=True)
@@ -17,17 +27,12 @@ class CentroidOptions:
     """The centroid classifier has no options."""
 
 
-class NearestCentroid(Method):
+class NearestCentroid(EasyFSLMethod):
     kind = "centroid"
     Options = CentroidOptions
+    transductive = False
 
-    def run(self, ep: EpisodeData) -> EpisodeResult:
-        model = ep.model.to(ep.device).eval()
-        centroids = class_centroids(model, ep.support, ep.n_classes, ep.device)  # [C, D]
+    def classifier(self, support: torch.Tensor) -> FewShotClassifier:
+        from easyfsl.methods import SimpleShot
 
-        def acc(data: Tensors) -> float:
-            feats = F.normalize(predict(model.features, data[0], ep.device), dim=1)  # [N, D]
-            return float(((feats @ centroids.T).argmax(1) == data[1]).float().mean())
-
-        with torch.no_grad():
-            return EpisodeResult(test_acc=acc(ep.test), val_acc=acc(ep.val))
+        return SimpleShot(nn.Identity(), feature_normalization=2)

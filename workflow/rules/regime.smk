@@ -142,7 +142,7 @@ use rule aggregate as aggregate_peers with:
         html=report(
             "reports/peers/results.html",
             caption="../report/results.rst",
-            category="3. Peers",
+            category="6. Peers",
             labels={"table": "peers: test accuracy by method and k"},
         ),
         tex="reports/peers/results.tex",
@@ -150,7 +150,7 @@ use rule aggregate as aggregate_peers with:
         forest=report(
             "reports/peers/forest.png",
             caption="../report/forest.rst",
-            category="3. Peers",
+            category="6. Peers",
             labels={"figure": "peers: paired differences (forest plot)"},
         ),
         forest_svg="reports/peers/forest.svg",
