@@ -60,6 +60,7 @@ Choices the papers leave open, and kshot's:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from abc import abstractmethod
 from dataclasses import dataclass
@@ -189,15 +190,7 @@ class PTMapMethod(EasyFSLMethod):
     def classifier(self, support: torch.Tensor) -> FewShotClassifier:
         from easyfsl.methods import PTMAP
 
-        o = self.options
-        return PTMAP(
-            nn.Identity(),
-            feature_normalization=o.feature_normalization,
-            fine_tuning_steps=o.fine_tuning_steps,
-            fine_tuning_lr=o.fine_tuning_lr,
-            lambda_regularization=o.lambda_regularization,
-            power_factor=o.power_factor,
-        )
+        return PTMAP(nn.Identity(), **dataclasses.asdict(self.options))  # easyfsl's own names
 
 
 @dataclass(frozen=True)
@@ -231,17 +224,7 @@ class TIMMethod(EasyFSLMethod):
     def classifier(self, support: torch.Tensor) -> FewShotClassifier:
         from easyfsl.methods import TIM
 
-        o = self.options
-        return TIM(
-            nn.Identity(),
-            feature_normalization=o.feature_normalization,
-            fine_tuning_steps=o.fine_tuning_steps,
-            fine_tuning_lr=o.fine_tuning_lr,
-            cross_entropy_weight=o.cross_entropy_weight,
-            marginal_entropy_weight=o.marginal_entropy_weight,
-            conditional_entropy_weight=o.conditional_entropy_weight,
-            temperature=o.temperature,
-        )
+        return TIM(nn.Identity(), **dataclasses.asdict(self.options))  # easyfsl's own names
 
 
 FEWSHOT_METHODS: tuple[type[EasyFSLMethod], ...] = (SimpleShotMethod, PTMapMethod, TIMMethod)
