@@ -618,7 +618,7 @@ class Params:
         )
         if searched and self.episodes.search_episodes < 1:
             raise ConfigError(
-                f"episodes.search_episodes: expected >= 1, since the searched methods {searched} "
+                f"episodes.search_episodes: expected >= 1, since the searched or tuned methods {searched} "
                 f"run (their rewards need search episodes), found {self.episodes.search_episodes}"
             )
         for i, pair in enumerate(self.regime.pairs):

@@ -27,7 +27,7 @@ def test_unknown_method_in_run_suggests_the_nearest_name(tiny_params):
 
 
 def test_unknown_method_kind_is_reported_with_its_field(tiny_params):
-    tiny_params["methods"]["full"] = {"kind": "fulll"}
+    tiny_params["methods"]["full"] = {"kind": "fulll", "tune": {"lr": [0.01]}}
     with pytest.raises(ConfigError, match=r"methods.full.kind.*'fulll'.*did you mean 'full'"):
         params_from_dict(tiny_params)
 
@@ -97,7 +97,8 @@ def test_params_yaml_round_trips_through_yaml(tiny_params, tmp_path):
     for name, raw in tiny_params["methods"].items():
         spec = params.methods[name]
         assert spec.kind == raw["kind"]
-        assert all(getattr(spec.options, k) == v for k, v in raw.items() if k != "kind")
+        assert all(getattr(spec.options, k) == v for k, v in raw.items() if k not in ("kind", "tune"))
+        assert spec.tune == raw.get("tune", {})
 
 
 def test_local_dirs_key_that_is_not_a_torchvision_dataset_suggests_the_nearest(tiny_params):

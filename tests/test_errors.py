@@ -523,7 +523,8 @@ def test_grouped_layer_that_the_backbone_lacks_names_the_method_field(tmp_path, 
         ({"top": 1}, r"params: unknown key 'top'"),
         (
             {"episodes": {**TINY_PARAMS["episodes"], "search_episodes": 0}},
-            r"episodes.search_episodes: expected >= 1, since the searched methods \['grouped_rl'\] run",
+            r"episodes.search_episodes: expected >= 1, since the searched or tuned methods "
+            r"\['full\+tuned', 'grouped_rl'\] run",
         ),
     ],
     ids=["negative-seed", "unknown-top-level-key", "search-without-search-episodes"],
