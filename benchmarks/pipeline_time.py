@@ -4,10 +4,11 @@ writes ``benchmarks/results/pipeline_time.json``.
 Clones the repository's committed ``HEAD`` into a temporary folder and runs ``make setup`` there
 (the virtual environment and its packages), then ``make run`` (the setup is then a no-op, so this
 is Snakemake's run of the default pipeline), timing each. From Snakemake's log of the run it reads
-the number of jobs, the span from the first job's start to the last job's end, and each rule's
+the number of jobs, the span from the first job's start to the last job's end, each rule's
 job-seconds (the sum over its jobs of finish minus start, to the second: the CPU work to share
-among the cores). A large float32 matmul's GFLOP/s, on one thread before and after the run, puts
-the machine's speed of the day beside the times: on a shared machine it moves them by a fifth from
+among the cores) and, for the jobs with a ``method`` wildcard, each rule's job-seconds per method.
+A large float32 matmul's GFLOP/s, on one thread before and after the run, puts the machine's
+speed of the day beside the times: on a shared machine it moves them by a fifth from
 day to day. The run's tables and ``reports/metrics.json`` are compared byte for byte with the
 working tree's, where it has them.
 
@@ -37,6 +38,7 @@ COMPARED = ("reports/metrics.json", "reports/tables")
 _STAMP = re.compile(r"^\[(\w{3} \w{3} +\d+ [\d:]+ \d{4})\]$")
 _START = re.compile(r"^\s+jobid: (\d+)$")
 _END = re.compile(r"^Finished jobid: (\d+) \(Rule: ([\w-]+)\)$")
+_WILDCARDS = re.compile(r"^\s+wildcards: (.*)$")
 _ELAPSED = re.compile(r"^Elapsed time: (?:(\d+) days?, )?(\d+):(\d+):([\d.]+)$")
 
 
@@ -49,6 +51,9 @@ def parse_log(text: str) -> dict[str, Any]:
     now: dt.datetime | None = None
     started: dict[str, dt.datetime] = {}
     per_rule: dict[str, list[float]] = defaultdict(list)
+    per_method: dict[str, list[float]] = defaultdict(list)  # "rule method": the jobs with a method
+    method_of: dict[str, str] = {}
+    job = None
     first = last = None
     elapsed = None
     for line in text.splitlines():
@@ -56,9 +61,17 @@ def parse_log(text: str) -> dict[str, Any]:
             now = dt.datetime.strptime(m.group(1), "%a %b %d %H:%M:%S %Y")
         elif (m := _START.match(line)) and now is not None:
             started.setdefault(m.group(1), now)
+            job = m.group(1)
             first = first or now
+        elif (m := _WILDCARDS.match(line)) and job is not None:
+            wildcards = dict(w.split("=", 1) for w in m.group(1).split(", ") if "=" in w)
+            if "method" in wildcards:
+                method_of[job] = wildcards["method"]
         elif (m := _END.match(line)) and m.group(1) in started and now is not None:
-            per_rule[m.group(2)].append((now - started.pop(m.group(1))).total_seconds())
+            seconds = (now - started.pop(m.group(1))).total_seconds()
+            per_rule[m.group(2)].append(seconds)
+            if m.group(1) in method_of:
+                per_method[f"{m.group(2)} {method_of[m.group(1)]}"].append(seconds)
             last = now
         elif m := _ELAPSED.match(line):
             days, h, mi, s = m.groups()
@@ -76,6 +89,10 @@ def parse_log(text: str) -> dict[str, Any]:
         "span_s": (last - first).total_seconds() if first and last else None,
         "snakemake_elapsed_s": elapsed,
         "rules": {r: {**v, "share": v["job_s"] / total} for r, v in rules.items()},
+        "methods": {
+            key: {"jobs": len(ds), "job_s": sum(ds), "share": sum(ds) / total}
+            for key, ds in sorted(per_method.items(), key=lambda kv: -sum(kv[1]))
+        },
     }
 
 
@@ -181,6 +198,9 @@ def main() -> None:
     )
     for rule, r in result["rules"].items():
         print(f"  {rule:16s} {r['jobs']:3d} jobs {r['job_s']:7.0f} s ({100 * r['share']:.0f}%)")
+    print("per rule and method:")
+    for key, r in result["methods"].items():
+        print(f"  {key:32s} {r['jobs']:3d} jobs {r['job_s']:7.0f} s ({100 * r['share']:.0f}%)")
     print(f"-> {args.out}")
 
 

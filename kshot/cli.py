@@ -307,19 +307,25 @@ def cmd_notebook(args: argparse.Namespace, raw: dict[str, Any]) -> None:
 
 
 def cmd_readme(args: argparse.Namespace, raw: dict[str, Any]) -> None:
-    from kshot.tables import with_headline
+    from kshot.tables import with_headline, with_peers
 
     readme = Path(args.readme)
     if not readme.is_file():
         raise DataError(f"--readme '{readme}': expected an existing file, found nothing")
-    metrics = read_json(args.metrics, "--metrics")
-    if not isinstance(metrics, dict):
-        raise DataError(f"--metrics '{args.metrics}': expected a JSON object, found {type(metrics).__name__}")
+
+    def metrics_of(path: str, flag: str) -> dict[str, Any]:
+        metrics = read_json(path, flag)
+        if not isinstance(metrics, dict):
+            raise DataError(f"{flag} '{path}': expected a JSON object, found {type(metrics).__name__}")
+        return metrics
+
     text = readme.read_text()
-    new = with_headline(text, metrics, str(readme))
+    new = with_headline(text, metrics_of(args.metrics, "--metrics"), str(readme))
+    if args.peers_metrics:
+        new = with_peers(new, metrics_of(args.peers_metrics, "--peers-metrics"), str(readme))
     if new != text:
         write_text(readme, new)
-    print(f"{readme}: headline table {'updated' if new != text else 'unchanged'}")
+    print(f"{readme}: {'updated' if new != text else 'unchanged'}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -446,8 +452,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html", default=None, help="HTML export")
     p.add_argument("--cwd", default=".", help="folder the notebook runs in (the pipeline's root)")
     p.add_argument("--param", action="append", default=[], help="NAME=VALUE (a string), repeatable")
-    p = report("readme", cmd_readme, "the README's headline table from the headline metrics")
+    p = report("readme", cmd_readme, "the README's headline tables (and peers block) from the metrics")
     p.add_argument("--metrics", default="reports/metrics.json", help="headline metrics JSON (aggregate's)")
+    p.add_argument(
+        "--peers-metrics", default=None, help="the peers study's metrics JSON, for the peers block"
+    )
     p.add_argument("--readme", default="README.md", help="file with the headline markers, rewritten in place")
     return parser
 

@@ -192,13 +192,18 @@ def plot_accuracy_vs_k(
     return save(fig, out_stem)
 
 
-def plot_episode_differences(df: pd.DataFrame, baseline: str, out_stem: Path) -> list[Path]:
-    """Each episode's paired difference in test accuracy to ``baseline`` (percentage points): one
+def plot_episode_differences(
+    df: pd.DataFrame, baseline: str, out_stem: Path, baseline_of: Mapping[str, str] | None = None
+) -> list[Path]:
+    """Each episode's paired difference in test accuracy to its baseline (percentage points): one
     panel per benchmark, one row per method and k (as in :func:`plot_forest`), a dot per episode, a
     bar at the mean, and the episodes won / tied / lost at the row's end. Shows what per-episode
     accuracies hide: a small difference that holds on almost every episode, or a mean carried by a
-    few. ``df``: :func:`kshot.report.load_runs` output."""
-    others = sorted(set(df.method) - {baseline})
+    few. ``df``: :func:`kshot.report.load_runs` output; ``baseline_of``: method -> the baseline it
+    is compared with (:func:`kshot.report.blocks`; default ``baseline`` for every method)."""
+    baseline_of = dict(baseline_of or {})
+    bases = {baseline_of.get(m, baseline) for m in set(df.method)}
+    others = sorted(m for m in set(df.method) if m not in bases and m != baseline)
     if baseline not in set(df.method) or not others:
         raise DataError(
             f"episode differences: expected '{baseline}' and another method, found {sorted(set(df.method))}"
@@ -208,7 +213,7 @@ def plot_episode_differences(df: pd.DataFrame, baseline: str, out_stem: Path) ->
     rows = [(m, k) for m in others for k in ks]
     y_of = {row: len(rows) - 1 - i for i, row in enumerate(rows)}
     styles = method_styles([baseline, *others], baseline)
-    base = df[df.method == baseline].set_index(["benchmark", "k", "episode"])["test_acc"]
+    by_base = {b: df[df.method == b].set_index(["benchmark", "k", "episode"])["test_acc"] for b in bases}
     fig, axes = plt.subplots(
         1,
         len(benches),
@@ -221,6 +226,7 @@ def plot_episode_differences(df: pd.DataFrame, baseline: str, out_stem: Path) ->
         for method, k in rows:
             sel = df[(df.method == method) & (df.benchmark == bench) & (df.k == k)]
             acc = sel.set_index(["benchmark", "k", "episode"])["test_acc"]
+            base = by_base[baseline_of.get(method, baseline)]
             common = acc.index.intersection(base.index)
             if common.empty:
                 continue
@@ -254,7 +260,12 @@ def plot_episode_differences(df: pd.DataFrame, baseline: str, out_stem: Path) ->
         ax.grid(axis="x", alpha=0.3)
     axes[0][0].set_yticks([y_of[r] for r in rows], [f"{m}, k={k}" for m, k in rows])
     axes[0][0].set_ylim(-0.6, len(rows) - 0.4)
-    fig.suptitle(f"Per-episode paired difference to {baseline} (dot: an episode; bar: the mean)")
+    others_base = sorted({baseline_of.get(m, baseline) for m in others} - {baseline})
+    fig.suptitle(
+        f"Per-episode paired difference to {baseline}"
+        + (f" (tuned methods: to {', '.join(others_base)})" if others_base else "")
+        + " (dot: an episode; bar: the mean)"
+    )
     return save(fig, out_stem)
 
 

@@ -303,7 +303,12 @@ def write_results(
             "test accuracy − the baseline's (percentage points)",
             baseline,
         )
-        plot_episode_differences(df, baseline, figures_dir / "episode_differences")
+        plot_episode_differences(
+            df,
+            baseline,
+            figures_dir / "episode_differences",
+            {m: b for m, (_, b) in blocks(set(df.method), baseline, tuned).items()},
+        )
     if metrics_path is not None:
         write_json(metrics_path, headline_metrics(summary, src_rows, baseline))
     if plots_dir is not None:

@@ -187,13 +187,16 @@ def select_finalists(
         rewards.setdefault(tuple(sorted(sample.counts.items())), (sample.counts, sample.reward))
     ungrouped = {name: sizes[name] for name in trace.layers}
     plain = rewards.pop(tuple(sorted(ungrouped.items())), None)  # never among the grouped finalists
-    ranked = sorted(rewards.values(), key=lambda cr: -cr[1])  # stable: ties keep search order
+    # stable: ties (to 6 decimals, as below) keep search order
+    ranked = sorted(rewards.values(), key=lambda cr: -round(cr[1], 6))
     candidates = [(ungrouped, plain[1] if plain else None, True)]
     candidates += [(c, r, False) for c, r in ranked[:finalists]]
     trace.finalists = [
         Finalist(dict(c), r, float(evaluate(c)), is_ungrouped) for c, r, is_ungrouped in candidates
     ]
-    best = max(trace.finalists, key=lambda f: f.select_reward)  # max keeps the first of ties
+    # max keeps the first of ties; rewards are means of float32 accuracies, so equal accuracies can
+    # differ in the last bits: a tie is equality to 6 decimals (accuracies are multiples of 1/N)
+    best = max(trace.finalists, key=lambda f: round(f.select_reward, 6))
     trace.chosen_counts = dict(best.counts)
     return trace
 

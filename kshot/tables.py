@@ -703,6 +703,7 @@ def regime_table(
 # ---------------------------------------------------------------- the README's headline
 
 HEADLINE_BEGIN, HEADLINE_END = "<!-- headline:begin -->", "<!-- headline:end -->"
+PEERS_BEGIN, PEERS_END = "<!-- peers:begin -->", "<!-- peers:end -->"
 
 
 def _headline_cell(value: float | None, signed: bool) -> str:
@@ -762,11 +763,16 @@ def _headline_block(metrics: Mapping[str, Any], baseline: str) -> str:
     return "\n".join(lines) + "\n" + (f"\n{findings}" if findings else "")
 
 
-def findings_markdown(metrics: Mapping[str, Any], baseline: str) -> str:
+def findings_markdown(
+    metrics: Mapping[str, Any],
+    baseline: str,
+    title: str = "**What this run shows** (written by `kshot readme` from these metrics)",
+) -> str:
     """What the run shows, in words, from ``metrics``: whether a method is significantly above
     ``baseline`` in most cells (benchmark x k), then per method (best mean first) its mean paired
     difference over the cells and in how many cells it is significantly above and below. Empty
-    for metrics without ``significant_vs_<baseline>`` (written before it existed)."""
+    for metrics without ``significant_vs_<baseline>`` (written before it existed). ``title``
+    opens the paragraph."""
     counts = metrics.get(f"significant_vs_{baseline}")
     if not counts:
         return ""
@@ -790,21 +796,61 @@ def findings_markdown(metrics: Mapping[str, Any], baseline: str) -> str:
         for m in ranked
     )
     return (
-        f"**What this run shows** (written by `kshot readme` from these metrics): {lead}. Mean "
+        f"{title}: {lead}. Mean "
         f"paired difference over the cells, and the cells where it is significantly above / below "
         f"`{baseline}`: {cells}.\n"
     )
 
 
-def with_headline(text: str, metrics: Mapping[str, Any], where: str) -> str:
-    """``text`` (the README, read from ``where``) with the block between :data:`HEADLINE_BEGIN` and
-    :data:`HEADLINE_END` replaced by :func:`headline_markdown` of ``metrics``."""
-    begins, ends = text.count(HEADLINE_BEGIN), text.count(HEADLINE_END)
-    if begins != 1 or ends != 1 or text.index(HEADLINE_BEGIN) > text.index(HEADLINE_END):
+def peers_markdown(metrics: Mapping[str, Any]) -> str:
+    """The README's paragraphs on the peers study from ``reports/peers/metrics.json``: per
+    baseline (the tuned one first) :func:`findings_markdown`, the tables being in reports/peers/."""
+    diff_keys = [key for key in metrics if key.startswith("diff_vs_") and metrics[key]]
+    if not diff_keys:
         raise DataError(
-            f"{where}: expected the markers {HEADLINE_BEGIN} and then {HEADLINE_END}, once each, "
+            f"peers metrics: expected a diff_vs_<baseline> with differences, found {sorted(metrics)}"
+        )
+    diff_keys.sort(key=lambda key: (not key.endswith(TUNED), key))
+    paragraphs = []
+    for key in diff_keys:
+        baseline = key.removeprefix("diff_vs_")
+        block = "tuned methods" if baseline.endswith(TUNED) else "methods as written"
+        paragraphs.append(
+            findings_markdown(
+                metrics,
+                baseline,
+                f"**The peers study, {block}** (`snakemake peers`; written by `kshot readme` from "
+                f"`reports/peers/metrics.json`, {metrics['n_episodes']} episodes per cell)",
+            )
+        )
+    return "\n".join(p for p in paragraphs if p)
+
+
+def with_block(
+    text: str,
+    markdown: str,
+    where: str,
+    begin: str = HEADLINE_BEGIN,
+    end: str = HEADLINE_END,
+) -> str:
+    """``text`` (the README, read from ``where``) with the block between the markers ``begin`` and
+    ``end`` replaced by ``markdown``."""
+    begins, ends = text.count(begin), text.count(end)
+    if begins != 1 or ends != 1 or text.index(begin) > text.index(end):
+        raise DataError(
+            f"{where}: expected the markers {begin} and then {end}, once each, "
             f"found them {begins} and {ends} times{' in the other order' if begins == ends == 1 else ''}"
         )
-    head, rest = text.split(HEADLINE_BEGIN)
-    _, tail = rest.split(HEADLINE_END)
-    return f"{head}{HEADLINE_BEGIN}\n{headline_markdown(metrics)}{HEADLINE_END}{tail}"
+    head, rest = text.split(begin)
+    _, tail = rest.split(end)
+    return f"{head}{begin}\n{markdown}{end}{tail}"
+
+
+def with_headline(text: str, metrics: Mapping[str, Any], where: str) -> str:
+    """``text`` with the headline block replaced by :func:`headline_markdown` of ``metrics``."""
+    return with_block(text, headline_markdown(metrics), where)
+
+
+def with_peers(text: str, metrics: Mapping[str, Any], where: str) -> str:
+    """``text`` with the peers block replaced by :func:`peers_markdown` of ``metrics``."""
+    return with_block(text, peers_markdown(metrics), where, PEERS_BEGIN, PEERS_END)

@@ -9,7 +9,9 @@ what the search does, with the same episodes and the same fidelity:
 
 1. every candidate is evaluated once on the *search* episodes: its reward is the mean validation
    accuracy of the method run with the candidate's options (at ``search.steps`` fine-tuning steps
-   when the grid does not tune ``steps``, a low-fidelity reward as the search's);
+   when the grid does not tune ``steps``, a low-fidelity reward as the search's). A grid with no
+   more candidates besides the default than ``finalists`` skips this screening, which could not
+   change what step 2 re-checks: all its candidates go to step 2;
 2. the ``finalists`` candidates with the highest rewards, plus the *default* candidate (the options
    as written, the untuned method), are run again at full fidelity on the *selection* episodes;
 3. the finalist with the highest mean selection accuracy is chosen (ties: the default, then the
@@ -103,8 +105,9 @@ def with_candidate(kind: str, options: Any, candidate: dict[str, Any], where: st
 
 @dataclass
 class Trial:
-    """One candidate's rewards: mean validation accuracy on the search episodes (``None``: the
-    default candidate, not in the grid) and on the selection episodes (``None``: not a finalist)."""
+    """One candidate's rewards: mean validation accuracy on the search episodes (``None``: not
+    screened, the default candidate outside the grid or a grid small enough to skip the
+    screening) and on the selection episodes (``None``: not a finalist)."""
 
     candidate: dict[str, Any]
     search_reward: float | None
@@ -196,16 +199,18 @@ def tune(
         raise ConfigError(f"{where}.tune: expected a grid of candidates to tune, found none")
     trace = TuneTrace(method=name, kind=kind, grid=grid, budget=budget)
     low = "steps" not in grid
-    for candidate in grid_candidates(grid):
+    if default is None:
+        default = {option: getattr(options, option) for option in grid}
+    candidates = grid_candidates(grid)
+    screen = finalists == 0 or sum(c != default for c in candidates) > finalists
+    for candidate in candidates:
         opts = with_candidate(kind, options, candidate, where)
-        trace.trials.append(Trial(candidate, float(reward(opts, "search", low))))
+        trace.trials.append(Trial(candidate, float(reward(opts, "search", low)) if screen else None))
     # stable: ties (to 6 decimals, as below) keep the grid order
     ranked = sorted(trace.trials, key=lambda t: -round(t.search_reward or 0.0, 6))
     if finalists == 0:
         trace.chosen = dict(ranked[0].candidate)
         return trace
-    if default is None:
-        default = {option: getattr(options, option) for option in grid}
     checked = [t for t in ranked if t.candidate != default][:finalists]
     plain = next((t for t in trace.trials if t.candidate == default), None)
     if plain is None:

@@ -66,6 +66,27 @@ def test_log_parse_counts_each_jobs_seconds_by_rule_and_the_span():
     assert sum(r["share"] for r in d["rules"].values()) == pytest.approx(1)
 
 
+def test_log_parse_counts_each_methods_job_seconds_by_rule():
+    log = """\
+[Tue Nov 24 22:54:20 2026]
+rule finetune:
+    jobid: 3
+    wildcards: root=data, benchmark=fashion, method=full+tuned, k=1
+[Tue Nov 24 22:54:21 2026]
+rule tune:
+    jobid: 4
+    wildcards: root=data, benchmark=fashion, method=full, k=1
+[Tue Nov 24 22:54:30 2026]
+Finished jobid: 3 (Rule: finetune)
+[Tue Nov 24 22:54:41 2026]
+Finished jobid: 4 (Rule: tune)
+"""
+    d = pipeline_time.parse_log(log)
+    assert d["methods"]["finetune full+tuned"]["job_s"] == 10
+    assert d["methods"]["tune full"]["job_s"] == 20 and next(iter(d["methods"])) == "tune full"
+    assert "search random" not in pipeline_time.parse_log(LOG)["methods"]  # no method wildcard
+
+
 def test_log_parse_counts_a_job_that_never_finished():
     d = pipeline_time.parse_log(LOG.split("[Tue Nov 24 22:56:00 2026]\nFinished jobid: 8")[0])
     assert d["unfinished"] == 1 and d["rules"]["search"]["jobs"] == 1

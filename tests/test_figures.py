@@ -93,6 +93,23 @@ def test_episode_differences_count_the_episodes_won_tied_and_lost_and_need_the_b
         plot_episode_differences(pd.DataFrame(df), "nope", tmp_path / "s")
 
 
+def test_episode_differences_compare_a_tuned_method_with_the_tuned_baseline(tmp_path):
+    from kshot.figures import plot_episode_differences
+
+    df = load_runs(write_runs(tmp_path, benches=("b1",)))
+    other = sorted(set(df.method) - {"full"})[0]
+    tuned_base = df[df.method == "full"].assign(method="full+tuned", test_acc=lambda d: d.test_acc + 0.5)
+    tuned = df[df.method == other].assign(method=f"{other}+tuned")
+    df = pd.concat([df, tuned_base, tuned], ignore_index=True)
+    plot_episode_differences(
+        df, "full", tmp_path / "s", {f"{other}+tuned": "full+tuned", "full+tuned": "full+tuned"}
+    )
+    svg = _svg_text(tmp_path / "s")
+    assert "tuned methods: to full+tuned" in svg and "full+tuned, k=" not in svg
+    for k, g in tuned.groupby("k"):  # every tuned episode loses to the shifted tuned baseline
+        assert f"{other}+tuned, k={k}" in svg and f"0/0/{len(g)}" in svg
+
+
 def test_forest_plot_has_a_row_per_method_and_k_and_fills_only_significant_markers(tmp_path):
     import matplotlib.pyplot as plt
 

@@ -6,7 +6,16 @@ import pytest
 
 from kshot.cli import main
 from kshot.errors import DataError
-from kshot.tables import HEADLINE_BEGIN, HEADLINE_END, headline_markdown, with_headline
+from kshot.tables import (
+    HEADLINE_BEGIN,
+    HEADLINE_END,
+    PEERS_BEGIN,
+    PEERS_END,
+    headline_markdown,
+    peers_markdown,
+    with_headline,
+    with_peers,
+)
 from tests.conftest import REPO
 
 TINY = {
@@ -28,6 +37,30 @@ def test_readme_headline_block_is_the_rendering_of_the_committed_metrics():
     assert with_headline(text, metrics, "README.md") == text, (
         "README.md's headline table differs from reports/metrics.json: run `kshot readme`"
     )
+
+
+def test_readme_peers_block_is_the_rendering_of_the_committed_peers_metrics():
+    text = (REPO / "README.md").read_text()
+    metrics = json.loads((REPO / "reports" / "peers" / "metrics.json").read_text())
+    assert with_peers(text, metrics, "README.md") == text, (
+        "README.md's peers block differs from reports/peers/metrics.json: run "
+        "`kshot readme --peers-metrics reports/peers/metrics.json`"
+    )
+
+
+def test_peers_block_has_the_tuned_findings_first_and_each_baselines_counts():
+    counts = {"grouped": {"above": 0, "below": 1}}
+    tuned = {
+        "diff_vs_full+tuned": {"b": {"k2": {"l2sp+tuned": 2.0}}},
+        "significant_vs_full+tuned": {"l2sp+tuned": {"above": 1, "below": 0}},
+    }
+    metrics = {**TINY, "significant_vs_full": counts, **tuned}
+    text = peers_markdown(metrics)
+    assert text.index("tuned methods") < text.index("methods as written")
+    assert "`l2sp+tuned` significantly above `full+tuned` in most cells" in text
+    assert "`grouped` +0.75 pp (0 / 1)" in text and "3 episodes per cell" in text
+    with pytest.raises(DataError, match="peers metrics: expected a diff_vs_<baseline>"):
+        peers_markdown({"test_acc": {}, "n_episodes": 1})
 
 
 def test_headline_has_one_row_per_benchmark_and_k_with_signed_differences_to_the_baseline():
@@ -66,6 +99,14 @@ def test_readme_command_rewrites_only_the_block_and_names_a_file_without_markers
     assert main(["readme", "--metrics", str(metrics), "--readme", str(readme)]) == 0
     block = f"{HEADLINE_BEGIN}\n{headline_markdown(TINY)}{HEADLINE_END}"
     assert readme.read_text() == f"# title\n\n{block}\n\nafter\n"
+    readme.write_text(f"{HEADLINE_BEGIN}\n{HEADLINE_END}\n{PEERS_BEGIN}\nold\n{PEERS_END}\n")
+    peers = tmp_path / "peers.json"
+    peers.write_text(json.dumps({**TINY, "significant_vs_full": {"grouped": {"above": 0, "below": 0}}}))
+    args = ["readme", "--metrics", str(metrics), "--peers-metrics", str(peers), "--readme", str(readme)]
+    assert main(args) == 0
+    assert readme.read_text().endswith(
+        f"{PEERS_BEGIN}\n{peers_markdown(json.loads(peers.read_text()))}{PEERS_END}\n"
+    )
     readme.write_text("# no markers\n")
     assert main(["readme", "--metrics", str(metrics), "--readme", str(readme)]) == 2
     err = capsys.readouterr().err.strip()

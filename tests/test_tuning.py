@@ -109,6 +109,18 @@ def test_ties_on_the_selection_episodes_keep_the_defaults():
     assert trace.chosen == {"alpha": 0.01}
 
 
+def test_a_grid_no_larger_than_the_finalists_skips_the_screening():
+    spec = l2sp_spec(alpha=[0.01, 0.1, 1.0])  # the default 0.01 and 2 others: all are finalists
+    reward, calls = fake_reward({}, {0.01: 0.5, 0.1: 0.6, 1.0: 0.55})
+    trace = tune("l2sp", "l2sp", spec.options, spec.tune, 16, 2, reward, {"alpha": 0.01})
+    assert trace.chosen == {"alpha": 0.1}
+    assert sorted(calls) == [(0.01, "select", False), (0.1, "select", False), (1.0, "select", False)]
+    assert [t.search_reward for t in trace.trials] == [None, None, None]
+    reward, calls = fake_reward({0.01: 0.5, 0.1: 0.6, 1.0: 0.55}, {0.01: 0.5, 0.1: 0.6})
+    tune("l2sp", "l2sp", spec.options, spec.tune, 16, 1, reward, {"alpha": 0.01})
+    assert sum(role == "search" for _, role, _ in calls) == 3  # one finalist: the grid is screened
+
+
 def test_without_finalists_the_best_search_reward_is_chosen():
     spec = l2sp_spec(alpha=[0.1, 1.0])
     reward, calls = fake_reward({0.1: 0.5, 1.0: 0.8}, {})

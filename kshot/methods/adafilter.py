@@ -47,7 +47,6 @@ import torch
 from torch import nn
 
 from kshot.errors import ConfigError, check_choice
-from kshot.finetune import predict
 from kshot.methods.base import EpisodeData, EpisodeResult, GradientMethod, TrainOverrides
 from kshot.models import Backbone
 
@@ -186,13 +185,18 @@ class AdaFilter(GradientMethod):
             frozen |= {id(p) for p in model.adafilter_gate.parameters()}
         return [p for p in model.parameters() if id(p) not in frozen]
 
+    def test_accuracy(self, model: Backbone, ep: EpisodeData) -> float:
+        """The test accuracy, counting the open gates of its pass over the test images."""
+        model.adafilter_gate.tally = {}
+        try:
+            return super().test_accuracy(model, ep)
+        finally:
+            self._tally, model.adafilter_gate.tally = model.adafilter_gate.tally, None
+
     def extra(self, model: Backbone, ep: EpisodeData) -> dict[str, Any]:
         controller: GateController = model.adafilter_gate
         if self.options.force_gate is not None:
             value = float(self.options.force_gate == "finetuned")
             return {"gate_open": dict.fromkeys(controller.names, value)}
-        controller.tally = {}
-        model.eval()
-        predict(model, ep.test[0], ep.device)
-        tally, controller.tally = controller.tally, None
+        tally = self._tally
         return {"gate_open": {n: tally[i][0] / tally[i][1] for i, n in enumerate(controller.names)}}

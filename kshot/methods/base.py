@@ -125,7 +125,12 @@ class GradientMethod(Method):
         return []
 
     def extra(self, model: Backbone, ep: EpisodeData) -> dict[str, Any]:
+        """Diagnostics of the episode (after :meth:`test_accuracy`), into ``EpisodeResult.extra``."""
         return {}
+
+    def test_accuracy(self, model: Backbone, ep: EpisodeData) -> float:
+        """The trained ``model``'s accuracy on the test images (the episode's one pass over them)."""
+        return accuracy(model, *ep.test, ep.device)
 
     def run(self, ep: EpisodeData) -> EpisodeResult:
         model = ep.model.to(ep.device)
@@ -136,6 +141,5 @@ class GradientMethod(Method):
             res: TrainResult = train(
                 model, self.trainable(model), ep.support, ep.val, self.cfg, ep.device, hooks=hooks
             )
-        return EpisodeResult.from_train(
-            res, accuracy(res.model, *ep.test, ep.device), **self.extra(model, ep)
-        )
+        test_acc = self.test_accuracy(res.model, ep)
+        return EpisodeResult.from_train(res, test_acc, **self.extra(model, ep))
