@@ -36,3 +36,13 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "${KSHOT_SKIP_APT:-0}" != 1 ]
       echo "setup: could not install dataset-fashion-mnist; see README (data.fashion_mnist_dir)" >&2
   fi
 fi
+
+# DVC's plots page with Vega inlined, so that `dvc plots show` works offline (npm fetches it once)
+if [ ! -f .dvc/plots/offline.html ] && [ "${KSHOT_SKIP_NPM:-0}" != 1 ]; then
+  if command -v npm >/dev/null; then
+    "$VENV/bin/python" scripts/dvc_plots_template.py ||
+      echo "setup: no offline plots page; \`dvc plots show\` loads Vega from its CDN" >&2
+  else
+    echo "setup: npm not found; \`dvc plots show\` loads Vega from its CDN (scripts/dvc_plots_template.py)" >&2
+  fi
+fi

@@ -153,3 +153,19 @@ def test_after_dvc_checkout_a_fresh_dvc_pull_or_an_older_commit_snakemake_agrees
         (work / name).write_text(text)
     dvc(work, "checkout", "-q")
     assert_agree(work)
+
+
+def test_dvc_plots_name_the_default_runs_benchmarks_and_methods():
+    """dvc.yaml's data-series plots are written by hand: they must follow params.yaml's run."""
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    run_ = yaml.safe_load((REPO / "params.yaml").read_text())["run"]
+    series = {
+        file: fields
+        for plot in spec["plots"]
+        if isinstance(plot, dict)
+        for props in plot.values()
+        for file, fields in props["y"].items()
+    }
+    assert sorted(series) == [f"reports/plots/accuracy_vs_k/{b}.csv" for b in sorted(run_["benchmarks"])]
+    for file, fields in series.items():
+        assert fields == run_["methods"], f"dvc.yaml plots {file}: expected run.methods {run_['methods']}"
