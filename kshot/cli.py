@@ -260,6 +260,7 @@ def cmd_aggregate(args: argparse.Namespace, raw: dict[str, Any]) -> None:
         baseline=args.baseline,
         metrics_path=_path(args.metrics),
         plots_dir=_path(args.plots_dir),
+        by_cell_path=_path(args.metrics_by_cell),
         episodes=[Path(p) for p in args.episodes],
         targets=target_notes(targets),
         tuned=args.tuned,
@@ -419,7 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", nargs="*", default=[], help="episode files (chance levels)")
     p.add_argument("--tables-dir", required=True)
     p.add_argument("--figures-dir", required=True)
-    p.add_argument("--metrics", default=None, help="headline metrics JSON to write")
+    p.add_argument("--metrics", default=None, help="compact metrics JSON to write (dvc metrics show)")
+    p.add_argument(
+        "--metrics-by-cell",
+        default=None,
+        help="per-cell metrics JSON to write (default: metrics_by_cell.json beside --metrics)",
+    )
     p.add_argument("--plots-dir", default=None, help="folder for plot-ready CSVs")
     p.add_argument("--baseline", default="full")
     p.add_argument(
@@ -453,9 +459,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cwd", default=".", help="folder the notebook runs in (the pipeline's root)")
     p.add_argument("--param", action="append", default=[], help="NAME=VALUE (a string), repeatable")
     p = report("readme", cmd_readme, "the README's headline tables (and peers block) from the metrics")
-    p.add_argument("--metrics", default="reports/metrics.json", help="headline metrics JSON (aggregate's)")
     p.add_argument(
-        "--peers-metrics", default=None, help="the peers study's metrics JSON, for the peers block"
+        "--metrics", default="reports/metrics_by_cell.json", help="per-cell metrics JSON (aggregate's)"
+    )
+    p.add_argument(
+        "--peers-metrics",
+        default=None,
+        help="the peers study's per-cell metrics JSON (reports/peers/metrics_by_cell.json), for its block",
     )
     p.add_argument("--readme", default="README.md", help="file with the headline markers, rewritten in place")
     return parser

@@ -163,10 +163,10 @@ def _none_for_nan(x: float) -> float | None:
 def headline_metrics(
     summary: pd.DataFrame, sources: Sequence[dict[str, Any]], baseline: str
 ) -> dict[str, Any]:
-    """Small nested JSON for ``dvc metrics``: source accuracies, mean test accuracy per
-    benchmark/k/method and the paired difference to ``baseline`` (percent; ``null`` if undefined),
-    and per method the number of cells (benchmark x k) where that difference is significantly
-    above or below 0."""
+    """The per-cell numbers (``reports/metrics_by_cell.json``): source accuracies, mean test accuracy
+    per benchmark/k/method, the paired difference to each method's baseline (percent; ``null`` if
+    undefined), and per method the cells (benchmark -> list of k) where that difference is
+    significantly above or below 0."""
     out: dict[str, Any] = {
         "source_test_acc": {s["source"]: round(100 * s["source_test_acc"], 4) for s in sources},
         "test_acc": {},
@@ -178,9 +178,10 @@ def headline_metrics(
     for r, base in zip(summary.itertuples(), own, strict=True):
         if r.method == base:
             continue
-        counts = out.setdefault(f"significant_vs_{base}", {}).setdefault(r.method, {"above": 0, "below": 0})
+        cells = out.setdefault(f"significant_vs_{base}", {}).setdefault(r.method, {"above": {}, "below": {}})
         if r.significant:
-            counts["above" if r.diff_vs_baseline > 0 else "below"] += 1
+            side = cells["above" if r.diff_vs_baseline > 0 else "below"]
+            side.setdefault(r.benchmark, []).append(int(r.k))
     for r, base in zip(summary.itertuples(), own, strict=True):
         key = f"k{r.k}"
         out["test_acc"].setdefault(r.benchmark, {}).setdefault(key, {})[r.method] = _none_for_nan(r.test_acc)
@@ -188,6 +189,28 @@ def headline_metrics(
             out.setdefault(f"diff_vs_{base}", {}).setdefault(r.benchmark, {}).setdefault(key, {})[
                 r.method
             ] = _none_for_nan(r.diff_vs_baseline)
+    for methods in (v for k, v in out.items() if k.startswith("significant_vs_")):
+        for cells in methods.values():
+            for side in cells.values():
+                for ks in side.values():
+                    ks.sort()
+    return out
+
+
+def compact_metrics(by_cell: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``dvc metrics show`` prints (``reports/metrics.json``): the source accuracies and, per
+    baseline, each method's mean paired difference to it over the cells (benchmark x k, percentage
+    points), from :func:`headline_metrics`'s per-cell numbers."""
+    out: dict[str, Any] = {"source_test_acc": dict(by_cell["source_test_acc"])}
+    for key in sorted(k for k in by_cell if k.startswith("diff_vs_")):
+        per: dict[str, list[float]] = {}
+        for cells in by_cell[key].values():
+            for diffs in cells.values():
+                for method, value in diffs.items():
+                    if value is not None:
+                        per.setdefault(method, []).append(value)
+        if per:
+            out[f"mean_{key}"] = {m: round(sum(v) / len(v), 2) for m, v in sorted(per.items())}
     return out
 
 
@@ -262,6 +285,7 @@ def write_results(
     baseline: str,
     metrics_path: Path | None = None,
     plots_dir: Path | None = None,
+    by_cell_path: Path | None = None,
     episodes: Sequence[Path] = (),
     targets: Mapping[str, str] | None = None,
     tuned: Collection[str] = (),
@@ -273,7 +297,8 @@ def write_results(
       ``sources.{csv,tex}``;
     - ``figures_dir``: ``accuracy_vs_k.{png,svg}``, and when another method than ``baseline`` ran,
       ``forest.{png,svg}`` (paired differences) and ``episode_differences.{png,svg}``;
-    - ``metrics_path`` (optional): :func:`headline_metrics` JSON; ``plots_dir`` (optional):
+    - ``metrics_path`` (optional): :func:`compact_metrics` JSON, and ``by_cell_path`` (optional,
+      default ``metrics_by_cell.json`` beside it): :func:`headline_metrics`; ``plots_dir`` (optional):
       :func:`write_plot_data` CSVs. ``episodes`` (optional): episode files, for chance levels.
       ``targets`` (optional): per benchmark, its target classes for the caption.
 
@@ -310,7 +335,9 @@ def write_results(
             {m: b for m, (_, b) in blocks(set(df.method), baseline, tuned).items()},
         )
     if metrics_path is not None:
-        write_json(metrics_path, headline_metrics(summary, src_rows, baseline))
+        by_cell = headline_metrics(summary, src_rows, baseline)
+        write_json(by_cell_path or metrics_path.with_name("metrics_by_cell.json"), by_cell)
+        write_json(metrics_path, compact_metrics(by_cell))
     if plots_dir is not None:
         write_plot_data(df, summary, plots_dir, baseline)
     return summary

@@ -715,7 +715,8 @@ def _headline_cell(value: float | None, signed: bool) -> str:
 
 
 def headline_markdown(metrics: Mapping[str, Any]) -> str:
-    """The README's headline tables from ``reports/metrics.json`` (:func:`kshot.report.headline_metrics`).
+    """The README's headline tables from ``reports/metrics_by_cell.json``
+    (:func:`kshot.report.headline_metrics`).
 
     One table per baseline (per ``diff_vs_<name>`` key with differences; a tuned baseline
     ``<name>+tuned`` first): one row per benchmark and k, the baseline's mean test accuracy (%) and
@@ -763,18 +764,25 @@ def _headline_block(metrics: Mapping[str, Any], baseline: str) -> str:
     return "\n".join(lines) + "\n" + (f"\n{findings}" if findings else "")
 
 
+def _where(cells: Mapping[str, Sequence[int]]) -> str:
+    """``{"fashion": [1, 5], "digits": [10]}`` as ``digits k=10 and fashion k=1, 5``."""
+    return " and ".join(
+        f"{bench} k={', '.join(str(k) for k in ks)}" for bench, ks in sorted(cells.items()) if ks
+    )
+
+
 def findings_markdown(
     metrics: Mapping[str, Any],
     baseline: str,
     title: str = "**What this run shows** (written by `kshot readme` from these metrics)",
 ) -> str:
-    """What the run shows, in words, from ``metrics``: whether a method is significantly above
-    ``baseline`` in most cells (benchmark x k), then per method (best mean first) its mean paired
-    difference over the cells and in how many cells it is significantly above and below. Empty
-    for metrics without ``significant_vs_<baseline>`` (written before it existed). ``title``
-    opens the paragraph."""
-    counts = metrics.get(f"significant_vs_{baseline}")
-    if not counts:
+    """What the run shows, in words, from the per-cell ``metrics``: whether a method is
+    significantly above ``baseline`` in most cells (benchmark x k), then per method (best mean
+    first) its mean paired difference over the cells and the cells where it is significantly above
+    and below. Empty for metrics without ``significant_vs_<baseline>``. ``title`` opens the
+    paragraph."""
+    significant = metrics.get(f"significant_vs_{baseline}")
+    if not significant:
         return ""
     per: dict[str, list[float]] = {}
     for cells in metrics[f"diff_vs_{baseline}"].values():
@@ -784,26 +792,38 @@ def findings_markdown(
                     per.setdefault(method, []).append(value)
     mean = {m: sum(v) / len(v) for m, v in per.items()}
     ranked = sorted(per, key=lambda m: (-mean[m], m))
-    ahead = [m for m in ranked if counts.get(m, {}).get("above", 0) > len(per[m]) / 2]
+
+    def side(method: str, which: str) -> dict[str, list[int]]:
+        return significant.get(method, {}).get(which, {})
+
+    def count(method: str, which: str) -> int:
+        return sum(len(ks) for ks in side(method, which).values())
+
+    ahead = [m for m in ranked if count(m, "above") > len(per[m]) / 2]
     n_cells = max(len(v) for v in per.values())
     lead = (
         f"{', '.join(f'`{m}`' for m in ahead)} significantly above `{baseline}` in most cells"
         if ahead
         else f"no method is significantly above `{baseline}` in most of the {n_cells} cells (benchmark x k)"
     )
-    cells = ", ".join(
-        f"`{m}` {mean[m]:+.2f} pp ({counts.get(m, {}).get('above', 0)} / {counts.get(m, {}).get('below', 0)})"
-        for m in ranked
-    )
+
+    def where(method: str) -> str:
+        parts = [
+            f"{which} in {_where(side(method, which))}"
+            for which in ("above", "below")
+            if count(method, which)
+        ]
+        return "; ".join(parts) if parts else "in no cell"
+
+    cells = "; ".join(f"`{m}` {mean[m]:+.2f} pp ({where(m)})" for m in ranked)
     return (
-        f"{title}: {lead}. Mean "
-        f"paired difference over the cells, and the cells where it is significantly above / below "
-        f"`{baseline}`: {cells}.\n"
+        f"{title}: {lead}. Mean paired difference over the cells, and where it is significantly "
+        f"above or below `{baseline}` (95% interval of the paired difference excluding 0): {cells}.\n"
     )
 
 
 def peers_markdown(metrics: Mapping[str, Any]) -> str:
-    """The README's paragraphs on the peers study from ``reports/peers/metrics.json``: per
+    """The README's paragraphs on the peers study from ``reports/peers/metrics_by_cell.json``: per
     baseline (the tuned one first) :func:`findings_markdown`, the tables being in reports/peers/."""
     diff_keys = [key for key in metrics if key.startswith("diff_vs_") and metrics[key]]
     if not diff_keys:
@@ -820,7 +840,7 @@ def peers_markdown(metrics: Mapping[str, Any]) -> str:
                 metrics,
                 baseline,
                 f"**The peers study, {block}** (`snakemake peers`; written by `kshot readme` from "
-                f"`reports/peers/metrics.json`, {metrics['n_episodes']} episodes per cell)",
+                f"`reports/peers/metrics_by_cell.json`, {metrics['n_episodes']} episodes per cell)",
             )
         )
     return "\n".join(p for p in paragraphs if p)

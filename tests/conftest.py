@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from kshot.models import LeNet
 from kshot.runtime import keep_freed_memory
@@ -106,3 +110,39 @@ def tiny_model() -> LeNet:
         torch.nn.functional.cross_entropy(model(x.float() / 255), y).backward()
         opt.step()
     return model
+
+
+# ---------------------------------------------------------------- the real Snakefile on the tiny config
+
+
+def run_snakemake(
+    workdir: Path, *extra: str, check: bool = True, quiet: bool = True
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--cores",
+        "2",
+        *(["--quiet", "rules"] if quiet else []),
+        *extra,
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        logs = "\n".join(p.read_text()[-2000:] for p in (workdir / "data" / "logs").rglob("*.log"))
+        pytest.fail(f"snakemake failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n{logs}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """The whole tiny pipeline run once, locally (tests copy it before changing anything)."""
+    workdir = tmp_path_factory.mktemp("pipeline")
+    (workdir / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
+    run_snakemake(workdir)
+    return workdir

@@ -2,11 +2,14 @@
 output in dvc.lock, and a second call has nothing to do; the regime study run after it leaves
 `dvc status` clean."""
 
+import contextlib
 import copy
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -102,10 +105,15 @@ def assert_agree(workdir: Path) -> None:
 
 
 def in_git(workdir: Path) -> set[str]:
-    """The outputs dvc.yaml leaves to git (its metrics, cache: false)."""
+    """The outputs dvc.yaml leaves to git (those with cache: false)."""
     stages = yaml.safe_load((workdir / "dvc.yaml").read_text())["stages"]
     return {
-        next(iter(m)) if isinstance(m, dict) else m for s in stages.values() for m in s.get("metrics", [])
+        path
+        for s in stages.values()
+        for o in s.get("metrics", []) + s.get("outs", [])
+        if isinstance(o, dict)
+        for path, opts in o.items()
+        if opts and opts.get("cache") is False
     }
 
 
@@ -133,11 +141,7 @@ def test_after_dvc_checkout_a_fresh_dvc_pull_or_an_older_commit_snakemake_agrees
 
     # a fresh clone: the project's files and dvc.lock, no data and no .snakemake, then `dvc pull`
     clone = tmp_path / "clone"
-    for name in [*COPIED, "params.yaml", "dvc.lock", *in_git(work)]:
-        src, dst = work / name, clone / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
-    shutil.copytree(work / ".dvc", clone / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp"))
+    fresh_clone(work, clone)
     dvc(clone, "pull", "-q")
     assert_agree(clone)
 
@@ -169,3 +173,144 @@ def test_dvc_plots_name_the_default_runs_benchmarks_and_methods():
     assert sorted(series) == [f"reports/plots/accuracy_vs_k/{b}.csv" for b in sorted(run_["benchmarks"])]
     for file, fields in series.items():
         assert fields == run_["methods"], f"dvc.yaml plots {file}: expected run.methods {run_['methods']}"
+
+
+# ---------------------------------------------------------------- an S3 remote (moto's server)
+
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "kshot",
+    "AWS_SECRET_ACCESS_KEY": "kshot-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def s3_server(**env: str):
+    """An S3 API on 127.0.0.1 (moto's server, ``env`` added to its environment) with the bucket
+    ``kshot``; yields its URL."""
+    server = BIN / "moto_server"
+    if not server.exists():
+        pytest.skip("moto[server] is not installed in this environment")
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(server), "-H", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, **S3_ENV, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        import boto3
+
+        boto3.client("s3", endpoint_url=url).create_bucket(Bucket="kshot")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_endpoint(monkeypatch):
+    for key, value in S3_ENV.items():
+        monkeypatch.setenv(key, value)
+    with s3_server() as url:
+        yield url
+
+
+def add_s3_remote(workdir: Path, url: str) -> None:
+    """The README's commands for an S3 remote (`verify true`: a damaged object is refused)."""
+    dvc(workdir, "remote", "add", "-f", "-d", "s3", "s3://kshot/store")
+    dvc(workdir, "remote", "modify", "s3", "endpointurl", url)
+    dvc(workdir, "remote", "modify", "s3", "verify", "true")
+
+
+def fresh_clone(work: Path, clone: Path) -> None:
+    """What `git clone` gives: the project's files, params, dvc.lock, the git-kept outputs and DVC's
+    config; no data, no cache, no .snakemake."""
+    for name in [*COPIED, "params.yaml", "dvc.lock", *in_git(work)]:
+        src, dst = work / name, clone / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
+    shutil.copytree(work / ".dvc", clone / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp"))
+
+
+def file_bytes(root: Path, outs: list[str]) -> dict[str, bytes]:
+    """Every file under ``outs`` that DVC tracks (not .dvcignore's timings and resume files)."""
+    files = {}
+    for out in outs:
+        path = root / out
+        for p in sorted(path.rglob("*")) if path.is_dir() else [path]:
+            if p.is_file() and p.name != "timings.json" and "episodes" not in p.relative_to(path).parts:
+                files[str(p.relative_to(root))] = p.read_bytes()
+    return files
+
+
+@pytest.mark.slow
+def test_an_s3_remote_carries_data_checkpoints_and_tables_byte_exact_and_refuses_a_damaged_object(
+    dvc_project, s3_endpoint, tmp_path
+):
+    import boto3
+
+    work = tmp_path / "work"
+    shutil.copytree(dvc_project, work, symlinks=True)
+    add_s3_remote(work, s3_endpoint)
+    dvc(work, "push", "-q")
+    pushed = file_bytes(work, dvc_outs(work))
+    assert any(name.endswith("source.pt") for name in pushed) and "reports/tables/results.md" in pushed
+
+    clone = tmp_path / "clone"
+    fresh_clone(work, clone)
+    dvc(clone, "pull", "-q")
+    assert file_bytes(clone, dvc_outs(work)) == pushed  # data, checkpoints and tables, byte for byte
+    assert_agree(clone)  # nothing to redo
+
+    # one object damaged on the remote: a pull into a fresh clone fails and writes no bad bytes
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    objects = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="kshot", Prefix="store/")["Contents"])
+    damaged = next(key for key in objects if not key.endswith(".dir"))
+    s3.put_object(Bucket="kshot", Key=damaged, Body=b"not what was pushed")
+    other = tmp_path / "other"
+    fresh_clone(work, other)
+    proc = run(other, "dvc", "pull")
+    assert proc.returncode != 0
+    # DVC discards the object whose hash does not match and names what it could not check out
+    assert "Checkout failed for following targets" in proc.stderr, proc.stderr[-2000:]
+    assert all(pushed[name] == data for name, data in file_bytes(other, dvc_outs(work)).items())
+    assert b"not what was pushed" not in b"".join(file_bytes(other, ["data", "reports"]).values())
+    # the clone that pulled before keeps its good copy
+    assert file_bytes(clone, dvc_outs(work)) == pushed
+
+
+@pytest.mark.slow
+def test_an_s3_remote_refusing_connections_or_credentials_is_named_and_nothing_local_is_lost(
+    dvc_project, tmp_path, monkeypatch
+):
+    for key, value in S3_ENV.items():
+        monkeypatch.setenv(key, value)
+    work = tmp_path / "work"
+    shutil.copytree(dvc_project, work, symlinks=True)
+    before = file_bytes(work, dvc_outs(work))
+
+    def push_fails(url: str, message: str) -> None:
+        add_s3_remote(work, url)
+        proc = run(work, "dvc", "push")
+        assert proc.returncode != 0
+        assert message in proc.stderr, proc.stderr[-2000:]
+        assert file_bytes(work, dvc_outs(work)) == before
+
+    push_fails(f"http://127.0.0.1:{free_port()}", "Could not connect to the endpoint URL")  # no server
+    # a server that checks credentials (moto: after its first request), and ours are no user's
+    with s3_server(INITIAL_NO_AUTH_ACTION_COUNT="1") as url:
+        push_fails(url, "Forbidden")

@@ -16,41 +16,12 @@ from PIL import Image
 
 from kshot.jobs import COMMANDS, job_params
 from kshot.params import load_params
-from tests.conftest import REPO, TINY_PARAMS
-
-
-def run_snakemake(
-    workdir: Path, *extra: str, check: bool = True, quiet: bool = True
-) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(REPO / "Snakefile"),
-        "-d",
-        str(workdir),
-        "--cores",
-        "2",
-        *(["--quiet", "rules"] if quiet else []),
-        *extra,
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        logs = "\n".join(p.read_text()[-2000:] for p in (workdir / "data" / "logs").rglob("*.log"))
-        pytest.fail(f"snakemake failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n{logs}")
-    return proc
+from tests.conftest import REPO, TINY_PARAMS, run_snakemake
 
 
 @pytest.fixture(scope="module")
-def pipeline_dir(tmp_path_factory):
-    from tests.conftest import TINY_PARAMS
-
-    workdir = tmp_path_factory.mktemp("pipeline")
-    (workdir / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
-    run_snakemake(workdir)
-    return workdir
+def pipeline_dir(tiny_run):
+    return tiny_run
 
 
 @pytest.mark.slow
@@ -124,6 +95,33 @@ def planned_outputs(workdir: Path, *extra: str) -> list[str]:
         if line.strip().startswith("output:")
         for path in line.split(":", 1)[1].split(",")
     ]
+
+
+@pytest.mark.slow
+def test_the_snakemake_report_has_every_section_filled_and_each_item_displayable(pipeline_dir, tmp_path):
+    """scripts/check_report.py on the tiny run's report: sections numbered apart, each non-empty,
+    every item with a caption and a data URL a browser opens; in headless Chromium when installed.
+    A report whose two sections share a number, or one with an empty section, fails it."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import check_report
+
+    report = tmp_path / "report.html"
+    run_snakemake(pipeline_dir, "--report", str(report))
+    summary, failures, html_items = check_report.check_items(report.read_text())
+    assert failures == [] and summary["items"] > 5 and html_items
+    assert any(cat.startswith("1. ") for cat in summary["sections"])
+    if check_report.chromium() is not None:  # Debian's chromium: apt-get install chromium
+        shot = tmp_path / "report.png"
+        assert check_report.main([str(report), "--screenshot", str(shot)]) == 0
+        assert shot.stat().st_size > 10_000
+    text = report.read_text()
+    first, second = sorted(summary["sections"])[:2]
+    broken = tmp_path / "broken.html"
+    broken.write_text(text.replace(f'"{second}"', f'"{first.split(". ")[0]}. {second.split(". ", 1)[1]}"'))
+    assert any("distinct numbers" in f for f in check_report.check_items(broken.read_text())[1])
+    broken.write_text(re.sub(r'"data_uri": "data:[^"]*"', '"data_uri": ""', text, count=1))
+    assert any("expected an embedded file" in f for f in check_report.check_items(broken.read_text())[1])
+    assert check_report.main([str(broken), "--no-browser"]) == 1
 
 
 @pytest.mark.slow
@@ -404,9 +402,17 @@ def test_pretraining_takes_its_threads_from_the_recipe_whatever_the_cores(tmp_pa
     assert "--threads" not in command, command
 
 
-def test_gpu_profile_gives_the_one_gpu_to_every_rule_that_runs_torch_on_the_device():
-    profile = yaml.safe_load((REPO / "workflow/profiles/gpu/config.yaml").read_text())
-    assert profile["resources"] == {"gpu": 1}
+@pytest.mark.parametrize("name", ["gpu", "slurm-gpu"])
+def test_gpu_profiles_give_a_gpu_to_every_rule_that_runs_torch_on_the_device(name):
+    """The one-machine profile shares its one GPU; on SLURM each such job asks for one
+    (`sbatch --gpus=1`), and the CPU profile asks none."""
+    profile = yaml.safe_load((REPO / "workflow/profiles" / name / "config.yaml").read_text())
+    cpu = yaml.safe_load((REPO / "workflow/profiles/slurm/config.yaml").read_text())
+    assert "gpu" not in str(cpu)
+    if name == "gpu":
+        assert profile["resources"] == {"gpu": 1}
+    else:
+        assert {k: v for k, v in profile.items() if k != "set-resources"} == cpu
     # the jobs whose params carry the device (kshot.jobs), by rule name
     params = load_params(REPO / "params.yaml")
     keys = {"dataset": "digits", "source": "fashion04", "benchmark": "fashion", "method": "full", "k": 1}

@@ -1,4 +1,4 @@
-"""The README's headline table: rendered from the committed reports/metrics.json, never typed."""
+"""The README's headline table: rendered from the committed reports/metrics_by_cell.json, never typed."""
 
 import json
 
@@ -33,32 +33,32 @@ TINY = {
 
 def test_readme_headline_block_is_the_rendering_of_the_committed_metrics():
     text = (REPO / "README.md").read_text()
-    metrics = json.loads((REPO / "reports" / "metrics.json").read_text())
+    metrics = json.loads((REPO / "reports" / "metrics_by_cell.json").read_text())
     assert with_headline(text, metrics, "README.md") == text, (
-        "README.md's headline table differs from reports/metrics.json: run `kshot readme`"
+        "README.md's headline table differs from reports/metrics_by_cell.json: run `kshot readme`"
     )
 
 
 def test_readme_peers_block_is_the_rendering_of_the_committed_peers_metrics():
     text = (REPO / "README.md").read_text()
-    metrics = json.loads((REPO / "reports" / "peers" / "metrics.json").read_text())
+    metrics = json.loads((REPO / "reports" / "peers" / "metrics_by_cell.json").read_text())
     assert with_peers(text, metrics, "README.md") == text, (
-        "README.md's peers block differs from reports/peers/metrics.json: run "
-        "`kshot readme --peers-metrics reports/peers/metrics.json`"
+        "README.md's peers block differs from reports/peers/metrics_by_cell.json: run "
+        "`kshot readme --peers-metrics reports/peers/metrics_by_cell.json`"
     )
 
 
 def test_peers_block_has_the_tuned_findings_first_and_each_baselines_counts():
-    counts = {"grouped": {"above": 0, "below": 1}}
+    counts = {"grouped": {"above": {}, "below": {"b": [10]}}}
     tuned = {
         "diff_vs_full+tuned": {"b": {"k2": {"l2sp+tuned": 2.0}}},
-        "significant_vs_full+tuned": {"l2sp+tuned": {"above": 1, "below": 0}},
+        "significant_vs_full+tuned": {"l2sp+tuned": {"above": {"b": [2]}, "below": {}}},
     }
     metrics = {**TINY, "significant_vs_full": counts, **tuned}
     text = peers_markdown(metrics)
     assert text.index("tuned methods") < text.index("methods as written")
     assert "`l2sp+tuned` significantly above `full+tuned` in most cells" in text
-    assert "`grouped` +0.75 pp (0 / 1)" in text and "3 episodes per cell" in text
+    assert "`grouped` +0.75 pp (below in b k=10)" in text and "3 episodes per cell" in text
     with pytest.raises(DataError, match="peers metrics: expected a diff_vs_<baseline>"):
         peers_markdown({"test_acc": {}, "n_episodes": 1})
 
@@ -75,11 +75,19 @@ def test_findings_say_whether_a_method_is_significantly_ahead_in_most_cells_and_
     from kshot.tables import findings_markdown
 
     assert findings_markdown(TINY, "full") == ""  # metrics written before the counts existed
-    counts = {"grouped": {"above": 1, "below": 0}, "l2sp": {"above": 0, "below": 1}}
+    counts = {"grouped": {"above": {"b": [2]}, "below": {}}, "l2sp": {"above": {}, "below": {"b": [10]}}}
     text = findings_markdown({**TINY, "significant_vs_full": counts}, "full")
     assert "no method is significantly above `full` in most of the 2 cells" in text
-    assert text.index("`grouped` +0.75 pp (1 / 0)") < text.index("`l2sp` +0.45 pp (0 / 1)")  # best mean first
-    ahead = {**counts, "grouped": {"above": 2, "below": 0}}
+    # best mean first; where, by benchmark and k
+    assert text.index("`grouped` +0.75 pp (above in b k=2)") < text.index("`l2sp` +0.45 pp (below in b k=10)")
+    two = {"b": [2, 10], "c": [1]}
+    assert "`grouped` +0.75 pp (above in b k=2, 10 and c k=1; below in b k=5)" in findings_markdown(
+        {**TINY, "significant_vs_full": {"grouped": {"above": two, "below": {"b": [5]}}}}, "full"
+    )
+    assert "(in no cell)" in findings_markdown(
+        {**TINY, "significant_vs_full": {"grouped": {"above": {}, "below": {}}}}, "full"
+    )
+    ahead = {**counts, "grouped": {"above": {"b": [2, 10]}, "below": {}}}
     assert "`grouped` significantly above `full` in most cells" in findings_markdown(
         {**TINY, "significant_vs_full": ahead}, "full"
     )
@@ -101,7 +109,7 @@ def test_readme_command_rewrites_only_the_block_and_names_a_file_without_markers
     assert readme.read_text() == f"# title\n\n{block}\n\nafter\n"
     readme.write_text(f"{HEADLINE_BEGIN}\n{HEADLINE_END}\n{PEERS_BEGIN}\nold\n{PEERS_END}\n")
     peers = tmp_path / "peers.json"
-    peers.write_text(json.dumps({**TINY, "significant_vs_full": {"grouped": {"above": 0, "below": 0}}}))
+    peers.write_text(json.dumps({**TINY, "significant_vs_full": {"grouped": {"above": {}, "below": {}}}}))
     args = ["readme", "--metrics", str(metrics), "--peers-metrics", str(peers), "--readme", str(readme)]
     assert main(args) == 0
     assert readme.read_text().endswith(

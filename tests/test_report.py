@@ -16,6 +16,7 @@ from kshot.errors import DataError
 from kshot.files.checkpoint import save_checkpoint
 from kshot.io import save_tensors, write_json
 from kshot.report import (
+    compact_metrics,
     headline_metrics,
     load_runs,
     markdown_table,
@@ -359,6 +360,14 @@ def test_headline_metrics_are_json_ready_numbers(tmp_path):
     assert m["diff_vs_full"]["b1"]["k1"]["better"] == pytest.approx(3.0)
     assert "full" not in m["diff_vs_full"]["b1"]["k1"]
     assert m["source_test_acc"] == {"s": 90.0}
+    # where each difference is significant, by benchmark and k (the fixture's 'better' always wins)
+    sig = m["significant_vs_full"]
+    assert sig["better"]["above"] and not sig["better"]["below"]
+    assert all(ks == sorted(ks) for ks in sig["better"]["above"].values())
+    compact = compact_metrics(m)
+    assert set(compact) == {"source_test_acc", "mean_diff_vs_full"}
+    cells = [c["better"] for c in (v for b in m["diff_vs_full"].values() for v in b.values())]
+    assert compact["mean_diff_vs_full"]["better"] == pytest.approx(sum(cells) / len(cells), abs=0.005)
 
 
 def test_write_results_writes_every_table_format_metrics_and_plot_data(tmp_path, tiny_model):
@@ -378,6 +387,8 @@ def test_write_results_writes_every_table_format_metrics_and_plot_data(tmp_path,
     assert list(paired.columns[:3]) == ["k", "episode", "full"] and len(paired) == 8
     for stem in ("accuracy_vs_k", "episode_differences", "forest"):
         assert (rep / "figures" / f"{stem}.png").stat().st_size > 10_000
+    compact = json.loads((rep / "metrics.json").read_text())  # what `dvc metrics show` prints
+    assert compact == compact_metrics(json.loads((rep / "metrics_by_cell.json").read_text()))
 
 
 def test_write_search_report_rejects_two_traces_of_one_strategy_for_one_search(tmp_path):

@@ -159,6 +159,7 @@ use rule aggregate as aggregate_peers with:
         episodes_figure="reports/peers/episode_differences.png",
         episodes_figure_svg="reports/peers/episode_differences.svg",
         metrics="reports/peers/metrics.json",
+        by_cell="reports/peers/metrics_by_cell.json",
         plots=directory("reports/peers/plots"),
     log:
         f"{REGIME_ROOT}/logs/report/aggregate_peers.log",
@@ -174,3 +175,5 @@ rule peers:
     input:
         "reports/peers/results.md",
         "reports/peers/forest.png",
+        "reports/peers/metrics.json",
+        "reports/peers/metrics_by_cell.json",

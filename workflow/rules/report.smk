@@ -49,6 +49,7 @@ rule aggregate:
         ),
         episodes_figure_svg=f"{REPORT_FIG}/episode_differences.svg",
         metrics="reports/metrics.json",
+        by_cell="reports/metrics_by_cell.json",
         plots=directory("reports/plots"),
     log:
         f"{LOGS}/report/aggregate.log",
@@ -66,7 +67,7 @@ rule aggregate:
     shell:
         "python -m kshot aggregate --runs {input.runs} --sources {input.sources} "
         "--episodes {input.episodes} --tables-dir {params.tables} --figures-dir {params.figures} "
-        "--metrics {output.metrics} --plots-dir {output.plots} --baseline {params.baseline} "
+        "--metrics {output.metrics} --metrics-by-cell {output.by_cell} --plots-dir {output.plots} --baseline {params.baseline} "
         "--tuned {params.tuned} --targets {params.targets:q} --log {log}"
 
 
@@ -161,7 +162,6 @@ rule notebook:
         template=NOTEBOOK_TEMPLATE,
         results=f"{REPORT_TAB}/results.csv",
         sources=f"{REPORT_TAB}/sources.csv",
-        metrics="reports/metrics.json",
         groups=expand(
             f"{REPORT_FIG}/groups/{{benchmark}}_groups.json",
             benchmark=report_benchmarks(),

@@ -55,6 +55,7 @@ def report_targets():
         f"{REPORT_FIG}/episode_differences.png",
         f"{REPORT_FIG}/forest.png",
         "reports/metrics.json",
+        "reports/metrics_by_cell.json",
         "reports/analysis.html",
     ]
     out += expand(
