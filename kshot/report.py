@@ -210,7 +210,7 @@ def compact_metrics(by_cell: Mapping[str, Any]) -> dict[str, Any]:
                     if value is not None:
                         per.setdefault(method, []).append(value)
         if per:
-            out[f"mean_{key}"] = {m: round(sum(v) / len(v), 2) for m, v in sorted(per.items())}
+            out[key.removeprefix("diff_")] = {m: round(sum(v) / len(v), 2) for m, v in sorted(per.items())}
     return out
 
 

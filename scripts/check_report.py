@@ -5,12 +5,14 @@ Reads the results and categories the report embeds and checks that:
 
 - the landing page has the workflow's description (``workflow/report/workflow.rst``);
 - every section ("N. name") has a distinct number and at least one item, and every item has a
-  caption and a non-empty embedded file that a browser can open (a data URL under Chromium's
+  caption, a one-line ``shows`` label (Snakemake lists labels beside each item; the caption opens
+  on a click) and a non-empty embedded file that a browser can open (a data URL under Chromium's
   2 MiB limit, above which its pane stays blank; a PNG that decodes; an HTML page with content);
 
 then, with Debian's headless Chromium (network blocked), renders the report, saves a screenshot
-of its landing page, checks the rendered page names every section, and renders every embedded HTML
-item (the formatted tables and the notebook) on its own, checking it shows text.
+of its landing page, checks the rendered page names every section, opens each section as a click
+on the menu does and checks its items are listed, and renders every embedded HTML item (the
+formatted tables and the notebook) on its own, checking it shows text.
 
 Prints a JSON summary; exits 1 with a line per failed check. Usage:
 ``python scripts/check_report.py [reports/report.html] [--screenshot reports/report.png]``.
@@ -79,8 +81,9 @@ def decode(uri: str) -> bytes:
     return base64.b64decode(payload) if head.endswith(";base64") else payload.encode()
 
 
-def check_items(html: str) -> tuple[dict, list[str], dict[str, bytes]]:
-    """Checks on the embedded data alone: (summary, failures, the HTML items' bytes by name)."""
+def check_items(html: str) -> tuple[dict, list[str], dict[str, bytes], dict[str, list[str]]]:
+    """Checks on the embedded data alone: (summary, failures, the HTML items' bytes by name, each
+    section's items by their ``shows`` label)."""
     results = embedded(html, "results")
     categories = embedded(html, "categories")
     description = embedded(html, "workflow_desc")
@@ -102,7 +105,10 @@ def check_items(html: str) -> tuple[dict, list[str], dict[str, bytes]]:
     sections = {}
     for cat, subcats in categories.items():
         paths = [p for items in subcats.values() for p in items]
-        sections[cat] = len(paths)
+        for subcat, items in subcats.items():
+            sections[(cat, subcat)] = sorted(
+                {(results[p].get("labels") or {}).get("shows") or results[p]["name"] for p in items}
+            )
         if not paths:
             failures.append(f"section '{cat}': expected at least one item, found none")
         for path in paths:
@@ -110,6 +116,10 @@ def check_items(html: str) -> tuple[dict, list[str], dict[str, bytes]]:
             name = f"{cat} / {res['name']}"
             if not visible_text(res.get("caption") or ""):
                 failures.append(f"{name}: expected a caption, found none")
+            if not (res.get("labels") or {}).get("shows"):
+                failures.append(
+                    f"{name}: expected a 'shows' label (its one-line caption in the list), found none"
+                )
             uri = res.get("data_uri") or ""
             if len(uri) >= DATA_URL_LIMIT:
                 failures.append(
@@ -122,8 +132,37 @@ def check_items(html: str) -> tuple[dict, list[str], dict[str, bytes]]:
                 failures.append(f"{name}: expected a PNG, found {body[:8]!r}")
             elif res["mime_type"] == "text/html":
                 html_items[name] = body
-    summary = {"sections": sections, "items": sum(sections.values()), "html_items": len(html_items)}
-    return summary, failures, html_items
+    for cat, subcats in categories.items():
+        for subcat, paths in subcats.items():
+            label = toggle_label([results[p].get("labels") or {} for p in paths])
+            if label:
+                failures.append(
+                    f"section '{cat}' ({subcat}): expected no label that Snakemake turns into a toggle, "
+                    f"found '{label}' (two values, each on half the items; the section fails to open)"
+                )
+    summary = {
+        "sections": {cat: sum(len(p) for p in subcats.values()) for cat, subcats in categories.items()},
+        "items": sum(len(p) for subcats in categories.values() for p in subcats.values()),
+        "html_items": len(html_items),
+    }
+    return summary, failures, html_items, sections
+
+
+def toggle_label(labels: list[dict]) -> str | None:
+    """The label of a list of items that Snakemake's report shows as a toggle (its rule: not the
+    first label, exactly two values, each on half the items), which breaks the list unless the
+    items pair up; None if there is none."""
+    order: dict[str, int] = {}
+    for item in labels:
+        for i, key in enumerate(item):
+            order.setdefault(key, i)
+    keys = sorted(order, key=order.get)
+    for key in keys[1:]:
+        values = [item[key] for item in labels if key in item]
+        unique = set(values)
+        if len(unique) == 2 and all(values.count(v) * 2 == len(labels) for v in unique):
+            return key
+    return None
 
 
 def chromium() -> str | None:
@@ -159,10 +198,31 @@ def check_rendered(report: Path, screenshot: Path, html_items: dict[str, bytes],
     page = visible_text(render(browser, report, screenshot))
     if "Loading Snakemake Report" in page and len(page) < 200:
         failures.append("report: expected the rendered app, found only its loading screen")
-    for cat in sections:
+    for cat in sorted({cat for cat, _ in sections}):
         if cat not in page:
             failures.append(f"report: expected section '{cat}' in the rendered menu, found none")
     with tempfile.TemporaryDirectory() as tmp:
+        # each section as a reader opens it: a click on its name in the menu, then its list of items
+        html = report.read_text()
+        end = html.rfind("</body>")
+        for i, ((cat, subcat), shows) in enumerate(sorted(sections.items())):
+            # Snakemake lists a section's sub-sections first, unless it has only its default one
+            names = [cat] if subcat == "Other" else [cat, subcat]
+            click = "".join(
+                "<script>setTimeout(() => { const found = [...document.querySelectorAll('a, li, span, div')]"
+                f".filter(e => e.textContent.trim() === {json.dumps(name)});"
+                f" found[found.length - 1]?.click(); }}, {1500 * (j + 1)})</script>"
+                for j, name in enumerate(names)
+            )
+            opened = Path(tmp) / f"section{i}.html"
+            opened.write_text(html[:end] + click + html[end:])
+            page = visible_text(render(browser, opened))
+            missing = [label for label in shows if label not in page]
+            if missing:
+                where = cat if subcat == "Other" else f"{cat} / {subcat}"
+                failures.append(
+                    f"section '{where}': expected its items listed once opened, missing {missing}"
+                )
         for i, (name, body) in enumerate(sorted(html_items.items())):
             item = Path(tmp) / f"item{i}.html"
             item.write_bytes(body)
@@ -182,12 +242,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{report}: expected a Snakemake report (make report), found nothing", file=sys.stderr)
         return 1
     try:
-        summary, failures, html_items = check_items(report.read_text())
+        summary, failures, html_items, sections = check_items(report.read_text())
     except ValueError as err:
         print(f"{report}: {err}", file=sys.stderr)
         return 1
     if not args.no_browser:
-        failures += check_rendered(report, Path(args.screenshot), html_items, summary["sections"])
+        failures += check_rendered(report, Path(args.screenshot), html_items, sections)
         summary["screenshot"] = args.screenshot
     summary["failures"] = failures
     print(json.dumps(summary, indent=1))

@@ -107,7 +107,7 @@ def test_the_snakemake_report_has_every_section_filled_and_each_item_displayable
 
     report = tmp_path / "report.html"
     run_snakemake(pipeline_dir, "--report", str(report))
-    summary, failures, html_items = check_report.check_items(report.read_text())
+    summary, failures, html_items, _ = check_report.check_items(report.read_text())
     assert failures == [] and summary["items"] > 5 and html_items
     assert any(cat.startswith("1. ") for cat in summary["sections"])
     if check_report.chromium() is not None:  # Debian's chromium: apt-get install chromium
@@ -122,6 +122,11 @@ def test_the_snakemake_report_has_every_section_filled_and_each_item_displayable
     broken.write_text(re.sub(r'"data_uri": "data:[^"]*"', '"data_uri": ""', text, count=1))
     assert any("expected an embedded file" in f for f in check_report.check_items(broken.read_text())[1])
     assert check_report.main([str(broken), "--no-browser"]) == 1
+    # two items whose second label differs: Snakemake makes it a toggle and the section breaks
+    assert check_report.toggle_label([{"shows": "a", "figure": "x"}, {"shows": "b", "figure": "y"}]) is None
+    assert (
+        check_report.toggle_label([{"figure": "x", "shows": "a"}, {"figure": "y", "shows": "b"}]) == "shows"
+    )
 
 
 @pytest.mark.slow

@@ -365,9 +365,9 @@ def test_headline_metrics_are_json_ready_numbers(tmp_path):
     assert sig["better"]["above"] and not sig["better"]["below"]
     assert all(ks == sorted(ks) for ks in sig["better"]["above"].values())
     compact = compact_metrics(m)
-    assert set(compact) == {"source_test_acc", "mean_diff_vs_full"}
+    assert set(compact) == {"source_test_acc", "vs_full"}
     cells = [c["better"] for c in (v for b in m["diff_vs_full"].values() for v in b.values())]
-    assert compact["mean_diff_vs_full"]["better"] == pytest.approx(sum(cells) / len(cells), abs=0.005)
+    assert compact["vs_full"]["better"] == pytest.approx(sum(cells) / len(cells), abs=0.005)
 
 
 def test_write_results_writes_every_table_format_metrics_and_plot_data(tmp_path, tiny_model):

@@ -15,14 +15,20 @@ rule compare:
             "reports/tables/ablation.html",
             caption="../report/comparisons.rst",
             category="2. Paired comparisons",
-            labels={"table": "ablation"},
+            labels={
+                "shows": "paired differences of the ablation pairs with 95% CI",
+                "table": "ablation",
+            },
         ),
         tex="reports/tables/ablation.tex",
         figure=report(
             "reports/figures/ablation_forest.png",
             caption="../report/forest_pairs.rst",
             category="2. Paired comparisons",
-            labels={"figure": "ablation (forest plot)"},
+            labels={
+                "shows": "the ablation pairs' paired differences with 95% CI",
+                "figure": "ablation (forest plot)",
+            },
         ),
         figure_svg="reports/figures/ablation_forest.svg",
     log:
@@ -54,14 +60,20 @@ use rule compare as compare_regime with:
             "reports/regime/regime.html",
             caption="../report/comparisons.rst",
             category="2. Paired comparisons",
-            labels={"table": "regime"},
+            labels={
+                "shows": "grouped minus full per width, fine-tuning length and grouped layers",
+                "table": "regime",
+            },
         ),
         tex="reports/regime/regime.tex",
         figure=report(
             "reports/regime/regime_forest.png",
             caption="../report/forest_pairs.rst",
             category="2. Paired comparisons",
-            labels={"figure": "regime (forest plot)"},
+            labels={
+                "shows": "the regime study's paired differences with 95% CI",
+                "figure": "regime (forest plot)",
+            },
         ),
         figure_svg="reports/regime/regime_forest.svg",
     log:
@@ -91,14 +103,20 @@ use rule compare as compare_replicates with:
             "reports/replicates/replicates.html",
             caption="../report/comparisons.rst",
             category="2. Paired comparisons",
-            labels={"table": "replicates"},
+            labels={
+                "shows": "each pair's difference per source seed and across seeds",
+                "table": "replicates",
+            },
         ),
         tex="reports/replicates/replicates.tex",
         figure=report(
             "reports/replicates/replicates_forest.png",
             caption="../report/forest_pairs.rst",
             category="2. Paired comparisons",
-            labels={"figure": "replicates (forest plot)"},
+            labels={
+                "shows": "the replicate study's paired differences with 95% CI",
+                "figure": "replicates (forest plot)",
+            },
         ),
         figure_svg="reports/replicates/replicates_forest.svg",
     log:
@@ -143,7 +161,10 @@ use rule aggregate as aggregate_peers with:
             "reports/peers/results.html",
             caption="../report/results.rst",
             category="6. Peers",
-            labels={"table": "peers: test accuracy by method and k"},
+            labels={
+                "shows": "every peer method, tuned and as written, against its baseline",
+                "table": "peers: test accuracy by method and k",
+            },
         ),
         tex="reports/peers/results.tex",
         sources="reports/peers/sources.csv",
@@ -151,7 +172,10 @@ use rule aggregate as aggregate_peers with:
             "reports/peers/forest.png",
             caption="../report/forest.rst",
             category="6. Peers",
-            labels={"figure": "peers: paired differences (forest plot)"},
+            labels={
+                "shows": "the peers' mean paired differences with 95% CI; filled: significant",
+                "figure": "peers: paired differences (forest plot)",
+            },
         ),
         forest_svg="reports/peers/forest.svg",
         figure="reports/peers/accuracy_vs_k.png",

@@ -23,7 +23,10 @@ rule aggregate:
             f"{REPORT_TAB}/results.html",
             caption="../report/results.rst",
             category="1. Results",
-            labels={"table": "test accuracy by method and k"},
+            labels={
+                "shows": "mean test accuracy with 95% CI, and each method's paired difference to its baseline",
+                "table": "test accuracy by method and k",
+            },
         ),
         tex=f"{REPORT_TAB}/results.tex",
         sources=f"{REPORT_TAB}/sources.csv",
@@ -31,21 +34,30 @@ rule aggregate:
             f"{REPORT_FIG}/forest.png",
             caption="../report/forest.rst",
             category="1. Results",
-            labels={"figure": "paired differences to full (forest plot)"},
+            labels={
+                "shows": "each method's mean paired difference to its baseline with 95% CI; filled: significant",
+                "figure": "paired differences to full (forest plot)",
+            },
         ),
         forest_svg=f"{REPORT_FIG}/forest.svg",
         figure=report(
             f"{REPORT_FIG}/accuracy_vs_k.png",
             caption="../report/accuracy_vs_k.rst",
             category="1. Results",
-            labels={"figure": "accuracy vs k"},
+            labels={
+                "shows": "mean test accuracy against k, with 95% bands over episodes",
+                "figure": "accuracy vs k",
+            },
         ),
         figure_svg=f"{REPORT_FIG}/accuracy_vs_k.svg",
         episodes_figure=report(
             f"{REPORT_FIG}/episode_differences.png",
             caption="../report/episode_differences.rst",
             category="1. Results",
-            labels={"figure": "per-episode paired differences"},
+            labels={
+                "shows": "every episode's difference to the baseline, episodes won/tied/lost",
+                "figure": "per-episode paired differences",
+            },
         ),
         episodes_figure_svg=f"{REPORT_FIG}/episode_differences.svg",
         metrics="reports/metrics.json",
@@ -82,8 +94,8 @@ rule group_figures:
             category="3. Neuron groups",
             subcategory="{benchmark}",
             labels={
+                "shows": "first-layer filters framed by activation group (the paper's Fig. 1)",
                 "benchmark": "{benchmark}",
-                "figure": "first-layer filters by group",
             },
         ),
         filters_svg=f"{REPORT_FIG}/groups/{{benchmark}}_filters.svg",
@@ -92,7 +104,10 @@ rule group_figures:
             caption="../report/embedding.rst",
             category="3. Neuron groups",
             subcategory="{benchmark}",
-            labels={"benchmark": "{benchmark}", "figure": "neuron embedding"},
+            labels={
+                "shows": "PCA map of one layer's neurons by k-means group (500 unlabeled target images)",
+                "benchmark": "{benchmark}",
+            },
         ),
         embedding_svg=f"{REPORT_FIG}/groups/{{benchmark}}_embedding.svg",
         groups=f"{REPORT_FIG}/groups/{{benchmark}}_groups.json",
@@ -124,21 +139,30 @@ rule search_report:
             f"{REPORT_TAB}/search.html",
             caption="../report/search_table.rst",
             category="4. Group-count search",
-            labels={"table": "chosen counts and rewards"},
+            labels={
+                "shows": "the group counts each search chose and its best validation reward",
+                "table": "chosen counts and rewards",
+            },
         ),
         tex=f"{REPORT_TAB}/search.tex",
         curves=report(
             f"{REPORT_FIG}/search_curves.png",
             caption="../report/search_curves.rst",
             category="4. Group-count search",
-            labels={"figure": "best reward vs evaluations"},
+            labels={
+                "shows": "best-so-far validation reward of the RL and random searches",
+                "figure": "best reward vs evaluations",
+            },
         ),
         curves_svg=f"{REPORT_FIG}/search_curves.svg",
         counts=report(
             f"{REPORT_FIG}/group_counts.png",
             caption="../report/group_counts.rst",
             category="4. Group-count search",
-            labels={"figure": "chosen groups per layer"},
+            labels={
+                "shows": "the chosen groups per layer, as groups / neurons",
+                "figure": "chosen groups per layer",
+            },
         ),
         counts_svg=f"{REPORT_FIG}/group_counts.svg",
     log:
@@ -174,7 +198,10 @@ rule notebook:
             "reports/analysis.html",
             caption="../report/notebook.rst",
             category="5. Analysis notebook",
-            labels={"notebook": "analysis"},
+            labels={
+                "shows": "the notebook run on these results: a guided reading",
+                "notebook": "analysis",
+            },
         ),
     log:
         f"{LOGS}/report/notebook.log",
