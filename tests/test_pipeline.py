@@ -123,7 +123,7 @@ def test_the_snakemake_report_has_every_section_filled_and_each_item_displayable
     assert any("expected an embedded file" in f for f in check_report.check_items(broken.read_text())[1])
     assert check_report.main([str(broken), "--no-browser"]) == 1
     # two items whose second label differs: Snakemake makes it a toggle and the section breaks
-    assert check_report.toggle_label([{"shows": "a", "figure": "x"}, {"shows": "b", "figure": "y"}]) is None
+    assert check_report.toggle_label([{"shows": "a", "table": "x"}, {"shows": "b", "figure": "y"}]) is None
     assert (
         check_report.toggle_label([{"figure": "x", "shows": "a"}, {"figure": "y", "shows": "b"}]) == "shows"
     )

@@ -125,3 +125,18 @@ def test_a_fine_tuning_job_cancelled_mid_run_is_retried_and_resumes_its_finished
     assert "resumed 1 of 2 episodes" in (work / "data/logs/finetune/tiny_full_k1.log").read_text()
     run_snakemake(local, f"{LOST}/metrics.json", quiet=False)
     assert (work / LOST / "metrics.json").read_bytes() == (local / LOST / "metrics.json").read_bytes()
+
+
+@pytest.mark.slow
+def test_an_unknown_partition_is_named_and_nothing_is_written(cluster, tmp_path):
+    """The README's troubleshooting line: SLURM's own message reaches the console and the run fails
+    before any output exists. (Stopped daemons give `Unable to contact slurm controller` the same
+    way, checked by hand: the wait for the controller makes it a minute's test.)"""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
+    target = "data/raw/digits"
+    log = tmp_path / "partition.log"
+    code = snakemake_on_slurm(work, target, "--default-resources", "slurm_partition=nope", log=log).wait(300)
+    assert code != 0 and "invalid partition specified" in log.read_text(), log.read_text()[-3000:]
+    assert not (work / target).exists()
