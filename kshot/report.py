@@ -38,6 +38,7 @@ from kshot.stats import mean_ci, paired_diff, significant
 from kshot.tables import (
     FOREST_COLUMNS,
     Table,
+    differences_by_method,
     html_page,
     main_tables,
     search_table,
@@ -203,12 +204,7 @@ def compact_metrics(by_cell: Mapping[str, Any]) -> dict[str, Any]:
     points), from :func:`headline_metrics`'s per-cell numbers."""
     out: dict[str, Any] = {"source_test_acc": dict(by_cell["source_test_acc"])}
     for key in sorted(k for k in by_cell if k.startswith("diff_vs_")):
-        per: dict[str, list[float]] = {}
-        for cells in by_cell[key].values():
-            for diffs in cells.values():
-                for method, value in diffs.items():
-                    if value is not None:
-                        per.setdefault(method, []).append(value)
+        per = differences_by_method(by_cell[key])
         if per:
             out[key.removeprefix("diff_")] = {m: round(sum(v) / len(v), 2) for m, v in sorted(per.items())}
     return out

@@ -764,6 +764,20 @@ def _headline_block(metrics: Mapping[str, Any], baseline: str) -> str:
     return "\n".join(lines) + "\n" + (f"\n{findings}" if findings else "")
 
 
+def differences_by_method(
+    diffs: Mapping[str, Mapping[str, Mapping[str, float | None]]],
+) -> dict[str, list[float]]:
+    """Per method, its defined paired differences over the cells of ``diff_vs_<baseline>``
+    (benchmark -> k -> method -> difference or ``None``)."""
+    per: dict[str, list[float]] = {}
+    for cells in diffs.values():
+        for by_method in cells.values():
+            for method, value in by_method.items():
+                if value is not None:
+                    per.setdefault(method, []).append(value)
+    return per
+
+
 def _where(cells: Mapping[str, Sequence[int]]) -> str:
     """``{"fashion": [1, 5], "digits": [10]}`` as ``digits k=10 and fashion k=1, 5``."""
     return " and ".join(
@@ -784,12 +798,7 @@ def findings_markdown(
     significant = metrics.get(f"significant_vs_{baseline}")
     if not significant:
         return ""
-    per: dict[str, list[float]] = {}
-    for cells in metrics[f"diff_vs_{baseline}"].values():
-        for diffs in cells.values():
-            for method, value in diffs.items():
-                if value is not None:
-                    per.setdefault(method, []).append(value)
+    per = differences_by_method(metrics[f"diff_vs_{baseline}"])
     mean = {m: sum(v) / len(v) for m, v in per.items()}
     ranked = sorted(per, key=lambda m: (-mean[m], m))
 
