@@ -179,6 +179,8 @@ class SourceConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     width: float = 1.0
+    # null: random initialisation; 'imagenet': torchvision's weights (network); else a local file
+    # holding a torchvision state dict of the backbone (kshot.files.checkpoint.read_weights)
     pretrained: str | None = None
     # Part of the recipe, not a speed knob: on CPU the float rounding of the pre-training (and so the
     # checkpoint and every number after it) depends on the number of threads, so it is fixed here
@@ -188,11 +190,21 @@ class SourceConfig:
 
     def validate(self, where: str) -> None:
         _check_classes(f"{where}.classes", self.classes)
-        for name in ("epochs", "batch_size", "lr", "max_per_class", "image_size", "width", "threads"):
+        for name in ("batch_size", "lr", "max_per_class", "image_size", "width", "threads"):
             _positive(where, name, getattr(self, name))
+        # pre-trained weights may be used as they are (a new head only): no source training
+        _positive(where, "epochs", self.epochs, strict=self.pretrained is None)
+        if self.pretrained is not None and not self.pretrained.strip():
+            raise ConfigError(
+                f"{where}.pretrained: expected null, 'imagenet' or the path of a weights file, found ''"
+            )
         _positive(where, "weight_decay", self.weight_decay, strict=False)
         if self.seed is not None and self.seed < 0:
             raise ConfigError(f"{where}.seed: expected an integer >= 0 or null, found {self.seed}")
+
+    def weights_file(self) -> str | None:
+        """The local weights file this source starts from, if any."""
+        return None if self.pretrained in (None, "imagenet") else self.pretrained
 
     def pretrain_seed(self, seed: int) -> int:
         """The seed of this source's pre-training: its own ``seed``, else the top-level ``seed``."""

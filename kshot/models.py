@@ -1,4 +1,4 @@
-"""Backbones: a LeNet (the paper's Fig. 1 setting), a wider VGG-style CNN and a ResNet-18.
+"""Backbones: a LeNet (the paper's Fig. 1 setting), a wider VGG-style CNN and ResNet-18 (two stems).
 
 Every backbone is an :class:`nn.Module` with
 - ``features(x)``: images ``[B, C, H, W]`` in [0, 1] -> penultimate features ``[B, D]``;
@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from kshot.errors import unknown
+from kshot.errors import CheckpointError, unknown
 
 
 class Backbone(nn.Module):
@@ -51,6 +51,11 @@ class Backbone(nn.Module):
             for name, m in self.named_modules()
             if isinstance(m, nn.Conv2d | nn.Linear) and not name.startswith("head")
         ]
+
+    def stages(self) -> dict[str, str]:
+        """Groupable layer -> the stage it belongs to (layers a search may tie to one choice); here
+        each layer is its own stage."""
+        return {name: name for name in self.groupable()}
 
     def replace_head(self, n_classes: int) -> None:
         """Swap in a fresh ``nn.Linear`` head for ``n_classes`` (initialised by torch's default)."""
@@ -119,20 +124,19 @@ class WideCNN(Backbone):
 
 
 class ResNet18(Backbone):
-    """torchvision's ResNet-18 body. Below 64x64 pixels the stem is a 3x3 stride-1 conv without
-    max-pooling (the usual CIFAR adaptation). BatchNorm layers stay in eval mode while fine-tuning
-    (see :mod:`kshot.finetune`)."""
+    """torchvision's ResNet-18, unchanged but for its input channels and head: a 7x7 stride-2 stem
+    with max-pooling at every image size, so ImageNet weights (downloaded or from a local file) fit
+    it key for key. At 32x32 its last stage works on 1x1 maps, about 7x cheaper per image than the
+    CIFAR stem of :class:`ResNet18Cifar`. BatchNorm layers stay in eval mode while fine-tuning (see
+    :mod:`kshot.finetune`)."""
 
     def __init__(self, in_channels: int, image_size: int, n_classes: int, width: float = 1.0):
         super().__init__(in_channels)
-        del width  # torchvision's ResNet-18 has a fixed width
+        del width, image_size  # torchvision's ResNet-18 has a fixed width; global pooling at the end
         import torchvision  # lazily: importing it costs every job about 1.7 s
 
         body = torchvision.models.resnet18(weights=None)
-        if image_size < 64:
-            body.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
-            body.maxpool = nn.Identity()
-        elif in_channels != 3:
+        if in_channels != 3:
             body.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
         body.fc = nn.Identity()
         self.body = body
@@ -141,22 +145,70 @@ class ResNet18(Backbone):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(self.normalise(x))  # [B, 512]
 
+    def stages(self) -> dict[str, str]:
+        """Groupable layer -> its stage: the stem (``body.conv1``) or a residual stage
+        (``body.layer1`` ... ``body.layer4``), shortcut convolutions included."""
+        return {name: ".".join(name.split(".")[:2]) for name in self.groupable()}
+
+    def load_torchvision(self, state: dict[str, torch.Tensor], where: str) -> None:
+        """Load a torchvision ResNet-18 ``state`` dict (ImageNet's or any other) into the body.
+
+        The source classifier (``fc.*``) is dropped. A 3-channel stem loaded into a network of
+        another input channel count is summed over its colour channels (grayscale images then see
+        the filters' luminance response, the usual adaptation). Any other missing, unexpected or
+        mis-shaped tensor raises :class:`CheckpointError` naming ``where``.
+        """
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        stem = state.get("conv1.weight")
+        channels = self.body.conv1.in_channels
+        if stem is not None and stem.ndim == 4 and stem.shape[1] == 3 and channels != 3:
+            state["conv1.weight"] = stem.sum(dim=1, keepdim=True).repeat(1, channels, 1, 1) / channels
+        own = self.body.state_dict()
+        missing = sorted(set(own) - set(state))
+        extra = sorted(set(state) - set(own))
+        shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+        if missing or extra or shapes:
+            parts = [
+                f"{label} {keys[:3]}{' ...' if len(keys) > 3 else ''} ({len(keys)})"
+                for label, keys in (("missing", missing), ("unexpected", extra), ("mis-shaped", shapes))
+                if keys
+            ]
+            raise CheckpointError(
+                f"{where}: expected a torchvision resnet18 state dict, found another architecture: "
+                + "; ".join(parts)
+            )
+        self.body.load_state_dict(state)
+
     def load_imagenet(self) -> None:
         """Copy torchvision's ImageNet weights into the body (needs the network; never in tests)."""
         import torchvision
 
         weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
-        state = weights.get_state_dict(progress=False)
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        own = self.body.state_dict()
-        state = {k: v for k, v in state.items() if own[k].shape == v.shape}
-        self.body.load_state_dict(state, strict=False)
+        self.load_torchvision(weights.get_state_dict(progress=False), "ImageNet weights")
+
+
+class ResNet18Cifar(ResNet18):
+    """ResNet-18 with the CIFAR stem: a 3x3 stride-1 conv without max-pooling, which keeps the
+    first stage at the full image size (small images; about 7x the cost of :class:`ResNet18` at
+    32x32). Weights files load as for :class:`ResNet18` but for the stem, which stays initialised."""
+
+    def __init__(self, in_channels: int, image_size: int, n_classes: int, width: float = 1.0):
+        super().__init__(in_channels, image_size, n_classes, width)
+        self.body.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+        self.body.maxpool = nn.Identity()
+
+    def load_torchvision(self, state: dict[str, torch.Tensor], where: str) -> None:
+        own = self.body.conv1.weight.detach().clone()
+        stem = {k: (own if k == "conv1.weight" else v) for k, v in state.items()}
+        stem.setdefault("conv1.weight", own)
+        super().load_torchvision(stem, where)
 
 
 BACKBONES: dict[str, Callable[..., Backbone]] = {
     "lenet": LeNet,
     "widecnn": WideCNN,
     "resnet18": ResNet18,
+    "resnet18_cifar": ResNet18Cifar,
 }
 
 

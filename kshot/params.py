@@ -51,6 +51,12 @@ def check_registries(params: Params) -> Params:
             raise unknown(f"sources.{name}.dataset", src.dataset, datasets)
         if src.backbone not in BACKBONES:
             raise unknown(f"sources.{name}.backbone", src.backbone, BACKBONES)
+        loadable = [b for b, cls in BACKBONES.items() if hasattr(cls, "load_torchvision")]
+        if src.pretrained is not None and src.backbone not in loadable:
+            raise ConfigError(
+                f"sources.{name}.pretrained: expected null for backbone '{src.backbone}' (weights "
+                f"load into {loadable}), found {src.pretrained!r}"
+            )
     for name, bench in params.benchmarks.items():
         if bench.target not in datasets:
             raise unknown(f"benchmarks.{name}.target", bench.target, datasets)

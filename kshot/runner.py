@@ -32,7 +32,7 @@ from kshot.errors import ConfigError, DataError
 from kshot.files import activations as activation_file
 from kshot.files import groups as group_file
 from kshot.files import runs as run_files
-from kshot.files.checkpoint import check_geometry, load_checkpoint, save_checkpoint
+from kshot.files.checkpoint import check_geometry, load_checkpoint, read_weights, save_checkpoint
 from kshot.files.episodes import read_episodes, write_episodes
 from kshot.files.prepared import load_prepared, load_target, save_prepared
 from kshot.files.search import read_chosen_counts, save_trace
@@ -90,8 +90,9 @@ def pretrain_stage(
     data = load_prepared(data_path, ("train_x", "train_y", "test_x", "test_y"))
     torch.set_num_threads(threads)
     start = time.perf_counter()
+    weights = read_weights(Path(src.weights_file())) if src.weights_file() else None
     model, metrics = pretrain(
-        src, data["train_x"], data["train_y"], data["test_x"], data["test_y"], seed, device
+        src, data["train_x"], data["train_y"], data["test_x"], data["test_y"], seed, device, weights
     )
     metrics["numerics"] = numerics(device, threads)
     save_checkpoint(out, model, src, int(data["train_x"].shape[-1]), metrics)

@@ -76,6 +76,21 @@ def load_checkpoint(path: Path) -> tuple[Backbone, dict[str, Any]]:
     return model.to(memory_format=torch.channels_last), obj.get("metrics", {})
 
 
+def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """A local weights file (``sources.<name>.pretrained``): a torchvision state dict as
+    ``torch.save`` writes it (ImageNet's ``resnet18-*.pth`` or one of the user's), or a dict holding
+    one under ``state_dict``, loaded safely (``weights_only``). Returns the tensors and the name the
+    model's errors use for the file."""
+    where = f"weights file '{path}'"
+    obj = load_tensors(path, what="weights file")
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(
+            f"{where}: expected a state dict (parameter name -> tensor), found {type(obj).__name__}"
+        )
+    return state, where
+
+
 def check_geometry(checkpoint: Path, target: Path, meta: dict[str, Any]) -> None:
     """Raise :class:`CheckpointError` when the checkpoint's network does not read the target's
     images (``meta['channels']`` x ``meta['side']`` squared)."""

@@ -3,7 +3,9 @@
 
 rule pretrain:
     input:
-        lambda w: home(f"prepared/sources/{w.source}.pt"),
+        data=lambda w: home(f"prepared/sources/{w.source}.pt"),
+        # a local weights file (sources.<name>.pretrained) is an input: a new file, a new network
+        weights=lambda w: source_config(w.source).weights_file() or [],
     output:
         ckpt="{root}/checkpoints/{source}/source.pt",
         metrics="{root}/checkpoints/{source}/metrics.json",
@@ -18,6 +20,6 @@ rule pretrain:
     params:
         cfg=lambda w: job_json("pretrain", w),
     shell:
-        "python -m kshot pretrain --source {wildcards.source} --data {input} "
+        "python -m kshot pretrain --source {wildcards.source} --data {input.data} "
         "--out {output.ckpt} --metrics {output.metrics} "
         "--params-json {params.cfg:q} --log {log}"
