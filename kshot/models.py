@@ -57,6 +57,11 @@ class Backbone(nn.Module):
         each layer is its own stage."""
         return {name: name for name in self.groupable()}
 
+    def norms(self) -> dict[str, str]:
+        """Groupable layer -> the BatchNorm that normalises its output channels, where one does
+        (none here); its affine parameters are part of the layer's neurons when grouped."""
+        return {}
+
     def replace_head(self, n_classes: int) -> None:
         """Swap in a fresh ``nn.Linear`` head for ``n_classes`` (initialised by torch's default)."""
         self.head = nn.Linear(self.head.in_features, n_classes).to(self.head.weight.device)
@@ -149,6 +154,16 @@ class ResNet18(Backbone):
         """Groupable layer -> its stage: the stem (``body.conv1``) or a residual stage
         (``body.layer1`` ... ``body.layer4``), shortcut convolutions included."""
         return {name: ".".join(name.split(".")[:2]) for name in self.groupable()}
+
+    def norms(self) -> dict[str, str]:
+        """Each conv's BatchNorm: ``conv1`` -> ``bn1``, ``conv2`` -> ``bn2`` (stem and blocks) and
+        ``downsample.0`` -> ``downsample.1`` (shortcuts)."""
+        out = {}
+        for name in self.groupable():
+            parent, _, leaf = name.rpartition(".")
+            norm = f"{parent}.{leaf.replace('conv', 'bn')}" if leaf.startswith("conv") else f"{parent}.1"
+            out[name] = norm
+        return out
 
     def load_torchvision(self, state: dict[str, torch.Tensor], where: str) -> None:
         """Load a torchvision ResNet-18 ``state`` dict (ImageNet's or any other) into the body.

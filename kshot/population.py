@@ -39,7 +39,7 @@ from kshot.errors import DataError
 from kshot.finetune import Tensors, TrainResult, freeze_batchnorm, to_input, train
 from kshot.grouping import check_assignment
 from kshot.optim import sgd_direction
-from kshot.shared_grad import GroupedGradient, group_mean_rows_, inverse_counts
+from kshot.shared_grad import GroupedGradient, group_mean_rows_, inverse_counts, neuron_parameters
 
 
 @dataclass
@@ -122,7 +122,7 @@ def _batched_groupings(
         if not grouped:
             continue  # one neuron per group everywhere: the mean is the gradient itself
         assign = torch.cat(parts)
-        names = [f"{name}.weight"] + ([f"{name}.bias"] if share_bias and m.bias is not None else [])
+        names = neuron_parameters(base, name, share_bias)
         out.append(
             _BatchedLayer(
                 names=names,

@@ -10,10 +10,15 @@ Design choices:
 - **Bias shares the group gradient** (``share_bias=True``): a neuron is its weight row *and* its
   bias, and sharing both keeps the neurons of a group moving as one unit. ``share_bias=False``
   shares the weight rows only.
-- **BatchNorm parameters are not grouped.** They are per-channel affine parameters of a different
-  kind (a scale and shift of normalised responses, not a detector), the paper speaks of neuron
-  parameters only, and ``kshot.finetune`` keeps BatchNorm statistics frozen. They train with their
-  own gradient when they are trainable.
+- **BatchNorm follows its conv's groups.** Where a BatchNorm normalises a grouped conv's output
+  (ResNet-18: every conv; :meth:`kshot.models.Backbone.norms`), channel ``c``'s response is
+  ``gamma_c (conv_c - mu_c) / sigma_c + beta_c``: the scale belongs to the neuron as its weight row
+  does, and the shift is the bias a conv followed by BatchNorm does not have. So ``gamma`` shares
+  the group's mean gradient always, and ``beta`` where the bias would (``share_bias``); otherwise a
+  group's channels, updated alike in their filters, would still drift apart through their own
+  scale and shift, and the group would not move as one. The running statistics stay frozen
+  (``kshot.finetune``): they are the source's, and differ between the channels of a group, so
+  grouped channels respond alike up to their source normalisation, as their filters did.
 - **Loss gradient only.** The hook runs between ``backward()`` and the optimiser step, so it
   averages the gradient of the loss (plus any penalty). Weight decay, which the optimiser
   (:class:`kshot.optim.SGD`) adds inside ``step()``, stays per neuron; momentum accumulates the
@@ -55,6 +60,7 @@ from torch import nn
 from kshot.errors import ConfigError
 from kshot.finetune import TrainHook
 from kshot.grouping import check_assignment
+from kshot.models import Backbone
 
 
 def group_mean_rows_(
@@ -80,6 +86,22 @@ def group_mean_rows_(
     else:
         rows.copy_(sums.index_select(0, assign))
     return rows
+
+
+def neuron_parameters(model: nn.Module, layer: str, share_bias: bool = True) -> list[str]:
+    """Names of the parameters of ``model`` whose rows are ``layer``'s neurons, shared by group:
+    its weight, its bias (``share_bias``) and, where a BatchNorm normalises its output
+    (:meth:`kshot.models.Backbone.norms`), that norm's scale and (``share_bias``) its shift."""
+    m = model.get_submodule(layer)
+    names = [f"{layer}.weight"] + ([f"{layer}.bias"] if share_bias and m.bias is not None else [])
+    norm = model.norms().get(layer) if isinstance(model, Backbone) else None
+    if norm is not None:
+        bn = model.get_submodule(norm)
+        if bn.weight is not None:
+            names.append(f"{norm}.weight")
+        if share_bias and bn.bias is not None:
+            names.append(f"{norm}.bias")
+    return names
 
 
 def inverse_counts(assign: torch.Tensor, n_groups: int) -> torch.Tensor:
@@ -215,7 +237,7 @@ class GroupedGradient(TrainHook):
                 continue  # one neuron per group: the mean is the gradient itself
             self.groups[name] = g
             inv = inverse_counts(assign.cpu(), g)  # [G, 1]
-            params = [m.weight] + ([m.bias] if share_bias and m.bias is not None else [])
+            params = [model.get_parameter(p) for p in neuron_parameters(model, name, share_bias)]
             parts = [
                 _Rows(param=p, assign=assign.to(p.device), inv_counts=inv.to(p.device, p.dtype), n_groups=g)
                 for p in params

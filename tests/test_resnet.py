@@ -5,15 +5,22 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 
-from kshot.config import SourceConfig
+from kshot.config import FinetuneConfig, SourceConfig
 from kshot.errors import CheckpointError, ConfigError
 from kshot.files.checkpoint import read_weights
+from kshot.finetune import to_input, train
+from kshot.methods.full import FullFinetune
+from kshot.methods.grouped import Grouped
 from kshot.models import LeNet, ResNet18, ResNet18Cifar, build_backbone
 from kshot.params import params_from_dict
+from kshot.population import train_population
 from kshot.pretrain import pretrain
+from kshot.shared_grad import GroupedGradient, neuron_parameters
 from tests.conftest import TINY_PARAMS, make_images
+from tests.test_methods import episode
 
 CPU = torch.device("cpu")
 
@@ -109,3 +116,119 @@ def test_pretrained_weights_on_a_backbone_that_cannot_load_them_and_zero_epochs_
     ok = copy.deepcopy(raw)
     ok["sources"][source].update(backbone="resnet18", pretrained="w.pth", epochs=0)
     assert params_from_dict(ok).sources[source].weights_file() == "w.pth"
+
+
+# ---------------------------------------------------------------- grouping ResNet-18's conv layers
+
+
+def tiny_resnet(seed=0):
+    """A ResNet-18 for 3-class 16x16 grayscale images with non-trivial BatchNorm statistics."""
+    torch.manual_seed(seed)
+    model = ResNet18(in_channels=1, image_size=16, n_classes=3)
+    model.train()
+    with torch.no_grad():
+        model(torch.rand(32, 1, 16, 16))  # running statistics of their own, not 0/1
+    return model.eval()
+
+
+def small(ep):
+    for part in ("support", "val", "test"):
+        x, y = getattr(ep, part)
+        setattr(ep, part, (F.interpolate(x.float(), size=16).to(torch.uint8), y))
+    return ep
+
+
+def test_every_resnet_conv_has_its_batchnorm_and_the_neuron_holds_its_scale_and_shift():
+    model = tiny_resnet()
+    norms = model.norms()
+    assert len(norms) == len(model.groupable()) == 20
+    for conv, bn in norms.items():
+        assert isinstance(model.get_submodule(bn), torch.nn.BatchNorm2d)
+        assert model.get_submodule(bn).num_features == model.get_submodule(conv).out_channels
+    assert neuron_parameters(model, "body.layer2.0.downsample.0") == [
+        "body.layer2.0.downsample.0.weight",
+        "body.layer2.0.downsample.1.weight",
+        "body.layer2.0.downsample.1.bias",
+    ]
+    assert neuron_parameters(model, "body.conv1", share_bias=False) == [
+        "body.conv1.weight",
+        "body.bn1.weight",
+    ]
+
+
+@pytest.mark.parametrize("share_bias", [True, False])
+def test_batchnorm_scale_and_shift_take_their_convs_group_mean_gradient(share_bias):
+    model = tiny_resnet()
+    x, y = make_images(2, 3, 16)
+    model.zero_grad()
+    F.cross_entropy(model(to_input(x, CPU)), y).backward()
+    raw = {n: p.grad.clone() for n, p in model.named_parameters()}
+    assign = torch.arange(64) % 8
+    GroupedGradient(model, {"body.layer1.0.conv2": assign}, share_bias=share_bias)(model)
+    bn = model.body.layer1[0].bn2
+    for g in range(8):
+        members = assign == g
+        torch.testing.assert_close(
+            bn.weight.grad[members], raw["body.layer1.0.bn2.weight"][members].mean().expand(8)
+        )
+    if share_bias:
+        assert torch.allclose(bn.bias.grad, raw["body.layer1.0.bn2.bias"].view(8, 8).mean(0).repeat(8))
+    else:
+        assert torch.equal(bn.bias.grad, raw["body.layer1.0.bn2.bias"])
+    assert torch.equal(model.body.layer1[0].bn1.weight.grad, raw["body.layer1.0.bn1.weight"])
+
+
+def test_one_channel_per_group_is_exactly_full_finetuning_on_resnet18():
+    cfg = FinetuneConfig(steps=4, lr=0.05, eval_every=2)
+    full = FullFinetune(FullFinetune.parse_options({}, "m"), cfg).run(small(episode(tiny_resnet())))
+    grouped = Grouped(Grouped.parse_options({"groups": 1.0}, "m"), cfg).run(small(episode(tiny_resnet())))
+    assert grouped.val_curve == full.val_curve and grouped.loss_curve == full.loss_curve
+    assert grouped.test_acc == full.test_acc
+
+
+def test_a_group_of_resnet_channels_moves_as_one_in_filters_scale_and_shift():
+    model = tiny_resnet()
+    before = copy.deepcopy(model)
+    assign = torch.arange(128) // 16  # 8 groups of 16 channels
+    x, y = make_images(2, 3, 16)
+    cfg = FinetuneConfig(steps=3, lr=0.05, momentum=0.9, weight_decay=0.0, eval_every=100)
+    hook = GroupedGradient(model, {"body.layer2.1.conv1": assign})
+    train(model, list(model.parameters()), (x, y), (x, y), cfg, CPU, hooks=[hook])
+    for name in ("body.layer2.1.conv1.weight", "body.layer2.1.bn1.weight", "body.layer2.1.bn1.bias"):
+        step = (
+            (model.get_parameter(name) - before.get_parameter(name)).flatten(1)
+            if "conv" in name
+            else (model.get_parameter(name) - before.get_parameter(name)).unsqueeze(1)
+        )
+        assert step.abs().sum() > 0, name
+        for g in range(8):
+            rows = step[assign == g]
+            torch.testing.assert_close(rows, rows[:1].expand_as(rows), atol=1e-6, rtol=1e-5)
+    bn = model.body.layer2[1].bn1
+    assert torch.equal(bn.running_mean, before.body.layer2[1].bn1.running_mean), (
+        "statistics stay the source's"
+    )
+
+
+def test_the_population_shares_batchnorm_gradients_as_the_loop_does_on_resnet18():
+    models = [tiny_resnet(seed=s) for s in range(2)]
+    supports = [make_images(2, 3, 16, seed=s) for s in range(2)]
+    groupings = [
+        {"body.layer1.0.conv1": torch.arange(64) % 4},
+        {"body.layer3.0.downsample.0": torch.arange(256) % 16},
+    ]
+    cfg = FinetuneConfig(steps=3, lr=0.05, momentum=0.9, eval_every=100)
+    pop = train_population(models, supports, supports, cfg, CPU, groupings=groupings)
+    for p, (model, grouping) in enumerate(zip(models, groupings, strict=True)):
+        model = copy.deepcopy(model)
+        train(
+            model,
+            list(model.parameters()),
+            supports[p],
+            supports[p],
+            cfg,
+            CPU,
+            hooks=[GroupedGradient(model, grouping)],
+        )
+        for name, w in model.named_parameters():
+            torch.testing.assert_close(pop.params[name][p], w, atol=5e-5, rtol=1e-4)

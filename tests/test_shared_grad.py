@@ -92,7 +92,7 @@ def test_bias_can_keep_its_own_gradient():
     assert not torch.equal(model.conv1.weight.grad, raw["conv1.weight"])
 
 
-def test_batchnorm_parameters_are_not_grouped():
+def test_a_batchnorm_the_model_does_not_name_as_its_convs_is_not_grouped():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
     x = torch.randn(3, 1, 6, 6)
