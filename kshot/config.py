@@ -26,6 +26,7 @@ T = TypeVar("T")
 # Names the checks below accept; the modules that implement them import these.
 CLUSTERING = ("kmeans", "agglomerative")  # kshot.grouping
 SEARCH_STRATEGIES = ("reinforce", "random")  # kshot.search
+SEARCH_TIES = ("layer", "stage")  # kshot.search: one choice per layer, or per backbone stage
 FEATURES = ("support", "support+pool")  # kshot.activations
 TAG_PATTERN = r"support(\+pool\d+)?(-raw)?"  # an ActivationSpec's tag; the Snakemake wildcard's too
 DEVICES = ("auto", "cpu", "cuda")
@@ -390,7 +391,9 @@ class SearchConfig:
     steps of a search evaluation (``None``: the ``finetune`` block's), fewer making a cheaper,
     low-fidelity reward; ``finalists``: how many of the best searched configurations are
     re-evaluated, with the ungrouped one, at full fidelity on the selection episodes to choose the
-    counts (0: take the search's best as it is).
+    counts (0: take the search's best as it is); ``tie``: ``layer`` (one choice per layer) or
+    ``stage`` (one choice per stage of the backbone, :meth:`kshot.models.Backbone.stages`: five for
+    ResNet-18's twenty conv layers, a space a budget of 16 can explore).
     """
 
     strategy: str = "reinforce"
@@ -406,6 +409,7 @@ class SearchConfig:
     steps: int | None = None
     finalists: int = 0
     controller: ControllerConfig = field(default_factory=ControllerConfig)
+    tie: str = "layer"
 
     @property
     def activation_spec(self) -> ActivationSpec:
@@ -416,6 +420,7 @@ class SearchConfig:
         self.activation_spec.validate(where)
         check_choice(f"{where}.strategy", self.strategy, SEARCH_STRATEGIES)
         check_choice(f"{where}.algorithm", self.algorithm, CLUSTERING)
+        check_choice(f"{where}.tie", self.tie, SEARCH_TIES)
         if self.population not in (True, False, "auto"):
             raise ConfigError(
                 f"{where}.population: expected true, false or 'auto', found {self.population!r}"

@@ -3,7 +3,10 @@
 The search space: for each grouped layer, a *menu* of allowed counts (``count_menu``: the fractions
 of ``SearchConfig.menu`` of its neurons, deduplicated). A configuration is one count per layer; its
 reward is the mean validation accuracy of grouped fine-tuning over the *search* episodes (drawn from
-a seed stream independent of the evaluation episodes, and never with test data).
+a seed stream independent of the evaluation episodes, and never with test data). With ``tie:
+stage`` a choice sets every layer of a backbone stage (:func:`tie_layers`): ResNet-18's twenty
+conv layers would make a space of 5^20 configurations that no budget of 16 explores, while its
+five stages (stem and four residual stages, 5^5) still let the depth of grouping vary.
 
 - :func:`run_search`: the LSTM controller (:mod:`kshot.controller`) samples a configuration, the
   reward updates it by REINFORCE; repeated.
@@ -104,6 +107,9 @@ class SearchTrace:
     greedy_counts: dict[str, int] | None = None
     chosen_counts: dict[str, int] = field(default_factory=dict)
     finalists: list[Finalist] = field(default_factory=list)
+    # the search's choices (``layers``) -> the layers each sets ({} or one layer each: untied); the
+    # counts above are per choice, :func:`expand_counts` gives them per layer
+    units: dict[str, list[str]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,6 +121,34 @@ def count_menu(sizes: dict[str, int], fractions: list[float]) -> dict[str, list[
         name: sorted({resolve_count(float(f), n, f"search.menu (layer {name})") for f in fractions})
         for name, n in sizes.items()
     }
+
+
+def tie_layers(model: Backbone, layers: list[str], tie: str) -> dict[str, list[str]]:
+    """The search's choices: ``{choice: [layers it sets]}``, one per layer (``tie='layer'``) or one
+    per backbone stage (``'stage'``, :meth:`Backbone.stages`); a stage's layers must have equal
+    neuron counts, so that one count means the same for each."""
+    if tie == "layer":
+        return {name: [name] for name in layers}
+    stages = model.stages()
+    units: dict[str, list[str]] = {}
+    for name in layers:
+        units.setdefault(stages[name], []).append(name)
+    sizes = layer_sizes(model, layers, "search.layers")
+    for unit, members in units.items():
+        found = {name: sizes[name] for name in members}
+        if len(set(found.values())) > 1:
+            raise ConfigError(
+                f"search.tie: 'stage' needs the layers of stage '{unit}' to have equal neuron "
+                f"counts, found {found}; use tie: layer"
+            )
+    return units
+
+
+def expand_counts(counts: dict[str, int], units: dict[str, list[str]]) -> dict[str, int]:
+    """Counts per search choice -> counts per layer (``units`` empty: already per layer)."""
+    if not units:
+        return dict(counts)
+    return {name: counts[unit] for unit, members in units.items() if unit in counts for name in members}
 
 
 def _check_space(layers: list[str], menu: dict[str, list[int]], budget: int) -> None:
@@ -357,8 +391,10 @@ def search_group_counts(
     if cfg.steps is not None:
         low = replace(finetune, steps=cfg.steps, eval_every=min(finetune.eval_every, cfg.steps))
     layers = select_layers(model, cfg.layers)
+    units = tie_layers(model, layers, cfg.tie)
     sizes = layer_sizes(model, layers, "search.layers")
-    menu = count_menu(sizes, cfg.menu)
+    unit_sizes = {unit: sizes[members[0]] for unit, members in units.items()}
+    menu = count_menu(unit_sizes, cfg.menu)
 
     batched = device.type == "cuda" if cfg.population == "auto" else bool(cfg.population)
 
@@ -367,15 +403,19 @@ def search_group_counts(
         grouper = activation_grouper(
             model, eps, layers, device, cfg.algorithm, cfg.features, cfg.pool_size, given
         )
-        return make_evaluator(model, eps, n_classes, grouper, ft, device, cfg.share_bias, batched)
+        per_layer = make_evaluator(model, eps, n_classes, grouper, ft, device, cfg.share_bias, batched)
+        return lambda counts: per_layer(expand_counts(counts, units))
 
     evaluate = evaluator("search", episodes, low)
+    choices = list(units)
     if cfg.strategy == "random":
-        trace = random_search(evaluate, layers, menu, cfg.budget, seed, cfg.max_samples)
+        trace = random_search(evaluate, choices, menu, cfg.budget, seed, cfg.max_samples)
     else:
-        trace = run_search(evaluate, layers, menu, cfg.budget, cfg.controller, seed, cfg.max_samples)
+        trace = run_search(evaluate, choices, menu, cfg.budget, cfg.controller, seed, cfg.max_samples)
     if cfg.finalists > 0:
-        select_finalists(trace, evaluator("select", select, finetune), sizes, cfg.finalists)
+        select_finalists(trace, evaluator("select", select, finetune), unit_sizes, cfg.finalists)
+    if cfg.tie != "layer":
+        trace.units = units
     return trace
 
 

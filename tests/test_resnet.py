@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from kshot.config import FinetuneConfig, SourceConfig
+from kshot.config import FinetuneConfig, SearchConfig, SourceConfig, from_dict
 from kshot.errors import CheckpointError, ConfigError
 from kshot.files.checkpoint import read_weights
+from kshot.files.search import read_chosen_counts, save_trace
 from kshot.finetune import to_input, train
 from kshot.methods.full import FullFinetune
 from kshot.methods.grouped import Grouped
@@ -18,9 +19,11 @@ from kshot.models import LeNet, ResNet18, ResNet18Cifar, build_backbone
 from kshot.params import params_from_dict
 from kshot.population import train_population
 from kshot.pretrain import pretrain
+from kshot.search import SearchEpisode, expand_counts, search_group_counts, tie_layers
 from kshot.shared_grad import GroupedGradient, neuron_parameters
 from tests.conftest import TINY_PARAMS, make_images
 from tests.test_methods import episode
+from tests.tiny_nets import tiny_lenet, tiny_task
 
 CPU = torch.device("cpu")
 
@@ -232,3 +235,47 @@ def test_the_population_shares_batchnorm_gradients_as_the_loop_does_on_resnet18(
         )
         for name, w in model.named_parameters():
             torch.testing.assert_close(pop.params[name][p], w, atol=5e-5, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- the search's action space on ResNet-18
+
+
+def test_a_stage_tied_search_chooses_five_counts_that_set_all_twenty_layers(tmp_path):
+    model = tiny_resnet()
+    eps = [
+        SearchEpisode(tiny_task(3, 2, seed=s), tiny_task(3, 2, seed=50 + s), seed=100 + s) for s in range(2)
+    ]
+    ft = FinetuneConfig(steps=2, eval_every=1)
+    stages = ["body.conv1", "body.layer1", "body.layer2", "body.layer3", "body.layer4"]
+    for strategy in ("reinforce", "random"):
+        cfg = from_dict(
+            SearchConfig,
+            {
+                "budget": 3,
+                "menu": [0.25, 1.0],
+                "tie": "stage",
+                "strategy": strategy,
+                "finalists": 1,
+                "steps": 1,
+            },
+            "search",
+        )
+        trace = search_group_counts(model, eps, 3, cfg, ft, CPU, 0, eps)
+        assert trace.layers == stages and trace.n_evaluations == 3, "the same budget for both strategies"
+        assert all(set(s.counts) == set(stages) for s in trace.samples)
+        save_trace(tmp_path / f"{strategy}.json", trace)
+        counts = read_chosen_counts(tmp_path / f"{strategy}.json")
+        assert sorted(counts) == sorted(model.groupable())
+        for name, g in counts.items():
+            assert g == trace.chosen_counts[model.stages()[name]]
+
+
+def test_tying_layers_of_different_widths_is_an_error_naming_the_field(monkeypatch):
+    model = tiny_lenet()
+    monkeypatch.setattr(type(model), "stages", lambda self: dict.fromkeys(self.groupable(), "all"))
+    with pytest.raises(
+        ConfigError, match=r"search.tie: 'stage' needs the layers of stage 'all' to have equal"
+    ):
+        tie_layers(model, model.groupable(), "stage")
+    assert tie_layers(model, ["conv1"], "layer") == {"conv1": ["conv1"]}
+    assert expand_counts({"s": 4}, {"s": ["a", "b"]}) == {"a": 4, "b": 4}

@@ -8,7 +8,7 @@ from typing import Any
 
 from kshot.errors import DataError
 from kshot.io import read_json, write_json
-from kshot.search import SearchTrace
+from kshot.search import SearchTrace, expand_counts
 
 
 def save_trace(path: str | Path, trace: SearchTrace) -> None:
@@ -16,7 +16,8 @@ def save_trace(path: str | Path, trace: SearchTrace) -> None:
 
 
 def read_chosen_counts(path: str | Path) -> dict[str, Any]:
-    """The counts per layer a search chose (its file's ``chosen_counts``)."""
+    """The counts per layer a search chose (its file's ``chosen_counts``, per stage where the search
+    tied the layers of a stage: then expanded by its ``units``)."""
     result = read_json(path, what="search result")
     if not isinstance(result, dict) or not isinstance(result.get("chosen_counts"), dict):
         found = sorted(result) if isinstance(result, dict) else type(result).__name__
@@ -24,4 +25,4 @@ def read_chosen_counts(path: str | Path) -> dict[str, Any]:
             f"search result '{path}': expected a 'chosen_counts' mapping (rerun the search "
             f"stage), found keys {found}"
         )
-    return result["chosen_counts"]
+    return expand_counts(result["chosen_counts"], result.get("units") or {})
