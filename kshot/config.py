@@ -506,6 +506,16 @@ class PeersConfig:
     methods: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class ResNetStudyConfig:
+    """The ResNet-18 study (``snakemake resnet``): ``methods`` on ``benchmarks`` (the ResNet-18
+    sources' benchmarks) at every k of ``episodes.k``, with both group-count searches, in tables
+    and figures of their own (reports/resnet/): the paper's claim at the scale of a popular CNN."""
+
+    benchmarks: list[str] = field(default_factory=list)
+    methods: list[str] = field(default_factory=list)
+
+
 def replicate_name(name: str, seed: int) -> str:
     """The name of the replicate of source or benchmark ``name`` pre-trained with ``seed``."""
     return f"{name}_seed{seed}"
@@ -574,6 +584,7 @@ class Params:
     regime: RegimeConfig = field(default_factory=RegimeConfig)
     replicates: ReplicatesConfig = field(default_factory=ReplicatesConfig)
     peers: PeersConfig = field(default_factory=PeersConfig)
+    resnet: ResNetStudyConfig = field(default_factory=ResNetStudyConfig)
     ablation: list[list[str]] = field(default_factory=list)
 
     @property
@@ -625,12 +636,20 @@ class Params:
                 )
         _check_names("replicates.methods", self.replicates.methods, self.method_names)
         _check_names("peers.methods", self.peers.methods, self.method_names)
+        _check_names("resnet.benchmarks", self.resnet.benchmarks, self.benchmarks)
+        _check_names("resnet.methods", self.resnet.methods, self.method_names)
         for i, pair in enumerate(self.replicates.pairs):
             _check_names(f"replicates.pairs[{i}]", pair, self.replicates.methods)
         regime_methods = {m for block in self.regime.runs for m in block.methods}
         searched = sorted(
             m
-            for m in {*self.run.methods, *regime_methods, *self.replicates.methods, *self.peers.methods}
+            for m in {
+                *self.run.methods,
+                *regime_methods,
+                *self.replicates.methods,
+                *self.peers.methods,
+                *self.resnet.methods,
+            }
             if self.method(m).kind == "grouped_rl" or m.endswith(TUNED)
         )
         if searched and self.episodes.search_episodes < 1:

@@ -258,17 +258,22 @@ def tuned_block(methods=None):
     ]
 
 
-def search_targets():
-    """Both strategies for every benchmark and k that a grouped_rl method runs on."""
-    kinds = {entry("methods", m).kind for m in PARAMS.run.methods}
+def search_targets(benchmarks=None, methods=None):
+    """Both strategies for every benchmark and k that a grouped_rl method runs on (the default
+    run's benchmarks and methods unless given; a study's files are where home() puts them).
+    """
+    kinds = {entry("methods", m).kind for m in methods or PARAMS.run.methods}
     if "grouped_rl" not in kinds:
         return []
-    return expand(
-        "data/search/{benchmark}/k{k}/{strategy}.json",
-        benchmark=PARAMS.run.benchmarks,
+    paths = expand(
+        "search/{benchmark}/k{k}/{strategy}.json",
+        benchmark=benchmarks or PARAMS.run.benchmarks,
         k=PARAMS.episodes.k,
         strategy=["reinforce", "random"],
     )
+    if benchmarks is None:
+        return [f"data/{p}" for p in paths]
+    return [home(p) for p in paths]
 
 
 def run_metrics(benchmarks=None, methods=None, ks=None):
@@ -310,6 +315,21 @@ def peer_runs():
         return []
     out = run_metrics(PARAMS.run.benchmarks, PARAMS.peers.methods)
     return sorted({home(path.removeprefix("data/")) for path in out})
+
+
+def resnet_runs():
+    """Metrics of every run of the ResNet-18 study (under data/regime/)."""
+    study = PARAMS.resnet
+    if not study.benchmarks or not study.methods:
+        return []
+    out = run_metrics(study.benchmarks, study.methods)
+    return sorted({home(path.removeprefix("data/")) for path in out})
+
+
+def study_sources(benchmarks):
+    """The pre-training metrics of the sources of ``benchmarks``."""
+    sources = sorted({source_of(b) for b in benchmarks})
+    return [home(f"checkpoints/{s}/metrics.json") for s in sources]
 
 
 def comparison_pairs(kind):

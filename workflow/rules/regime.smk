@@ -201,3 +201,89 @@ rule peers:
         "reports/peers/forest.png",
         "reports/peers/metrics.json",
         "reports/peers/metrics_by_cell.json",
+
+
+# The ResNet-18 study: the default run's tables, figures and search report for the ResNet-18
+# benchmarks (`snakemake --cores N resnet`), in reports/resnet/.
+use rule aggregate as aggregate_resnet with:
+    input:
+        runs=resnet_runs(),
+        sources=study_sources(PARAMS.resnet.benchmarks),
+        episodes=[
+            home(f"episodes/{b}/k{PARAMS.episodes.k[0]}.json")
+            for b in PARAMS.resnet.benchmarks
+        ],
+        raw=lambda w: target_raw_dirs(PARAMS.resnet.benchmarks),
+    output:
+        table="reports/resnet/results.md",
+        csv="reports/resnet/results.csv",
+        html=report(
+            "reports/resnet/results.html",
+            caption="../report/results.rst",
+            category="7. ResNet-18",
+            labels={
+                "shows": "ResNet-18: mean test accuracy with 95% CI, and paired differences to the baseline",
+                "table": "ResNet-18: test accuracy by method and k",
+            },
+        ),
+        tex="reports/resnet/results.tex",
+        sources="reports/resnet/sources.csv",
+        forest=report(
+            "reports/resnet/forest.png",
+            caption="../report/forest.rst",
+            category="7. ResNet-18",
+            labels={
+                "shows": "ResNet-18: mean paired differences with 95% CI; filled: significant",
+                "figure": "ResNet-18: paired differences (forest plot)",
+            },
+        ),
+        forest_svg="reports/resnet/forest.svg",
+        figure="reports/resnet/accuracy_vs_k.png",
+        figure_svg="reports/resnet/accuracy_vs_k.svg",
+        episodes_figure="reports/resnet/episode_differences.png",
+        episodes_figure_svg="reports/resnet/episode_differences.svg",
+        metrics="reports/resnet/metrics.json",
+        by_cell="reports/resnet/metrics_by_cell.json",
+        plots=directory("reports/resnet/plots"),
+    log:
+        f"{REGIME_ROOT}/logs/report/aggregate_resnet.log",
+    params:
+        tables=subpath(output.table, parent=True),
+        figures=subpath(output.figure, parent=True),
+        baseline="full",
+        tuned=lambda w: " ".join(tuned_block(PARAMS.resnet.methods)),
+        targets=lambda w: targets_json(PARAMS.resnet.benchmarks),
+
+
+use rule search_report as search_report_resnet with:
+    input:
+        traces=search_targets(PARAMS.resnet.benchmarks, PARAMS.resnet.methods),
+    output:
+        table="reports/resnet/search.md",
+        csv="reports/resnet/search.csv",
+        html="reports/resnet/search.html",
+        tex="reports/resnet/search.tex",
+        curves="reports/resnet/search_curves.png",
+        curves_svg="reports/resnet/search_curves.svg",
+        counts="reports/resnet/group_counts.png",
+        counts_svg="reports/resnet/group_counts.svg",
+    log:
+        f"{REGIME_ROOT}/logs/report/search_report_resnet.log",
+    params:
+        labels=search_labels(
+            search_targets(PARAMS.resnet.benchmarks, PARAMS.resnet.methods)
+        ),
+        tables=subpath(output.table, parent=True),
+        figures=subpath(output.curves, parent=True),
+
+
+rule resnet:
+    input:
+        "reports/resnet/results.md",
+        "reports/resnet/forest.png",
+        "reports/resnet/metrics_by_cell.json",
+        "reports/resnet/search.md",
+        expand(
+            f"{REPORT_FIG}/groups/{{benchmark}}_filters.png",
+            benchmark=PARAMS.resnet.benchmarks,
+        ),

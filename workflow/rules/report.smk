@@ -85,8 +85,8 @@ rule aggregate:
 
 rule group_figures:
     input:
-        ckpt=lambda w: f"data/checkpoints/{source_of(w.benchmark)}/source.pt",
-        target="data/prepared/targets/{benchmark}.pt",
+        ckpt=lambda w: home(f"checkpoints/{source_of(w.benchmark)}/source.pt"),
+        target=lambda w: home(f"prepared/targets/{w.benchmark}.pt"),
     output:
         filters=report(
             f"{REPORT_FIG}/groups/{{benchmark}}_filters.png",

@@ -14,36 +14,38 @@ def report_benchmarks():
     return PARAMS.run.benchmarks
 
 
-def target_entries():
-    """Per report benchmark, its target dataset, classes and acquired folder: the results tables
-    name the target classes (kshot.report.target_notes)."""
+def target_entries(benchmarks=None):
+    """Per report benchmark (the default run's unless given), its target dataset, classes and
+    acquired folder: the results tables name the target classes (kshot.report.target_notes).
+    """
     return {
         b: {
             "dataset": target_dataset(b),
             "classes": list(entry("benchmarks", b).target_classes),
-            "raw": f"{RAW}/{target_dataset(b)}",
+            "raw": raw_home(target_dataset(b)),
         }
-        for b in report_benchmarks()
+        for b in benchmarks or report_benchmarks()
     }
 
 
-def targets_json():
-    return json.dumps(target_entries(), sort_keys=True)
+def targets_json(benchmarks=None):
+    return json.dumps(target_entries(benchmarks), sort_keys=True)
 
 
-def target_raw_dirs():
-    return sorted({t["raw"] for t in target_entries().values()})
+def target_raw_dirs(benchmarks=None):
+    return sorted({t["raw"] for t in target_entries(benchmarks).values()})
 
 
-def search_labels():
-    """One label per search trace of search_targets(), e.g. "fashion k=5" (the strategy is read
-    from the trace itself)."""
+def search_labels(traces=None):
+    """One label per search trace (search_targets() unless given), e.g. "fashion k=5" (the
+    strategy is read from the trace itself)."""
     from pathlib import PurePath
 
-    return [
-        f"{PurePath(p).parts[2]} k={PurePath(p).parts[3].removeprefix('k')}"
-        for p in search_targets()
-    ]
+    labels = []
+    for p in traces or search_targets():
+        parts = PurePath(p).parts[-3:]
+        labels.append(f"{parts[0]} k={parts[1].removeprefix('k')}")
+    return labels
 
 
 def report_targets():
