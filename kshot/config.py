@@ -254,7 +254,9 @@ class FinetuneConfig:
     """Hyper-parameters shared by the gradient-based fine-tuning methods.
 
     ``eval_every`` steps the validation accuracy is measured and the best state so far kept: the
-    validation set selects the stopping step, the test set never does.
+    validation set selects the stopping step, the test set never does. ``triplet_weight`` > 0
+    adds that multiple of a triplet loss with ``triplet_margin`` on the penultimate features (the
+    hybrid loss, :func:`kshot.finetune.triplet_term`); it needs k >= 2.
     """
 
     steps: int = 100
@@ -263,10 +265,13 @@ class FinetuneConfig:
     weight_decay: float = 0.0
     eval_every: int = 10
     head_init: str = "random"
+    triplet_weight: float = 0.0  # the hybrid loss: 0 is cross-entropy alone (kshot.finetune)
+    triplet_margin: float = 0.2
 
     def validate(self, where: str) -> None:
-        for name in ("steps", "lr", "eval_every"):
+        for name in ("steps", "lr", "eval_every", "triplet_margin"):
             _positive(where, name, getattr(self, name))
+        _positive(where, "triplet_weight", self.triplet_weight, strict=False)
         check_eval_every(where, self.steps, self.eval_every)
         _positive(where, "weight_decay", self.weight_decay, strict=False)
         _positive(where, "momentum", self.momentum, strict=False)

@@ -72,7 +72,50 @@ def check_registries(params: Params) -> Params:
         every = getattr(spec.options, "eval_every", None) or params.finetune.eval_every
         if every > steps:  # with the method's overrides of the finetune block
             check_eval_every(f"methods.{name} (with finetune)", steps, every)
-    return dataclasses.replace(params, methods=methods)
+    params = dataclasses.replace(params, methods=methods)
+    check_triplet_at_k1(params)
+    return params
+
+
+def listed_methods(params: Params) -> set[str]:
+    """Every method name a run of the pipeline lists: the default run's and each study's."""
+    regime = {m for block in params.regime.runs for m in block.methods}
+    return {
+        *params.run.methods,
+        *regime,
+        *params.replicates.methods,
+        *params.peers.methods,
+        *params.resnet.methods,
+    }
+
+
+def check_triplet_at_k1(params: Params) -> None:
+    """With k = 1 in ``episodes.k`` no listed method may train with a triplet term (no positive
+    pair at k = 1): an error naming the field that asks for one, before any job runs."""
+    if 1 not in params.episodes.k:
+        return
+    for name in sorted(listed_methods(params)):
+        base = name.removesuffix(TUNED)
+        spec = params.methods[base]
+        if not METHODS[spec.kind].trains_features:
+            continue
+        own = getattr(spec.options, "triplet_weight", None)
+        weight, field = (
+            (own, f"methods.{base}.triplet_weight")
+            if own is not None
+            else (
+                params.finetune.triplet_weight,
+                "finetune.triplet_weight",
+            )
+        )
+        grid = spec.tune.get("triplet_weight", []) if name.endswith(TUNED) else []
+        if any(w > 0 for w in grid):
+            weight, field = max(grid), f"methods.{base}.tune.triplet_weight"
+        if weight > 0:
+            raise ConfigError(
+                f"{field}: expected 0, since episodes.k includes 1 (a triplet needs two support "
+                f"images of a class) and method '{name}' runs, found {weight}"
+            )
 
 
 def params_from_dict(raw: Any) -> Params:

@@ -35,7 +35,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from kshot.config import FinetuneConfig
-from kshot.errors import DataError
+from kshot.errors import ConfigError, DataError
 from kshot.finetune import Tensors, TrainResult, freeze_batchnorm, to_input, train
 from kshot.grouping import check_assignment
 from kshot.optim import sgd_direction
@@ -155,6 +155,11 @@ def train_population(
         raise DataError(
             f"members: expected P >= 1 members with P supports and P validation sets, "
             f"found {n_members}, {len(supports)}, {len(vals)}"
+        )
+    if cfg.triplet_weight > 0:  # the batched step computes cross-entropy alone
+        raise ConfigError(
+            f"triplet_weight: expected 0 for a batched population (the hybrid loss trains one "
+            f"model at a time), found {cfg.triplet_weight}"
         )
     groupings = groupings if groupings is not None else [None] * n_members
     if len(groupings) != n_members:

@@ -397,6 +397,7 @@ def search_group_counts(
     menu = count_menu(unit_sizes, cfg.menu)
 
     batched = device.type == "cuda" if cfg.population == "auto" else bool(cfg.population)
+    batched = batched and finetune.triplet_weight == 0  # the population has no hybrid loss
 
     def evaluator(role: str, eps: list[SearchEpisode], ft: FinetuneConfig) -> Evaluate:
         given = None if patterns is None else patterns[role]

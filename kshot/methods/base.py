@@ -81,6 +81,8 @@ class TrainOverrides:
     weight_decay: float | None = None
     eval_every: int | None = None
     head_init: str | None = None
+    triplet_weight: float | None = None
+    triplet_margin: float | None = None
 
 
 class Method(ABC):
@@ -91,6 +93,8 @@ class Method(ABC):
     # True for methods that see the unlabeled test images while adapting (transductive inference):
     # every table marks them, since they use information the inductive methods do not
     transductive: ClassVar[bool] = False
+    # whether the method trains the features a triplet term shapes (finetune.triplet_weight)
+    trains_features: ClassVar[bool] = False
 
     def __init__(self, options: Any, finetune: FinetuneConfig, name: str | None = None) -> None:
         self.options = options
@@ -116,6 +120,8 @@ class Method(ABC):
 class GradientMethod(Method):
     """Replace the head, fine-tune the parameters :meth:`trainable` returns with the loop of
     :func:`kshot.finetune.train` changed by the :meth:`hooks`, evaluate on test."""
+
+    trains_features = True
 
     def trainable(self, model: Backbone) -> list[torch.Tensor]:
         return list(model.parameters())

@@ -16,6 +16,7 @@ from kshot.methods.base import EpisodeData, EpisodeResult, GradientMethod
 
 class LinearProbe(GradientMethod):
     kind = "linear"
+    trains_features = False  # a head on fixed features: a triplet term would be constant
 
     def run(self, ep: EpisodeData) -> EpisodeResult:
         model = ep.model.to(ep.device).eval()
