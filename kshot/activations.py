@@ -38,7 +38,7 @@ from torch import nn
 from kshot.config import ActivationSpec
 from kshot.episodes import ROLES, episode_indices, role_seed
 from kshot.errors import ConfigError, DataError, suggest
-from kshot.finetune import to_input
+from kshot.finetune import EVAL_ELEMENTS, images_per_batch, to_input
 
 
 def _module(model: nn.Module, name: str) -> nn.Conv2d | nn.Linear:
@@ -69,13 +69,14 @@ def layer_activations(
     images: torch.Tensor,
     layers: list[str],
     device: torch.device,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     rectify: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Activation patterns of the neurons of ``layers`` on uint8 ``images [M, C, H, W]``.
 
     Returns ``{layer: float32 [N_layer, M]}`` on CPU. Images are streamed in batches of
-    ``batch_size`` and each hook pools its map to ``[B, N]`` at once, so memory is bounded by one
+    ``batch_size`` (default: :func:`kshot.finetune.predict`'s, 256 or fewer photo-sized images)
+    and each hook pools its map to ``[B, N]`` at once, so memory is bounded by one
     batch's feature maps whatever ``M``. The model runs in eval mode (BatchNorm uses its running
     statistics) and its previous mode is restored. If the model has a ``features`` method (every
     :class:`kshot.models.Backbone`), only it runs: the head is never grouped.
@@ -84,6 +85,7 @@ def layer_activations(
         raise ConfigError(f"images: expected uint8 [M, C, H, W], found {images.dtype} {list(images.shape)}")
     if len(images) == 0:
         raise ConfigError("images: expected at least one image to compute activations, found 0")
+    batch_size = batch_size or images_per_batch(images, EVAL_ELEMENTS)
     if batch_size < 1:
         raise ConfigError(f"batch_size: expected an integer >= 1, found {batch_size}")
     modules = {name: _module(model, name) for name in layers}

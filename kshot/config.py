@@ -154,10 +154,14 @@ class DataConfig:
     fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"
     download: bool = False
     image_folders: dict[str, str] = field(default_factory=dict)
+    # the side image folders are stored at (RGB uint8, resized at acquisition): 224 for
+    # ResNet-18 at ImageNet's size; 64 keeps small trees small
+    image_folder_side: int = 64
     local_dirs: dict[str, str] = field(default_factory=dict)
     digits_test_fraction: float = 0.5
 
     def validate(self, where: str) -> None:
+        _positive(where, "image_folder_side", self.image_folder_side)
         if not 0.0 < self.digits_test_fraction < 1.0:
             raise ConfigError(
                 f"{where}.digits_test_fraction: expected a number in (0, 1), "

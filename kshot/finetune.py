@@ -58,15 +58,31 @@ def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
+# Memory budgets, in input elements (images x channels x pixels) fed at once: a batch evaluated
+# without gradients, and a training micro-batch (whose activations are kept for backward). LeNet-
+# and 32x32 ResNet-sized inputs always fit in one batch of 256 / one whole support set; a ResNet-18
+# at 224x224 gets batches of 55 / micro-batches of 27 images (about 1 GiB of activations).
+EVAL_ELEMENTS = 2**23
+TRAIN_ELEMENTS = 2**22
+
+
+def images_per_batch(images: torch.Tensor, budget: int, cap: int = 256) -> int:
+    """How many of ``images [N, ...]`` fit in ``budget`` input elements, between 1 and ``cap``."""
+    per_image = max(1, images[0].numel()) if len(images) else 1
+    return max(1, min(cap, budget // per_image))
+
+
 @torch.no_grad()
 def predict(
     fn: Callable[[torch.Tensor], torch.Tensor],
     images: torch.Tensor,
     device: torch.device,
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> torch.Tensor:
-    """Apply ``fn`` to uint8 ``images`` in batches (bounded memory); returns outputs on CPU."""
-    outs = [fn(to_input(chunk, device)).cpu() for chunk in images.split(batch_size)]
+    """Apply ``fn`` to uint8 ``images`` in batches (bounded memory: at most 256 images or
+    ``EVAL_ELEMENTS`` input elements a batch); returns outputs on CPU."""
+    size = batch_size or images_per_batch(images, EVAL_ELEMENTS)
+    outs = [fn(to_input(chunk, device)).cpu() for chunk in images.split(size)]
     return torch.cat(outs)
 
 
@@ -117,6 +133,51 @@ def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: FinetuneConfi
     )
 
 
+def micro_batches(support: Tensors, hooks: Sequence[TrainHook], cfg: FinetuneConfig) -> list[Tensors]:
+    """The support set as the micro-batches one training step feeds (one, unless its images exceed
+    ``TRAIN_ELEMENTS``: photo-sized images). A step's gradient is the same either way (BatchNorm
+    is frozen, so an example's loss does not depend on its batch); a whole-batch term (a hook's
+    :attr:`~TrainHook.whole_batch` penalty, the triplet term's mining) cannot be split, and is an
+    error then. A method that draws random numbers per example (AdaFilter's gates) draws them in
+    another order over micro-batches: the same distribution, other numbers."""
+    size = images_per_batch(support[0], TRAIN_ELEMENTS, cap=max(1, len(support[1])))
+    if size >= len(support[1]):
+        return [support]
+    whole = [type(h).__name__ for h in hooks if h.whole_batch]
+    whole += ["the triplet term (triplet_weight)"] if cfg.triplet_weight > 0 else []
+    if whole:
+        shape = "x".join(str(d) for d in support[0].shape[1:])
+        raise ConfigError(
+            f"finetune: the support set of {len(support[1])} images of {shape} is fed in micro-batches "
+            f"of {size} to bound memory, and {', '.join(whole)} needs the whole batch at once; "
+            "expected smaller images or fewer support images for this method"
+        )
+    return list(zip(support[0].split(size), support[1].split(size), strict=True))
+
+
+def _step_loss(
+    model: nn.Module, chunks: list[Tensors], hooks: Sequence[TrainHook], cfg: FinetuneConfig
+) -> torch.Tensor | None:
+    """Forward and backward of one step over ``chunks`` (model inputs and labels on the device);
+    the loss, or ``None`` where it is not finite (the step is abandoned). With several chunks each
+    contributes its share ``n_c / N`` of the mean loss and of the penalties (a mean over examples
+    plus a constant, so the shares add up to the whole batch's)."""
+    total = sum(len(c[1]) for c in chunks)
+    loss_sum = None
+    for x, y in chunks:
+        loss = _loss(model, x, y, cfg)
+        for h in hooks:
+            term = h.penalty(model)
+            if term is not None:
+                loss = loss + term
+        if not math.isfinite(float(loss.detach())):
+            return None
+        share = loss if len(chunks) == 1 else loss * (len(y) / total)
+        share.backward()
+        loss_sum = share.detach() if loss_sum is None else loss_sum + share.detach()
+    return loss_sum
+
+
 def freeze_batchnorm(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -146,6 +207,9 @@ class TrainHook:
     """
 
     penalises = False  # whether :meth:`penalty` adds a term to the loss
+    # whether the penalty is a function of the batch as a whole (e.g. its singular values), not a
+    # mean over examples plus a constant: such a penalty cannot be split over micro-batches
+    whole_batch = False
 
     def prepare(self, trainable: list[torch.Tensor], linear_update: bool) -> list[torch.Tensor]:
         """The tensors the optimiser trains instead of ``trainable``. ``linear_update``: the update
@@ -190,8 +254,7 @@ def train(
         for p in model.parameters():
             p.requires_grad_(id(p) in wanted)
         check_triplet(support[1], cfg.triplet_weight)
-        x = to_input(support[0], device)
-        y = support[1].to(device)
+        chunks = [(to_input(x, device), y.to(device)) for x, y in micro_batches(support, hooks, cfg)]
         opt = SGD(trainable, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         best_state, best_acc, best_step = None, -1.0, 0
         result = TrainResult(model=model, val_acc=0.0, best_step=0, steps_run=0)
@@ -199,15 +262,10 @@ def train(
         freeze_batchnorm(model)
         for step in range(1, cfg.steps + 1):
             opt.zero_grad()
-            loss = _loss(model, x, y, cfg)
-            for h in hooks:
-                term = h.penalty(model)
-                if term is not None:
-                    loss = loss + term
-            if not math.isfinite(float(loss.detach())):
+            loss = _step_loss(model, chunks, hooks, cfg)
+            if loss is None:
                 result.diverged_step = step
                 break
-            loss.backward()
             for h in hooks:
                 h.after_backward(model)
             opt.step()

@@ -37,7 +37,10 @@ COMMANDS = (
 def acquire_entry(data: DataConfig, dataset: str) -> dict[str, Any]:
     """The ``data`` fields that acquiring ``dataset`` reads."""
     if dataset in data.image_folders:
-        return {"image_folders": {dataset: data.image_folders[dataset]}}
+        return {
+            "image_folders": {dataset: data.image_folders[dataset]},
+            "image_folder_side": data.image_folder_side,
+        }
     if dataset == "fashion_mnist":
         return {"fashion_mnist_dir": data.fashion_mnist_dir, "download": data.download}
     if dataset in local_dir_datasets():
@@ -56,6 +59,7 @@ def load_entry(data: DataConfig, dataset: str) -> dict[str, Any]:
     if dataset in data.image_folders:
         return {
             "image_folders": {dataset: data.image_folders[dataset]},
+            "image_folder_side": data.image_folder_side,
             "digits_test_fraction": data.digits_test_fraction,
         }
     if dataset == "digits":

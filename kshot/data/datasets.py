@@ -345,7 +345,7 @@ def dataset_info(name: str, cfg: DataConfig) -> DatasetInfo:
     if name in DATASETS:
         return DATASETS[name]
     if name in cfg.image_folders:
-        return imagefolder_info(name, Path(cfg.image_folders[name]))
+        return imagefolder_info(name, Path(cfg.image_folders[name]), cfg.image_folder_side)
     raise unknown("dataset", name, set(DATASETS) | set(cfg.image_folders))
 
 

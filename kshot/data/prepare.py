@@ -21,23 +21,27 @@ from kshot.data.datasets import ImageSet, dataset_info, load_split
 from kshot.errors import DataError
 
 
-def to_geometry(images: torch.Tensor, channels: int, side: int) -> torch.Tensor:
+def to_geometry(images: torch.Tensor, channels: int, side: int, chunk: int = 256) -> torch.Tensor:
     """Convert uint8 ``[N, C, H, W]`` to uint8 ``[N, channels, side, side]`` (luminance or
-    channel repetition; antialiased bilinear resizing)."""
-    x = images.float()
-    if x.shape[1] == 3 and channels == 1:
-        w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-        x = (x * w).sum(1, keepdim=True)
-    elif x.shape[1] == 1 and channels == 3:
-        x = x.expand(-1, 3, -1, -1)
-    elif x.shape[1] != channels:
-        raise DataError(f"cannot convert {x.shape[1]}-channel images to {channels} channels")
-    if x.shape[-1] != side or x.shape[-2] != side:
-        out = []
-        for chunk in x.split(4096):
-            out.append(F.interpolate(chunk, size=(side, side), mode="bilinear", antialias=True))
-        x = torch.cat(out) if out else x.new_zeros((0, channels, side, side))
-    return x.round().clamp(0, 255).to(torch.uint8)
+    channel repetition; antialiased bilinear resizing). Images already of that geometry are
+    returned as they are; the others are converted ``chunk`` at a time into the uint8 result, so
+    the float copy never holds more than ``chunk`` images (photo-sized targets stay in bounds)."""
+    n, c, h, w = images.shape
+    if c == channels and h == side and w == side:
+        return images
+    if not (c == channels or (c, channels) in ((3, 1), (1, 3))):
+        raise DataError(f"cannot convert {c}-channel images to {channels} channels")
+    out = torch.empty((n, channels, side, side), dtype=torch.uint8)
+    for start in range(0, n, chunk):
+        x = images[start : start + chunk].float()
+        if c == 3 and channels == 1:
+            x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        elif c == 1 and channels == 3:
+            x = x.expand(-1, 3, -1, -1)
+        if h != side or w != side:
+            x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True)
+        out[start : start + chunk] = x.round().clamp(0, 255).to(torch.uint8)
+    return out
 
 
 def select_classes(data: ImageSet, classes: list[int], field: str, origin: str) -> ImageSet:

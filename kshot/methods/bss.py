@@ -56,6 +56,7 @@ class SpectralShrinkagePenalty(TrainHook):
     training forward is kept; validation passes run in eval mode)."""
 
     penalises = True
+    whole_batch = True  # singular values of the batch's features
 
     def __init__(self, model: Backbone, eta: float, k: int) -> None:
         self.model, self.eta, self.k = model, eta, k

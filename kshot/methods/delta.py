@@ -154,6 +154,7 @@ class FeatureMapPenalty(TrainHook):
     """
 
     penalises = True
+    whole_batch = True  # the source maps are the whole support set's, image for image
 
     def __init__(
         self,
