@@ -308,7 +308,7 @@ def cmd_notebook(args: argparse.Namespace, raw: dict[str, Any]) -> None:
 
 
 def cmd_readme(args: argparse.Namespace, raw: dict[str, Any]) -> None:
-    from kshot.tables import with_headline, with_peers
+    from kshot.tables import with_headline, with_study
 
     readme = Path(args.readme)
     if not readme.is_file():
@@ -322,8 +322,9 @@ def cmd_readme(args: argparse.Namespace, raw: dict[str, Any]) -> None:
 
     text = readme.read_text()
     new = with_headline(text, metrics_of(args.metrics, "--metrics"), str(readme))
-    if args.peers_metrics:
-        new = with_peers(new, metrics_of(args.peers_metrics, "--peers-metrics"), str(readme))
+    for study, path in (("peers", args.peers_metrics), ("resnet", args.resnet_metrics)):
+        if path:
+            new = with_study(new, metrics_of(path, f"--{study}-metrics"), str(readme), study)
     if new != text:
         write_text(readme, new)
     print(f"{readme}: {'updated' if new != text else 'unchanged'}")
@@ -458,7 +459,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html", default=None, help="HTML export")
     p.add_argument("--cwd", default=".", help="folder the notebook runs in (the pipeline's root)")
     p.add_argument("--param", action="append", default=[], help="NAME=VALUE (a string), repeatable")
-    p = report("readme", cmd_readme, "the README's headline tables (and peers block) from the metrics")
+    p = report(
+        "readme",
+        cmd_readme,
+        "the README's headline tables (and the peers and ResNet-18 blocks) from the metrics",
+    )
     p.add_argument(
         "--metrics", default="reports/metrics_by_cell.json", help="per-cell metrics JSON (aggregate's)"
     )
@@ -466,6 +471,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--peers-metrics",
         default=None,
         help="the peers study's per-cell metrics JSON (reports/peers/metrics_by_cell.json), for its block",
+    )
+    p.add_argument(
+        "--resnet-metrics",
+        default=None,
+        help="the ResNet-18 study's per-cell metrics (reports/resnet/metrics_by_cell.json), for its block",
     )
     p.add_argument("--readme", default="README.md", help="file with the headline markers, rewritten in place")
     return parser

@@ -704,6 +704,7 @@ def regime_table(
 
 HEADLINE_BEGIN, HEADLINE_END = "<!-- headline:begin -->", "<!-- headline:end -->"
 PEERS_BEGIN, PEERS_END = "<!-- peers:begin -->", "<!-- peers:end -->"
+RESNET_BEGIN, RESNET_END = "<!-- resnet:begin -->", "<!-- resnet:end -->"
 
 
 def _headline_cell(value: float | None, signed: bool) -> str:
@@ -831,16 +832,30 @@ def findings_markdown(
     )
 
 
-def peers_markdown(metrics: Mapping[str, Any]) -> str:
-    """The README's paragraphs on the peers study from ``reports/peers/metrics_by_cell.json``: per
-    baseline (the tuned one first) :func:`findings_markdown`, the tables being in reports/peers/."""
+# The studies with a block of their own in the README: name -> (title, markers)
+STUDY_BLOCKS = {
+    "peers": ("The peers study", PEERS_BEGIN, PEERS_END),
+    "resnet": ("The ResNet-18 study", RESNET_BEGIN, RESNET_END),
+}
+
+
+def study_markdown(metrics: Mapping[str, Any], study: str = "peers") -> str:
+    """The README's paragraphs on ``study`` (a key of :data:`STUDY_BLOCKS`) from its
+    ``reports/<study>/metrics_by_cell.json``: per baseline (the tuned one first)
+    :func:`findings_markdown`, the tables being in reports/<study>/; for the ResNet-18 study the
+    source networks' accuracy first."""
     diff_keys = [key for key in metrics if key.startswith("diff_vs_") and metrics[key]]
     if not diff_keys:
         raise DataError(
-            f"peers metrics: expected a diff_vs_<baseline> with differences, found {sorted(metrics)}"
+            f"{study} metrics: expected a diff_vs_<baseline> with differences, found {sorted(metrics)}"
         )
     diff_keys.sort(key=lambda key: (not key.endswith(TUNED), key))
+    title = STUDY_BLOCKS[study][0]
     paragraphs = []
+    sources = metrics.get("source_test_acc") or {}
+    if study != "peers" and sources:
+        accs = ", ".join(f"`{s}` {float(a):.1f}%" for s, a in sorted(sources.items()))
+        paragraphs.append(f"**{title}**: source networks' test accuracy on their own task: {accs}.\n")
     for key in diff_keys:
         baseline = key.removeprefix("diff_vs_")
         block = "tuned methods" if baseline.endswith(TUNED) else "methods as written"
@@ -848,11 +863,16 @@ def peers_markdown(metrics: Mapping[str, Any]) -> str:
             findings_markdown(
                 metrics,
                 baseline,
-                f"**The peers study, {block}** (`snakemake peers`; written by `kshot readme` from "
-                f"`reports/peers/metrics_by_cell.json`, {metrics['n_episodes']} episodes per cell)",
+                f"**{title}, {block}** (`snakemake {study}`; written by `kshot readme` from "
+                f"`reports/{study}/metrics_by_cell.json`, {metrics['n_episodes']} episodes per cell)",
             )
         )
     return "\n".join(p for p in paragraphs if p)
+
+
+def peers_markdown(metrics: Mapping[str, Any]) -> str:
+    """:func:`study_markdown` of the peers study."""
+    return study_markdown(metrics, "peers")
 
 
 def with_block(
@@ -880,6 +900,12 @@ def with_headline(text: str, metrics: Mapping[str, Any], where: str) -> str:
     return with_block(text, headline_markdown(metrics), where)
 
 
+def with_study(text: str, metrics: Mapping[str, Any], where: str, study: str = "peers") -> str:
+    """``text`` with ``study``'s block replaced by :func:`study_markdown` of ``metrics``."""
+    _, begin, end = STUDY_BLOCKS[study]
+    return with_block(text, study_markdown(metrics, study), where, begin, end)
+
+
 def with_peers(text: str, metrics: Mapping[str, Any], where: str) -> str:
     """``text`` with the peers block replaced by :func:`peers_markdown` of ``metrics``."""
-    return with_block(text, peers_markdown(metrics), where, PEERS_BEGIN, PEERS_END)
+    return with_study(text, metrics, where, "peers")

@@ -11,10 +11,14 @@ from kshot.tables import (
     HEADLINE_END,
     PEERS_BEGIN,
     PEERS_END,
+    RESNET_BEGIN,
+    RESNET_END,
     headline_markdown,
     peers_markdown,
+    study_markdown,
     with_headline,
     with_peers,
+    with_study,
 )
 from tests.conftest import REPO
 
@@ -61,6 +65,19 @@ def test_peers_block_has_the_tuned_findings_first_and_each_baselines_counts():
     assert "`grouped` +0.75 pp (below in b k=10)" in text and "3 episodes per cell" in text
     with pytest.raises(DataError, match="peers metrics: expected a diff_vs_<baseline>"):
         peers_markdown({"test_acc": {}, "n_episodes": 1})
+
+
+def test_the_resnet_block_opens_with_the_source_accuracy_and_replaces_only_its_markers():
+    metrics = {**TINY, "significant_vs_full": {"grouped": {"above": {}, "below": {}}}}
+    metrics["source_test_acc"] = {"fashion04_resnet": 93.2}
+    text = study_markdown(metrics, "resnet")
+    assert text.startswith("**The ResNet-18 study**: source networks' test accuracy on their own task: ")
+    assert (
+        "`fashion04_resnet` 93.2%" in text and "(`snakemake resnet`; written by `kshot readme` from" in text
+    )
+    readme = f"a\n{PEERS_BEGIN}\npeers\n{PEERS_END}\n{RESNET_BEGIN}\nold\n{RESNET_END}\nb\n"
+    new = with_study(readme, metrics, "README.md", "resnet")
+    assert new == f"a\n{PEERS_BEGIN}\npeers\n{PEERS_END}\n{RESNET_BEGIN}\n{text}{RESNET_END}\nb\n"
 
 
 def test_headline_has_one_row_per_benchmark_and_k_with_signed_differences_to_the_baseline():
