@@ -457,10 +457,13 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class RegimeRuns:
-    """One block of the regime study: every method of ``methods`` on every benchmark of ``benchmarks``."""
+    """One block of the regime study: every method of ``methods`` on every benchmark of
+    ``benchmarks``, at the shots ``k`` (``None``: every k of ``episodes.k``; a subset of them, e.g.
+    without k = 1 for the triplet loss, which needs two support images of a class)."""
 
     benchmarks: list[str]
     methods: list[str]
+    k: list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -628,6 +631,8 @@ class Params:
         for i, block in enumerate(self.regime.runs):
             _check_names(f"regime.runs[{i}].benchmarks", block.benchmarks, self.benchmarks)
             _check_names(f"regime.runs[{i}].methods", block.methods, self.method_names)
+            if block.k is not None:
+                _check_names(f"regime.runs[{i}].k", block.k, self.episodes.k)
         for i, pair in enumerate(self.ablation):
             if len(pair) != 2 or pair[0] == pair[1]:
                 raise ConfigError(

@@ -77,9 +77,12 @@ def check_registries(params: Params) -> Params:
     return params
 
 
-def listed_methods(params: Params) -> set[str]:
-    """Every method name a run of the pipeline lists: the default run's and each study's."""
-    regime = {m for block in params.regime.runs for m in block.methods}
+def methods_at_k1(params: Params) -> set[str]:
+    """Every method name a run of the pipeline lists at k = 1: the default run's and each study's
+    (a regime block at its own k)."""
+    if 1 not in params.episodes.k:
+        return set()
+    regime = {m for block in params.regime.runs if block.k is None or 1 in block.k for m in block.methods}
     return {
         *params.run.methods,
         *regime,
@@ -90,11 +93,9 @@ def listed_methods(params: Params) -> set[str]:
 
 
 def check_triplet_at_k1(params: Params) -> None:
-    """With k = 1 in ``episodes.k`` no listed method may train with a triplet term (no positive
-    pair at k = 1): an error naming the field that asks for one, before any job runs."""
-    if 1 not in params.episodes.k:
-        return
-    for name in sorted(listed_methods(params)):
+    """No method listed at k = 1 may train with a triplet term (no positive pair at k = 1): an
+    error naming the field that asks for one, before any job runs."""
+    for name in sorted(methods_at_k1(params)):
         base = name.removesuffix(TUNED)
         spec = params.methods[base]
         if not METHODS[spec.kind].trains_features:
@@ -113,8 +114,8 @@ def check_triplet_at_k1(params: Params) -> None:
             weight, field = max(grid), f"methods.{base}.tune.triplet_weight"
         if weight > 0:
             raise ConfigError(
-                f"{field}: expected 0, since episodes.k includes 1 (a triplet needs two support "
-                f"images of a class) and method '{name}' runs, found {weight}"
+                f"{field}: expected 0, since method '{name}' runs at k = 1 (a triplet needs two "
+                f"support images of a class; a regime block may run at other k), found {weight}"
             )
 
 

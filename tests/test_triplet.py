@@ -69,7 +69,7 @@ def test_the_params_refuse_a_triplet_term_when_k1_runs_naming_the_field_that_ask
     bad = copy.deepcopy(raw)
     bad["finetune"]["triplet_weight"] = 0.1
     with pytest.raises(
-        ConfigError, match=r"^finetune.triplet_weight: expected 0, since episodes.k includes 1"
+        ConfigError, match=r"^finetune.triplet_weight: expected 0, since method .full. runs at k = 1"
     ):
         params_from_dict(bad)
     bad = copy.deepcopy(raw)
@@ -91,3 +91,18 @@ def test_the_batched_population_refuses_a_triplet_term(tiny_model):
         train_population([ep.model], [ep.support], [ep.val], cfg, CPU)
     model = copy.deepcopy(ep.model)
     assert train(model, list(model.parameters()), ep.support, ep.val, cfg, CPU).steps_run == 2
+
+
+def test_a_regime_block_runs_the_hybrid_loss_at_its_own_k_and_only_at_shots_the_episodes_have():
+    raw = copy.deepcopy(TINY_PARAMS)
+    raw["episodes"]["k"] = [1, 2]
+    raw["methods"]["full_triplet"] = {"kind": "full", "triplet_weight": 0.5}
+    bench = raw["run"]["benchmarks"][0]
+    raw["regime"] = {"runs": [{"benchmarks": [bench], "methods": ["full_triplet"], "k": [2]}], "pairs": []}
+    assert params_from_dict(raw).regime.runs[0].k == [2]
+    raw["regime"]["runs"][0]["k"] = None
+    with pytest.raises(ConfigError, match=r"^methods.full_triplet.triplet_weight: expected 0, since method"):
+        params_from_dict(raw)
+    raw["regime"]["runs"][0]["k"] = [2, 5]
+    with pytest.raises(ConfigError, match=r"^regime.runs\[0\].k\[1\]: unknown value '5'"):
+        params_from_dict(raw)

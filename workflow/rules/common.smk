@@ -294,7 +294,7 @@ def regime_runs():
     has them, the others under data/regime/."""
     out = []
     for block in PARAMS.regime.runs:
-        out += run_metrics(block.benchmarks, block.methods)
+        out += run_metrics(block.benchmarks, block.methods, block.k)
     return sorted({home(path.removeprefix("data/")) for path in out})
 
 
