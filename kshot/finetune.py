@@ -60,10 +60,11 @@ def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 # Memory budgets, in input elements (images x channels x pixels) fed at once: a batch evaluated
 # without gradients, and a training micro-batch (whose activations are kept for backward). LeNet-
-# and 32x32 ResNet-sized inputs always fit in one batch of 256 / one whole support set; a ResNet-18
-# at 224x224 gets batches of 55 / micro-batches of 27 images (about 1 GiB of activations).
-EVAL_ELEMENTS = 2**23
-TRAIN_ELEMENTS = 2**22
+# and 32x32 ResNet-sized inputs always fit in one batch of 256 / one support set of up to 1,024
+# images; a ResNet-18 at 224x224 gets batches of 27 / micro-batches of 6 images (about 150 MiB of
+# activations), which keeps a job on a 4,000-photo target under 2 GiB (benchmarks/README.md).
+EVAL_ELEMENTS = 2**22
+TRAIN_ELEMENTS = 2**20
 
 
 def images_per_batch(images: torch.Tensor, budget: int, cap: int = 256) -> int:
