@@ -44,7 +44,7 @@ from kshot.methods.grouped import GROUPED_KINDS
 from kshot.pretrain import pretrain
 from kshot.runtime import numerics
 from kshot.search import search_episodes, search_group_counts
-from kshot.tuning import default_candidate, method_reward, tune, tuned_name, with_candidate
+from kshot.tuning import Reward, default_candidate, method_reward, tune, tuned_name, with_candidate
 
 
 @dataclass(frozen=True)
@@ -243,7 +243,7 @@ def tune_stage(
     model, _ = load_checkpoint(inputs.checkpoint)
     n_classes = int(ep_file["n_classes"])
 
-    def reward(options: Any, role: str, low_fidelity: bool) -> float:
+    def reward(options: Any, role: str, low_fidelity: bool) -> Reward:
         steps = search.steps if low_fidelity else None
         return method_reward(
             method_name, spec.kind, options, finetune, model, episodes[role], n_classes, device, steps

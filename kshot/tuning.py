@@ -18,6 +18,14 @@ what the search does, with the same episodes and the same fidelity:
    grid order), so tuning falls back to the defaults when no candidate beats them on data it was
    not ranked on.
 
+**The stability guard.** A candidate whose training was *unstable* on any of its tuning runs
+(search or selection episodes) is never chosen over the default: unstable is a non-finite loss, or a
+training loss that ends higher than it was at the first measurement (:func:`unstable_run`). A
+learning rate at the edge of divergence can win on four selection episodes and collapse on some of
+the ten evaluation ones (seen: ``full+tuned`` at lr 0.1, 3 of 10 episodes below half its mean); the
+rising loss is the sign that is there on the tuning episodes too. The default stays eligible: it is
+what the untuned method runs anyway.
+
 No test image reaches a tuning run: its episodes (:class:`kshot.search.SearchEpisode`) have none,
 and the method's test slot holds the validation set, whose accuracy is never read. The evaluation
 episodes then run the chosen options only (``<method>+tuned`` in the tables).
@@ -103,16 +111,35 @@ def with_candidate(kind: str, options: Any, candidate: dict[str, Any], where: st
     return from_dict(METHODS[kind].Options, {**dataclasses.asdict(options), **candidate}, where)
 
 
+@dataclass(frozen=True)
+class Reward:
+    """A candidate's mean validation accuracy over some tuning episodes, and whether any of its runs
+    there was unstable (:func:`unstable_run`)."""
+
+    value: float
+    unstable: bool = False
+
+
+def unstable_run(diverged_step: int | None, loss_curve: list[list[float]]) -> bool:
+    """Whether a training run was unstable: its loss became non-finite (``diverged_step``), or its
+    training loss ended higher than at its first measurement (``loss_curve``: ``[step, loss]``)."""
+    if diverged_step is not None:
+        return True
+    return len(loss_curve) >= 2 and loss_curve[-1][1] > loss_curve[0][1]
+
+
 @dataclass
 class Trial:
     """One candidate's rewards: mean validation accuracy on the search episodes (``None``: not
     screened, the default candidate outside the grid or a grid small enough to skip the
-    screening) and on the selection episodes (``None``: not a finalist)."""
+    screening) and on the selection episodes (``None``: not a finalist); ``unstable``: some run of
+    it was (:func:`unstable_run`), which bars it from being chosen unless it is the default."""
 
     candidate: dict[str, Any]
     search_reward: float | None
     select_reward: float | None = None
     default: bool = False
+    unstable: bool = False
 
 
 @dataclass
@@ -141,9 +168,10 @@ def method_reward(
     n_classes: int,
     device: torch.device,
     steps: int | None = None,
-) -> float:
+) -> Reward:
     """Mean validation accuracy of method ``kind`` with ``options`` over ``episodes`` (``steps``:
-    fine-tuning steps instead of the method's own, for a low-fidelity reward)."""
+    fine-tuning steps instead of the method's own, for a low-fidelity reward), and whether a run
+    was unstable."""
     if not episodes:
         raise DataError("tuning episodes: expected at least one, found none (episodes.search_episodes)")
     method = METHODS[kind](options, finetune, name)
@@ -151,7 +179,7 @@ def method_reward(
         method.cfg = dataclasses.replace(
             method.cfg, steps=steps, eval_every=min(method.cfg.eval_every, steps)
         )
-    total = 0.0
+    total, unstable = 0.0, False
     for ep in episodes:
         data = EpisodeData(
             model=copy.deepcopy(model),
@@ -163,8 +191,10 @@ def method_reward(
             device=device,
             artifacts={"unlabeled": ep.unlabeled, "unlabeled_exclude": ep.exclude},
         )
-        total += method.run(data).val_acc
-    return total / len(episodes)
+        result = method.run(data)
+        total += result.val_acc
+        unstable |= unstable_run(result.diverged_step, result.loss_curve)
+    return Reward(total / len(episodes), unstable)
 
 
 def default_candidate(options: Any, grid: dict[str, list[Any]], finetune: FinetuneConfig) -> dict[str, Any]:
@@ -185,11 +215,11 @@ def tune(
     grid: dict[str, list[Any]],
     budget: int,
     finalists: int,
-    reward: Callable[[Any, str, bool], float],
+    reward: Callable[[Any, str, bool], Reward],
     default: dict[str, Any] | None = None,
 ) -> TuneTrace:
     """The tuning stage of method ``name`` (the module docstring). ``reward(options, role,
-    low_fidelity)`` returns the mean validation accuracy of the method with ``options`` on the
+    low_fidelity)`` returns the :class:`Reward` of the method with ``options`` on the
     ``'search'`` or ``'select'`` episodes; ``finalists``: how many of the best candidates are
     re-checked with the ``default`` candidate (:func:`default_candidate`; ``None``: the values of
     ``options``) on the selection episodes (0: the best search reward is chosen as it is)."""
@@ -204,24 +234,31 @@ def tune(
     candidates = grid_candidates(grid)
     screen = finalists == 0 or sum(c != default for c in candidates) > finalists
     for candidate in candidates:
-        opts = with_candidate(kind, options, candidate, where)
-        trace.trials.append(Trial(candidate, float(reward(opts, "search", low)) if screen else None))
+        trial = Trial(candidate, None)
+        if screen:
+            got = reward(with_candidate(kind, options, candidate, where), "search", low)
+            trial.search_reward, trial.unstable = float(got.value), got.unstable
+        trace.trials.append(trial)
+
+    def eligible(t: Trial) -> bool:
+        return t.candidate == default or not t.unstable
+
     # stable: ties (to 6 decimals, as below) keep the grid order
     ranked = sorted(trace.trials, key=lambda t: -round(t.search_reward or 0.0, 6))
     if finalists == 0:
-        trace.chosen = dict(ranked[0].candidate)
+        trace.chosen = dict(next((t for t in ranked if eligible(t)), ranked[0]).candidate)
         return trace
-    checked = [t for t in ranked if t.candidate != default][:finalists]
+    checked = [t for t in ranked if t.candidate != default and eligible(t)][:finalists]
     plain = next((t for t in trace.trials if t.candidate == default), None)
     if plain is None:
         plain = Trial(default, None)
         trace.trials.append(plain)
     plain.default = True
     for trial in [plain, *checked]:
-        opts = with_candidate(kind, options, trial.candidate, where)
-        trial.select_reward = float(reward(opts, "select", False))
+        got = reward(with_candidate(kind, options, trial.candidate, where), "select", False)
+        trial.select_reward, trial.unstable = float(got.value), trial.unstable or got.unstable
     # max keeps the first of ties; rewards are means of float32 accuracies, so equal accuracies
     # can differ in the last bits: a tie is equality to 6 decimals (accuracies are multiples of 1/N)
-    best = max([plain, *checked], key=lambda t: round(t.select_reward or 0.0, 6))
+    best = max([t for t in [plain, *checked] if eligible(t)], key=lambda t: round(t.select_reward or 0.0, 6))
     trace.chosen = dict(best.candidate)
     return trace

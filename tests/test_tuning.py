@@ -9,7 +9,7 @@ from kshot.io import read_json
 from kshot.jobs import job_params
 from kshot.params import params_from_dict, parse_method
 from kshot.runner import StageInputs, run_episodes, tune_stage
-from kshot.tuning import grid_candidates, tune
+from kshot.tuning import Reward, grid_candidates, tune, unstable_run
 from tests.conftest import TINY_PARAMS
 from tests.upstream import build_upstream
 
@@ -83,7 +83,7 @@ def fake_reward(search, select):
 
     def reward(options, role, low):
         calls.append((options.alpha, role, low))
-        return (search if role == "search" else select)[options.alpha]
+        return Reward((search if role == "search" else select)[options.alpha])
 
     return reward, calls
 
@@ -121,6 +121,71 @@ def test_a_grid_no_larger_than_the_finalists_skips_the_screening():
     assert sum(role == "search" for _, role, _ in calls) == 3  # one finalist: the grid is screened
 
 
+def unstable_reward(search, select, unstable):
+    """``fake_reward`` whose runs of the alphas in ``unstable`` are unstable: (role, alpha) pairs."""
+
+    def reward(options, role, low):
+        table = search if role == "search" else select
+        return Reward(table[options.alpha], (role, options.alpha) in unstable)
+
+    return reward
+
+
+def test_a_candidate_unstable_on_a_tuning_run_is_never_chosen_over_the_default():
+    spec = l2sp_spec(alpha=[0.1, 1.0, 10.0])
+    search, select = {0.1: 0.9, 1.0: 0.8, 10.0: 0.7}, {0.01: 0.5, 0.1: 0.6, 1.0: 0.7, 10.0: 0.65}
+    # 1.0 wins the selection but its loss rose on a selection run: the next stable one is chosen
+    trace = tune(
+        "l2sp",
+        "l2sp",
+        spec.options,
+        spec.tune,
+        16,
+        2,
+        unstable_reward(search, select, {("select", 1.0)}),
+        {"alpha": 0.01},
+    )
+    assert trace.chosen == {"alpha": 0.1}
+    assert [t.unstable for t in trace.trials if t.select_reward is not None] == [False, True, False]
+    # unstable on a search run: not even a finalist, its place taken by the next
+    trace = tune(
+        "l2sp",
+        "l2sp",
+        spec.options,
+        spec.tune,
+        16,
+        2,
+        unstable_reward(search, select, {("search", 0.1)}),
+        {"alpha": 0.01},
+    )
+    assert trace.chosen == {"alpha": 1.0} and trace.trials[0].select_reward is None
+    assert trace.trials[2].select_reward == 0.65
+    # every other candidate unstable: the default, unstable or not
+    everything = {(r, a) for r in ("search", "select") for a in (0.01, 0.1, 1.0, 10.0)}
+    trace = tune(
+        "l2sp",
+        "l2sp",
+        spec.options,
+        spec.tune,
+        16,
+        2,
+        unstable_reward(search, select, everything),
+        {"alpha": 0.01},
+    )
+    assert trace.chosen == {"alpha": 0.01}
+    trace = tune(
+        "l2sp", "l2sp", spec.options, spec.tune, 16, 0, unstable_reward(search, select, {("search", 0.1)})
+    )
+    assert trace.chosen == {"alpha": 1.0}
+
+
+def test_a_run_is_unstable_when_its_loss_diverges_or_ends_above_where_it_started():
+    assert unstable_run(7, [[5, 0.9]])
+    assert unstable_run(None, [[10, 0.9], [20, 0.4], [30, 1.2]])
+    assert not unstable_run(None, [[10, 0.9], [20, 1.1], [30, 0.3]])
+    assert not unstable_run(None, [[10, 0.9]]) and not unstable_run(None, [])
+
+
 def test_without_finalists_the_best_search_reward_is_chosen():
     spec = l2sp_spec(alpha=[0.1, 1.0])
     reward, calls = fake_reward({0.1: 0.5, 1.0: 0.8}, {})
@@ -131,7 +196,7 @@ def test_without_finalists_the_best_search_reward_is_chosen():
 def test_a_grid_that_tunes_steps_is_rewarded_at_full_fidelity():
     spec = parse_method("full", {"kind": "full", "tune": {"steps": [2, 4]}})
     seen = []
-    tune("full", "full", spec.options, spec.tune, 16, 0, lambda o, role, low: seen.append(low) or 0.5)
+    tune("full", "full", spec.options, spec.tune, 16, 0, lambda o, role, low: seen.append(low) or Reward(0.5))
     assert seen == [False, False]
 
 
