@@ -134,7 +134,9 @@ def load_tensors(path: str | os.PathLike[str], what: str = "checkpoint") -> dict
             "CRC-32 check)"
         )
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        # memory-mapped: a stage reading a few images of a large prepared target (photos) keeps
+        # the rest on disk, and the pages it reads are the page cache's, not the job's own memory
+        obj = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as err:
         unsafe = re.search(r"GLOBAL ([\w.]+)", str(err))
         if unsafe:
