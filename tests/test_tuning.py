@@ -134,49 +134,24 @@ def unstable_reward(search, select, unstable):
 def test_a_candidate_unstable_on_a_tuning_run_is_never_chosen_over_the_default():
     spec = l2sp_spec(alpha=[0.1, 1.0, 10.0])
     search, select = {0.1: 0.9, 1.0: 0.8, 10.0: 0.7}, {0.01: 0.5, 0.1: 0.6, 1.0: 0.7, 10.0: 0.65}
+
+    def choose(unstable, finalists=2):
+        reward = unstable_reward(search, select, unstable)
+        default = {"alpha": 0.01} if finalists else None
+        return tune("l2sp", "l2sp", spec.options, spec.tune, 16, finalists, reward, default)
+
     # 1.0 wins the selection but its loss rose on a selection run: the next stable one is chosen
-    trace = tune(
-        "l2sp",
-        "l2sp",
-        spec.options,
-        spec.tune,
-        16,
-        2,
-        unstable_reward(search, select, {("select", 1.0)}),
-        {"alpha": 0.01},
-    )
+    trace = choose({("select", 1.0)})
     assert trace.chosen == {"alpha": 0.1}
     assert [t.unstable for t in trace.trials if t.select_reward is not None] == [False, True, False]
     # unstable on a search run: not even a finalist, its place taken by the next
-    trace = tune(
-        "l2sp",
-        "l2sp",
-        spec.options,
-        spec.tune,
-        16,
-        2,
-        unstable_reward(search, select, {("search", 0.1)}),
-        {"alpha": 0.01},
-    )
+    trace = choose({("search", 0.1)})
     assert trace.chosen == {"alpha": 1.0} and trace.trials[0].select_reward is None
     assert trace.trials[2].select_reward == 0.65
     # every other candidate unstable: the default, unstable or not
     everything = {(r, a) for r in ("search", "select") for a in (0.01, 0.1, 1.0, 10.0)}
-    trace = tune(
-        "l2sp",
-        "l2sp",
-        spec.options,
-        spec.tune,
-        16,
-        2,
-        unstable_reward(search, select, everything),
-        {"alpha": 0.01},
-    )
-    assert trace.chosen == {"alpha": 0.01}
-    trace = tune(
-        "l2sp", "l2sp", spec.options, spec.tune, 16, 0, unstable_reward(search, select, {("search", 0.1)})
-    )
-    assert trace.chosen == {"alpha": 1.0}
+    assert choose(everything).chosen == {"alpha": 0.01}
+    assert choose({("search", 0.1)}, finalists=0).chosen == {"alpha": 1.0}
 
 
 def test_a_run_is_unstable_when_its_loss_diverges_or_ends_above_where_it_started():
