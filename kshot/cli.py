@@ -194,6 +194,7 @@ def cmd_finetune(args: argparse.Namespace, raw: dict[str, Any]) -> None:
         groups=_path(args.groups),
         search=_path(args.search),
         tuning=_path(args.tuning),
+        artifacts={"alignment_every": args.alignment_every} if args.alignment_every else None,
     )
     diverged = [ep["episode"] for ep in summary["episodes"] if ep.get("diverged_step") is not None]
     if diverged:
@@ -372,6 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--search", default=None, help="search result JSON (grouped_rl)")
     p.add_argument("--groups", default=None, help="the group stage's file (grouped methods)")
     p.add_argument("--tuning", default=None, help="the tune stage's file: run its chosen options")
+    p.add_argument(
+        "--alignment-every",
+        type=int,
+        default=None,
+        help="log the layers' representation/weight/gradient alignment every N steps (kshot.alignment)",
+    )
     p = stage(
         "tune",
         cmd_tune,

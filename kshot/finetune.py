@@ -211,6 +211,9 @@ class TrainHook:
     # whether the penalty is a function of the batch as a whole (e.g. its singular values), not a
     # mean over examples plus a constant: such a penalty cannot be split over micro-batches
     whole_batch = False
+    # whether the hook reads the layers' own modules and weights during training, so that no hook
+    # may swap them for a reparametrisation (the update is then made on the weights themselves)
+    reads_weights = False
 
     def prepare(self, trainable: list[torch.Tensor], linear_update: bool) -> list[torch.Tensor]:
         """The tensors the optimiser trains instead of ``trainable``. ``linear_update``: the update
@@ -244,7 +247,7 @@ def train(
     ``trainable`` are frozen for the run. A non-finite loss stops the run and records its step.
     """
     start = time.perf_counter()
-    linear_update = cfg.weight_decay == 0 and not any(h.penalises for h in hooks)
+    linear_update = cfg.weight_decay == 0 and not any(h.penalises or h.reads_weights for h in hooks)
     prepared: list[TrainHook] = []
     try:
         for h in hooks:

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from kshot.alignment import AlignmentProbe
 from kshot.config import FinetuneConfig, from_dict
 from kshot.finetune import Tensors, TrainHook, TrainResult, accuracy, init_head, train
 from kshot.models import Backbone
@@ -142,10 +143,18 @@ class GradientMethod(Method):
         model = ep.model.to(ep.device)
         init_head(model, ep.n_classes, ep.seed, self.cfg.head_init, ep.support, ep.device)
         hooks = self.hooks(model, ep)
+        # the alignment study's probe (kshot.alignment): measures, changes nothing
+        probe = None
+        if ep.artifacts.get("alignment_every"):
+            probe = AlignmentProbe(model.groupable(), ep.support, ep.device, ep.artifacts["alignment_every"])
+            hooks = [*hooks, probe]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(ep.seed)
             res: TrainResult = train(
                 model, self.trainable(model), ep.support, ep.val, self.cfg, ep.device, hooks=hooks
             )
         test_acc = self.test_accuracy(res.model, ep)
-        return EpisodeResult.from_train(res, test_acc, **self.extra(model, ep))
+        extra = self.extra(model, ep)
+        if probe is not None:
+            extra["alignment"] = probe.log
+        return EpisodeResult.from_train(res, test_acc, **extra)
