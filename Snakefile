@@ -26,6 +26,7 @@ include: "workflow/rules/search.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/regime.smk"
+include: "workflow/rules/studies.smk"
 
 
 rule all:

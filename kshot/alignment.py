@@ -98,7 +98,9 @@ def layer_alignments(
 
     for name in layers:
         if not isinstance(modules.get(name), nn.Linear | nn.Conv2d):
-            raise ConfigError(f"layers: expected an nn.Linear or nn.Conv2d named '{name}', found {modules.get(name)!r}")
+            raise ConfigError(
+                f"layers: expected an nn.Linear or nn.Conv2d named '{name}', found {modules.get(name)!r}"
+            )
     handles = [modules[name].register_forward_hook(keep(name)) for name in layers]
     try:
         with torch.enable_grad():
@@ -112,7 +114,9 @@ def layer_alignments(
     result = {}
     with torch.no_grad():
         for name, grad_out in zip(layers, grads, strict=True):
-            h_a, h_b, g_b, w = _samples(modules[name], seen[name][0].detach(), seen[name][1].detach(), grad_out)
+            h_a, h_b, g_b, w = _samples(
+                modules[name], seen[name][0].detach(), seen[name][1].detach(), grad_out
+            )
             g_a = g_b @ w.detach()
             mats = {
                 "H_a": _second_moment(h_a),

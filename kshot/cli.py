@@ -32,6 +32,7 @@ from kshot.config import (
     MethodSpec,
     SearchConfig,
     SourceConfig,
+    SourceEffectConfig,
     from_dict,
 )
 from kshot.data.datasets import acquire
@@ -117,7 +118,9 @@ def cmd_prepare_target(args: argparse.Namespace, raw: dict[str, Any]) -> None:
 
 def cmd_episodes(args: argparse.Namespace, raw: dict[str, Any]) -> None:
     cfg = _section(raw, "episodes", EpisodeConfig)
-    runner.episodes_stage(args.benchmark, args.k, cfg, raw.get("seed", 0), Path(args.target), Path(args.out))
+    runner.episodes_stage(
+        args.benchmark, args.k, cfg, raw.get("seed", 0), Path(args.target), Path(args.out), raw.get("draw_as")
+    )
 
 
 def cmd_pretrain(args: argparse.Namespace, raw: dict[str, Any]) -> None:
@@ -218,6 +221,49 @@ def cmd_tune(args: argparse.Namespace, raw: dict[str, Any]) -> None:
         Path(args.out),
         _device(raw),
     )
+
+
+def cmd_cka(args: argparse.Namespace, raw: dict[str, Any]) -> None:
+    study = _section(raw, "source_effect", SourceEffectConfig)
+    runner.cka_stage(
+        args.benchmark,
+        study.cka_images,
+        raw.get("seed", 0),
+        Path(args.checkpoint),
+        Path(args.target),
+        Path(args.out),
+        _device(raw),
+    )
+
+
+def _cells(items: list[str]) -> dict[str, tuple[str, str]]:
+    """``benchmark=target:source`` entries of ``--cells``."""
+    cells = {}
+    for item in items:
+        bench, _, rest = item.partition("=")
+        target, _, source = rest.partition(":")
+        if not (bench and target and source):
+            raise ConfigError(f"--cells: expected entries written benchmark=target:source, found {item!r}")
+        cells[bench] = (target, source)
+    return cells
+
+
+def cmd_source_effect(args: argparse.Namespace, raw: dict[str, Any]) -> None:
+    from kshot.source_effect import write_source_effect
+
+    write_source_effect(
+        [Path(p) for p in args.runs],
+        [Path(p) for p in args.cka],
+        _cells(args.cells),
+        args.control,
+        Path(args.out_dir),
+    )
+
+
+def cmd_alignment_report(args: argparse.Namespace, raw: dict[str, Any]) -> None:
+    from kshot.alignment_report import write_alignment_report
+
+    write_alignment_report([Path(p) for p in args.runs], args.baseline, Path(args.out_dir))
 
 
 def cmd_compare(args: argparse.Namespace, raw: dict[str, Any]) -> None:
@@ -386,6 +432,12 @@ def build_parser() -> argparse.ArgumentParser:
         ("benchmark", "method", "checkpoint", "target", "episodes", "out"),
     )
     p.add_argument("--k", type=int, required=True)
+    stage(
+        "cka",
+        cmd_cka,
+        "linear CKA of the source's features with the target task (source-effect study)",
+        ("benchmark", "checkpoint", "target", "out"),
+    )
     p = stage(
         "activations",
         cmd_activations,
@@ -422,6 +474,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out-stem", required=True, help="output path without suffix")
     p.add_argument("--figure", default=None, help="forest plot path without suffix (.png and .svg)")
+    p = report("source-effect", cmd_source_effect, "the source-effect study's tables, figure and findings")
+    p.add_argument("--runs", nargs="+", required=True, help="run metrics.json files")
+    p.add_argument("--cka", nargs="+", required=True, help="the cka stage's files")
+    p.add_argument("--cells", nargs="+", required=True, help="each run's benchmark=target:source")
+    p.add_argument("--control", required=True, help="the source the others are compared with")
+    p.add_argument("--out-dir", required=True)
+    p = report("alignment-report", cmd_alignment_report, "the alignment study's figure, tables and findings")
+    p.add_argument("--runs", nargs="+", required=True, help="run metrics.json files with alignment logs")
+    p.add_argument("--baseline", default="full", help="the method the others are compared with")
+    p.add_argument("--out-dir", required=True)
     p = report("aggregate", cmd_aggregate, "tables, figures, metrics and plot data from run metrics")
     p.add_argument("--runs", nargs="+", required=True, help="run metrics.json files")
     p.add_argument("--sources", nargs="*", default=[], help="source metrics.json files")

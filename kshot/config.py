@@ -197,8 +197,10 @@ class SourceConfig:
         _check_classes(f"{where}.classes", self.classes)
         for name in ("batch_size", "lr", "max_per_class", "image_size", "width", "threads"):
             _positive(where, name, getattr(self, name))
-        # pre-trained weights may be used as they are (a new head only): no source training
-        _positive(where, "epochs", self.epochs, strict=self.pretrained is None)
+        # epochs 0: the start is used as it is, a head only fitted on its frozen features: the
+        # pre-trained weights, or without them the seeded random initialisation (the source-effect
+        # study's control: what the architecture gives without any pre-training)
+        _positive(where, "epochs", self.epochs, strict=False)
         if self.pretrained is not None and not self.pretrained.strip():
             raise ConfigError(
                 f"{where}.pretrained: expected null, 'imagenet' or the path of a weights file, found ''"
@@ -528,6 +530,94 @@ class ResNetStudyConfig:
     methods: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class SourceEffectConfig:
+    """The source-effect study (``snakemake source_effect``): the targets of ``benchmarks``
+    fine-tuned from each of ``sources`` by ``methods`` at every k of ``episodes.k``, on the same
+    episodes, with each source's features measured against the target task (linear CKA). A
+    source trained on classes of the target's own dataset that the target also has is left out:
+    its features would have seen the target's labels. ``control``: the source each other one is
+    compared with (random weights: what the architecture gives without pre-training)."""
+
+    benchmarks: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    methods: list[str] = field(default_factory=list)
+    control: str | None = None
+    cka_images: int = 2000  # target training images (seeded) whose features the CKA compares
+
+
+@dataclass(frozen=True)
+class AlignmentStudyConfig:
+    """The alignment study (``snakemake alignment``): ``methods`` on ``benchmarks`` at ``k`` with
+    the layers' representation/weight/gradient alignment (:mod:`kshot.alignment`) logged every
+    ``every`` steps, on the evaluation episodes."""
+
+    benchmarks: list[str] = field(default_factory=list)
+    methods: list[str] = field(default_factory=list)
+    k: list[int] = field(default_factory=list)
+    every: int = 5
+
+    def validate(self, where: str) -> None:
+        _positive(where, "every", self.every)
+
+
+def source_variant(benchmark: str, source: str) -> str:
+    """The name of the source-effect study's benchmark: ``benchmark``'s target from ``source``."""
+    return f"{benchmark}_from_{source}"
+
+
+def _shares_classes(source: dict[str, Any], bench: dict[str, Any]) -> bool:
+    return source.get("dataset") == bench.get("target") and bool(
+        set(source.get("classes") or []) & set(bench.get("target_classes") or [])
+    )
+
+
+def _source_cells(
+    block: dict[str, Any], sources: dict[str, Any], benchmarks: dict[str, Any]
+) -> dict[str, tuple[str, str]]:
+    """``{benchmark: (base benchmark, source)}`` of every cell of the source-effect study (from
+    raw params), the base benchmarks with their own source included."""
+    out = {}
+    for bench in block.get("benchmarks") or []:
+        base = benchmarks.get(bench)
+        if not isinstance(base, dict):
+            continue  # params_from_dict names the unknown benchmark
+        for source in block.get("sources") or []:
+            if source == base.get("source"):
+                out[bench] = (bench, source)
+            elif isinstance(sources.get(source), dict) and not _shares_classes(sources[source], base):
+                out[source_variant(bench, source)] = (bench, source)
+    return out
+
+
+def source_effect_benchmarks(params: Params) -> dict[str, tuple[str, str]]:
+    """``{benchmark: (base benchmark, source)}`` of every cell of the source-effect study."""
+    raw = {
+        "benchmarks": {n: dataclasses.asdict(b) for n, b in params.benchmarks.items()},
+        "sources": {n: dataclasses.asdict(s) for n, s in params.sources.items()},
+    }
+    block = dataclasses.asdict(params.source_effect)
+    return _source_cells(block, raw["sources"], raw["benchmarks"])
+
+
+def with_source_effect(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with the source-effect study's benchmarks added (a new mapping), as
+    :func:`with_replicates` adds the replicates'."""
+    block = raw.get("source_effect") or {}
+    if not isinstance(block, dict) or not block.get("sources"):
+        return raw
+    sources, benchmarks = raw.get("sources") or {}, dict(raw.get("benchmarks") or {})
+    for name, (base, source) in _source_cells(block, sources, benchmarks).items():
+        value = {**benchmarks[base], "source": source}
+        if name != base and name in benchmarks and benchmarks[name] != value:
+            raise ConfigError(
+                f"source_effect: expected the name '{name}' free for the study's benchmark, found "
+                f"benchmarks.{name} defined in the params"
+            )
+        benchmarks[name] = benchmarks.get(name, value)
+    return {**raw, "benchmarks": benchmarks}
+
+
 def replicate_name(name: str, seed: int) -> str:
     """The name of the replicate of source or benchmark ``name`` pre-trained with ``seed``."""
     return f"{name}_seed{seed}"
@@ -597,6 +687,8 @@ class Params:
     replicates: ReplicatesConfig = field(default_factory=ReplicatesConfig)
     peers: PeersConfig = field(default_factory=PeersConfig)
     resnet: ResNetStudyConfig = field(default_factory=ResNetStudyConfig)
+    source_effect: SourceEffectConfig = field(default_factory=SourceEffectConfig)
+    alignment: AlignmentStudyConfig = field(default_factory=AlignmentStudyConfig)
     ablation: list[list[str]] = field(default_factory=list)
 
     @property
@@ -652,6 +744,15 @@ class Params:
         _check_names("peers.methods", self.peers.methods, self.method_names)
         _check_names("resnet.benchmarks", self.resnet.benchmarks, self.benchmarks)
         _check_names("resnet.methods", self.resnet.methods, self.method_names)
+        effect = self.source_effect
+        _check_names("source_effect.benchmarks", effect.benchmarks, self.benchmarks)
+        _check_names("source_effect.sources", effect.sources, self.sources)
+        _check_names("source_effect.methods", effect.methods, self.method_names)
+        if effect.control is not None and effect.control not in effect.sources:
+            raise unknown("source_effect.control", effect.control, effect.sources)
+        _positive("source_effect", "cka_images", effect.cka_images)
+        _check_names("alignment.benchmarks", self.alignment.benchmarks, self.benchmarks)
+        _check_names("alignment.methods", self.alignment.methods, self.method_names)
         for i, pair in enumerate(self.replicates.pairs):
             _check_names(f"replicates.pairs[{i}]", pair, self.replicates.methods)
         regime_methods = {m for block in self.regime.runs for m in block.methods}

@@ -135,8 +135,10 @@ def make_episodes(
     cfg: EpisodeConfig,
     seed: int,
     benchmark: str,
+    draw_as: str | None = None,
 ) -> dict:
-    """All evaluation and search episodes of one benchmark and k, as a JSON-ready dict."""
+    """All evaluation and search episodes of one benchmark and k, as a JSON-ready dict; drawn as
+    those of benchmark ``draw_as`` where it is given (another source's benchmark of one target)."""
     n_classes = check_sizes(pool_labels, test_labels, k, cfg)
     pool, test = pool_labels.numpy(), test_labels.numpy()
     out: dict = {"benchmark": benchmark, "k": k, "seed": seed, "n_classes": n_classes}
@@ -144,7 +146,7 @@ def make_episodes(
     for role, n in roles:
         out[role] = [
             sample_episode(
-                pool, test, n_classes, k, cfg, episode_rng(seed, benchmark, k, role, i), i
+                pool, test, n_classes, k, cfg, episode_rng(seed, draw_as or benchmark, k, role, i), i
             ).to_dict()
             for i in range(n)
         ]

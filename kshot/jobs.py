@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from kshot.config import DataConfig, Params
+from kshot.config import DataConfig, Params, source_effect_benchmarks
 from kshot.data.datasets import DATASETS, local_dir_datasets
 from kshot.errors import ConfigError, unknown
 from kshot.methods import METHODS, GradientMethod
@@ -26,6 +26,7 @@ COMMANDS = (
     "prepare-target",
     "episodes",
     "pretrain",
+    "cka",
     "activations",
     "group",
     "search",
@@ -115,12 +116,23 @@ def job_params(params: Params, command: str, device: str = "cpu", **keys: Any) -
     if command == "episodes":
         episodes = dataclasses.asdict(params.episodes)
         episodes["k"] = [int(keys["k"])]
-        return {"seed": params.seed, "episodes": episodes}
+        out = {"seed": params.seed, "episodes": episodes}
+        # the source-effect study's benchmarks draw their base benchmark's episodes (paired cells)
+        base = source_effect_benchmarks(params).get(keys["benchmark"], (keys["benchmark"],))[0]
+        if base != keys["benchmark"]:
+            out["draw_as"] = base
+        return out
     if command == "pretrain":
         return {
             "seed": params.seed,
             "device": device,
             "sources": {keys["source"]: _entry(params, "sources", keys["source"])},
+        }
+    if command == "cka":
+        return {
+            "seed": params.seed,
+            "device": device,
+            "source_effect": {"cka_images": params.source_effect.cka_images},
         }
     if command == "activations":
         return {"seed": params.seed, "device": device}

@@ -44,6 +44,7 @@ from kshot.methods.grouped import GROUPED_KINDS
 from kshot.pretrain import pretrain
 from kshot.runtime import numerics
 from kshot.search import search_episodes, search_group_counts
+from kshot.similarity import task_similarity
 from kshot.tuning import Reward, default_candidate, method_reward, tune, tuned_name, with_candidate
 
 
@@ -69,9 +70,13 @@ def prepare_target_stage(
     save_prepared(out, prepare_target(name, bench, source_geometry(src, data), data, raw))
 
 
-def episodes_stage(benchmark: str, k: int, cfg: EpisodeConfig, seed: int, target: Path, out: Path) -> None:
+def episodes_stage(
+    benchmark: str, k: int, cfg: EpisodeConfig, seed: int, target: Path, out: Path, draw_as: str | None = None
+) -> None:
+    """The episodes of ``benchmark`` at ``k``; ``draw_as``: draw those of that benchmark instead
+    (the same target and classes from another source: the same support, validation and test images)."""
     data = load_target(target, benchmark, ("pool_y", "test_y"))
-    write_episodes(out, make_episodes(data["pool_y"], data["test_y"], k, cfg, seed, benchmark))
+    write_episodes(out, make_episodes(data["pool_y"], data["test_y"], k, cfg, seed, benchmark, draw_as))
 
 
 def pretrain_stage(
@@ -129,6 +134,30 @@ def activations_stage(
     ckpt_sha, target_sha = sha256(inputs.checkpoint), data["meta"]["sha256"]
     provenance = activation_file.made_from(ckpt_sha, target_sha, seed, benchmark, k, spec.tag)
     activation_file.save_activations(out, provenance, layers, roles)
+
+
+def cka_stage(
+    benchmark: str, n_images: int, seed: int, checkpoint: Path, target: Path, out: Path, device: torch.device
+) -> None:
+    """How alike the source network's features are to the target task: linear CKA with the labels
+    (:func:`kshot.similarity.task_similarity`) on up to ``n_images`` of the target's training pool,
+    drawn with ``seed`` (the pool only: the test split never feeds the study)."""
+    data = load_target(target, benchmark, ("pool_x", "pool_y"))
+    check_geometry(checkpoint, target, data["meta"])
+    model, _ = load_checkpoint(checkpoint)
+    pick = torch.randperm(len(data["pool_y"]), generator=torch.Generator().manual_seed(seed))[:n_images]
+    pick = pick.sort().values
+    cka = task_similarity(model.to(device), data["pool_x"][pick], data["pool_y"][pick], device)
+    write_json(
+        out,
+        {
+            "benchmark": benchmark,
+            "n_images": len(pick),
+            "checkpoint": sha256(checkpoint),
+            "target": data["meta"]["sha256"],
+            "cka": cka,
+        },
+    )
 
 
 def _grouped_method(name: str, spec: MethodSpec, stage: str) -> Any:

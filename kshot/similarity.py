@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import torch
 
+from kshot.activations import layer_activations
 from kshot.errors import ConfigError
+from kshot.finetune import predict
+from kshot.models import Backbone
 
 
 def _centred(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -54,3 +57,21 @@ def label_cka(features: torch.Tensor, labels: torch.Tensor) -> float:
         )
     _, codes = torch.unique(labels, return_inverse=True)
     return linear_cka(features, torch.nn.functional.one_hot(codes).double())
+
+
+@torch.no_grad()
+def task_similarity(
+    model: Backbone, images: torch.Tensor, labels: torch.Tensor, device: torch.device
+) -> dict[str, float]:
+    """:func:`label_cka` of each groupable layer's activation patterns (the responses the grouping
+    clusters, :func:`kshot.activations.layer_activations`) and of the penultimate ``features`` on
+    uint8 ``images [M, C, H, W]`` with ``labels [M]``: ``{layer: cka, ..., "features": cka}``."""
+    was_training = model.training
+    model.eval()
+    try:
+        acts = layer_activations(model, images, model.groupable(), device)
+        out = {layer: label_cka(a.T, labels) for layer, a in acts.items()}
+        out["features"] = label_cka(predict(model.features, images, device), labels)
+    finally:
+        model.train(was_training)
+    return out

@@ -30,7 +30,7 @@ def test_a_conv_layers_samples_are_its_unfolded_patches_mapped_by_the_flattened_
     conv = tiny_model.conv2
     x = torch.randn(3, conv.in_channels, 9, 9)
     out = conv(x)
-    h_a, h_b, g_b, w = _samples(conv, x, out, torch.zeros_like(out))
+    h_a, h_b, _, w = _samples(conv, x, out, torch.zeros_like(out))
     assert h_a.shape == (3 * out.shape[2] * out.shape[3], w.shape[1])
     torch.testing.assert_close(h_a @ w.T + conv.bias, h_b, atol=1e-5, rtol=1e-5)
 

@@ -103,7 +103,7 @@ def test_a_weights_file_that_is_no_state_dict_or_is_missing_is_an_error_naming_t
         read_weights(tmp_path / "absent.pth")
 
 
-def test_pretrained_weights_on_a_backbone_that_cannot_load_them_and_zero_epochs_without_are_errors():
+def test_pretrained_weights_on_a_backbone_that_cannot_load_them_and_negative_epochs_are_errors():
     raw = copy.deepcopy(TINY_PARAMS)
     source = next(iter(raw["sources"]))
     bad = copy.deepcopy(raw)
@@ -113,9 +113,12 @@ def test_pretrained_weights_on_a_backbone_that_cannot_load_them_and_zero_epochs_
     ):
         params_from_dict(bad)
     bad = copy.deepcopy(raw)
-    bad["sources"][source]["epochs"] = 0
-    with pytest.raises(ConfigError, match=rf"sources.{source}.epochs: expected a number > 0, found 0"):
+    bad["sources"][source]["epochs"] = -1
+    with pytest.raises(ConfigError, match=rf"sources.{source}.epochs: expected a number >= 0, found -1"):
         params_from_dict(bad)
+    random = copy.deepcopy(raw)
+    random["sources"][source]["epochs"] = 0  # the random initialisation as it is
+    assert params_from_dict(random).sources[source].weights_file() is None
     ok = copy.deepcopy(raw)
     ok["sources"][source].update(backbone="resnet18", pretrained="w.pth", epochs=0)
     assert params_from_dict(ok).sources[source].weights_file() == "w.pth"

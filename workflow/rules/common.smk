@@ -7,7 +7,14 @@ from pathlib import Path
 
 import torch
 
-from kshot.config import TAG_PATTERN, TUNED, replicate_benchmarks, with_replicates
+from kshot.config import (
+    TAG_PATTERN,
+    TUNED,
+    replicate_benchmarks,
+    source_effect_benchmarks,
+    with_replicates,
+    with_source_effect,
+)
 from kshot.episodes import check_sizes
 from kshot.errors import ConfigError, unknown
 from kshot.files.prepared import target_labels
@@ -20,6 +27,8 @@ from kshot.settle import agree_with_dvc, write_stamp
 
 # the replicate study's sources and benchmarks (<name>_seed<s>)
 config.update(with_replicates(config))
+# the source-effect study's benchmarks (<benchmark>_from_<source>)
+config.update(with_source_effect(config))
 # kshot's validator, the one the command line uses too: one line naming the field, what was
 # expected and what was found, the nearest valid name. The rules read the validated PARAMS, and
 # pass each job exactly what it reads (kshot.jobs), which is also its rerun fingerprint.
@@ -324,6 +333,37 @@ def resnet_runs():
         return []
     out = run_metrics(study.benchmarks, study.methods)
     return sorted({home(path.removeprefix("data/")) for path in out})
+
+
+def source_effect_cells():
+    """``{benchmark: (target benchmark, source)}`` of the source-effect study's cells."""
+    study = PARAMS.source_effect
+    if not study.sources or not study.methods:
+        return {}
+    return source_effect_benchmarks(PARAMS)
+
+
+def source_effect_runs():
+    """Metrics of every run of the source-effect study: the default run's where it has them, the
+    others under data/regime/."""
+    cells = source_effect_cells()
+    if not cells:
+        return []
+    out = run_metrics(list(cells), PARAMS.source_effect.methods)
+    return sorted({home(path.removeprefix("data/")) for path in out})
+
+
+def alignment_runs():
+    """The alignment study's runs (with the probe's logs; under data/regime/)."""
+    study = PARAMS.alignment
+    if not study.benchmarks or not study.methods:
+        return []
+    return expand(
+        f"{REGIME_ROOT}/alignment/{{benchmark}}/{{method}}/k{{k}}/metrics.json",
+        benchmark=study.benchmarks,
+        method=study.methods,
+        k=study.k or PARAMS.episodes.k,
+    )
 
 
 def study_sources(benchmarks):
