@@ -331,6 +331,29 @@ def cmd_group_figures(args: argparse.Namespace, raw: dict[str, Any]) -> None:
     )
 
 
+def cmd_maps(args: argparse.Namespace, raw: dict[str, Any]) -> None:
+    from kshot.maps_report import write_activation_maps
+
+    write_activation_maps(
+        Path(args.checkpoint),
+        Path(args.target),
+        args.benchmark,
+        Path(args.out_dir),
+        layer=args.layer,
+        n_images=args.images,
+        groups=float(args.groups) if "." in args.groups else int(args.groups),
+        cubes=args.cubes,
+        overlap=args.overlap,
+        seed=args.seed,
+    )
+
+
+def cmd_maps_findings(args: argparse.Namespace, raw: dict[str, Any]) -> None:
+    from kshot.maps_report import write_maps_findings
+
+    write_maps_findings([Path(p) for p in args.summaries], Path(args.out))
+
+
 def cmd_search_report(args: argparse.Namespace, raw: dict[str, Any]) -> None:
     from kshot.report import write_search_report
 
@@ -517,6 +540,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embed-layer", default=None)
     p.add_argument("--images", type=int, default=500, help="unlabeled target images")
     p.add_argument("--seed", type=int, default=0)
+    p = report("maps", cmd_maps, "Mapper graphs of one layer: target images and neurons by k-means group")
+    for name in ("checkpoint", "target", "benchmark", "out-dir"):
+        p.add_argument(f"--{name}", required=True)
+    p.add_argument("--layer", default="last", help="a groupable layer, or 'last'")
+    p.add_argument("--images", type=int, default=1000, help="target training images")
+    p.add_argument("--groups", default="0.25", help="count (int) or fraction of neurons (float)")
+    p.add_argument("--cubes", type=int, default=10, help="hypercubes per lens axis")
+    p.add_argument("--overlap", type=float, default=0.5, help="hypercube overlap in (0, 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p = report("maps-findings", cmd_maps_findings, "the activation-maps study's findings")
+    p.add_argument("--summaries", nargs="+", required=True, help="the maps' <benchmark>.json files")
+    p.add_argument("--out", required=True)
     p = report("search-report", cmd_search_report, "search table and figures from search files")
     p.add_argument("--traces", nargs="+", required=True)
     p.add_argument("--labels", nargs="+", required=True, help="one per trace, e.g. 'fashion k=5'")

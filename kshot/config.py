@@ -561,6 +561,28 @@ class AlignmentStudyConfig:
         _positive(where, "every", self.every)
 
 
+@dataclass(frozen=True)
+class MapsConfig:
+    """The activation-maps study (``snakemake maps``): for each of ``benchmarks`` (one per
+    backbone), Mapper graphs (:mod:`kshot.maps`) of ``layer`` (``last``: the last groupable one)
+    on ``images`` target training images, its neurons grouped into ``groups`` (a count, or a
+    fraction of the neurons) by k-means; the cover has ``cubes`` x ``cubes`` hypercubes
+    overlapping by ``overlap``."""
+
+    benchmarks: list[str] = field(default_factory=list)
+    layer: str = "last"
+    images: int = 1000
+    groups: int | float = 0.25
+    cubes: int = 10
+    overlap: float = 0.5
+
+    def validate(self, where: str) -> None:
+        for name in ("images", "groups", "cubes"):
+            _positive(where, name, getattr(self, name))
+        if not 0.0 < self.overlap < 1.0:
+            raise ConfigError(f"{where}.overlap: expected a number in (0, 1), found {self.overlap!r}")
+
+
 def source_variant(benchmark: str, source: str) -> str:
     """The name of the source-effect study's benchmark: ``benchmark``'s target from ``source``."""
     return f"{benchmark}_from_{source}"
@@ -689,6 +711,7 @@ class Params:
     resnet: ResNetStudyConfig = field(default_factory=ResNetStudyConfig)
     source_effect: SourceEffectConfig = field(default_factory=SourceEffectConfig)
     alignment: AlignmentStudyConfig = field(default_factory=AlignmentStudyConfig)
+    maps: MapsConfig = field(default_factory=MapsConfig)
     ablation: list[list[str]] = field(default_factory=list)
 
     @property
@@ -753,6 +776,7 @@ class Params:
         _positive("source_effect", "cka_images", effect.cka_images)
         _check_names("alignment.benchmarks", self.alignment.benchmarks, self.benchmarks)
         _check_names("alignment.methods", self.alignment.methods, self.method_names)
+        _check_names("maps.benchmarks", self.maps.benchmarks, self.benchmarks)
         for i, pair in enumerate(self.replicates.pairs):
             _check_names(f"replicates.pairs[{i}]", pair, self.replicates.methods)
         regime_methods = {m for block in self.regime.runs for m in block.methods}

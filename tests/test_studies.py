@@ -17,6 +17,7 @@ from kshot.config import SourceConfig, source_effect_benchmarks, with_source_eff
 from kshot.episodes import make_episodes
 from kshot.errors import ConfigError
 from kshot.jobs import job_params
+from kshot.maps import mapper_graph
 from kshot.models import build_backbone
 from kshot.params import params_from_dict
 from kshot.pretrain import pretrain
@@ -205,9 +206,9 @@ def test_the_alignment_report_compares_each_method_with_the_baseline_at_the_last
 
 
 @pytest.mark.slow
-def test_both_studies_run_on_the_tiny_pipeline_apart_from_the_default_run(pipeline_dir, tmp_path):
+def test_the_three_studies_run_on_the_tiny_pipeline_apart_from_the_default_run(tiny_run, tmp_path):
     work = tmp_path / "copy"
-    shutil.copytree(pipeline_dir, work, symlinks=True)
+    shutil.copytree(tiny_run, work, symlinks=True)
     params = study_params(methods=["linear", "full", "grouped"])
     params["alignment"] = {"benchmarks": ["tiny"], "methods": ["full", "grouped"], "k": [1], "every": 2}
     (work / "params.yaml").write_text(yaml.safe_dump(params))
@@ -217,7 +218,7 @@ def test_both_studies_run_on_the_tiny_pipeline_apart_from_the_default_run(pipeli
     ]
     assert not outside, f"study jobs writing into the default run's folders: {outside}"
     assert "data/regime/runs/tiny/full/k1/metrics.json" not in planned  # the default run's, reused
-    run_snakemake(work, "source_effect", "alignment", quiet=False)
+    run_snakemake(work, "source_effect", "alignment", "maps", quiet=False)
     ours = json.loads((work / "data/regime/episodes/tiny_from_random/k1.json").read_text())
     base = json.loads((work / "data/episodes/tiny/k1.json").read_text())
     assert ours["eval"] == base["eval"]
@@ -226,5 +227,30 @@ def test_both_studies_run_on_the_tiny_pipeline_apart_from_the_default_run(pipeli
     assert {r["source"] for r in metrics["cka"]} == {"digits04", "random"}
     comp = pd.read_csv(work / "reports/alignment/alignment.csv")
     assert set(comp.method) == {"grouped"} and set(comp.relation) == set(RELATIONS)
-    again = run_snakemake(work, "-n", "source_effect", "alignment")
+    summary = json.loads((work / "reports/maps/tiny.json").read_text())
+    assert summary["layer"] == "fc1" and summary["images"]["points"] == 60 and summary["neurons"]["nodes"] > 0
+    assert "**tiny**, layer `fc1`" in (work / "reports/maps/findings.md").read_text()
+    assert "kmapper" in (work / "reports/maps/tiny_neurons.html").read_text().lower()
+    again = run_snakemake(work, "-n", "source_effect", "alignment", "maps")
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_a_mapper_graph_of_two_separated_blobs_keeps_their_labels_apart():
+    rng = np.random.default_rng(0)
+    points = np.concatenate([rng.normal(0, 1, (80, 6)), rng.normal(8, 1, (80, 6))])
+    labels = np.repeat([0, 1], 80)
+    graph = mapper_graph(points, labels, cubes=5, overlap=0.3)
+    assert graph.summary()["nodes"] >= 2 and graph.purity() == 1.0
+    mixed = mapper_graph(points, rng.permutation(labels), cubes=5, overlap=0.3)
+    assert mixed.purity() < 0.9
+
+
+def test_mapper_inputs_it_cannot_map_are_errors_naming_the_field():
+    with pytest.raises(
+        ConfigError, match=r"^points: expected a matrix \[n, d\] with one label per row \(3\)"
+    ):
+        mapper_graph(np.zeros((4, 2)), np.zeros(3, dtype=int))
+    with pytest.raises(
+        ConfigError, match=r"^maps: expected cubes >= 1 and 0 < overlap < 1, found cubes=3, overlap=1.0"
+    ):
+        mapper_graph(np.zeros((10, 2)), np.zeros(10, dtype=int), cubes=3, overlap=1.0)

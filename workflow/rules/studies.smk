@@ -157,3 +157,64 @@ rule alignment:
         "reports/alignment/alignment.md",
         "reports/alignment/alignment.png",
         "reports/alignment/findings.md",
+
+
+# The activation-maps study: Mapper graphs of one layer per backbone (kshot.maps).
+rule activation_map:
+    input:
+        ckpt=lambda w: home(f"checkpoints/{source_of(w.benchmark)}/source.pt"),
+        target=lambda w: home(f"prepared/targets/{w.benchmark}.pt"),
+    output:
+        figure=report(
+            "reports/maps/{benchmark}.png",
+            caption="../report/maps.rst",
+            category="10. Activation maps",
+            subcategory="{benchmark}",
+            labels={
+                "shows": "Mapper graphs: target images by class, neurons by k-means group",
+                "benchmark": "{benchmark}",
+            },
+        ),
+        figure_svg="reports/maps/{benchmark}.svg",
+        images="reports/maps/{benchmark}_images.html",
+        neurons="reports/maps/{benchmark}_neurons.html",
+        summary="reports/maps/{benchmark}.json",
+    log:
+        f"{REGIME_ROOT}/logs/report/maps_{{benchmark}}.log",
+    conda:
+        "../../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    params:
+        out_dir=subpath(output.figure, parent=True),
+        study=PARAMS.maps,
+        seed=PARAMS.seed,
+    shell:
+        "python -m kshot maps --checkpoint {input.ckpt} --target {input.target} "
+        "--benchmark {wildcards.benchmark} --out-dir {params.out_dir} "
+        "--layer {params.study.layer} --images {params.study.images} "
+        "--groups {params.study.groups} --cubes {params.study.cubes} "
+        "--overlap {params.study.overlap} --seed {params.seed} --log {log}"
+
+
+rule maps_findings:
+    input:
+        expand("reports/maps/{benchmark}.json", benchmark=PARAMS.maps.benchmarks),
+    output:
+        "reports/maps/findings.md",
+    log:
+        f"{REGIME_ROOT}/logs/report/maps_findings.log",
+    conda:
+        "../../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+    shell:
+        "python -m kshot maps-findings --summaries {input} --out {output} --log {log}"
+
+
+rule maps:
+    input:
+        "reports/maps/findings.md",
+        expand("reports/maps/{benchmark}.png", benchmark=PARAMS.maps.benchmarks),
