@@ -211,11 +211,11 @@ def test_the_three_studies_run_on_the_tiny_pipeline_apart_from_the_default_run(t
     shutil.copytree(tiny_run, work, symlinks=True)
     params = study_params(methods=["linear", "full", "grouped"])
     params["alignment"] = {"benchmarks": ["tiny"], "methods": ["full", "grouped"], "k": [1], "every": 2}
+    params["maps"] = {"benchmarks": ["tiny"], "images": 60, "cubes": 4}
     (work / "params.yaml").write_text(yaml.safe_dump(params))
-    planned = planned_outputs(work, "source_effect", "alignment")
-    outside = [
-        p for p in planned if not p.startswith(("data/regime/", "reports/sources/", "reports/alignment/"))
-    ]
+    planned = planned_outputs(work, "source_effect", "alignment", "maps")
+    studies = ("data/regime/", "reports/sources/", "reports/alignment/", "reports/maps/")
+    outside = [p for p in planned if not p.startswith(studies)]
     assert not outside, f"study jobs writing into the default run's folders: {outside}"
     assert "data/regime/runs/tiny/full/k1/metrics.json" not in planned  # the default run's, reused
     run_snakemake(work, "source_effect", "alignment", "maps", quiet=False)
