@@ -378,7 +378,7 @@ def cmd_notebook(args: argparse.Namespace, raw: dict[str, Any]) -> None:
 
 
 def cmd_readme(args: argparse.Namespace, raw: dict[str, Any]) -> None:
-    from kshot.tables import with_headline, with_study
+    from kshot.tables import with_findings, with_headline, with_study
 
     readme = Path(args.readme)
     if not readme.is_file():
@@ -395,6 +395,14 @@ def cmd_readme(args: argparse.Namespace, raw: dict[str, Any]) -> None:
     for study, path in (("peers", args.peers_metrics), ("resnet", args.resnet_metrics)):
         if path:
             new = with_study(new, metrics_of(path, f"--{study}-metrics"), str(readme), study)
+    if args.findings:
+        findings = {}
+        for item in args.findings:
+            study, _, path = item.partition("=")
+            if not (study and path and Path(path).is_file()):
+                raise DataError(f"--findings: expected study=<an existing findings.md>, found {item!r}")
+            findings[study] = (Path(path).read_text(), path)
+        new = with_findings(new, findings, str(readme))
     if new != text:
         write_text(readme, new)
     print(f"{readme}: {'updated' if new != text else 'unchanged'}")
@@ -580,6 +588,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--resnet-metrics",
         default=None,
         help="the ResNet-18 study's per-cell metrics (reports/resnet/metrics_by_cell.json), for its block",
+    )
+    p.add_argument(
+        "--findings",
+        nargs="+",
+        default=[],
+        help="study=reports/<study>/findings.md for the companion studies' block (sources, alignment, maps)",
     )
     p.add_argument("--readme", default="README.md", help="file with the headline markers, rewritten in place")
     return parser

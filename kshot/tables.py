@@ -705,6 +705,13 @@ def regime_table(
 HEADLINE_BEGIN, HEADLINE_END = "<!-- headline:begin -->", "<!-- headline:end -->"
 PEERS_BEGIN, PEERS_END = "<!-- peers:begin -->", "<!-- peers:end -->"
 RESNET_BEGIN, RESNET_END = "<!-- resnet:begin -->", "<!-- resnet:end -->"
+STUDIES_BEGIN, STUDIES_END = "<!-- studies:begin -->", "<!-- studies:end -->"
+# the companion studies whose findings.md the README's studies block gathers, in its order
+FINDINGS = {
+    "sources": ("The source-effect study", "source_effect"),
+    "alignment": ("The alignment study", "alignment"),
+    "maps": ("The activation-maps study", "maps"),
+}
 
 
 def _headline_cell(value: float | None, signed: bool) -> str:
@@ -909,3 +916,26 @@ def with_study(text: str, metrics: Mapping[str, Any], where: str, study: str = "
 def with_peers(text: str, metrics: Mapping[str, Any], where: str) -> str:
     """``text`` with the peers block replaced by :func:`peers_markdown` of ``metrics``."""
     return with_study(text, metrics, where, "peers")
+
+
+def findings_paragraph(study: str, findings: str, where: str) -> str:
+    """One README line on companion ``study`` (a key of :data:`FINDINGS`) from its findings.md
+    (``where``): the study's name and target, then its bullets as sentences."""
+    if study not in FINDINGS:
+        raise DataError(f"--findings: expected a study of {sorted(FINDINGS)}, found '{study}'")
+    items = [line.removeprefix("- ").strip() for line in findings.splitlines() if line.strip()]
+    if not items:
+        raise DataError(f"{where}: expected the study's findings, found an empty file")
+    title, target = FINDINGS[study]
+    return (
+        f"**{title}** (`snakemake {target}`; written by `kshot readme` from `{where}`): "
+        + " ".join(items)
+        + "\n"
+    )
+
+
+def with_findings(text: str, findings: Mapping[str, tuple[str, str]], where: str) -> str:
+    """``text`` with the studies block replaced by one line per study of ``findings``
+    (``{study: (findings.md text, its path)}``), in the order of :data:`FINDINGS`."""
+    lines = [findings_paragraph(s, *findings[s]) for s in FINDINGS if s in findings]
+    return with_block(text, "".join(lines), where, STUDIES_BEGIN, STUDIES_END)

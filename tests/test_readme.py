@@ -137,3 +137,44 @@ def test_readme_command_rewrites_only_the_block_and_names_a_file_without_markers
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(readme) in err and HEADLINE_BEGIN in err
     assert readme.read_text() == "# no markers\n"
+
+
+def test_the_studies_block_has_one_line_per_study_in_order_and_refuses_an_unknown_study():
+    from kshot.tables import STUDIES_BEGIN, STUDIES_END, findings_paragraph, with_findings
+
+    readme = f"a\n{STUDIES_BEGIN}\nold\n{STUDIES_END}\nb\n"
+    new = with_findings(
+        readme,
+        {
+            "maps": ("- **x**: m.\n", "reports/maps/findings.md"),
+            "sources": ("- **t**: s.\n- **u**: v.\n", "f.md"),
+        },
+        "README.md",
+    )
+    lines = new.splitlines()
+    assert lines[2].startswith(
+        "**The source-effect study** (`snakemake source_effect`; written by `kshot readme`"
+    )
+    assert lines[2].endswith("`f.md`): **t**: s. **u**: v.")
+    assert lines[3].startswith("**The activation-maps study**") and lines[4] == STUDIES_END
+    with pytest.raises(
+        DataError, match=r"^--findings: expected a study of \['alignment', 'maps', 'sources'\]"
+    ):
+        findings_paragraph("source", "- a\n", "f.md")
+    with pytest.raises(DataError, match=r"^f.md: expected the study's findings, found an empty file"):
+        findings_paragraph("maps", "\n", "f.md")
+
+
+def test_readme_studies_block_is_the_rendering_of_the_committed_findings():
+    from kshot.tables import FINDINGS, with_findings
+
+    text = (REPO / "README.md").read_text()
+    findings = {}
+    for study in FINDINGS:
+        path = REPO / "reports" / study / "findings.md"
+        findings[study] = (path.read_text(), f"reports/{study}/findings.md")
+    assert with_findings(text, findings, "README.md") == text, (
+        "README.md's studies block differs from reports/<study>/findings.md: run `kshot readme "
+        "--findings sources=reports/sources/findings.md alignment=reports/alignment/findings.md "
+        "maps=reports/maps/findings.md`"
+    )
