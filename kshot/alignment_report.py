@@ -20,7 +20,7 @@ import pandas as pd
 
 from kshot.alignment import RELATIONS
 from kshot.errors import DataError
-from kshot.figures import method_styles, save
+from kshot.figures import method_styles, save_with_top_legend
 from kshot.io import atomic_path, read_json, write_json, write_text
 from kshot.stats import mean_ci, significant
 from kshot.tables import Table, fmt_ci, html_page, to_latex, to_markdown
@@ -195,12 +195,7 @@ def plot_alignment(df: pd.DataFrame, out_stem: Path, baseline: str) -> list[Path
                 ax.set_ylabel(f"{bench} k={k}\n{layer}")
             if i == len(rows) - 1:
                 ax.set_xlabel("step")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(
-        handles, labels, loc="upper center", ncol=len(labels), frameon=False, bbox_to_anchor=(0.5, 1.0)
-    )
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
-    return save(fig, out_stem)
+    return save_with_top_legend(fig, axes[0][0], out_stem)
 
 
 def findings_markdown(comp: pd.DataFrame) -> str:

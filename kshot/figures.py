@@ -94,6 +94,21 @@ def method_styles(methods: Sequence[str], baseline: str | None = None) -> dict[s
     return styles
 
 
+def save_with_top_legend(fig: Figure, ax: plt.Axes, out_stem: Path) -> list[Path]:
+    """:func:`save` ``fig`` with one legend above its panels, of ``ax``'s labelled lines."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(
+        handles,
+        labels,
+        loc="upper center",
+        ncol=max(len(labels), 1),
+        frameon=False,
+        bbox_to_anchor=(0.5, 1.0),
+    )
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    return save(fig, out_stem)
+
+
 def plot_forest(
     rows: pd.DataFrame, out_stem: Path, title: str, xlabel: str, baseline: str | None = None
 ) -> list[Path]:

@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from kshot.errors import DataError
-from kshot.figures import method_styles, save
+from kshot.figures import method_styles, save_with_top_legend
 from kshot.io import atomic_path, read_json, write_json, write_text
 from kshot.report import load_runs
 from kshot.stats import mean_ci, paired_diff, significant
@@ -207,12 +207,7 @@ def plot_source_effect(df: pd.DataFrame, out_stem: Path) -> list[Path]:
             ax.set_xlabel("k (shots per class)")
             if j == 0:
                 ax.set_ylabel("test accuracy (%)")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(
-        handles, labels, loc="upper center", ncol=len(sources), frameon=False, bbox_to_anchor=(0.5, 1.02)
-    )
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
-    return save(fig, out_stem)
+    return save_with_top_legend(fig, axes[0][0], out_stem)
 
 
 def findings_markdown(verdict: pd.DataFrame, cka_rows: Sequence[Mapping[str, Any]], control: str) -> str:

@@ -56,6 +56,9 @@ LAYERS = [
         "kshot.methods.lpft",
         "kshot.methods.surgical",
         "kshot.tuning",
+        "kshot.similarity",
+        "kshot.alignment",
+        "kshot.maps",
     },
     {"kshot.params", "kshot.jobs"},
     {
@@ -70,7 +73,16 @@ LAYERS = [
         "kshot.files.tuning",
         "kshot.files.runs",
     },
-    {"kshot.tables", "kshot.figures", "kshot.report", "kshot.regime", "kshot.notebook"},
+    {
+        "kshot.tables",
+        "kshot.figures",
+        "kshot.report",
+        "kshot.regime",
+        "kshot.notebook",
+        "kshot.source_effect",
+        "kshot.alignment_report",
+        "kshot.maps_report",
+    },
     {"kshot.runner", "kshot.cli", "kshot.__main__", "kshot.settle"},
 ]
 
@@ -81,6 +93,9 @@ LAZY = {
     ("kshot.cli", "kshot.notebook"): "report commands: nbclient likewise",
     ("kshot.cli", "kshot.tables"): "report commands: pandas likewise (the README's headline table)",
     ("kshot.report", "kshot.figures"): "matplotlib only where a figure is drawn",
+    ("kshot.cli", "kshot.source_effect"): "report commands: pandas and matplotlib likewise",
+    ("kshot.cli", "kshot.alignment_report"): "report commands: pandas and matplotlib likewise",
+    ("kshot.cli", "kshot.maps_report"): "report commands: kmapper, networkx and matplotlib likewise",
 }
 
 
