@@ -28,8 +28,10 @@ used. So the ``finalists`` configurations with the highest search rewards, plus 
 configuration (one neuron per group: plain fine-tuning, always in the menu's space as fraction 1.0),
 are fine-tuned again at full fidelity on separate *selection* episodes (their own seed stream, no
 test data), and the one with the highest mean selection reward is chosen (ties: the ungrouped one,
-then search order). ``chosen_counts`` is what ``grouped_rl`` uses; it falls back to no grouping
-when no searched configuration beats plain fine-tuning on validation data it was not chosen on.
+then search order). A grouped finalist with an unstable selection run (its loss diverged, or ended
+above where it began: :func:`unstable_run`, the guard every tuner has) is never chosen.
+``chosen_counts`` is what ``grouped_rl`` uses; it falls back to no grouping when no searched
+configuration beats plain fine-tuning on validation data it was not chosen on.
 """
 
 from __future__ import annotations
@@ -52,7 +54,27 @@ from kshot.grouping import group_neurons, layer_sizes, resolve_count, select_lay
 from kshot.models import Backbone
 from kshot.population import train_members, train_population
 
+
+@dataclass(frozen=True)
+class Reward:
+    """A candidate's mean validation accuracy over some tuning episodes, and whether any of its runs
+    there was unstable (:func:`unstable_run`)."""
+
+    value: float
+    unstable: bool = False
+
+
+def unstable_run(diverged_step: int | None, loss_curve: list[list[float]]) -> bool:
+    """Whether a training run was unstable: its loss became non-finite (``diverged_step``), or its
+    training loss ended higher than at its first measurement (``loss_curve``: ``[step, loss]``)."""
+    if diverged_step is not None:
+        return True
+    return len(loss_curve) >= 2 and loss_curve[-1][1] > loss_curve[0][1]
+
+
 Evaluate = Callable[[dict[str, int]], float]
+# a configuration's reward with whether a run of it was unstable: what the selection stage reads
+Assess = Callable[[dict[str, int]], Reward]
 Grouper = Callable[[int, dict[str, int]], dict[str, torch.Tensor]]
 
 
@@ -90,6 +112,7 @@ class Finalist:
     search_reward: float | None
     select_reward: float
     ungrouped: bool
+    unstable: bool = False  # a selection run of it was (never chosen unless ungrouped)
 
 
 @dataclass
@@ -208,12 +231,13 @@ def _search(
 
 
 def select_finalists(
-    trace: SearchTrace, evaluate: Evaluate, sizes: dict[str, int], finalists: int
+    trace: SearchTrace, assess: Assess, sizes: dict[str, int], finalists: int
 ) -> SearchTrace:
     """The selection stage: re-evaluate the ungrouped configuration (``sizes``: one group per
     neuron) and the ``finalists`` distinct configurations with the highest search rewards with
-    ``evaluate`` (full fidelity, selection episodes); set ``trace.chosen_counts`` to the best of
-    them (ties: the ungrouped one first, then by search rank) and record every re-evaluation."""
+    ``assess`` (full fidelity, selection episodes); set ``trace.chosen_counts`` to the best of
+    them (ties: the ungrouped one first, then by search rank), a grouped one with an unstable run
+    left out, and record every re-evaluation."""
     if finalists < 1:
         raise ConfigError(f"search.finalists: expected an integer >= 1 to select, found {finalists}")
     rewards: dict[tuple[tuple[str, int], ...], tuple[dict[str, int], float]] = {}
@@ -225,12 +249,14 @@ def select_finalists(
     ranked = sorted(rewards.values(), key=lambda cr: -round(cr[1], 6))
     candidates = [(ungrouped, plain[1] if plain else None, True)]
     candidates += [(c, r, False) for c, r in ranked[:finalists]]
-    trace.finalists = [
-        Finalist(dict(c), r, float(evaluate(c)), is_ungrouped) for c, r, is_ungrouped in candidates
-    ]
+    trace.finalists = []
+    for c, r, is_ungrouped in candidates:
+        reward = assess(c)
+        trace.finalists.append(Finalist(dict(c), r, float(reward.value), is_ungrouped, reward.unstable))
+    eligible = [f for f in trace.finalists if f.ungrouped or not f.unstable]
     # max keeps the first of ties; rewards are means of float32 accuracies, so equal accuracies can
     # differ in the last bits: a tie is equality to 6 decimals (accuracies are multiples of 1/N)
-    best = max(trace.finalists, key=lambda f: round(f.select_reward, 6))
+    best = max(eligible, key=lambda f: round(f.select_reward, 6))
     trace.chosen_counts = dict(best.counts)
     return trace
 
@@ -339,8 +365,9 @@ def make_evaluator(
     device: torch.device,
     share_bias: bool = True,
     population: bool = True,
-) -> Evaluate:
-    """``counts -> mean validation accuracy`` of grouped fine-tuning over the search ``episodes``.
+) -> Assess:
+    """``counts -> Reward``: the mean validation accuracy of grouped fine-tuning over ``episodes``,
+    and whether a run was unstable (:func:`unstable_run`).
 
     Each episode's run is what ``grouped_rl`` would do on it (same head initialisation, seed and
     training loop), and its reward is the validation-selected accuracy that run reports. With
@@ -351,18 +378,24 @@ def make_evaluator(
     if not episodes:
         raise DataError("search episodes: expected at least one, found none (episodes.search_episodes)")
 
-    def evaluate(counts: dict[str, int]) -> float:
+    def assess(counts: dict[str, int]) -> Reward:
         members = [_member(model, ep, n_classes, cfg.head_init, device) for ep in episodes]
         groupings = [grouper(i, counts) for i in range(len(episodes))]
         supports, vals = [ep.support for ep in episodes], [ep.val for ep in episodes]
         if population:
             res = train_population(members, supports, vals, cfg, device, groupings, share_bias)
-            return sum(res.val_acc) / len(episodes)
-        seeds = [ep.seed for ep in episodes]
-        results = train_members(members, supports, vals, cfg, device, groupings, seeds, share_bias)
-        return sum(r.val_acc for r in results) / len(episodes)
+            runs = zip(res.val_acc, res.diverged_step, res.loss_curves, strict=True)
+        else:
+            seeds = [ep.seed for ep in episodes]
+            results = train_members(members, supports, vals, cfg, device, groupings, seeds, share_bias)
+            runs = ((r.val_acc, r.diverged_step, r.loss_curve) for r in results)
+        runs = list(runs)
+        return Reward(
+            sum(acc for acc, _, _ in runs) / len(episodes),
+            any(unstable_run(diverged, curve) for _, diverged, curve in runs),
+        )
 
-    return evaluate
+    return assess
 
 
 def search_group_counts(
@@ -399,7 +432,7 @@ def search_group_counts(
     batched = device.type == "cuda" if cfg.population == "auto" else bool(cfg.population)
     batched = batched and finetune.triplet_weight == 0  # the population has no hybrid loss
 
-    def evaluator(role: str, eps: list[SearchEpisode], ft: FinetuneConfig) -> Evaluate:
+    def evaluator(role: str, eps: list[SearchEpisode], ft: FinetuneConfig) -> Assess:
         given = None if patterns is None else patterns[role]
         grouper = activation_grouper(
             model, eps, layers, device, cfg.algorithm, cfg.features, cfg.pool_size, given
@@ -407,7 +440,11 @@ def search_group_counts(
         per_layer = make_evaluator(model, eps, n_classes, grouper, ft, device, cfg.share_bias, batched)
         return lambda counts: per_layer(expand_counts(counts, units))
 
-    evaluate = evaluator("search", episodes, low)
+    search_assess = evaluator("search", episodes, low)
+
+    def evaluate(counts: dict[str, int]) -> float:
+        return search_assess(counts).value
+
     choices = list(units)
     if cfg.strategy == "random":
         trace = random_search(evaluate, choices, menu, cfg.budget, seed, cfg.max_samples)

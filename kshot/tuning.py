@@ -48,7 +48,7 @@ from kshot.errors import ConfigError, DataError
 from kshot.methods import METHODS, EpisodeData, GradientMethod
 from kshot.methods.grouped import GROUPED_KINDS
 from kshot.models import Backbone
-from kshot.search import SearchEpisode
+from kshot.search import Reward, SearchEpisode, unstable_run
 
 
 def tuned_name(method: str) -> str:
@@ -109,23 +109,6 @@ def check_grid(kind: str, options: Any, grid: dict[str, list[Any]], budget: int,
 def with_candidate(kind: str, options: Any, candidate: dict[str, Any], where: str) -> Any:
     """``options`` (a kind's parsed ``Options``) with the values of ``candidate``."""
     return from_dict(METHODS[kind].Options, {**dataclasses.asdict(options), **candidate}, where)
-
-
-@dataclass(frozen=True)
-class Reward:
-    """A candidate's mean validation accuracy over some tuning episodes, and whether any of its runs
-    there was unstable (:func:`unstable_run`)."""
-
-    value: float
-    unstable: bool = False
-
-
-def unstable_run(diverged_step: int | None, loss_curve: list[list[float]]) -> bool:
-    """Whether a training run was unstable: its loss became non-finite (``diverged_step``), or its
-    training loss ended higher than at its first measurement (``loss_curve``: ``[step, loss]``)."""
-    if diverged_step is not None:
-        return True
-    return len(loss_curve) >= 2 and loss_curve[-1][1] > loss_curve[0][1]
 
 
 @dataclass

@@ -9,6 +9,7 @@ from kshot.errors import ConfigError, DataError
 from kshot.finetune import init_head, train
 from kshot.grouping import group_neurons
 from kshot.search import (
+    Reward,
     SearchEpisode,
     activation_grouper,
     count_menu,
@@ -113,14 +114,15 @@ def test_evaluator_batched_and_sequential_agree_and_match_plain_finetuning():
     counts = {"conv1": 2, "conv2": 3, "fc1": 10}
     batched = make_evaluator(model, eps, 3, grouper, cfg, CPU, population=True)
     looped = make_evaluator(model, eps, 3, grouper, cfg, CPU, population=False)
-    assert batched(counts) == pytest.approx(looped(counts))
+    one, other = batched(counts), looped(counts)
+    assert one.value == pytest.approx(other.value) and one.unstable == other.unstable
     full = {"conv1": 5, "conv2": 12, "fc1": 125}
     plain = []
     for ep in eps:
         m = copy.deepcopy(model)
         init_head(m, 3, ep.seed, "random", ep.support, CPU)
         plain.append(train(m, list(m.parameters()), ep.support, ep.val, cfg, CPU).val_acc)
-    assert looped(full) == pytest.approx(sum(plain) / 2)
+    assert looped(full).value == pytest.approx(sum(plain) / 2)
 
 
 def test_evaluations_leave_the_source_model_untouched():
@@ -164,7 +166,7 @@ def test_selection_reevaluates_the_top_finalists_and_the_ungrouped_configuration
     trace = random_search(Counted(), LAYERS, MENU, 10, seed=0)
     ranked = ranked_keys(trace)
     seen = []
-    select_finalists(trace, lambda c: seen.append(dict(c)) or 0.5, SIZES, finalists=3)
+    select_finalists(trace, lambda c: seen.append(dict(c)) or Reward(0.5), SIZES, finalists=3)
     assert seen[0] == UNGROUPED and len(seen) == 4
     assert [tuple(sorted(c.items())) for c in seen[1:]] == [k for k in ranked if dict(k) != UNGROUPED][:3]
     assert [f.ungrouped for f in trace.finalists] == [True, False, False, False]
@@ -176,10 +178,28 @@ def test_selection_reevaluates_the_top_finalists_and_the_ungrouped_configuration
 def test_selection_picks_the_finalist_with_the_best_selection_reward_not_the_best_search_reward():
     trace = random_search(Counted(), LAYERS, MENU, 10, seed=0)
     third = ranked_keys(trace)[2]
-    select_finalists(trace, lambda c: 0.9 if tuple(sorted(c.items())) == third else 0.6, SIZES, finalists=3)
+    select_finalists(
+        trace, lambda c: Reward(0.9 if tuple(sorted(c.items())) == third else 0.6), SIZES, finalists=3
+    )
     assert tuple(sorted(trace.chosen_counts.items())) == third
     assert max(f.select_reward for f in trace.finalists) == 0.9
     assert trace.to_dict()["finalists"][0]["ungrouped"] is True
+
+
+def test_a_grouped_finalist_with_an_unstable_selection_run_is_never_chosen_but_the_ungrouped_one_may_be():
+    trace = random_search(Counted(), LAYERS, MENU, 10, seed=0)
+    third = ranked_keys(trace)[2]
+
+    def assess(counts, unstable):
+        key = tuple(sorted(counts.items()))
+        return Reward(0.9 if key == third else 0.6, unstable(key))
+
+    select_finalists(trace, lambda c: assess(c, lambda key: key == third), SIZES, finalists=3)
+    assert trace.chosen_counts == UNGROUPED  # the best, but unstable: the default stays
+    assert [f.unstable for f in trace.finalists] == [False, False, False, True]
+    select_finalists(trace, lambda c: assess(c, lambda key: key != third), SIZES, finalists=3)
+    assert tuple(sorted(trace.chosen_counts.items())) == third  # stable: chosen; others unstable
+    assert trace.finalists[0].unstable  # the ungrouped one, unstable, stays eligible
 
 
 def test_population_auto_runs_the_sequential_loop_on_cpu():
@@ -205,7 +225,7 @@ def test_search_stage_with_selection_episodes_chooses_among_finalists():
     # the ungrouped configuration's selection reward is plain fine-tuning's on the selection episodes
     grouper = activation_grouper(model, select, model.groupable(), CPU)
     plain = make_evaluator(model, select, 3, grouper, ft, CPU)(trace.finalists[0].counts)
-    assert trace.finalists[0].select_reward == pytest.approx(plain)
+    assert trace.finalists[0].select_reward == pytest.approx(plain.value)
     with pytest.raises(DataError, match=r"search.finalists: 2 needs selection episodes \(episodes.select_ep"):
         search_group_counts(model, eps, 3, cfg, ft, CPU, 0, [])
 
