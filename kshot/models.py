@@ -13,6 +13,7 @@ with the checkpoint), so every stage feeds the same ``[0, 1]`` images.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -135,6 +136,8 @@ class ResNet18(Backbone):
     CIFAR stem of :class:`ResNet18Cifar`. BatchNorm layers stay in eval mode while fine-tuning (see
     :mod:`kshot.finetune`)."""
 
+    kept: ClassVar[frozenset[str]] = frozenset()  # body tensors a weights file does not set
+
     def __init__(self, in_channels: int, image_size: int, n_classes: int, width: float = 1.0):
         super().__init__(in_channels)
         del width, image_size  # torchvision's ResNet-18 has a fixed width; global pooling at the end
@@ -168,17 +171,18 @@ class ResNet18(Backbone):
     def load_torchvision(self, state: dict[str, torch.Tensor], where: str) -> None:
         """Load a torchvision ResNet-18 ``state`` dict (ImageNet's or any other) into the body.
 
-        The source classifier (``fc.*``) is dropped. A 3-channel stem loaded into a network of
+        The source classifier (``fc.*``) and the body's tensors in ``kept`` (those a variant
+        changed, kept as initialised) are not loaded. A 3-channel stem loaded into a network of
         another input channel count is summed over its colour channels (grayscale images then see
         the filters' luminance response, the usual adaptation). Any other missing, unexpected or
         mis-shaped tensor raises :class:`CheckpointError` naming ``where``.
         """
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        state = {k: v for k, v in state.items() if not k.startswith("fc.") and k not in self.kept}
         stem = state.get("conv1.weight")
         channels = self.body.conv1.in_channels
         if stem is not None and stem.ndim == 4 and stem.shape[1] == 3 and channels != 3:
             state["conv1.weight"] = stem.sum(dim=1, keepdim=True).repeat(1, channels, 1, 1) / channels
-        own = self.body.state_dict()
+        own = {k: v for k, v in self.body.state_dict().items() if k not in self.kept}
         missing = sorted(set(own) - set(state))
         extra = sorted(set(state) - set(own))
         shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
@@ -192,7 +196,7 @@ class ResNet18(Backbone):
                 f"{where}: expected a torchvision resnet18 state dict, found another architecture: "
                 + "; ".join(parts)
             )
-        self.body.load_state_dict(state)
+        self.body.load_state_dict(state, strict=not self.kept)
 
     def load_imagenet(self) -> None:
         """Copy torchvision's ImageNet weights into the body (needs the network; never in tests)."""
@@ -212,11 +216,7 @@ class ResNet18Cifar(ResNet18):
         self.body.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
         self.body.maxpool = nn.Identity()
 
-    def load_torchvision(self, state: dict[str, torch.Tensor], where: str) -> None:
-        own = self.body.conv1.weight.detach().clone()
-        stem = {k: (own if k == "conv1.weight" else v) for k, v in state.items()}
-        stem.setdefault("conv1.weight", own)
-        super().load_torchvision(stem, where)
+    kept: ClassVar[frozenset[str]] = frozenset({"conv1.weight"})
 
 
 BACKBONES: dict[str, Callable[..., Backbone]] = {

@@ -146,17 +146,16 @@ def count_menu(sizes: dict[str, int], fractions: list[float]) -> dict[str, list[
     }
 
 
-def tie_layers(model: Backbone, layers: list[str], tie: str) -> dict[str, list[str]]:
-    """The search's choices: ``{choice: [layers it sets]}``, one per layer (``tie='layer'``) or one
-    per backbone stage (``'stage'``, :meth:`Backbone.stages`); a stage's layers must have equal
+def tie_layers(stages: dict[str, str], sizes: dict[str, int], tie: str) -> dict[str, list[str]]:
+    """The search's choices over the layers of ``sizes`` (``{layer: neurons}``, in forward order):
+    ``{choice: [layers it sets]}``, one per layer (``tie='layer'``) or one per backbone stage
+    (``'stage'``, ``stages`` from :meth:`Backbone.stages`); a stage's layers must have equal
     neuron counts, so that one count means the same for each."""
     if tie == "layer":
-        return {name: [name] for name in layers}
-    stages = model.stages()
+        return {name: [name] for name in sizes}
     units: dict[str, list[str]] = {}
-    for name in layers:
+    for name in sizes:
         units.setdefault(stages[name], []).append(name)
-    sizes = layer_sizes(model, layers, "search.layers")
     for unit, members in units.items():
         found = {name: sizes[name] for name in members}
         if len(set(found.values())) > 1:
@@ -424,8 +423,8 @@ def search_group_counts(
     if cfg.steps is not None:
         low = replace(finetune, steps=cfg.steps, eval_every=min(finetune.eval_every, cfg.steps))
     layers = select_layers(model, cfg.layers)
-    units = tie_layers(model, layers, cfg.tie)
     sizes = layer_sizes(model, layers, "search.layers")
+    units = tie_layers(model.stages(), sizes, cfg.tie)
     unit_sizes = {unit: sizes[members[0]] for unit, members in units.items()}
     menu = count_menu(unit_sizes, cfg.menu)
 

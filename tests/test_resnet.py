@@ -13,6 +13,7 @@ from kshot.errors import CheckpointError, ConfigError
 from kshot.files.checkpoint import read_weights
 from kshot.files.search import read_chosen_counts, save_trace
 from kshot.finetune import to_input, train
+from kshot.grouping import layer_sizes
 from kshot.methods.full import FullFinetune
 from kshot.methods.grouped import Grouped
 from kshot.models import LeNet, ResNet18, ResNet18Cifar, build_backbone
@@ -279,6 +280,6 @@ def test_tying_layers_of_different_widths_is_an_error_naming_the_field(monkeypat
     with pytest.raises(
         ConfigError, match=r"search.tie: 'stage' needs the layers of stage 'all' to have equal"
     ):
-        tie_layers(model, model.groupable(), "stage")
-    assert tie_layers(model, ["conv1"], "layer") == {"conv1": ["conv1"]}
+        tie_layers(model.stages(), layer_sizes(model, model.groupable()), "stage")
+    assert tie_layers(model.stages(), {"conv1": 5}, "layer") == {"conv1": ["conv1"]}
     assert expand_counts({"s": 4}, {"s": ["a", "b"]}) == {"a": 4, "b": 4}
