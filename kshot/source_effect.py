@@ -94,6 +94,8 @@ def verdicts(effect: pd.DataFrame) -> pd.DataFrame:
         frozen_sig = any(r.significant for r in frozen)
         tuned_sig = any(r.significant and r.diff > 0 for r in tuned)
         effective = tuned_sig if tuned else any(r.significant and r.diff > 0 for r in frozen)
+        # the frozen-feature effect that speaks: the largest significant one, else the largest
+        speaking = [r for r in frozen if r.significant] or frozen
         rows.append(
             {
                 "target": target,
@@ -101,7 +103,7 @@ def verdicts(effect: pd.DataFrame) -> pd.DataFrame:
                 "source": source,
                 "effective": bool(effective),
                 "masked": bool(frozen_sig and tuned and not any(r.significant for r in tuned)),
-                "frozen_effect": max((r.diff for r in frozen), default=float("nan")),
+                "frozen_effect": max((r.diff for r in speaking), key=abs, default=float("nan")),
                 "fine_tuned_effect": tuned[0].diff if tuned else float("nan"),
             }
         )
@@ -210,6 +212,10 @@ def plot_source_effect(df: pd.DataFrame, out_stem: Path) -> list[Path]:
     return save_with_top_legend(fig, axes[0][0], out_stem)
 
 
+def _ks(ks: Any) -> str:
+    return ", ".join(str(int(k)) for k in ks)
+
+
 def findings_markdown(verdict: pd.DataFrame, cka_rows: Sequence[Mapping[str, Any]], control: str) -> str:
     """The study's findings in a few sentences (the README's block), from the verdicts."""
     lines = []
@@ -217,14 +223,14 @@ def findings_markdown(verdict: pd.DataFrame, cka_rows: Sequence[Mapping[str, Any
         parts = []
         for source, s in g.groupby("source", sort=True):
             eff = [int(k) for k in s[s.effective].k]
-            masked = [int(k) for k in s[s.masked].k]
-            text = (
-                f"`{source}` is effective at k = {', '.join(map(str, eff))}"
-                if eff
-                else f"`{source}` is not effective"
-            )
-            if masked:
-                text += f", masked by fine-tuning at k = {', '.join(map(str, masked))}"
+            text = f"`{source}` is effective at k = {_ks(eff)}" if eff else f"`{source}` is not effective"
+            for word, sign in (("better", 1), ("worse", -1)):
+                hidden = s[s.masked & (sign * s.frozen_effect > 0)]
+                if len(hidden):
+                    text += (
+                        f"; its frozen features are significantly {word} than `{control}`'s at "
+                        f"k = {_ks(hidden.k)}, a difference full fine-tuning hides"
+                    )
             parts.append(text)
         cka = ", ".join(f"`{r['source']}` {r['cka']:.2f}" for r in cka_rows if r["target"] == target)
         lines.append(

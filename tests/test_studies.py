@@ -22,7 +22,7 @@ from kshot.models import build_backbone
 from kshot.params import params_from_dict
 from kshot.pretrain import pretrain
 from kshot.similarity import task_similarity
-from kshot.source_effect import effects, verdicts, write_source_effect
+from kshot.source_effect import effects, findings_markdown, verdicts, write_source_effect
 from tests.conftest import TINY_PARAMS, make_images, run_snakemake
 from tests.test_pipeline import planned_outputs
 
@@ -129,6 +129,9 @@ def test_a_source_whose_frozen_effect_vanishes_with_fine_tuning_is_masked_and_on
     verdict = verdicts(effect).set_index("source")
     assert verdict.loc["masked", "masked"] and not verdict.loc["masked", "effective"]
     assert verdict.loc["good", "effective"] and not verdict.loc["good", "masked"]
+    text = findings_markdown(verdicts(effect), [], "random")
+    assert "`good` is effective at k = 5; `masked` is not effective; its frozen features are " in text
+    assert "significantly better than `random`'s at k = 5, a difference full fine-tuning hides" in text
 
 
 def _write_run(path, benchmark, method, k, accs, extra=None):
