@@ -20,7 +20,8 @@ Choices (Mapper leaves them to the user):
   distance of a point to its third nearest neighbour over the whole set (the k-distance rule of
   thumb), so the scale adapts to the layer.
 - **Purity.** A node's purity is the share of its members with its most common label (class, or
-  group); the mean over nodes, weighted by members, sums each map up in one number.
+  group); the mean over nodes, weighted by members, sums each map up in one number, beside its
+  chance level: the same nodes with the labels shuffled among the points.
 """
 
 from __future__ import annotations
@@ -53,13 +54,21 @@ class MapperGraph:
     points: np.ndarray
     lens: np.ndarray
 
-    def purity(self) -> float:
-        """Mean share of a node's members with its most common label, weighted by members."""
+    def purity(self, labels: np.ndarray | None = None) -> float:
+        """Mean share of a node's members with its most common label (of ``labels``, default the
+        graph's), weighted by members."""
+        labels = self.labels if labels is None else labels
         sizes = [len(m) for m in self.nodes.values()]
         if not sizes:
             return float("nan")
-        top = [Counter(self.labels[m].tolist()).most_common(1)[0][1] for m in self.nodes.values()]
+        top = [Counter(labels[m].tolist()).most_common(1)[0][1] for m in self.nodes.values()]
         return float(sum(top) / sum(sizes))
+
+    def chance_purity(self, seed: int = 0, draws: int = 20) -> float:
+        """The purity the same nodes would have with the labels shuffled among the points (mean of
+        ``draws`` seeded permutations): what a map blind to the labels scores."""
+        rng = np.random.default_rng(seed)
+        return float(np.mean([self.purity(rng.permutation(self.labels)) for _ in range(draws)]))
 
     def summary(self) -> dict[str, Any]:
         covered = sorted({i for m in self.nodes.values() for i in m})
@@ -69,6 +78,7 @@ class MapperGraph:
             "edges": sum(len(v) for v in self.links.values()),
             "covered": len(covered),
             "purity": self.purity(),
+            "chance_purity": self.chance_purity(),
         }
 
 

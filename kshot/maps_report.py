@@ -104,9 +104,6 @@ def write_activation_maps(
         "neurons": neuron_graph.summary(),
         "groups": count,
         "classes": classes,
-        # purity expected of nodes whose members' labels were drawn at random
-        "image_chance": max(Counter(labels.tolist()).values()) / len(labels),
-        "group_chance": max(Counter(assign.tolist()).values()) / len(assign),
     }
     write_json(out_dir / f"{benchmark}.json", summary)
     return summary
@@ -121,9 +118,10 @@ def write_maps_findings(summaries: Sequence[Path], out: Path) -> str:
             raise DataError(f"activation map summary '{path}': expected 'images' and 'neurons', found {s!r}")
         lines.append(
             f"- **{s['benchmark']}**, layer `{s['layer']}`: the images' map has {s['images']['nodes']} "
-            f"nodes of class purity {s['images']['purity']:.2f} (the largest class alone: "
-            f"{s['image_chance']:.2f}); the neurons' map has {s['neurons']['nodes']} nodes of k-means "
-            f"group purity {s['neurons']['purity']:.2f} over {s['groups']} groups."
+            f"nodes of class purity {s['images']['purity']:.2f} (labels shuffled: "
+            f"{s['images']['chance_purity']:.2f}); the neurons' map has {s['neurons']['nodes']} nodes "
+            f"of k-means group purity {s['neurons']['purity']:.2f} over {s['groups']} groups "
+            f"(shuffled: {s['neurons']['chance_purity']:.2f})."
         )
     text = "\n".join(lines) + "\n"
     write_text(out, text)

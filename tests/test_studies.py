@@ -244,6 +244,7 @@ def test_a_mapper_graph_of_two_separated_blobs_keeps_their_labels_apart():
     labels = np.repeat([0, 1], 80)
     graph = mapper_graph(points, labels, cubes=5, overlap=0.3)
     assert graph.summary()["nodes"] >= 2 and graph.purity() == 1.0
+    assert 0.5 <= graph.chance_purity() < 0.8  # the same nodes, labels shuffled
     mixed = mapper_graph(points, rng.permutation(labels), cubes=5, overlap=0.3)
     assert mixed.purity() < 0.9
 
