@@ -919,7 +919,7 @@ def with_peers(text: str, metrics: Mapping[str, Any], where: str) -> str:
 
 
 def findings_paragraph(study: str, findings: str, where: str) -> str:
-    """One README line on companion ``study`` (a key of :data:`FINDINGS`) from its findings.md
+    """One README list item on companion ``study`` (a key of :data:`FINDINGS`) from its findings.md
     (``where``): the study's name and target, then its bullets as sentences."""
     if study not in FINDINGS:
         raise DataError(f"--findings: expected a study of {sorted(FINDINGS)}, found '{study}'")
@@ -928,7 +928,7 @@ def findings_paragraph(study: str, findings: str, where: str) -> str:
         raise DataError(f"{where}: expected the study's findings, found an empty file")
     title, target = FINDINGS[study]
     return (
-        f"**{title}** (`snakemake {target}`; written by `kshot readme` from `{where}`): "
+        f"- **{title}** (`snakemake {target}`; written by `kshot readme` from `{where}`): "
         + " ".join(items)
         + "\n"
     )

@@ -153,10 +153,10 @@ def test_the_studies_block_has_one_line_per_study_in_order_and_refuses_an_unknow
     )
     lines = new.splitlines()
     assert lines[2].startswith(
-        "**The source-effect study** (`snakemake source_effect`; written by `kshot readme`"
+        "- **The source-effect study** (`snakemake source_effect`; written by `kshot readme`"
     )
     assert lines[2].endswith("`f.md`): **t**: s. **u**: v.")
-    assert lines[3].startswith("**The activation-maps study**") and lines[4] == STUDIES_END
+    assert lines[3].startswith("- **The activation-maps study**") and lines[4] == STUDIES_END
     with pytest.raises(
         DataError, match=r"^--findings: expected a study of \['alignment', 'maps', 'sources'\]"
     ):
