@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from kshot.config import ActivationSpec
-from kshot.episodes import ROLES, episode_indices, role_seed
+from kshot.episodes import ROLES, episode_indices, role_seed, seed_name
 from kshot.errors import ConfigError, DataError, suggest
 from kshot.finetune import EVAL_ELEMENTS, images_per_batch, to_input
 
@@ -158,7 +158,7 @@ def episode_patterns(
     episode entry and its patterns, on :func:`feature_images` (the entry's support rows of the target
     pool ``pool_x``, plus unlabeled pool images drawn with the episode's seed for ``support+pool``).
     Every role is computed whichever stage reads them: they cost little next to one fine-tuning."""
-    benchmark, k = ep_file["benchmark"], int(ep_file["k"])
+    benchmark, k = seed_name(ep_file, ep_file["benchmark"]), int(ep_file["k"])
     roles = {}
     for role in ROLES:
         pairs = []

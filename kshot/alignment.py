@@ -132,26 +132,33 @@ def layer_alignments(
 
 class AlignmentProbe(TrainHook):
     """Logs :func:`layer_alignments` on the support images every ``every`` steps of
-    :func:`kshot.finetune.train`, from the state before the first update (step 0) on.
-
-    It runs after the method's own hooks have changed the gradients and before the optimiser step,
-    so step ``s`` is the state after ``s`` updates; it changes no gradient and no parameter.
-    ``log``: ``{"steps": [s, ...], "layers": {layer: {relation: [value per step]}}}``.
+    :func:`kshot.finetune.train`: the state before the first update (step 0), then after update
+    ``s`` for every multiple ``s`` of ``every`` and after the last update (``steps``). It changes
+    no gradient and no parameter. ``log``: ``{"steps": [s, ...], "layers": {layer: {relation: [value per
+    step]}}}``.
     """
 
     reads_weights = True  # grouped layers then average gradients in place of a reparametrisation
 
-    def __init__(self, layers: Sequence[str], support: Tensors, device: torch.device, every: int) -> None:
+    def __init__(
+        self, layers: Sequence[str], support: Tensors, device: torch.device, every: int, steps: int
+    ) -> None:
         if every < 1:
-            raise ConfigError(f"alignment_every: expected an integer >= 1, found {every}")
-        self.layers, self.support, self.device, self.every = list(layers), support, device, every
-        self.updates = 0
+            raise ConfigError(f"--alignment-every: expected an integer >= 1, found {every}")
+        self.layers, self.support, self.device = list(layers), support, device
+        self.every, self.steps = every, steps  # steps: the run's last update, always logged
         self.log: dict = {"steps": [], "layers": {name: {rel: [] for rel in RELATIONS} for name in layers}}
 
+    def _record(self, model: nn.Module, step: int) -> None:
+        self.log["steps"].append(step)
+        for name, values in layer_alignments(model, self.layers, self.support, self.device).items():
+            for rel, value in values.items():
+                self.log["layers"][name][rel].append(value)
+
     def after_backward(self, model: nn.Module) -> None:
-        if self.updates % self.every == 0:
-            self.log["steps"].append(self.updates)
-            for name, values in layer_alignments(model, self.layers, self.support, self.device).items():
-                for rel, value in values.items():
-                    self.log["layers"][name][rel].append(value)
-        self.updates += 1
+        if not self.log["steps"]:  # the state before the first update
+            self._record(model, 0)
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        if step % self.every == 0 or step == self.steps:
+            self._record(model, step)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -22,8 +21,9 @@ from kshot.alignment import RELATIONS
 from kshot.errors import DataError
 from kshot.figures import method_styles, save_with_top_legend
 from kshot.io import atomic_path, read_json, write_json, write_text
-from kshot.stats import mean_ci, significant
-from kshot.tables import Table, fmt_ci, html_page, to_latex, to_markdown
+from kshot.report import json_records, write_table_set
+from kshot.stats import mean_ci, paired_diff, significant
+from kshot.tables import Table, fmt_ci
 
 DIGITS = 3  # alignments are correlations in [-1, 1]
 
@@ -83,7 +83,8 @@ def comparisons(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
     for m in sorted(set(ends.method) - {baseline}):
         paired = ends[ends.method == m].merge(base, on=[*cell, "episode"], suffixes=("", "_base"))
         for (bench, k, layer, relation), g in paired.groupby(cell, sort=False):
-            d, h = mean_ci((g["last"] - g["last_base"]).to_numpy())
+            g = g.set_index("episode")
+            d, h, n = paired_diff(g["last"], g["last_base"], scale=1.0)
             rows.append(
                 {
                     "benchmark": bench,
@@ -94,7 +95,7 @@ def comparisons(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
                     "baseline": baseline,
                     "diff": d,
                     "ci95": h,
-                    "n": len(g),
+                    "n": n,
                     "significant": significant(d, h),
                     "change": float(g["change"].mean()),
                     "baseline_change": float(g["change_base"].mean()),
@@ -119,9 +120,9 @@ def comparison_table(comp: pd.DataFrame) -> Table:
         rows.append(row)
         data_rows.append(g)
     return Table(
-        title="Alignment at the end of fine-tuning: paired difference to the baseline",
-        note="Each cell: the alignment (Pearson correlation of the two matrices' entries) at the last "
-        "logged step, method minus baseline, mean ± 95% CI over the episodes both ran; * when the "
+        title="Alignment after the last update: paired difference to the baseline",
+        note="Each cell: the alignment (Pearson correlation of the two matrices' entries) after the "
+        "last update, method minus baseline, mean ± 95% CI over the episodes both ran; * when the "
         "CI excludes 0. in: the layer's input side (H, G and WᵀW), out: its output side "
         "(H, G and WWᵀ).",
         columns=["benchmark k, layer: comparison", *RELATIONS],
@@ -156,7 +157,7 @@ def change_table(df: pd.DataFrame) -> Table:
             )
         rows.append(row)
     return Table(
-        title="Change of alignment over fine-tuning (last logged step − step 0)",
+        title="Change of alignment over fine-tuning (after the last update − before the first)",
         note="Mean ± 95% CI over the evaluation episodes; positive: the layer moved toward the "
         "aligned state the Canonical Representation Hypothesis predicts.",
         columns=["benchmark k, layer: method", *RELATIONS],
@@ -213,10 +214,6 @@ def findings_markdown(comp: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
-    return df.astype(object).where(df.notna(), None).to_dict(orient="records")
-
-
 def write_alignment_report(runs: Sequence[Path], baseline: str, out_dir: Path) -> pd.DataFrame:
     """Write ``alignment.{md,html,tex,csv,png,svg}``, ``metrics.json`` and ``findings.md`` into
     ``out_dir``; returns the comparisons' frame."""
@@ -230,14 +227,10 @@ def write_alignment_report(runs: Sequence[Path], baseline: str, out_dir: Path) -
     tables = [comparison_table(comp), change_table(df)]
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / "alignment"
-    write_text(stem.with_suffix(".md"), "\n\n".join(to_markdown(t) for t in tables))
-    write_text(stem.with_suffix(".html"), html_page(tables, "Alignment study"))
-    write_text(
-        stem.with_suffix(".tex"), "\n\n".join(to_latex(t, f"tab:alignment_{i}") for i, t in enumerate(tables))
-    )
+    write_table_set(tables, stem, "tab:alignment")
     with atomic_path(stem.with_suffix(".csv")) as tmp:
         comp.to_csv(tmp, index=False, float_format="%.4f")
     plot_alignment(df, stem, baseline)
-    write_json(out_dir / "metrics.json", {"baseline": baseline, "comparisons": _records(comp)})
+    write_json(out_dir / "metrics.json", {"baseline": baseline, "comparisons": json_records(comp)})
     write_text(out_dir / "findings.md", findings_markdown(comp))
     return comp

@@ -197,7 +197,7 @@ def cmd_finetune(args: argparse.Namespace, raw: dict[str, Any]) -> None:
         groups=_path(args.groups),
         search=_path(args.search),
         tuning=_path(args.tuning),
-        artifacts={"alignment_every": args.alignment_every} if args.alignment_every else None,
+        artifacts=None if args.alignment_every is None else {"alignment_every": args.alignment_every},
     )
     diverged = [ep["episode"] for ep in summary["episodes"] if ep.get("diverged_step") is not None]
     if diverged:
@@ -314,10 +314,21 @@ def cmd_aggregate(args: argparse.Namespace, raw: dict[str, Any]) -> None:
     )
 
 
+def _groups(text: str) -> int | float:
+    """``--groups``: a count (an integer) or a fraction of the neurons (a number with a point)."""
+    try:
+        return float(text) if "." in text else int(text)
+    except ValueError:
+        raise ConfigError(
+            "--groups: expected a group count (e.g. 32) or a fraction of the neurons (e.g. 0.25), "
+            f"found {text!r}"
+        ) from None
+
+
 def cmd_group_figures(args: argparse.Namespace, raw: dict[str, Any]) -> None:
     from kshot.report import write_group_figures
 
-    groups = float(args.groups) if "." in args.groups else int(args.groups)
+    groups = _groups(args.groups)
     write_group_figures(
         Path(args.checkpoint),
         Path(args.target),
@@ -341,7 +352,7 @@ def cmd_maps(args: argparse.Namespace, raw: dict[str, Any]) -> None:
         Path(args.out_dir),
         layer=args.layer,
         n_images=args.images,
-        groups=float(args.groups) if "." in args.groups else int(args.groups),
+        groups=_groups(args.groups),
         cubes=args.cubes,
         overlap=args.overlap,
         seed=args.seed,

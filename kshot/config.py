@@ -771,6 +771,11 @@ class Params:
         _check_names("source_effect.benchmarks", effect.benchmarks, self.benchmarks)
         _check_names("source_effect.sources", effect.sources, self.sources)
         _check_names("source_effect.methods", effect.methods, self.method_names)
+        if effect.sources and effect.control is None:
+            raise ConfigError(
+                f"source_effect.control: expected the source the others are compared with, one of "
+                f"{effect.sources}, found null"
+            )
         if effect.control is not None and effect.control not in effect.sources:
             raise unknown("source_effect.control", effect.control, effect.sources)
         _positive("source_effect", "cka_images", effect.cka_images)

@@ -28,6 +28,13 @@ def episode_seed(seed: int, benchmark: str, k: int, episode: int) -> int:
     return int(zlib.crc32(f"{seed}/{benchmark}/{k}/{episode}".encode()))
 
 
+def seed_name(ep_file: dict, benchmark: str) -> str:
+    """The benchmark name an episodes file's seeds derive from: that of the benchmark whose
+    episodes it drew (``drawn_as``, the source-effect study's cells), else ``benchmark``'s, so
+    that cells of one target share their episodes' head initialisation and seeds too."""
+    return ep_file.get("drawn_as") or benchmark
+
+
 def role_seed(seed: int, benchmark: str, role: str, k: int, episode: int) -> int:
     """The fine-tuning (and grouping) seed of episode ``episode`` of ``role``: evaluation episodes
     use :func:`episode_seed` of the benchmark, the search's and selection's are namespaced apart."""
@@ -142,6 +149,8 @@ def make_episodes(
     n_classes = check_sizes(pool_labels, test_labels, k, cfg)
     pool, test = pool_labels.numpy(), test_labels.numpy()
     out: dict = {"benchmark": benchmark, "k": k, "seed": seed, "n_classes": n_classes}
+    if draw_as is not None:
+        out["drawn_as"] = draw_as
     roles = (("eval", cfg.n_episodes), ("search", cfg.search_episodes), ("select", cfg.select_episodes))
     for role, n in roles:
         out[role] = [

@@ -203,8 +203,8 @@ class TrainHook:
     """How a method changes :func:`train`; this base changes nothing.
 
     :meth:`prepare` runs once before the first step, :meth:`penalty` at every step after the
-    loss, :meth:`after_backward` between ``backward()`` and the optimiser step, :meth:`finish`
-    once at the end, also when the run fails.
+    loss, :meth:`after_backward` between ``backward()`` and the optimiser step, :meth:`after_step`
+    after it, :meth:`finish` once at the end, also when the run fails.
     """
 
     penalises = False  # whether :meth:`penalty` adds a term to the loss
@@ -227,6 +227,9 @@ class TrainHook:
 
     def after_backward(self, model: nn.Module) -> None:
         """Change the gradients of ``model`` in place."""
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        """Look at ``model`` after update ``step`` (1, 2, ...), before any validation."""
 
     def finish(self, model: nn.Module) -> None:
         """Undo what :meth:`prepare` did (the parameters then hold the trained values)."""
@@ -273,6 +276,8 @@ def train(
             for h in hooks:
                 h.after_backward(model)
             opt.step()
+            for h in hooks:
+                h.after_step(model, step)
             result.steps_run = step
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 result.loss_curve.append([step, float(loss.detach())])

@@ -130,21 +130,3 @@ def image_points(acts: torch.Tensor) -> np.ndarray:
 def neuron_points(acts: torch.Tensor) -> np.ndarray:
     """A layer's patterns ``[N, M]`` -> the neurons' normalised patterns ``[N, M]``."""
     return normalise_patterns(acts).double().numpy()
-
-
-def write_html(graph: MapperGraph, path: str, title: str, label_names: list[str], what: str) -> None:
-    """kmapper's interactive page of ``graph``: one colouring per label (a node's share of
-    members with that label), tooltips naming each member's label."""
-    mapper = kmapper.KeplerMapper(verbose=0)
-    raw = {"nodes": graph.nodes, "links": graph.links, "simplices": [], "meta_data": {}, "meta_nodes": {}}
-    one_hot = np.eye(len(label_names))[graph.labels]
-    mapper.visualize(
-        raw,
-        path_html=path,
-        title=title,
-        color_values=one_hot,
-        color_function_name=[f"share of {what} {name}" for name in label_names],
-        custom_tooltips=np.array([f"{what} {label_names[i]}" for i in graph.labels]),
-        X=graph.points,
-        lens=graph.lens,
-    )

@@ -10,18 +10,39 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import kmapper
 import matplotlib.pyplot as plt
 import networkx as nx
+import numpy as np
 import torch
 
 from kshot.activations import layer_activations
 from kshot.errors import ConfigError, DataError
 from kshot.figures import GROUP_COLORS, save
-from kshot.files.checkpoint import load_checkpoint
-from kshot.files.prepared import load_prepared
+from kshot.files.checkpoint import check_geometry, load_checkpoint
+from kshot.files.prepared import load_target
 from kshot.grouping import group_neurons, resolve_count
 from kshot.io import read_json, write_json, write_text
-from kshot.maps import MapperGraph, image_points, mapper_graph, neuron_points, write_html
+from kshot.maps import MapperGraph, image_points, mapper_graph, neuron_points
+
+
+def write_page(graph: MapperGraph, path: Path, title: str, label_names: list[str], what: str) -> None:
+    """kmapper's interactive page of ``graph`` at ``path`` (written atomically): one colouring per
+    label (a node's share of members with that label), tooltips naming each member's label."""
+    raw = {"nodes": graph.nodes, "links": graph.links, "simplices": [], "meta_data": {}, "meta_nodes": {}}
+    one_hot = np.eye(len(label_names))[graph.labels]
+    page = kmapper.KeplerMapper(verbose=0).visualize(
+        raw,
+        path_html=str(path),
+        title=title,
+        color_values=one_hot,
+        color_function_name=[f"share of {what} {name}" for name in label_names],
+        custom_tooltips=np.array([f"{what} {label_names[i]}" for i in graph.labels]),
+        X=graph.points,
+        lens=graph.lens,
+        save_file=False,
+    )
+    write_text(path, page)
 
 
 def _draw(ax: plt.Axes, graph: MapperGraph, title: str) -> None:
@@ -63,8 +84,9 @@ def write_activation_maps(
     ``<benchmark>_neurons.html`` (kmapper's pages) and ``<benchmark>.json`` (their summaries),
     whose content it returns. The neurons are grouped into ``groups`` (count or fraction) by
     k-means as the grouped methods group them."""
+    data = load_target(target, benchmark, ("pool_x", "pool_y"))
+    check_geometry(checkpoint, target, data["meta"])
     model, _ = load_checkpoint(checkpoint)
-    data = load_prepared(target, ("pool_x", "pool_y", "meta"))
     layers = model.groupable()
     name = layers[-1] if layer == "last" else layer
     if name not in layers:
@@ -78,16 +100,16 @@ def write_activation_maps(
     image_graph = mapper_graph(image_points(acts), labels.numpy(), cubes, overlap)
     neuron_graph = mapper_graph(neuron_points(acts), assign.numpy(), cubes, overlap)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_html(
+    write_page(
         image_graph,
-        str(out_dir / f"{benchmark}_images.html"),
+        out_dir / f"{benchmark}_images.html",
         f"{benchmark}: images by {name}",
         classes,
         "class",
     )
-    write_html(
+    write_page(
         neuron_graph,
-        str(out_dir / f"{benchmark}_neurons.html"),
+        out_dir / f"{benchmark}_neurons.html",
         f"{benchmark}: neurons of {name}",
         [str(g) for g in range(count)],
         "group",

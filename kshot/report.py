@@ -242,13 +242,19 @@ def write_plot_data(df: pd.DataFrame, summary: pd.DataFrame, plots_dir: Path, ba
     return paths
 
 
-def _write_table_set(tables: Sequence[Table], stem: Path, label_prefix: str) -> None:
+def write_table_set(tables: Sequence[Table], stem: Path, label_prefix: str) -> None:
+    """``tables`` as ``<stem>.md``, ``.html`` (one page, titled by the first) and ``.tex``."""
     write_text(stem.with_suffix(".md"), "\n".join(to_markdown(t) for t in tables))
     write_text(stem.with_suffix(".html"), html_page(tables, tables[0].title))
     write_text(
         stem.with_suffix(".tex"),
         "\n".join(to_latex(t, f"{label_prefix}:{i}") for i, t in enumerate(tables)),
     )
+
+
+def json_records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """``df``'s rows as JSON-ready dicts (``None`` for a missing number, e.g. one episode's CI)."""
+    return df.astype(object).where(df.notna(), None).to_dict(orient="records")
 
 
 def chance_levels(episode_files: Sequence[Path]) -> dict[str, float]:
@@ -313,7 +319,7 @@ def write_results(
         tables.append(src)
         with atomic_path(tables_dir / "sources.csv") as tmp:
             src.data.to_csv(tmp, index=False, float_format="%.4f")
-    _write_table_set(tables, tables_dir / "results", "tab:results")
+    write_table_set(tables, tables_dir / "results", "tab:results")
     plot_accuracy_vs_k(summary, figures_dir / "accuracy_vs_k", baseline, chance_levels(episodes))
     if len(set(df.method) - {baseline}) and baseline in set(df.method):
         plot_forest(
@@ -471,7 +477,7 @@ def write_search_report(
     table = search_table(loaded)
     with atomic_path(tables_dir / "search.csv") as tmp:
         table.data.to_csv(tmp, index=False, float_format="%.4f")
-    _write_table_set([table], tables_dir / "search", "tab:search")
+    write_table_set([table], tables_dir / "search", "tab:search")
     by_label: dict[str, dict[str, Any]] = {}
     for (label, strategy), t in loaded.items():
         by_label.setdefault(label, {})[strategy] = t

@@ -27,7 +27,15 @@ from kshot.config import (
     SourceConfig,
 )
 from kshot.data.prepare import prepare_source, prepare_target, source_geometry
-from kshot.episodes import Episode, episode_indices, episode_seed, make_episodes, role_seed, select
+from kshot.episodes import (
+    Episode,
+    episode_indices,
+    episode_seed,
+    make_episodes,
+    role_seed,
+    seed_name,
+    select,
+)
 from kshot.errors import ConfigError, DataError
 from kshot.files import activations as activation_file
 from kshot.files import groups as group_file
@@ -40,6 +48,7 @@ from kshot.files.tuning import read_chosen, save_tuning
 from kshot.grouping import layer_sizes
 from kshot.io import sha256, write_json
 from kshot.methods import METHODS, EpisodeData, EpisodeResult
+from kshot.methods.base import check_probed
 from kshot.methods.grouped import GROUPED_KINDS
 from kshot.pretrain import pretrain
 from kshot.runtime import numerics
@@ -199,7 +208,7 @@ def group_stage(
     for e, acts in zip(entries, patterns, strict=True):
         support = select(data["pool_x"], data["pool_y"], e["support"])
         empty = (support[0][:0], support[1][:0])
-        ep_seed = role_seed(seed, benchmark, "eval", k, int(e["id"]))
+        ep_seed = role_seed(seed, seed_name(ep_file, benchmark), "eval", k, int(e["id"]))
         ep = EpisodeData(model, support, empty, empty, n_classes, ep_seed, device, artifacts)
         results.append((e, *method.grouping(model, ep, acts)))
     made = group_file.groups_made_from(spec.kind, method.options, method_name, ckpt_sha)
@@ -331,6 +340,8 @@ def run_episodes(
         method_name = tuned_name(method_name)
     method = METHODS[spec.kind](spec.options, finetune, method_name)
     artifacts = dict(artifacts or {})
+    if artifacts.get("alignment_every") is not None:
+        check_probed(method)
     if search is not None:
         artifacts["search_counts"] = read_chosen_counts(search)
     ckpt_sha = sha256(inputs.checkpoint)
@@ -368,7 +379,7 @@ def run_episodes(
             val=select(data["pool_x"], data["pool_y"], ep.val),
             test=select(data["test_x"], data["test_y"], ep.test),
             n_classes=int(ep_file["n_classes"]),
-            seed=episode_seed(seed, benchmark, k, ep.id),
+            seed=episode_seed(seed, seed_name(ep_file, benchmark), k, ep.id),
             device=device,
             artifacts={
                 **artifacts,

@@ -47,7 +47,7 @@ import torch
 from kshot.activations import feature_images, layer_activations
 from kshot.config import ControllerConfig, FinetuneConfig, SearchConfig
 from kshot.controller import Reinforce
-from kshot.episodes import episode_indices, role_seed, select
+from kshot.episodes import episode_indices, role_seed, seed_name, select
 from kshot.errors import ConfigError, DataError
 from kshot.finetune import Tensors, init_head
 from kshot.grouping import group_neurons, layer_sizes, resolve_count, select_layers
@@ -483,7 +483,7 @@ def search_episodes(
         SearchEpisode(
             select(pool_x, pool_y, e["support"]),
             select(pool_x, pool_y, e["val"]),
-            role_seed(seed, benchmark, role, k, e["id"]),
+            role_seed(seed, seed_name(ep_file, benchmark), role, k, e["id"]),
             pool_x,
             episode_indices(e),
         )

@@ -27,9 +27,9 @@ import pandas as pd
 from kshot.errors import DataError
 from kshot.figures import method_styles, save_with_top_legend
 from kshot.io import atomic_path, read_json, write_json, write_text
-from kshot.report import load_runs
+from kshot.report import json_records, load_runs, write_table_set
 from kshot.stats import mean_ci, paired_diff, significant
-from kshot.tables import Table, fmt_ci, html_page, to_latex, to_markdown
+from kshot.tables import Table, fmt_ci
 
 FROZEN = ("linear", "centroid")  # methods that keep the source's features as they are
 FINE_TUNED = ("full",)  # the method whose effect says whether fine-tuning masks the source's
@@ -55,6 +55,13 @@ def effects(df: pd.DataFrame, control: str) -> pd.DataFrame:
     """Per ``(target, k, source ≠ control, method)``: the paired difference of test accuracy
     (percentage points) against the control source on the same episodes, its 95% CI half-width,
     the episodes both ran and whether it is significant."""
+    for target, g in df.groupby("target"):
+        if control not in set(g.source):
+            raise DataError(
+                f"source-effect runs: expected runs from the control source '{control}' for target "
+                f"'{target}', found sources {sorted(set(g.source))} (a control trained on the "
+                "target's classes is left out of its cells)"
+            )
     acc = df.set_index(["target", "k", "source", "method", "episode"])["test_acc"].sort_index()
     rows = []
     for (target, k, source, method), _ in df.groupby(["target", "k", "source", "method"], sort=True):
@@ -166,8 +173,8 @@ def effect_table(effect: pd.DataFrame, verdict: pd.DataFrame, control: str) -> T
         note=f"Each cell: test accuracy from the source minus from {control} (percentage points), "
         "mean ± 95% CI over the episodes both ran; * when the CI excludes 0. effective: full "
         "fine-tuning from the source is significantly better than from the control; masked: a "
-        "frozen-feature method (linear, centroid) shows a significant effect and full fine-tuning "
-        "does not.",
+        "frozen-feature method (linear, centroid) shows a significant effect, either way, and "
+        "full fine-tuning does not.",
         columns=["target, k, source", *methods, "effective", "masked"],
         cells=rows,
         data=effect.merge(verdict, on=["target", "k", "source"]),
@@ -241,11 +248,6 @@ def findings_markdown(verdict: pd.DataFrame, cka_rows: Sequence[Mapping[str, Any
     return "\n".join(lines) + "\n"
 
 
-def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """``df``'s rows as JSON-ready dicts (``None`` for a missing number, e.g. one episode's CI)."""
-    return df.astype(object).where(df.notna(), None).to_dict(orient="records")
-
-
 def write_source_effect(
     runs: Sequence[Path],
     cka_files: Sequence[Path],
@@ -266,18 +268,18 @@ def write_source_effect(
         content = read_json(path, what="CKA file")
         if not isinstance(content, dict) or not isinstance(content.get("cka"), dict):
             raise DataError(f"CKA file '{path}': expected an object with a 'cka' mapping, found none")
+        if content.get("benchmark") not in cells:
+            raise DataError(
+                f"CKA file '{path}': expected the CKA of one of the study's cells {sorted(cells)}, "
+                f"found benchmark {content.get('benchmark')!r}"
+            )
         cka[content.get("benchmark")] = content
     effect = effects(df, control)
     verdict = verdicts(effect)
     tables = [accuracy_table(df, cka, cells), effect_table(effect, verdict, control)]
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / "source_effect"
-    write_text(stem.with_suffix(".md"), "\n\n".join(to_markdown(t) for t in tables))
-    write_text(stem.with_suffix(".html"), html_page(tables, "Source effect"))
-    write_text(
-        stem.with_suffix(".tex"),
-        "\n\n".join(to_latex(t, f"tab:source_effect_{i}") for i, t in enumerate(tables)),
-    )
+    write_table_set(tables, stem, "tab:source_effect")
     with atomic_path(stem.with_suffix(".csv")) as tmp:
         tables[1].data.to_csv(tmp, index=False, float_format="%.4f")
     plot_source_effect(df, stem)
@@ -290,9 +292,9 @@ def write_source_effect(
         out_dir / "metrics.json",
         {
             "control": control,
-            "accuracy": _records(tables[0].data),
-            "effects": _records(effect),
-            "verdicts": _records(verdict),
+            "accuracy": json_records(tables[0].data),
+            "effects": json_records(effect),
+            "verdicts": json_records(verdict),
             "cka": cka_rows,
         },
     )

@@ -10,6 +10,7 @@ from kshot.alignment import RELATIONS, AlignmentProbe, _samples, alignment, laye
 from kshot.config import FinetuneConfig
 from kshot.errors import ConfigError
 from kshot.finetune import to_input, train
+from kshot.methods.base import check_probed
 from tests.test_methods import episode, make
 
 CPU = torch.device("cpu")
@@ -56,34 +57,53 @@ def test_the_input_side_matrices_are_those_of_autograds_gradient_wrt_the_layers_
     assert values["in: G~WᵀW"] == pytest.approx(alignment(g_a.T @ g_a, w.T @ w), abs=1e-9)
 
 
-def test_the_probe_logs_every_n_steps_from_step_0_and_changes_no_parameter(tiny_model):
+def _headed(model):
+    model = copy.deepcopy(model)
+    model.replace_head(3)
+    torch.manual_seed(0)
+    model.head.reset_parameters()
+    return model
+
+
+def test_the_probe_logs_step_0_every_n_updates_and_the_last_and_changes_no_parameter(tiny_model):
     ep = episode(tiny_model)
-    cfg = FinetuneConfig(steps=6, eval_every=2, lr=0.05)
-    plain, probed = copy.deepcopy(tiny_model), copy.deepcopy(tiny_model)
-    for model in (plain, probed):
-        model.replace_head(3)
-        torch.manual_seed(0)
-        model.head.reset_parameters()
-    probe = AlignmentProbe(probed.groupable(), ep.support, CPU, every=2)
+    cfg = FinetuneConfig(steps=7, eval_every=2, lr=0.05)
+    plain, probed = _headed(tiny_model), _headed(tiny_model)
+    before = layer_alignments(_headed(tiny_model).train(), probed.groupable(), ep.support, CPU)
+    probe = AlignmentProbe(probed.groupable(), ep.support, CPU, every=3, steps=cfg.steps)
     train(plain, list(plain.parameters()), ep.support, ep.val, cfg, CPU)
     train(probed, list(probed.parameters()), ep.support, ep.val, cfg, CPU, hooks=[probe])
     for a, b in zip(plain.state_dict().values(), probed.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
-    assert probe.log["steps"] == [0, 2, 4]
+    assert probe.log["steps"] == [0, 3, 6, 7]
     for layer in probed.groupable():
-        assert all(len(v) == 3 for v in probe.log["layers"][layer].values())
+        assert all(len(v) == 4 for v in probe.log["layers"][layer].values())
+        for rel, values in before[layer].items():  # step 0 is the state before any update
+            assert probe.log["layers"][layer][rel][0] == pytest.approx(values, abs=1e-6)
+    assert probe.log["layers"]["fc1"]["in: H~G"][-1] != pytest.approx(before["fc1"]["in: H~G"], abs=1e-6)
 
 
-def test_a_method_run_with_alignment_every_reports_the_log_in_its_extra(tiny_model):
+def test_a_grouped_run_with_the_probe_trains_as_without_it_to_float_rounding(tiny_model):
+    plain = make("grouped", groups=0.5).run(episode(tiny_model))
     ep = episode(tiny_model)
     ep.artifacts["alignment_every"] = 3
-    res = make("grouped", groups=0.5).run(ep)
-    log = res.extra["alignment"]
-    assert log["steps"] == [0, 3]
-    assert set(log["layers"]) == set(tiny_model.groupable())
-    assert "alignment" not in make("full").run(episode(tiny_model)).extra
+    probed = make("grouped", groups=0.5).run(ep)
+    assert probed.extra["alignment"]["steps"] == [0, 3, 6]
+    assert set(probed.extra["alignment"]["layers"]) == set(tiny_model.groupable())
+    assert probed.test_acc == pytest.approx(plain.test_acc, abs=0.05)
+    assert [v for _, v in probed.loss_curve] == pytest.approx([v for _, v in plain.loss_curve], rel=1e-4)
+    assert "alignment" not in plain.extra
 
 
-def test_a_probe_step_count_below_one_is_an_error_naming_the_field(tiny_model):
-    with pytest.raises(ConfigError, match=r"^alignment_every: expected an integer >= 1, found 0"):
-        AlignmentProbe(["fc1"], episode(tiny_model).support, CPU, every=0)
+def test_a_probe_step_count_below_one_and_a_method_outside_the_shared_loop_are_errors_naming_the_flag(
+    tiny_model,
+):
+    with pytest.raises(ConfigError, match=r"^--alignment-every: expected an integer >= 1, found 0"):
+        AlignmentProbe(["fc1"], episode(tiny_model).support, CPU, every=0, steps=5)
+    for kind in ("linear", "lpft", "centroid"):
+        with pytest.raises(
+            ConfigError, match=rf"^--alignment-every: expected a method that fine-tunes .*, found {kind} "
+        ):
+            check_probed(make(kind))
+    check_probed(make("grouped", groups=0.5))
+    check_probed(make("l2sp"))

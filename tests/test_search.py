@@ -200,6 +200,8 @@ def test_a_grouped_finalist_with_an_unstable_selection_run_is_never_chosen_but_t
     select_finalists(trace, lambda c: assess(c, lambda key: key != third), SIZES, finalists=3)
     assert tuple(sorted(trace.chosen_counts.items())) == third  # stable: chosen; others unstable
     assert trace.finalists[0].unstable  # the ungrouped one, unstable, stays eligible
+    select_finalists(trace, lambda c: assess(c, lambda key: True), SIZES, finalists=3)
+    assert trace.chosen_counts == UNGROUPED  # every finalist unstable: the ungrouped one remains
 
 
 def test_population_auto_runs_the_sequential_loop_on_cpu():

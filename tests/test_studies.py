@@ -14,8 +14,8 @@ import yaml
 from kshot.alignment import RELATIONS
 from kshot.alignment_report import write_alignment_report
 from kshot.config import SourceConfig, source_effect_benchmarks, with_source_effect
-from kshot.episodes import make_episodes
-from kshot.errors import ConfigError
+from kshot.episodes import make_episodes, seed_name
+from kshot.errors import ConfigError, DataError
 from kshot.jobs import job_params
 from kshot.maps import mapper_graph
 from kshot.models import build_backbone
@@ -56,6 +56,11 @@ def test_a_study_benchmark_name_taken_by_another_benchmark_and_an_unknown_contro
     raw["benchmarks"]["tiny_from_random"] = {**raw["benchmarks"]["tiny"], "target_classes": [5, 6]}
     with pytest.raises(ConfigError, match=r"^source_effect: expected the name 'tiny_from_random' free"):
         with_source_effect(raw)
+    raw = study_params(control=None)
+    with pytest.raises(
+        ConfigError, match=r"^source_effect.control: expected the source the others are compared"
+    ):
+        params_from_dict(with_source_effect(raw))
     raw = study_params(control="randon")
     with pytest.raises(
         ConfigError, match=r"^source_effect.control: unknown value 'randon' \(did you mean 'random'\?\)"
@@ -74,6 +79,9 @@ def test_a_study_benchmark_draws_the_episodes_of_its_target_benchmark():
     other = make_episodes(labels, labels, 2, params.episodes, 0, "tiny_from_random")
     assert drawn["eval"] == own["eval"] and drawn["benchmark"] == "tiny_from_random"
     assert other["eval"] != own["eval"]
+    # and their fine-tuning, head and grouping seeds: those of the base benchmark
+    assert seed_name(drawn, "tiny_from_random") == "tiny" and seed_name(own, "tiny") == "tiny"
+    assert "drawn_as" not in own
 
 
 def test_zero_epochs_without_weights_keeps_the_seeded_random_initialisation():
@@ -124,6 +132,10 @@ def test_a_source_whose_frozen_effect_vanishes_with_fine_tuning_is_masked_and_on
     )
     effect = effects(df, "random")
     assert set(effect.source) == {"masked", "good"}
+    with pytest.raises(
+        DataError, match=r"^source-effect runs: expected runs from the control source 'random' for target 't'"
+    ):
+        effects(df[df.source != "random"], "random")
     row = effect[(effect.source == "good") & (effect.method == "full")].iloc[0]
     assert row["diff"] == pytest.approx(10.0) and row.significant
     verdict = verdicts(effect).set_index("source")
@@ -181,7 +193,7 @@ def test_the_source_effect_report_writes_its_tables_figure_metrics_and_findings(
     ]
     assert "`pre` is effective at k = 5" in (out / "findings.md").read_text()
     assert (out / "source_effect.png").stat().st_size > 10_000
-    with pytest.raises(Exception, match=r"--cells: expected every run's benchmark among the study's cells"):
+    with pytest.raises(DataError, match=r"--cells: expected every run's benchmark among the study's cells"):
         write_source_effect(runs, cka, {"t": ("t", "pre")}, "pre", out)
 
 

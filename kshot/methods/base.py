@@ -17,6 +17,7 @@ import torch
 
 from kshot.alignment import AlignmentProbe
 from kshot.config import FinetuneConfig, from_dict
+from kshot.errors import ConfigError
 from kshot.finetune import Tensors, TrainHook, TrainResult, accuracy, init_head, train
 from kshot.models import Backbone
 
@@ -118,6 +119,20 @@ class Method(ABC):
         """Adapt to ``ep.support`` (selecting on ``ep.val``) and report test accuracy."""
 
 
+def check_probed(method: Method) -> None:
+    """Refuse the alignment probe (:mod:`kshot.alignment`) for ``method`` unless it fine-tunes its
+    layers through :class:`GradientMethod`'s loop, the one the probe rides."""
+    if not (
+        isinstance(method, GradientMethod)
+        and type(method).run is GradientMethod.run
+        and method.trains_features
+    ):
+        raise ConfigError(
+            f"--alignment-every: expected a method that fine-tunes its layers in the shared training "
+            f"loop (full, grouped, l2sp, ...), found {method.where} of kind '{method.kind}'"
+        )
+
+
 class GradientMethod(Method):
     """Replace the head, fine-tune the parameters :meth:`trainable` returns with the loop of
     :func:`kshot.finetune.train` changed by the :meth:`hooks`, evaluate on test."""
@@ -145,8 +160,11 @@ class GradientMethod(Method):
         hooks = self.hooks(model, ep)
         # the alignment study's probe (kshot.alignment): measures, changes nothing
         probe = None
-        if ep.artifacts.get("alignment_every"):
-            probe = AlignmentProbe(model.groupable(), ep.support, ep.device, ep.artifacts["alignment_every"])
+        if ep.artifacts.get("alignment_every") is not None:
+            check_probed(self)
+            probe = AlignmentProbe(
+                model.groupable(), ep.support, ep.device, ep.artifacts["alignment_every"], self.cfg.steps
+            )
             hooks = [*hooks, probe]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(ep.seed)
