@@ -45,9 +45,9 @@ def write_page(graph: MapperGraph, path: Path, title: str, label_names: list[str
     write_text(path, page)
 
 
-def _draw(ax: plt.Axes, graph: MapperGraph, title: str) -> None:
+def _draw(ax: plt.Axes, graph: MapperGraph, title: str, s: dict[str, Any]) -> None:
     """A node per Mapper cluster (area by members, colour its most common label, paler where
-    mixed), an edge per shared member; spring layout, seeded."""
+    mixed), an edge per shared member; spring layout, seeded; ``s``: the graph's summary."""
     g = nx.Graph()
     g.add_nodes_from(graph.nodes)
     g.add_edges_from((a, b) for a, targets in graph.links.items() for b in targets)
@@ -61,7 +61,6 @@ def _draw(ax: plt.Axes, graph: MapperGraph, title: str) -> None:
         alphas.append(0.3 + 0.7 * count / len(members))
     nx.draw_networkx_edges(g, pos, ax=ax, width=0.6, edge_color="#999999")
     nx.draw_networkx_nodes(g, pos, ax=ax, node_color=colours, node_size=sizes, alpha=alphas, linewidths=0)
-    s = graph.summary()
     ax.set_title(f"{title}\n{s['nodes']} nodes, {s['edges']} edges, purity {s['purity']:.2f}")
     ax.set_axis_off()
 
@@ -114,11 +113,6 @@ def write_activation_maps(
         [str(g) for g in range(count)],
         "group",
     )
-    fig, axes = plt.subplots(1, 2, figsize=(11, 5))
-    _draw(axes[0], image_graph, f"{benchmark}: target images in {name}'s activation space (colour: class)")
-    _draw(axes[1], neuron_graph, f"{name}'s {acts.shape[0]} neurons (colour: k-means group of {count})")
-    fig.tight_layout()
-    save(fig, out_dir / benchmark)
     summary = {
         "benchmark": benchmark,
         "layer": name,
@@ -127,6 +121,13 @@ def write_activation_maps(
         "groups": count,
         "classes": classes,
     }
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5))
+    title = f"{benchmark}: target images in {name}'s activation space (colour: class)"
+    _draw(axes[0], image_graph, title, summary["images"])
+    title = f"{name}'s {acts.shape[0]} neurons (colour: k-means group of {count})"
+    _draw(axes[1], neuron_graph, title, summary["neurons"])
+    fig.tight_layout()
+    save(fig, out_dir / benchmark)
     write_json(out_dir / f"{benchmark}.json", summary)
     return summary
 
