@@ -286,7 +286,13 @@ def cmd_compare(args: argparse.Namespace, raw: dict[str, Any]) -> None:
             f"and {len(replicate_of)} entries"
         )
     write_comparisons(
-        [Path(p) for p in args.runs], pairs, Path(args.out_stem), args.kind, replicate_of, _path(args.figure)
+        [Path(p) for p in args.runs],
+        pairs,
+        Path(args.out_stem),
+        args.kind,
+        replicate_of,
+        _path(args.figure),
+        _path(args.findings),
     )
 
 
@@ -516,6 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out-stem", required=True, help="output path without suffix")
     p.add_argument("--figure", default=None, help="forest plot path without suffix (.png and .svg)")
+    p.add_argument(
+        "--findings", default=None, help="where to write the findings (the README's studies block)"
+    )
     p = report("source-effect", cmd_source_effect, "the source-effect study's tables, figure and findings")
     p.add_argument("--runs", nargs="+", required=True, help="run metrics.json files")
     p.add_argument("--cka", nargs="+", required=True, help="the cka stage's files")

@@ -63,6 +63,49 @@ def forest_rows(data: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=FOREST_COLUMNS)
 
 
+def _cells(rows: pd.DataFrame) -> str:
+    """``rows``' cells as "fashion k=1, 5 and digits k=10"."""
+    parts = [
+        f"{bench} k={', '.join(str(int(k)) for k in sorted(g.k))}"
+        for bench, g in rows.groupby("benchmark", sort=True)
+    ]
+    return " and ".join(parts)
+
+
+def comparison_findings(data: pd.DataFrame, kind: str) -> str:
+    """What a comparison table found, one bullet per pair (the README's studies block): the mean
+    paired difference over the cells (benchmark x k) and the cells where its interval excludes 0.
+
+    For ``regime`` (and ``ablation``) the intervals are over each cell's episodes; for
+    ``replicates`` they are the across-sources rows (the t-interval over the source networks'
+    means), with how many (seed, cell) replicates were significant each way."""
+    if kind == "replicates":
+        across, per_seed = data[data.seed.isna()], data[data.seed.notna()]
+    else:
+        across, per_seed = data, None
+    lines = []
+    for (a, b), g in across.groupby(["a", "b"], sort=False):
+        sig = g[[significant(d, h) for d, h in zip(g["diff"], g.ci95, strict=True)]]
+        up, down = sig[sig["diff"] > 0], sig[sig["diff"] < 0]
+        where = [f"above in {_cells(up)}"] if len(up) else []
+        where += [f"below in {_cells(down)}"] if len(down) else []
+        text = f"- `{a} − {b}`: {g['diff'].mean():+.2f} pp over {len(g)} cell{'s' * (len(g) != 1)}, " + (
+            "; ".join(where) if where else "in no cell significantly"
+        )
+        if per_seed is not None:
+            s = per_seed[(per_seed.a == a) & (per_seed.b == b)]
+            flags = [significant(d, h) for d, h in zip(s["diff"], s.ci95, strict=True)]
+            n_up = sum(f and d > 0 for f, d in zip(flags, s["diff"], strict=True))
+            n_down = sum(f and d < 0 for f, d in zip(flags, s["diff"], strict=True))
+            seeds = s.seed.nunique()
+            text += (
+                f" across {seeds} source networks (interval over their means); within one source, "
+                f"{n_up} of {len(s)} cells significantly above and {n_down} below"
+            )
+        lines.append(text + ".")
+    return "\n".join(lines) + "\n"
+
+
 def write_comparisons(
     runs: Sequence[Path],
     pairs: Sequence[tuple[str, str]],
@@ -70,10 +113,12 @@ def write_comparisons(
     kind: str,
     replicate_of: Mapping[str, tuple[str, int]] | None = None,
     figure: Path | None = None,
+    findings: Path | None = None,
 ) -> pd.DataFrame:
     """Write ``<out_stem>.{md,html,csv,tex}`` for ``kind`` ``ablation``, ``regime`` or ``replicates``
-    (which needs ``replicate_of``: each run's benchmark -> (base benchmark, source seed)), and
-    where ``figure`` is given its forest plot ``<figure>.{png,svg}``; returns the CSV frame."""
+    (which needs ``replicate_of``: each run's benchmark -> (base benchmark, source seed)), where
+    ``figure`` is given its forest plot ``<figure>.{png,svg}``, and where ``findings`` is given
+    :func:`comparison_findings` there; returns the CSV frame."""
     df = load_runs(list(runs))
     found = sorted(set(df.method))
     for pair in pairs:
@@ -94,4 +139,6 @@ def write_comparisons(
         table.data.to_csv(tmp, index=False, float_format="%.4f")
     if figure is not None:
         plot_forest(forest_rows(table.data), figure, TITLES[kind], "a − b (percentage points)")
+    if findings is not None:
+        write_text(findings, comparison_findings(table.data, kind))
     return table.data

@@ -401,6 +401,24 @@ def test_write_search_report_rejects_two_traces_of_one_strategy_for_one_search(t
     assert np.isfinite(pd.read_csv(tmp_path / "t" / "search.csv").best_reward).all()
 
 
+def test_comparison_findings_name_the_cells_where_a_pair_is_significant_each_way():
+    from kshot.regime import comparison_findings
+
+    data = pd.DataFrame(
+        [
+            {"a": "g", "b": "f", "benchmark": "b", "k": 1, "diff": 2.0, "ci95": 1.0},
+            {"a": "g", "b": "f", "benchmark": "b", "k": 5, "diff": 3.0, "ci95": 1.0},
+            {"a": "g", "b": "f", "benchmark": "c", "k": 1, "diff": -2.0, "ci95": 1.0},
+            {"a": "g", "b": "f", "benchmark": "c", "k": 5, "diff": 0.5, "ci95": 1.0},
+            {"a": "h", "b": "f", "benchmark": "b", "k": 1, "diff": 0.5, "ci95": float("nan")},
+        ]
+    )
+    assert comparison_findings(data, "regime") == (
+        "- `g − f`: +0.88 pp over 4 cells, above in b k=1, 5; below in c k=1.\n"
+        "- `h − f`: +0.50 pp over 1 cell, in no cell significantly.\n"
+    )
+
+
 def test_replicates_table_gives_each_source_seed_and_the_interval_across_them():
     from kshot.tables import replicates_table
 
@@ -435,6 +453,13 @@ def test_replicates_table_gives_each_source_seed_and_the_interval_across_them():
     assert "(2↑ 1↓)" in t.cells[3][1] and not t.cells[3][1].split(" (")[0].endswith("*")
     with pytest.raises(DataError, match="missing \\['b_seed2'\\]"):
         replicates_table(df, [("grouped", "full")], {"b": ("b", 0), "b_seed1": ("b", 1)})
+    from kshot.regime import comparison_findings
+
+    text = comparison_findings(t.data, "replicates")
+    assert text == (
+        "- `grouped − full`: +1.10 pp over 1 cell, in no cell significantly across 3 source networks "
+        "(interval over their means); within one source, 2 of 3 cells significantly above and 1 below.\n"
+    )
     from kshot.regime import forest_rows
 
     rows = forest_rows(t.data)

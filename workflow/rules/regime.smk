@@ -76,6 +76,7 @@ use rule compare as compare_regime with:
             },
         ),
         figure_svg="reports/regime/regime_forest.svg",
+        findings="reports/regime/findings.md",
     log:
         f"{REGIME_ROOT}/logs/compare/regime.log",
     params:
@@ -83,7 +84,7 @@ use rule compare as compare_regime with:
         pairs=[f"{a}:{b}" for a, b in comparison_pairs("regime")],
         stem=subpath(output.table, strip_suffix=".md"),
         figure=subpath(output.figure, strip_suffix=".png"),
-        extra="",
+        extra=lambda w, output: f"--findings {output.findings}",
 
 
 rule regime:
@@ -91,6 +92,7 @@ rule regime:
         "reports/regime/regime.md",
         "reports/regime/regime.html",
         "reports/regime/regime_forest.png",
+        "reports/regime/findings.md",
 
 
 use rule compare as compare_replicates with:
@@ -119,6 +121,7 @@ use rule compare as compare_replicates with:
             },
         ),
         figure_svg="reports/replicates/replicates_forest.svg",
+        findings="reports/replicates/findings.md",
     log:
         f"{REGIME_ROOT}/logs/compare/replicates.log",
     params:
@@ -126,8 +129,8 @@ use rule compare as compare_replicates with:
         pairs=[f"{a}:{b}" for a, b in comparison_pairs("replicates")],
         stem=subpath(output.table, strip_suffix=".md"),
         figure=subpath(output.figure, strip_suffix=".png"),
-        extra=" ".join(
-            ["--replicate-of"]
+        extra=lambda w, output: " ".join(
+            ["--findings", output.findings, "--replicate-of"]
             + [
                 f"{b}={base}:{seed}"
                 for b, (base, seed) in replicate_benchmarks(PARAMS).items()
@@ -140,6 +143,7 @@ rule replicates:
         "reports/replicates/replicates.md",
         "reports/replicates/replicates.html",
         "reports/replicates/replicates_forest.png",
+        "reports/replicates/findings.md",
 
 
 # The peers study: the results tables, forest plot and figures of the default run's aggregate,
