@@ -613,7 +613,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--findings",
         nargs="+",
         default=[],
-        help="study=reports/<study>/findings.md for the companion studies' block (sources, alignment, maps)",
+        help="study=reports/<study>/findings.md for the studies' block "
+        "(replicates, regime, sources, alignment, maps)",
     )
     p.add_argument("--readme", default="README.md", help="file with the headline markers, rewritten in place")
     return parser

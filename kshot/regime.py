@@ -81,28 +81,35 @@ def comparison_findings(data: pd.DataFrame, kind: str) -> str:
     means), with how many (seed, cell) replicates were significant each way."""
     if kind == "replicates":
         across, per_seed = data[data.seed.isna()], data[data.seed.notna()]
+        seeds = per_seed.seed.nunique()
+        lines = [
+            "Mean paired difference over the cells (benchmark x k), the cells where the 95% interval "
+            f"over the {seeds} source networks' means excludes 0, and how many (source, cell) pairs "
+            "are significant on their own episodes."
+        ]
     else:
         across, per_seed = data, None
-    lines = []
+        lines = [
+            "Mean paired difference over the cells (benchmark x k) and the cells where its 95% interval "
+            "excludes 0."
+        ]
     for (a, b), g in across.groupby(["a", "b"], sort=False):
         sig = g[[significant(d, h) for d, h in zip(g["diff"], g.ci95, strict=True)]]
         up, down = sig[sig["diff"] > 0], sig[sig["diff"] < 0]
         where = [f"above in {_cells(up)}"] if len(up) else []
         where += [f"below in {_cells(down)}"] if len(down) else []
-        text = f"- `{a} − {b}`: {g['diff'].mean():+.2f} pp over {len(g)} cell{'s' * (len(g) != 1)}, " + (
-            "; ".join(where) if where else "in no cell significantly"
-        )
+        where = ["; ".join(where) if where else "in no cell"]
         if per_seed is not None:
             s = per_seed[(per_seed.a == a) & (per_seed.b == b)]
             flags = [significant(d, h) for d, h in zip(s["diff"], s.ci95, strict=True)]
             n_up = sum(f and d > 0 for f, d in zip(flags, s["diff"], strict=True))
             n_down = sum(f and d < 0 for f, d in zip(flags, s["diff"], strict=True))
-            seeds = s.seed.nunique()
-            text += (
-                f" across {seeds} source networks (interval over their means); within one source, "
-                f"{n_up} of {len(s)} cells significantly above and {n_down} below"
-            )
-        lines.append(text + ".")
+            where.append(f"per source: {n_up} of {len(s)} above, {n_down} below")
+        mean = g["diff"].mean()
+        mean_text = "0.00" if round(mean, 2) == 0 else f"{mean:+.2f}"
+        lines.append(
+            f"- `{a} − {b}` {mean_text} pp over {len(g)} cell{'s' * (len(g) != 1)} ({'; '.join(where)})."
+        )
     return "\n".join(lines) + "\n"
 
 

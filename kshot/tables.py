@@ -708,6 +708,8 @@ RESNET_BEGIN, RESNET_END = "<!-- resnet:begin -->", "<!-- resnet:end -->"
 STUDIES_BEGIN, STUDIES_END = "<!-- studies:begin -->", "<!-- studies:end -->"
 # the companion studies whose findings.md the README's studies block gathers, in its order
 FINDINGS = {
+    "replicates": ("The replicate study", "replicates"),
+    "regime": ("The regime study", "regime"),
     "sources": ("The source-effect study", "source_effect"),
     "alignment": ("The alignment study", "alignment"),
     "maps": ("The activation-maps study", "maps"),

@@ -38,6 +38,27 @@ def test_every_peer_method_runs_and_learns_the_separable_classes(tiny_model, kin
     assert res.test_acc > 0.5, "separable synthetic classes should be learned from a good source"
 
 
+@pytest.mark.parametrize("kind", sorted(PEERS))
+def test_every_peer_method_fine_tunes_resnet18_with_its_batchnorm_statistics_frozen(kind):
+    from tests.test_adafilter import small_episode, tiny_resnet
+
+    model = tiny_resnet()
+    stats = {n: b.clone() for n, b in model.named_buffers() if "running" in n}
+    before = backbone_state(model)
+    ep = small_episode(model)
+    cls = PEERS[kind]
+    # DELTA's supervised attention is one forward pass per channel removed (4,800 on ResNet-18):
+    # tested on LeNet above; uniform attention here keeps the test fast
+    options = {"lr": 0.01} | ({"attention": "uniform"} if kind == "delta" else {})
+    method = cls(cls.parse_options(options, f"methods.{kind}"), FinetuneConfig(steps=2, eval_every=1), kind)
+    res = method.run(ep)
+    assert 0.0 <= res.test_acc <= 1.0 and res.steps == 2
+    after = ep.model
+    assert all(torch.equal(b, stats[n]) for n, b in after.named_buffers() if n in stats)
+    moved = [n for n, p in after.named_parameters() if n in before and not torch.equal(p, before[n])]
+    assert moved, f"{kind} changed no backbone parameter of ResNet-18"
+
+
 def test_bitfit_changes_only_the_biases_and_the_head(tiny_model):
     ep = episode(tiny_model)
     before = backbone_state(ep.model)

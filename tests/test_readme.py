@@ -167,7 +167,8 @@ def test_the_studies_block_has_one_line_per_study_in_order_and_refuses_an_unknow
     assert lines[2].endswith("`f.md`): **t**: s. **u**: v.")
     assert lines[3].startswith("- **The activation-maps study**") and lines[4] == STUDIES_END
     with pytest.raises(
-        DataError, match=r"^--findings: expected a study of \['alignment', 'maps', 'sources'\]"
+        DataError,
+        match=r"^--findings: expected a study of \['alignment', 'maps', 'regime', 'replicates', 'sources'\]",
     ):
         findings_paragraph("source", "- a\n", "f.md")
     with pytest.raises(DataError, match=r"^f.md: expected the study's findings, found an empty file"):
@@ -184,6 +185,7 @@ def test_readme_studies_block_is_the_rendering_of_the_committed_findings():
         findings[study] = (path.read_text(), f"reports/{study}/findings.md")
     assert with_findings(text, findings, "README.md") == text, (
         "README.md's studies block differs from reports/<study>/findings.md: run `kshot readme "
-        "--findings sources=reports/sources/findings.md alignment=reports/alignment/findings.md "
+        "--findings replicates=reports/replicates/findings.md regime=reports/regime/findings.md "
+        "sources=reports/sources/findings.md alignment=reports/alignment/findings.md "
         "maps=reports/maps/findings.md`"
     )

@@ -414,8 +414,10 @@ def test_comparison_findings_name_the_cells_where_a_pair_is_significant_each_way
         ]
     )
     assert comparison_findings(data, "regime") == (
-        "- `g − f`: +0.88 pp over 4 cells, above in b k=1, 5; below in c k=1.\n"
-        "- `h − f`: +0.50 pp over 1 cell, in no cell significantly.\n"
+        "Mean paired difference over the cells (benchmark x k) and the cells where its 95% interval "
+        "excludes 0.\n"
+        "- `g − f` +0.88 pp over 4 cells (above in b k=1, 5; below in c k=1).\n"
+        "- `h − f` +0.50 pp over 1 cell (in no cell).\n"
     )
 
 
@@ -457,8 +459,10 @@ def test_replicates_table_gives_each_source_seed_and_the_interval_across_them():
 
     text = comparison_findings(t.data, "replicates")
     assert text == (
-        "- `grouped − full`: +1.10 pp over 1 cell, in no cell significantly across 3 source networks "
-        "(interval over their means); within one source, 2 of 3 cells significantly above and 1 below.\n"
+        "Mean paired difference over the cells (benchmark x k), the cells where the 95% interval over "
+        "the 3 source networks' means excludes 0, and how many (source, cell) pairs are significant on "
+        "their own episodes.\n"
+        "- `grouped − full` +1.10 pp over 1 cell (in no cell; per source: 2 of 3 above, 1 below).\n"
     )
     from kshot.regime import forest_rows
 
