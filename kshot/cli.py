@@ -614,7 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=[],
         help="study=reports/<study>/findings.md for the studies' block "
-        "(replicates, regime, sources, alignment, maps)",
+        "(replicates, resnet_replicates, regime, sources, alignment, maps)",
     )
     p.add_argument("--readme", default="README.md", help="file with the headline markers, rewritten in place")
     return parser

@@ -486,8 +486,9 @@ class RegimeConfig:
 
 @dataclass(frozen=True)
 class ReplicatesConfig:
-    """The replicate study (``snakemake replicates``): is a paired difference a property of the
-    method, or of the one source network the default run pre-trains?
+    """A replicate study (``snakemake replicates``; ``resnet_replicates`` for the ResNet-18
+    benchmarks, whose runs cost more): is a paired difference a property of the method, or of the
+    one source network the default run pre-trains?
 
     Each seed of ``seeds`` pre-trains the source of every benchmark of ``benchmarks`` again with that
     seed, as source ``<source>_seed<s>``, and draws new episodes for it, as benchmark
@@ -645,43 +646,54 @@ def replicate_name(name: str, seed: int) -> str:
     return f"{name}_seed{seed}"
 
 
-def replicate_benchmarks(params: Params) -> dict[str, tuple[str, int]]:
-    """``{benchmark: (base benchmark, pre-training seed)}`` of every replicate of the replicate
-    study, the default run's own benchmarks (the replicate of their source's seed) included."""
+# the replicate studies: each a ReplicatesConfig block of the params, run by the target of its name
+REPLICATE_STUDIES = ("replicates", "resnet_replicates")
+
+
+def replicate_benchmarks(params: Params, study: str = "replicates") -> dict[str, tuple[str, int]]:
+    """``{benchmark: (base benchmark, pre-training seed)}`` of every replicate of replicate study
+    ``study`` (one of :data:`REPLICATE_STUDIES`), the base benchmarks themselves (the replicate of
+    their source's own seed) included."""
+    block = getattr(params, study)
     out = {}
-    for bench in params.replicates.benchmarks:
+    for bench in block.benchmarks:
         source = params.sources[params.benchmarks[bench].source]
         out[bench] = (bench, source.pretrain_seed(params.seed))
-        for seed in params.replicates.seeds:
+        for seed in block.seeds:
             out[replicate_name(bench, seed)] = (bench, seed)
     return out
 
 
 def with_replicates(raw: dict[str, Any]) -> dict[str, Any]:
-    """``raw`` with the replicate study's sources and benchmarks added (a new mapping; ``raw`` is
+    """``raw`` with the replicate studies' sources and benchmarks added (a new mapping; ``raw`` is
     not changed). A name the params define already is refused; an unknown benchmark or source is
     left for :func:`params_from_dict` to report."""
-    block = raw.get("replicates") or {}
-    if not isinstance(block, dict) or not block.get("seeds"):
-        return raw
     sources, benchmarks = dict(raw.get("sources") or {}), dict(raw.get("benchmarks") or {})
-    for bench in block.get("benchmarks") or []:
-        base = benchmarks.get(bench)
-        source = base.get("source") if isinstance(base, dict) else None
-        if source not in sources:
-            continue  # params_from_dict names the unknown benchmark or source
-        for seed in block["seeds"]:
-            for table, name, value in (
-                (sources, replicate_name(source, seed), {**sources[source], "seed": seed}),
-                (benchmarks, replicate_name(bench, seed), {**base, "source": replicate_name(source, seed)}),
-            ):
-                if name in table and table[name] != value:
-                    kind = "sources" if table is sources else "benchmarks"
-                    raise ConfigError(
-                        f"replicates: expected the name '{name}' free for a replicate, found "
-                        f"{kind}.{name} defined in the params"
-                    )
-                table[name] = value
+    for study in REPLICATE_STUDIES:
+        block = raw.get(study) or {}
+        if not isinstance(block, dict) or not block.get("seeds"):
+            continue
+        for bench in block.get("benchmarks") or []:
+            base = benchmarks.get(bench)
+            source = base.get("source") if isinstance(base, dict) else None
+            if source not in sources:
+                continue  # params_from_dict names the unknown benchmark or source
+            for seed in block["seeds"]:
+                for table, name, value in (
+                    (sources, replicate_name(source, seed), {**sources[source], "seed": seed}),
+                    (
+                        benchmarks,
+                        replicate_name(bench, seed),
+                        {**base, "source": replicate_name(source, seed)},
+                    ),
+                ):
+                    if name in table and table[name] != value:
+                        kind = "sources" if table is sources else "benchmarks"
+                        raise ConfigError(
+                            f"{study}: expected the name '{name}' free for a replicate, found "
+                            f"{kind}.{name} defined in the params"
+                        )
+                    table[name] = value
     return {**raw, "sources": sources, "benchmarks": benchmarks}
 
 
@@ -707,6 +719,7 @@ class Params:
     search: SearchConfig = field(default_factory=SearchConfig)
     regime: RegimeConfig = field(default_factory=RegimeConfig)
     replicates: ReplicatesConfig = field(default_factory=ReplicatesConfig)
+    resnet_replicates: ReplicatesConfig = field(default_factory=ReplicatesConfig)
     peers: PeersConfig = field(default_factory=PeersConfig)
     resnet: ResNetStudyConfig = field(default_factory=ResNetStudyConfig)
     source_effect: SourceEffectConfig = field(default_factory=SourceEffectConfig)
@@ -754,16 +767,20 @@ class Params:
                     f"ablation[{i}]: expected two different method names [a, b], found {pair!r}"
                 )
             _check_names(f"ablation[{i}]", pair, self.method_names)
-        for i, b in enumerate(self.replicates.benchmarks):
-            if b not in self.benchmarks:
-                raise unknown(f"replicates.benchmarks[{i}]", b, self.benchmarks)
-            own = self.sources[self.benchmarks[b].source].pretrain_seed(self.seed)
-            if own in self.replicates.seeds:
-                raise ConfigError(
-                    f"replicates.seeds: expected seeds other than {own}, the pre-training seed of "
-                    f"benchmarks.{b}'s source (the default run's replicate), found {self.replicates.seeds}"
-                )
-        _check_names("replicates.methods", self.replicates.methods, self.method_names)
+        for study in REPLICATE_STUDIES:
+            block = getattr(self, study)
+            for i, b in enumerate(block.benchmarks):
+                if b not in self.benchmarks:
+                    raise unknown(f"{study}.benchmarks[{i}]", b, self.benchmarks)
+                own = self.sources[self.benchmarks[b].source].pretrain_seed(self.seed)
+                if own in block.seeds:
+                    raise ConfigError(
+                        f"{study}.seeds: expected seeds other than {own}, the pre-training seed of "
+                        f"benchmarks.{b}'s source (the base replicate), found {block.seeds}"
+                    )
+            _check_names(f"{study}.methods", block.methods, self.method_names)
+            for i, pair in enumerate(block.pairs):
+                _check_names(f"{study}.pairs[{i}]", pair, block.methods)
         _check_names("peers.methods", self.peers.methods, self.method_names)
         _check_names("resnet.benchmarks", self.resnet.benchmarks, self.benchmarks)
         _check_names("resnet.methods", self.resnet.methods, self.method_names)
@@ -782,8 +799,6 @@ class Params:
         _check_names("alignment.benchmarks", self.alignment.benchmarks, self.benchmarks)
         _check_names("alignment.methods", self.alignment.methods, self.method_names)
         _check_names("maps.benchmarks", self.maps.benchmarks, self.benchmarks)
-        for i, pair in enumerate(self.replicates.pairs):
-            _check_names(f"replicates.pairs[{i}]", pair, self.replicates.methods)
         regime_methods = {m for block in self.regime.runs for m in block.methods}
         searched = sorted(
             m
@@ -791,6 +806,7 @@ class Params:
                 *self.run.methods,
                 *regime_methods,
                 *self.replicates.methods,
+                *self.resnet_replicates.methods,
                 *self.peers.methods,
                 *self.resnet.methods,
             }

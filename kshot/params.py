@@ -87,6 +87,7 @@ def methods_at_k1(params: Params) -> set[str]:
         *params.run.methods,
         *regime,
         *params.replicates.methods,
+        *params.resnet_replicates.methods,
         *params.peers.methods,
         *params.resnet.methods,
     }

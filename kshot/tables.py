@@ -709,6 +709,7 @@ STUDIES_BEGIN, STUDIES_END = "<!-- studies:begin -->", "<!-- studies:end -->"
 # the companion studies whose findings.md the README's studies block gathers, in its order
 FINDINGS = {
     "replicates": ("The replicate study", "replicates"),
+    "resnet_replicates": ("The ResNet-18 replicate study", "resnet_replicates"),
     "regime": ("The regime study", "regime"),
     "sources": ("The source-effect study", "source_effect"),
     "alignment": ("The alignment study", "alignment"),

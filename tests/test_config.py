@@ -125,6 +125,19 @@ def test_replicates_add_a_source_and_benchmark_per_seed_and_refuse_what_cannot_b
         "tiny_seed2": ("tiny", 2),
     }
 
+    both = {**raw, "resnet_replicates": {**raw["replicates"], "seeds": [2, 3]}}
+    out = with_replicates(both)  # a second study shares seed 2's replicate, adds seed 3's
+    assert out["benchmarks"]["tiny_seed3"] == {**raw["benchmarks"]["tiny"], "source": "digits04_seed3"}
+    assert list(replicate_benchmarks(params_from_dict(out), "resnet_replicates")) == [
+        "tiny",
+        "tiny_seed2",
+        "tiny_seed3",
+    ]
+    with pytest.raises(ConfigError, match=r"resnet_replicates\.seeds: expected seeds other than 0"):
+        params_from_dict(
+            with_replicates({**raw, "resnet_replicates": {"seeds": [0], "benchmarks": ["tiny"]}})
+        )
+
     clash = copy.deepcopy(raw)
     clash["benchmarks"]["tiny_seed1"] = {"source": "digits04", "target": "digits", "target_classes": [5, 6]}
     with pytest.raises(ConfigError, match=r"'tiny_seed1' free for a replicate, found benchmarks\.tiny_seed1"):

@@ -340,6 +340,15 @@ def test_replicate_study_runs_new_sources_apart_and_tabulates_each_and_across(pi
     assert "data/regime/runs/tiny_seed3/grouped/k1/metrics.json" in planned
     outside = [p for p in planned if not p.startswith(("data/regime/", "reports/replicates/"))]
     assert not outside, f"replicate jobs writing into the default run's folders: {outside}"
+    # the ResNet-18 replicate study is the same machinery under a block and target of its own
+    params["resnet_replicates"] = {**params["replicates"], "seeds": [4]}
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    planned = planned_outputs(work, "resnet_replicates")
+    assert "data/regime/checkpoints/digits04_seed4/source.pt" in planned
+    assert "reports/resnet_replicates/findings.md" in planned
+    assert not [p for p in planned if "seed3" in p or p.startswith("reports/replicates/")]
+    outside = [p for p in planned if not p.startswith(("data/regime/", "reports/resnet_replicates/"))]
+    assert not outside, f"replicate jobs writing into the default run's folders: {outside}"
     run_snakemake(work, "replicates", quiet=False)
     source = json.loads((work / "data/regime/checkpoints/digits04_seed3/metrics.json").read_text())
     assert source["source"] == "digits04_seed3"

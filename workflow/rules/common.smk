@@ -307,13 +307,13 @@ def regime_runs():
     return sorted({home(path.removeprefix("data/")) for path in out})
 
 
-def replicate_runs():
-    """Metrics of every run of the replicate study: the default run's where it has them (its own
-    source is one replicate), the others under data/regime/."""
-    study = PARAMS.replicates
-    if not study.seeds or not study.methods:
+def replicate_runs(study="replicates"):
+    """Metrics of every run of replicate study ``study``: the default run's where it has them (its
+    own source is one replicate), the others under data/regime/."""
+    block = getattr(PARAMS, study)
+    if not block.seeds or not block.methods:
         return []
-    out = run_metrics(list(replicate_benchmarks(PARAMS)), study.methods)
+    out = run_metrics(list(replicate_benchmarks(PARAMS, study)), block.methods)
     return sorted({home(path.removeprefix("data/")) for path in out})
 
 
@@ -374,8 +374,8 @@ def study_sources(benchmarks):
 
 def comparison_pairs(kind):
     """[a, b] pairs of the ablation table (those whose methods both run), the regime study's or
-    the replicate study's."""
-    if kind in ("regime", "replicates"):
+    a replicate study's."""
+    if kind in ("regime", "replicates", "resnet_replicates"):
         return getattr(PARAMS, kind).pairs
     ran = set(PARAMS.run.methods)
     return [p for p in PARAMS.ablation if set(p) <= ran]

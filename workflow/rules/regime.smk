@@ -146,6 +146,59 @@ rule replicates:
         "reports/replicates/findings.md",
 
 
+# The replicate study of the ResNet-18 benchmarks (`snakemake --cores N resnet_replicates`): the
+# same comparison for the study's source network and its seeds, in reports/resnet_replicates/.
+use rule compare as compare_resnet_replicates with:
+    input:
+        runs=replicate_runs("resnet_replicates"),
+    output:
+        table="reports/resnet_replicates/replicates.md",
+        csv="reports/resnet_replicates/replicates.csv",
+        html=report(
+            "reports/resnet_replicates/replicates.html",
+            caption="../report/comparisons.rst",
+            category="2. Paired comparisons",
+            labels={
+                "shows": "each pair's difference per source seed and across seeds",
+                "table": "ResNet-18 replicates",
+            },
+        ),
+        tex="reports/resnet_replicates/replicates.tex",
+        figure=report(
+            "reports/resnet_replicates/replicates_forest.png",
+            caption="../report/forest_pairs.rst",
+            category="2. Paired comparisons",
+            labels={
+                "shows": "the ResNet-18 replicate study's paired differences with 95% CI",
+                "figure": "ResNet-18 replicates (forest plot)",
+            },
+        ),
+        figure_svg="reports/resnet_replicates/replicates_forest.svg",
+        findings="reports/resnet_replicates/findings.md",
+    log:
+        f"{REGIME_ROOT}/logs/compare/resnet_replicates.log",
+    params:
+        kind="replicates",
+        pairs=[f"{a}:{b}" for a, b in comparison_pairs("resnet_replicates")],
+        stem=subpath(output.table, strip_suffix=".md"),
+        figure=subpath(output.figure, strip_suffix=".png"),
+        extra=lambda w, output: " ".join(
+            ["--findings", output.findings, "--replicate-of"]
+            + [
+                f"{b}={base}:{seed}"
+                for b, (base, seed) in replicate_benchmarks(PARAMS, "resnet_replicates").items()
+            ]
+        ),
+
+
+rule resnet_replicates:
+    input:
+        "reports/resnet_replicates/replicates.md",
+        "reports/resnet_replicates/replicates.html",
+        "reports/resnet_replicates/replicates_forest.png",
+        "reports/resnet_replicates/findings.md",
+
+
 # The peers study: the results tables, forest plot and figures of the default run's aggregate,
 # for every peer method, tuned and as written (`snakemake --cores N peers`).
 use rule aggregate as aggregate_peers with:
