@@ -671,30 +671,31 @@ def with_replicates(raw: dict[str, Any]) -> dict[str, Any]:
     sources, benchmarks = dict(raw.get("sources") or {}), dict(raw.get("benchmarks") or {})
     for study in REPLICATE_STUDIES:
         block = raw.get(study) or {}
-        if not isinstance(block, dict) or not block.get("seeds"):
-            continue
-        for bench in block.get("benchmarks") or []:
-            base = benchmarks.get(bench)
-            source = base.get("source") if isinstance(base, dict) else None
-            if source not in sources:
-                continue  # params_from_dict names the unknown benchmark or source
-            for seed in block["seeds"]:
-                for table, name, value in (
-                    (sources, replicate_name(source, seed), {**sources[source], "seed": seed}),
-                    (
-                        benchmarks,
-                        replicate_name(bench, seed),
-                        {**base, "source": replicate_name(source, seed)},
-                    ),
-                ):
-                    if name in table and table[name] != value:
-                        kind = "sources" if table is sources else "benchmarks"
-                        raise ConfigError(
-                            f"{study}: expected the name '{name}' free for a replicate, found "
-                            f"{kind}.{name} defined in the params"
-                        )
-                    table[name] = value
+        if isinstance(block, dict) and block.get("seeds"):
+            _add_replicates(study, block, sources, benchmarks)
     return {**raw, "sources": sources, "benchmarks": benchmarks}
+
+
+def _add_replicates(study: str, block: dict[str, Any], sources: dict, benchmarks: dict) -> None:
+    """Add replicate study ``study``'s (raw ``block``'s) sources and benchmarks to the raw
+    ``sources`` and ``benchmarks`` mappings, in place."""
+    for bench in block.get("benchmarks") or []:
+        base = benchmarks.get(bench)
+        source = base.get("source") if isinstance(base, dict) else None
+        if source not in sources:
+            continue  # params_from_dict names the unknown benchmark or source
+        for seed in block["seeds"]:
+            for table, name, value in (
+                (sources, replicate_name(source, seed), {**sources[source], "seed": seed}),
+                (benchmarks, replicate_name(bench, seed), {**base, "source": replicate_name(source, seed)}),
+            ):
+                if name in table and table[name] != value:
+                    kind = "sources" if table is sources else "benchmarks"
+                    raise ConfigError(
+                        f"{study}: expected the name '{name}' free for a replicate, found "
+                        f"{kind}.{name} defined in the params"
+                    )
+                table[name] = value
 
 
 @dataclass(frozen=True)

@@ -706,7 +706,7 @@ HEADLINE_BEGIN, HEADLINE_END = "<!-- headline:begin -->", "<!-- headline:end -->
 PEERS_BEGIN, PEERS_END = "<!-- peers:begin -->", "<!-- peers:end -->"
 RESNET_BEGIN, RESNET_END = "<!-- resnet:begin -->", "<!-- resnet:end -->"
 STUDIES_BEGIN, STUDIES_END = "<!-- studies:begin -->", "<!-- studies:end -->"
-# the companion studies whose findings.md the README's studies block gathers, in its order
+# the studies whose findings.md the README's studies block gathers, in its order
 FINDINGS = {
     "replicates": ("The replicate study", "replicates"),
     "resnet_replicates": ("The ResNet-18 replicate study", "resnet_replicates"),

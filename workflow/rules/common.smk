@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from kshot.config import (
+    REPLICATE_STUDIES,
     TAG_PATTERN,
     TUNED,
     replicate_benchmarks,
@@ -372,10 +373,19 @@ def study_sources(benchmarks):
     return [home(f"checkpoints/{s}/metrics.json") for s in sources]
 
 
+def replicate_of_args(study):
+    """``kshot compare``'s ``--replicate-of`` arguments of replicate study ``study``: each run's
+    benchmark=base:seed."""
+    return ["--replicate-of"] + [
+        f"{b}={base}:{seed}"
+        for b, (base, seed) in replicate_benchmarks(PARAMS, study).items()
+    ]
+
+
 def comparison_pairs(kind):
     """[a, b] pairs of the ablation table (those whose methods both run), the regime study's or
     a replicate study's."""
-    if kind in ("regime", "replicates", "resnet_replicates"):
+    if kind == "regime" or kind in REPLICATE_STUDIES:
         return getattr(PARAMS, kind).pairs
     ran = set(PARAMS.run.methods)
     return [p for p in PARAMS.ablation if set(p) <= ran]

@@ -130,11 +130,7 @@ use rule compare as compare_replicates with:
         stem=subpath(output.table, strip_suffix=".md"),
         figure=subpath(output.figure, strip_suffix=".png"),
         extra=lambda w, output: " ".join(
-            ["--findings", output.findings, "--replicate-of"]
-            + [
-                f"{b}={base}:{seed}"
-                for b, (base, seed) in replicate_benchmarks(PARAMS).items()
-            ]
+            ["--findings", output.findings, *replicate_of_args("replicates")]
         ),
 
 
@@ -183,11 +179,7 @@ use rule compare as compare_resnet_replicates with:
         stem=subpath(output.table, strip_suffix=".md"),
         figure=subpath(output.figure, strip_suffix=".png"),
         extra=lambda w, output: " ".join(
-            ["--findings", output.findings, "--replicate-of"]
-            + [
-                f"{b}={base}:{seed}"
-                for b, (base, seed) in replicate_benchmarks(PARAMS, "resnet_replicates").items()
-            ]
+            ["--findings", output.findings, *replicate_of_args("resnet_replicates")]
         ),
 
 
