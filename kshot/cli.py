@@ -119,7 +119,14 @@ def cmd_prepare_target(args: argparse.Namespace, raw: dict[str, Any]) -> None:
 def cmd_episodes(args: argparse.Namespace, raw: dict[str, Any]) -> None:
     cfg = _section(raw, "episodes", EpisodeConfig)
     runner.episodes_stage(
-        args.benchmark, args.k, cfg, raw.get("seed", 0), Path(args.target), Path(args.out), raw.get("draw_as")
+        args.benchmark,
+        args.k,
+        cfg,
+        raw.get("seed", 0),
+        Path(args.target),
+        Path(args.out),
+        raw.get("draw_as"),
+        raw.get("test_field", "episodes.test_per_class"),
     )
 
 

@@ -116,10 +116,17 @@ def sample_episode(
     )
 
 
-def check_sizes(pool_labels: torch.Tensor, test_labels: torch.Tensor, k: int, cfg: EpisodeConfig) -> int:
+def check_sizes(
+    pool_labels: torch.Tensor,
+    test_labels: torch.Tensor,
+    k: int,
+    cfg: EpisodeConfig,
+    test_field: str = "episodes.test_per_class",
+) -> int:
     """Raise unless every class has the ``k`` support and ``val_per_class`` images of an episode in
-    the pool and ``test_per_class`` in the test split; returns the number of classes. The
-    Snakefile calls it on an existing prepared target while the DAG is built."""
+    the pool and ``test_per_class`` in the test split (``test_field``: where the params set it);
+    returns the number of classes. The Snakefile calls it on an existing prepared target while the
+    DAG is built."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ConfigError(f"k: expected an integer number of shots >= 1, found {k!r}")
     n_classes = int(pool_labels.max()) + 1
@@ -129,7 +136,7 @@ def check_sizes(pool_labels: torch.Tensor, test_labels: torch.Tensor, k: int, cf
         small = int(counts.argmin())
         if int(counts[small]) < cfg.test_per_class:
             raise DataError(
-                f"episodes.test_per_class: expected at most {int(counts[small])} (target class "
+                f"{test_field}: expected at most {int(counts[small])} (target class "
                 f"#{small} has only that many test images), found {cfg.test_per_class}"
             )
     return n_classes

@@ -104,6 +104,7 @@ def job_params(params: Params, command: str, device: str = "cpu", **keys: Any) -
         }
     if command == "prepare-target":
         bench = _entry(params, "benchmarks", keys["benchmark"])
+        del bench["test_per_class"]  # the episodes job reads it
         src = _entry(params, "sources", bench["source"])
         # of its source, the target reads the input geometry (dataset, image size); the classes
         # make the entry a valid source, and changing them changes every job after it anyway
@@ -114,9 +115,12 @@ def job_params(params: Params, command: str, device: str = "cpu", **keys: Any) -
             "data": {**load_entry(params.data, src["dataset"]), **load_entry(params.data, bench["target"])},
         }
     if command == "episodes":
-        episodes = dataclasses.asdict(params.episodes)
+        cfg, test_field = params.episodes_of(keys["benchmark"])
+        episodes = dataclasses.asdict(cfg)
         episodes["k"] = [int(keys["k"])]
         out = {"seed": params.seed, "episodes": episodes}
+        if test_field != "episodes.test_per_class":  # the benchmark's own test size
+            out["test_field"] = test_field
         # the source-effect study's benchmarks draw their base benchmark's episodes (paired cells)
         base = source_effect_benchmarks(params).get(keys["benchmark"], (keys["benchmark"],))[0]
         if base != keys["benchmark"]:

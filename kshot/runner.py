@@ -29,6 +29,7 @@ from kshot.config import (
 from kshot.data.prepare import prepare_source, prepare_target, source_geometry
 from kshot.episodes import (
     Episode,
+    check_sizes,
     episode_indices,
     episode_seed,
     make_episodes,
@@ -80,11 +81,20 @@ def prepare_target_stage(
 
 
 def episodes_stage(
-    benchmark: str, k: int, cfg: EpisodeConfig, seed: int, target: Path, out: Path, draw_as: str | None = None
+    benchmark: str,
+    k: int,
+    cfg: EpisodeConfig,
+    seed: int,
+    target: Path,
+    out: Path,
+    draw_as: str | None = None,
+    test_field: str = "episodes.test_per_class",
 ) -> None:
     """The episodes of ``benchmark`` at ``k``; ``draw_as``: draw those of that benchmark instead
-    (the same target and classes from another source: the same support, validation and test images)."""
+    (the same target and classes from another source: the same support, validation and test images);
+    ``test_field``: the params field ``cfg.test_per_class`` comes from, named by a size error."""
     data = load_target(target, benchmark, ("pool_y", "test_y"))
+    check_sizes(data["pool_y"], data["test_y"], k, cfg, test_field)
     write_episodes(out, make_episodes(data["pool_y"], data["test_y"], k, cfg, seed, benchmark, draw_as))
 
 

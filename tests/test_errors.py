@@ -29,7 +29,7 @@ from kshot.config import DataConfig, FinetuneConfig
 from kshot.data.datasets import FASHION_FILES, acquire, check_acquirable, load_split
 from kshot.episodes import make_episodes
 from kshot.errors import CheckpointError, ConfigError, DataError
-from kshot.jobs import check_device
+from kshot.jobs import check_device, job_params
 from kshot.models import LeNet
 from kshot.params import params_from_dict, parse_method
 from kshot.report import load_runs, summarise
@@ -498,6 +498,30 @@ def test_more_test_images_per_class_than_the_target_has_is_refused(upstream):
     cfg = params_from_dict({**TINY_PARAMS, "episodes": {**TINY_PARAMS["episodes"], "test_per_class": 10**5}})
     with pytest.raises(DataError, match=r"episodes.test_per_class: expected at most \d+ .*found 100000"):
         make_episodes(t["pool_y"], t["test_y"], 1, cfg.episodes, 0, "tiny")
+
+
+def test_a_benchmarks_own_test_size_is_its_episodes_and_is_named_when_too_large(tmp_path, upstream):
+    """A benchmark's ``test_per_class`` replaces ``episodes.test_per_class`` in its episodes job
+    (and only there: its prepared target's fingerprint does not change); one larger than its test
+    split is an error naming the benchmark's field, and no episodes file is written."""
+    bench = {**TINY_PARAMS["benchmarks"]["tiny"], "test_per_class": 3}
+    base = params_from_dict(TINY_PARAMS)
+    own = params_from_dict({**TINY_PARAMS, "benchmarks": {"tiny": bench}})
+    assert job_params(own, "episodes", benchmark="tiny", k=1)["episodes"]["test_per_class"] == 3
+    assert job_params(own, "prepare-target", benchmark="tiny") == job_params(
+        base, "prepare-target", benchmark="tiny"
+    )
+    plain = job_params(base, "episodes", benchmark="tiny", k=1)
+    assert plain["episodes"]["test_per_class"] == 6 and "test_field" not in plain
+    too_many = params_from_dict({**TINY_PARAMS, "benchmarks": {"tiny": {**bench, "test_per_class": 999}}})
+    raw = job_params(too_many, "episodes", benchmark="tiny", k=1)
+    out = tmp_path / "k1.json"
+    proc = run_cli(
+        tmp_path, "episodes", "--benchmark", "tiny", "--k", "1", "--target", str(upstream["target"]),
+        "--out", str(out), "--params-json", json.dumps(raw),
+    )  # fmt: skip
+    assert_one_line_error(proc, "kshot episodes: error: benchmarks.tiny.test_per_class: expected at most")
+    assert not out.exists()
 
 
 def test_checkpoint_without_its_description_names_the_missing_keys(tmp_path, upstream):

@@ -96,7 +96,7 @@ def episodes_json(wildcards, target):
     """
     labels = target_labels(Path(target))
     if labels is not None:
-        check_sizes(*labels, int(wildcards.k), PARAMS.episodes)
+        check_sizes(*labels, int(wildcards.k), *PARAMS.episodes_of(wildcards.benchmark))
     return job_json("episodes", wildcards)
 
 
