@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 
+import kshot.methods.delta as delta_module
 import kshot.methods.lpft as lpft_module
 from kshot.config import FinetuneConfig
 from kshot.errors import ConfigError
@@ -177,6 +178,33 @@ def test_delta_supervised_attention_favours_channels_whose_removal_hurts_most(ti
     w = attention_weights(rises)
     assert torch.equal(w.argsort(), rises.argsort())
     assert torch.equal(attention_weights(torch.full((3,), 0.2)), torch.full((3,), 1 / 3))
+
+
+def test_delta_supervised_attention_is_computed_once_per_episode_and_reused(tiny_model, monkeypatch):
+    """A tuning job runs every candidate on the same episodes: the attention (independent of alpha
+    and the learning rate) is computed once per episode, and what is reused equals a fresh one."""
+    calls = []
+    real = delta_module.supervised_attention
+    monkeypatch.setattr(delta_module, "ATTENTION_CACHE", type(delta_module.ATTENTION_CACHE)())
+    monkeypatch.setattr(delta_module, "supervised_attention", lambda *a: calls.append(1) or real(*a))
+    ep = episode(tiny_model)
+    init_head(ep.model, 3, 0, "random", ep.support, ep.device)
+    layers = conv_layers(ep.model)
+    first = make(Delta, alpha=0.1).channel_weights(ep.model, layers, ep)
+    again = make(Delta, alpha=1.0, lr=0.3).channel_weights(copy.deepcopy(ep.model), layers, ep)
+    assert len(calls) == 1 and all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(ep.seed)
+        fresh = real(ep.model, layers, ep.support, make(Delta).channel_probe(), ep.device)
+    assert all(torch.equal(a, b) for a, b in zip(first, fresh, strict=True))
+    other = copy.deepcopy(ep)
+    other.support = (ep.support[0].flip(0), ep.support[1].flip(0))  # another support set
+    make(Delta).channel_weights(ep.model, layers, other)
+    moved = copy.deepcopy(ep.model)
+    with torch.no_grad():
+        moved.head.bias.add_(1.0)  # another head: another probe start
+    make(Delta).channel_weights(moved, layers, ep)
+    assert len(calls) == 3
 
 
 def test_delta_attention_leaves_the_model_and_the_random_state_untouched(tiny_model):

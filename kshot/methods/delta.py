@@ -32,11 +32,18 @@ Choices the paper leaves open and what kshot chose:
 - ``attention: uniform`` gives ``w_lj = 1 / C_l``, the plain feature-map regulariser;
 - preparation runs under forked, fixed random state, so with ``alpha = beta = 0`` the run equals
   full fine-tuning exactly.
+
+The supervised attention is a function of the source network, its new head, the support set, the
+probe's settings and the episode's seed alone, not of ``alpha``, ``beta`` or the learning rate: a
+tuning job, which runs every candidate on the same episodes, computes it once per episode and
+reuses it (:data:`ATTENTION_CACHE`, keyed by a digest of all of those inputs).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +59,9 @@ from kshot.models import Backbone
 ATTENTIONS = ("supervised", "uniform")
 TEMPERATURE = 5.0  # TLlib's softmax temperature on the standardised loss increases
 CHANNEL_BATCH = 1024  # images per forward pass when measuring channel removals (bounds memory)
+# supervised attentions computed in this process, by digest of their inputs (most recent last)
+ATTENTION_CACHE: OrderedDict[str, list[torch.Tensor]] = OrderedDict()
+ATTENTION_CACHE_SIZE = 16  # a tuning job's search and selection episodes, with room to spare
 
 
 @dataclass(frozen=True)
@@ -144,6 +154,16 @@ def supervised_attention(
     return [attention_weights(removal_losses(source, modules[name], x, y)) for name in layers]
 
 
+def attention_key(model: nn.Module, layers: list[str], support: Tensors, *settings: object) -> str:
+    """A digest of everything the supervised attention reads: every tensor of ``model``'s state,
+    ``layers``, the ``support`` images and labels, and ``settings`` (probe, seed, device)."""
+    h = hashlib.blake2b(repr((layers, settings)).encode(), digest_size=20)
+    for name, value in [*model.state_dict().items(), ("support_x", support[0]), ("support_y", support[1])]:
+        h.update(name.encode())
+        h.update(value.detach().cpu().contiguous().numpy())
+    return h.hexdigest()
+
+
 class FeatureMapPenalty(TrainHook):
     """``alpha * sum_l sum_j w_lj * mean_b ||FM_lj - FM*_lj||^2 + beta/2 * ||head||^2``.
 
@@ -202,6 +222,13 @@ class Delta(GradientMethod):
     kind = "delta"
     Options = DeltaOptions
 
+    def channel_probe(self) -> FinetuneConfig:
+        """How the supervised attention's linear probe is fitted: the options' steps and rate."""
+        steps = self.options.attention_steps
+        return FinetuneConfig(
+            steps=steps, lr=self.options.attention_lr, momentum=self.cfg.momentum, eval_every=steps
+        )
+
     def channel_weights(self, model: Backbone, layers: list[str], ep: EpisodeData) -> list[torch.Tensor]:
         """Per layer in ``layers``, the ``[C_l]`` channel weights the options ask for."""
         if self.options.attention == "uniform":
@@ -210,15 +237,16 @@ class Delta(GradientMethod):
                 torch.full((modules[n].out_channels,), 1.0 / modules[n].out_channels, device=ep.device)
                 for n in layers
             ]
-        probe_cfg = FinetuneConfig(
-            steps=self.options.attention_steps,
-            lr=self.options.attention_lr,
-            momentum=self.cfg.momentum,
-            eval_every=self.options.attention_steps,
-        )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(ep.seed)
-            return supervised_attention(model, layers, ep.support, probe_cfg, ep.device)
+        probe_cfg = self.channel_probe()
+        key = attention_key(model, layers, ep.support, probe_cfg, ep.seed, str(ep.device))
+        if key not in ATTENTION_CACHE:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(ep.seed)
+                ATTENTION_CACHE[key] = supervised_attention(model, layers, ep.support, probe_cfg, ep.device)
+            while len(ATTENTION_CACHE) > ATTENTION_CACHE_SIZE:
+                ATTENTION_CACHE.popitem(last=False)
+        ATTENTION_CACHE.move_to_end(key)
+        return ATTENTION_CACHE[key]
 
     def hooks(self, model: Backbone, ep: EpisodeData) -> list[TrainHook]:
         layers = conv_layers(model)

@@ -95,42 +95,47 @@ rule regime:
         "reports/regime/findings.md",
 
 
-use rule compare as compare_replicates with:
+# A replicate study's comparison (`snakemake --cores N replicates` for the LeNet benchmarks,
+# `resnet_replicates` for the ResNet-18 ones): each pair's difference per source seed and across
+# seeds, in reports/<study>/.
+use rule compare as compare_replicate_study with:
     input:
-        runs=replicate_runs(),
+        runs=lambda w: replicate_runs(w.study),
     output:
-        table="reports/replicates/replicates.md",
-        csv="reports/replicates/replicates.csv",
+        table="reports/{study}/replicates.md",
+        csv="reports/{study}/replicates.csv",
         html=report(
-            "reports/replicates/replicates.html",
+            "reports/{study}/replicates.html",
             caption="../report/comparisons.rst",
             category="2. Paired comparisons",
             labels={
                 "shows": "each pair's difference per source seed and across seeds",
-                "table": "replicates",
+                "table": "{study}",
             },
         ),
-        tex="reports/replicates/replicates.tex",
+        tex="reports/{study}/replicates.tex",
         figure=report(
-            "reports/replicates/replicates_forest.png",
+            "reports/{study}/replicates_forest.png",
             caption="../report/forest_pairs.rst",
             category="2. Paired comparisons",
             labels={
                 "shows": "the replicate study's paired differences with 95% CI",
-                "figure": "replicates (forest plot)",
+                "figure": "{study} (forest plot)",
             },
         ),
-        figure_svg="reports/replicates/replicates_forest.svg",
-        findings="reports/replicates/findings.md",
+        figure_svg="reports/{study}/replicates_forest.svg",
+        findings="reports/{study}/findings.md",
     log:
-        f"{REGIME_ROOT}/logs/compare/replicates.log",
+        f"{REGIME_ROOT}/logs/compare/{{study}}.log",
+    wildcard_constraints:
+        study="|".join(REPLICATE_STUDIES),
     params:
         kind="replicates",
-        pairs=[f"{a}:{b}" for a, b in comparison_pairs("replicates")],
+        pairs=lambda w: [f"{a}:{b}" for a, b in comparison_pairs(w.study)],
         stem=subpath(output.table, strip_suffix=".md"),
         figure=subpath(output.figure, strip_suffix=".png"),
         extra=lambda w, output: " ".join(
-            ["--findings", output.findings, *replicate_of_args("replicates")]
+            ["--findings", output.findings, *replicate_of_args(w.study)]
         ),
 
 
@@ -140,47 +145,6 @@ rule replicates:
         "reports/replicates/replicates.html",
         "reports/replicates/replicates_forest.png",
         "reports/replicates/findings.md",
-
-
-# The replicate study of the ResNet-18 benchmarks (`snakemake --cores N resnet_replicates`): the
-# same comparison for the study's source network and its seeds, in reports/resnet_replicates/.
-use rule compare as compare_resnet_replicates with:
-    input:
-        runs=replicate_runs("resnet_replicates"),
-    output:
-        table="reports/resnet_replicates/replicates.md",
-        csv="reports/resnet_replicates/replicates.csv",
-        html=report(
-            "reports/resnet_replicates/replicates.html",
-            caption="../report/comparisons.rst",
-            category="2. Paired comparisons",
-            labels={
-                "shows": "each pair's difference per source seed and across seeds",
-                "table": "ResNet-18 replicates",
-            },
-        ),
-        tex="reports/resnet_replicates/replicates.tex",
-        figure=report(
-            "reports/resnet_replicates/replicates_forest.png",
-            caption="../report/forest_pairs.rst",
-            category="2. Paired comparisons",
-            labels={
-                "shows": "the ResNet-18 replicate study's paired differences with 95% CI",
-                "figure": "ResNet-18 replicates (forest plot)",
-            },
-        ),
-        figure_svg="reports/resnet_replicates/replicates_forest.svg",
-        findings="reports/resnet_replicates/findings.md",
-    log:
-        f"{REGIME_ROOT}/logs/compare/resnet_replicates.log",
-    params:
-        kind="replicates",
-        pairs=[f"{a}:{b}" for a, b in comparison_pairs("resnet_replicates")],
-        stem=subpath(output.table, strip_suffix=".md"),
-        figure=subpath(output.figure, strip_suffix=".png"),
-        extra=lambda w, output: " ".join(
-            ["--findings", output.findings, *replicate_of_args("resnet_replicates")]
-        ),
 
 
 rule resnet_replicates:
