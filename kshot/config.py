@@ -529,9 +529,10 @@ class PeersConfig:
 
 @dataclass(frozen=True)
 class ResNetStudyConfig:
-    """The ResNet-18 study (``snakemake resnet``): ``methods`` on ``benchmarks`` (the ResNet-18
-    sources' benchmarks) at every k of ``episodes.k``, with both group-count searches, in tables
-    and figures of their own (reports/resnet/): the paper's claim at the scale of a popular CNN."""
+    """A study of ``methods`` on benchmarks of their own (the ResNet-18 sources'), at every k of
+    ``episodes.k``, tabled like the default run in reports/<study>/: ``resnet`` (``snakemake
+    resnet``: the paper's claim at the scale of a popular CNN, with both group-count searches) and
+    ``resnet_peers`` (``snakemake resnet_peers``: the peer methods, tuned, on ResNet-18)."""
 
     benchmarks: list[str] = field(default_factory=list)
     methods: list[str] = field(default_factory=list)
@@ -654,6 +655,8 @@ def replicate_name(name: str, seed: int) -> str:
 
 # the replicate studies: each a ReplicatesConfig block of the params, run by the target of its name
 REPLICATE_STUDIES = ("replicates", "resnet_replicates")
+# the studies of methods on benchmarks of their own (:class:`ResNetStudyConfig`)
+BENCHMARK_STUDIES = ("resnet", "resnet_peers")
 
 
 def replicate_benchmarks(params: Params, study: str = "replicates") -> dict[str, tuple[str, int]]:
@@ -729,6 +732,7 @@ class Params:
     resnet_replicates: ReplicatesConfig = field(default_factory=ReplicatesConfig)
     peers: PeersConfig = field(default_factory=PeersConfig)
     resnet: ResNetStudyConfig = field(default_factory=ResNetStudyConfig)
+    resnet_peers: ResNetStudyConfig = field(default_factory=ResNetStudyConfig)
     source_effect: SourceEffectConfig = field(default_factory=SourceEffectConfig)
     alignment: AlignmentStudyConfig = field(default_factory=AlignmentStudyConfig)
     maps: MapsConfig = field(default_factory=MapsConfig)
@@ -798,8 +802,9 @@ class Params:
             for i, pair in enumerate(block.pairs):
                 _check_names(f"{study}.pairs[{i}]", pair, block.methods)
         _check_names("peers.methods", self.peers.methods, self.method_names)
-        _check_names("resnet.benchmarks", self.resnet.benchmarks, self.benchmarks)
-        _check_names("resnet.methods", self.resnet.methods, self.method_names)
+        for study in BENCHMARK_STUDIES:
+            _check_names(f"{study}.benchmarks", getattr(self, study).benchmarks, self.benchmarks)
+            _check_names(f"{study}.methods", getattr(self, study).methods, self.method_names)
         effect = self.source_effect
         _check_names("source_effect.benchmarks", effect.benchmarks, self.benchmarks)
         _check_names("source_effect.sources", effect.sources, self.sources)
@@ -825,6 +830,7 @@ class Params:
                 *self.resnet_replicates.methods,
                 *self.peers.methods,
                 *self.resnet.methods,
+                *self.resnet_peers.methods,
             }
             if self.method(m).kind == "grouped_rl" or m.endswith(TUNED)
         )

@@ -90,6 +90,7 @@ def methods_at_k1(params: Params) -> set[str]:
         *params.resnet_replicates.methods,
         *params.peers.methods,
         *params.resnet.methods,
+        *params.resnet_peers.methods,
     }
 
 

@@ -270,3 +270,24 @@ def test_mapper_inputs_it_cannot_map_are_errors_naming_the_field():
         ConfigError, match=r"^maps: expected cubes >= 1 and 0 < overlap < 1, found cubes=3, overlap=1.0"
     ):
         mapper_graph(np.zeros((10, 2)), np.zeros(10, dtype=int), cubes=3, overlap=1.0)
+
+
+@pytest.mark.slow
+def test_a_benchmark_study_tables_its_own_methods_in_its_own_reports_folder(tiny_run, tmp_path):
+    """``resnet_peers`` (a benchmark study, as ``resnet``): its methods' runs on its benchmarks,
+    the default run's reused, tabled in reports/resnet_peers/ and nowhere else."""
+    work = tmp_path / "copy"
+    shutil.copytree(tiny_run, work, symlinks=True)
+    params = copy.deepcopy(TINY_PARAMS)
+    params["resnet_peers"] = {"benchmarks": ["tiny"], "methods": ["full", "centroid", "bitfit"]}
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    planned = planned_outputs(work, "resnet_peers")
+    outside = [p for p in planned if not p.startswith(("data/regime/", "reports/resnet_peers/"))]
+    assert not outside, f"study jobs writing into the default run's folders: {outside}"
+    assert "data/regime/runs/tiny/bitfit/k1/metrics.json" in planned
+    assert "data/regime/runs/tiny/full/k1/metrics.json" not in planned  # the default run's, reused
+    run_snakemake(work, "resnet_peers", quiet=False)
+    by_cell = json.loads((work / "reports/resnet_peers/metrics_by_cell.json").read_text())
+    assert set(by_cell["test_acc"]["tiny"]["k1"]) == {"full", "centroid", "bitfit"}
+    assert "bitfit" in (work / "reports/resnet_peers/results.md").read_text()
+    assert not (work / "reports/resnet").exists()

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from kshot.config import (
+    BENCHMARK_STUDIES,
     REPLICATE_STUDIES,
     TAG_PATTERN,
     TUNED,
@@ -327,12 +328,12 @@ def peer_runs():
     return sorted({home(path.removeprefix("data/")) for path in out})
 
 
-def resnet_runs():
-    """Metrics of every run of the ResNet-18 study (under data/regime/)."""
-    study = PARAMS.resnet
-    if not study.benchmarks or not study.methods:
+def study_runs(study):
+    """Metrics of every run of benchmark study ``study`` (BENCHMARK_STUDIES; under data/regime/)."""
+    block = getattr(PARAMS, study)
+    if not block.benchmarks or not block.methods:
         return []
-    out = run_metrics(study.benchmarks, study.methods)
+    out = run_metrics(block.benchmarks, block.methods)
     return sorted({home(path.removeprefix("data/")) for path in out})
 
 

@@ -216,56 +216,59 @@ rule peers:
         "reports/peers/metrics_by_cell.json",
 
 
-# The ResNet-18 study: the default run's tables, figures and search report for the ResNet-18
-# benchmarks (`snakemake --cores N resnet`), in reports/resnet/.
-use rule aggregate as aggregate_resnet with:
+# The studies of methods on benchmarks of their own (BENCHMARK_STUDIES): the default run's
+# tables and figures in reports/<study>/: `snakemake --cores N resnet` (the ResNet-18 study, with
+# its search report below) and `resnet_peers` (the peer methods on ResNet-18).
+use rule aggregate as aggregate_study with:
     input:
-        runs=resnet_runs(),
-        sources=study_sources(PARAMS.resnet.benchmarks),
-        episodes=[
+        runs=lambda w: study_runs(w.study),
+        sources=lambda w: study_sources(getattr(PARAMS, w.study).benchmarks),
+        episodes=lambda w: [
             home(f"episodes/{b}/k{PARAMS.episodes.k[0]}.json")
-            for b in PARAMS.resnet.benchmarks
+            for b in getattr(PARAMS, w.study).benchmarks
         ],
-        raw=lambda w: target_raw_dirs(PARAMS.resnet.benchmarks),
+        raw=lambda w: target_raw_dirs(getattr(PARAMS, w.study).benchmarks),
     output:
-        table="reports/resnet/results.md",
-        csv="reports/resnet/results.csv",
+        table="reports/{study}/results.md",
+        csv="reports/{study}/results.csv",
         html=report(
-            "reports/resnet/results.html",
+            "reports/{study}/results.html",
             caption="../report/results.rst",
             category="7. ResNet-18",
             labels={
-                "shows": "ResNet-18: mean test accuracy with 95% CI, and paired differences to the baseline",
-                "table": "ResNet-18: test accuracy by method and k",
+                "shows": "{study}: mean test accuracy with 95% CI, and paired differences to the baseline",
+                "table": "{study}: test accuracy by method and k",
             },
         ),
-        tex="reports/resnet/results.tex",
-        sources="reports/resnet/sources.csv",
+        tex="reports/{study}/results.tex",
+        sources="reports/{study}/sources.csv",
         forest=report(
-            "reports/resnet/forest.png",
+            "reports/{study}/forest.png",
             caption="../report/forest.rst",
             category="7. ResNet-18",
             labels={
-                "shows": "ResNet-18: mean paired differences with 95% CI; filled: significant",
-                "figure": "ResNet-18: paired differences (forest plot)",
+                "shows": "{study}: mean paired differences with 95% CI; filled: significant",
+                "figure": "{study}: paired differences (forest plot)",
             },
         ),
-        forest_svg="reports/resnet/forest.svg",
-        figure="reports/resnet/accuracy_vs_k.png",
-        figure_svg="reports/resnet/accuracy_vs_k.svg",
-        episodes_figure="reports/resnet/episode_differences.png",
-        episodes_figure_svg="reports/resnet/episode_differences.svg",
-        metrics="reports/resnet/metrics.json",
-        by_cell="reports/resnet/metrics_by_cell.json",
-        plots=directory("reports/resnet/plots"),
+        forest_svg="reports/{study}/forest.svg",
+        figure="reports/{study}/accuracy_vs_k.png",
+        figure_svg="reports/{study}/accuracy_vs_k.svg",
+        episodes_figure="reports/{study}/episode_differences.png",
+        episodes_figure_svg="reports/{study}/episode_differences.svg",
+        metrics="reports/{study}/metrics.json",
+        by_cell="reports/{study}/metrics_by_cell.json",
+        plots=directory("reports/{study}/plots"),
     log:
-        f"{REGIME_ROOT}/logs/report/aggregate_resnet.log",
+        f"{REGIME_ROOT}/logs/report/aggregate_{{study}}.log",
+    wildcard_constraints:
+        study="|".join(BENCHMARK_STUDIES),
     params:
         tables=subpath(output.table, parent=True),
         figures=subpath(output.figure, parent=True),
         baseline="full",
-        tuned=lambda w: " ".join(tuned_block(PARAMS.resnet.methods)),
-        targets=lambda w: targets_json(PARAMS.resnet.benchmarks),
+        tuned=lambda w: " ".join(tuned_block(getattr(PARAMS, w.study).methods)),
+        targets=lambda w: targets_json(getattr(PARAMS, w.study).benchmarks),
 
 
 use rule search_report as search_report_resnet with:
@@ -300,3 +303,10 @@ rule resnet:
             f"{REPORT_FIG}/groups/{{benchmark}}_filters.png",
             benchmark=PARAMS.resnet.benchmarks,
         ),
+
+
+rule resnet_peers:
+    input:
+        "reports/resnet_peers/results.md",
+        "reports/resnet_peers/forest.png",
+        "reports/resnet_peers/metrics_by_cell.json",
