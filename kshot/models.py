@@ -63,6 +63,12 @@ class Backbone(nn.Module):
         (none here); its affine parameters are part of the layer's neurons when grouped."""
         return {}
 
+    def resume_points(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        """Modules the forward pass can be resumed at: name -> the rest of the forward, from that
+        module's input to the logits (none here: only the whole forward). Lets a measurement that
+        changes one layer (DELTA's channel removals) rerun only what follows it."""
+        return {}
+
     def replace_head(self, n_classes: int) -> None:
         """Swap in a fresh ``nn.Linear`` head for ``n_classes`` (initialised by torch's default)."""
         self.head = nn.Linear(self.head.in_features, n_classes).to(self.head.weight.device)
@@ -167,6 +173,21 @@ class ResNet18(Backbone):
             norm = f"{parent}.{leaf.replace('conv', 'bn')}" if leaf.startswith("conv") else f"{parent}.1"
             out[name] = norm
         return out
+
+    def resume_points(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        """Each residual stage (``body.layer1`` ... ``body.layer4``): from its input, the stages
+        from it on, then torchvision's average pooling, flattening and (in ``fc``'s place) the head."""
+        stages = ["layer1", "layer2", "layer3", "layer4"]
+
+        def rest(first: int) -> Callable[[torch.Tensor], torch.Tensor]:
+            def run(x: torch.Tensor) -> torch.Tensor:
+                for name in stages[first:]:
+                    x = getattr(self.body, name)(x)
+                return self.head(torch.flatten(self.body.avgpool(x), 1))
+
+            return run
+
+        return {f"body.{name}": rest(i) for i, name in enumerate(stages)}
 
     def load_torchvision(self, state: dict[str, torch.Tensor], where: str) -> None:
         """Load a torchvision ResNet-18 ``state`` dict (ImageNet's or any other) into the body.

@@ -207,6 +207,31 @@ def test_delta_supervised_attention_is_computed_once_per_episode_and_reused(tiny
     assert len(calls) == 3
 
 
+def test_delta_channel_removals_resumed_at_a_resnet_stage_equal_the_whole_forward(monkeypatch):
+    """On ResNet-18 a removal reruns only the stages from the removed layer's on: each resume
+    point gives the whole forward's logits, and the loss rises equal those of whole forwards."""
+    from tests.test_adafilter import small_episode, tiny_resnet
+
+    model = tiny_resnet().eval()
+    ep = small_episode(model)
+    x, y = to_input(ep.support[0], ep.device), ep.support[1]
+    seen = {}
+    modules = dict(model.named_modules())
+    for name in model.resume_points():
+        modules[name].register_forward_pre_hook(lambda m, args, name=name: seen.__setitem__(name, args[0]))
+    with torch.no_grad():
+        logits = model(x)
+        for name, rest in model.resume_points().items():
+            torch.testing.assert_close(rest(seen[name]), logits, rtol=0, atol=1e-5)
+    for layer in ("body.layer2.0.downsample.0", "body.layer4.1.conv2", "body.conv1"):
+        resumed = delta_module.removal_losses(model, layer, x, y)
+        with monkeypatch.context() as m:
+            m.setattr(type(model), "resume_points", lambda self: {})
+            whole = delta_module.removal_losses(model, layer, x, y)
+        assert len(resumed) == modules[layer].out_channels and bool(whole.abs().max() > 0)
+        torch.testing.assert_close(resumed, whole, rtol=0, atol=1e-5)
+
+
 def test_delta_attention_leaves_the_model_and_the_random_state_untouched(tiny_model):
     ep = episode(tiny_model)
     init_head(ep.model, 3, 0, "random", ep.support, ep.device)

@@ -110,21 +110,35 @@ def feature_maps(model: nn.Module, layers: list[str], x: torch.Tensor) -> dict[s
 
 
 @torch.no_grad()
-def removal_losses(model: Backbone, layer: nn.Conv2d, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def removal_losses(model: Backbone, layer: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``[C]``: the mean cross-entropy of ``model`` on ``(x [N, ...], y [N])`` less its intact loss,
-    with output channel ``j`` of ``layer`` zeroed, for each ``j``. Several channels share a
-    forward pass: the batch is repeated, each copy with one channel removed."""
+    with output channel ``j`` of conv ``layer`` zeroed, for each ``j``. Several channels share a
+    forward pass: the batch is repeated, each copy with one channel removed. Where the model can
+    resume its forward at a module before ``layer`` (:meth:`~kshot.models.Backbone.resume_points`,
+    ResNet-18's stages), only the rest runs, from that module's input computed once."""
     model.eval()
-    base = F.cross_entropy(model(x), y)
-    n, c = len(y), layer.out_channels
+    modules = dict(model.named_modules())
+    resume = model.resume_points()
+    start = next((name for name in resume if layer.startswith(f"{name}.")), None)
+    run, inputs = model, x
+    if start is not None:
+        seen: list[torch.Tensor] = []
+        handle = modules[start].register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+        try:
+            model(x)
+        finally:
+            handle.remove()
+        run, inputs = resume[start], seen[0]
+    base = F.cross_entropy(run(inputs), y)
+    n, c = len(y), modules[layer].out_channels
     rises = []
     for chunk in torch.arange(c, device=x.device).split(max(1, CHANNEL_BATCH // n)):
         keep = torch.ones(len(chunk), c, device=x.device)
         keep[torch.arange(len(chunk)), chunk] = 0.0
         keep = keep.repeat_interleave(n, 0)[:, :, None, None]  # [len(chunk) * N, C, 1, 1]
-        handle = layer.register_forward_hook(lambda m, i, out, keep=keep: out * keep)
+        handle = modules[layer].register_forward_hook(lambda m, i, out, keep=keep: out * keep)
         try:
-            logits = model(x.repeat(len(chunk), *([1] * (x.dim() - 1))))
+            logits = run(inputs.repeat(len(chunk), *([1] * (inputs.dim() - 1))))
         finally:
             handle.remove()
         loss = F.cross_entropy(logits, y.repeat(len(chunk)), reduction="none").view(len(chunk), n)
@@ -149,9 +163,8 @@ def supervised_attention(
     source = copy.deepcopy(model).eval()
     feats = predict(source.features, support[0], device), support[1]  # ([N, D], [N])
     train(source.head, list(source.head.parameters()), feats, feats, cfg, device)
-    modules = dict(source.named_modules())
     x, y = to_input(support[0], device), support[1].to(device)
-    return [attention_weights(removal_losses(source, modules[name], x, y)) for name in layers]
+    return [attention_weights(removal_losses(source, name, x, y)) for name in layers]
 
 
 def attention_key(model: nn.Module, layers: list[str], support: Tensors, *settings: object) -> str:
