@@ -221,19 +221,34 @@ def test_the_alignment_report_compares_each_method_with_the_baseline_at_the_last
 
 
 @pytest.mark.slow
-def test_the_three_studies_run_on_the_tiny_pipeline_apart_from_the_default_run(tiny_run, tmp_path):
+def test_the_studies_run_on_the_tiny_pipeline_apart_from_the_default_run(tiny_run, tmp_path):
+    """source_effect, alignment, maps and a benchmark study (resnet_peers, as resnet: its methods
+    tabled in reports/resnet_peers/) write only their own folders and reuse the default run's runs."""
     work = tmp_path / "copy"
     shutil.copytree(tiny_run, work, symlinks=True)
     params = study_params(methods=["linear", "full", "grouped"])
     params["alignment"] = {"benchmarks": ["tiny"], "methods": ["full", "grouped"], "k": [1], "every": 2}
     params["maps"] = {"benchmarks": ["tiny"], "images": 60, "cubes": 4}
+    params["methods"]["bitfit"] = {"kind": "bitfit"}
+    params["resnet_peers"] = {"benchmarks": ["tiny"], "methods": ["full", "centroid", "bitfit"]}
     (work / "params.yaml").write_text(yaml.safe_dump(params))
-    planned = planned_outputs(work, "source_effect", "alignment", "maps")
-    studies = ("data/regime/", "reports/sources/", "reports/alignment/", "reports/maps/")
+    targets = ("source_effect", "alignment", "maps", "resnet_peers")
+    planned = planned_outputs(work, *targets)
+    studies = (
+        "data/regime/",
+        "reports/sources/",
+        "reports/alignment/",
+        "reports/maps/",
+        "reports/resnet_peers/",
+    )
     outside = [p for p in planned if not p.startswith(studies)]
     assert not outside, f"study jobs writing into the default run's folders: {outside}"
     assert "data/regime/runs/tiny/full/k1/metrics.json" not in planned  # the default run's, reused
-    run_snakemake(work, "source_effect", "alignment", "maps", quiet=False)
+    assert "data/regime/runs/tiny/bitfit/k1/metrics.json" in planned
+    run_snakemake(work, *targets, quiet=False)
+    by_cell = json.loads((work / "reports/resnet_peers/metrics_by_cell.json").read_text())
+    assert set(by_cell["test_acc"]["tiny"]["k1"]) == {"full", "centroid", "bitfit"}
+    assert not (work / "reports/resnet").exists()
     ours = json.loads((work / "data/regime/episodes/tiny_from_random/k1.json").read_text())
     base = json.loads((work / "data/episodes/tiny/k1.json").read_text())
     assert ours["eval"] == base["eval"]
@@ -246,7 +261,7 @@ def test_the_three_studies_run_on_the_tiny_pipeline_apart_from_the_default_run(t
     assert summary["layer"] == "fc1" and summary["images"]["points"] == 60 and summary["neurons"]["nodes"] > 0
     assert "**tiny**, layer `fc1`" in (work / "reports/maps/findings.md").read_text()
     assert "kmapper" in (work / "reports/maps/tiny_neurons.html").read_text().lower()
-    again = run_snakemake(work, "-n", "source_effect", "alignment", "maps")
+    again = run_snakemake(work, "-n", *targets)
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
@@ -270,24 +285,3 @@ def test_mapper_inputs_it_cannot_map_are_errors_naming_the_field():
         ConfigError, match=r"^maps: expected cubes >= 1 and 0 < overlap < 1, found cubes=3, overlap=1.0"
     ):
         mapper_graph(np.zeros((10, 2)), np.zeros(10, dtype=int), cubes=3, overlap=1.0)
-
-
-@pytest.mark.slow
-def test_a_benchmark_study_tables_its_own_methods_in_its_own_reports_folder(tiny_run, tmp_path):
-    """``resnet_peers`` (a benchmark study, as ``resnet``): its methods' runs on its benchmarks,
-    the default run's reused, tabled in reports/resnet_peers/ and nowhere else."""
-    work = tmp_path / "copy"
-    shutil.copytree(tiny_run, work, symlinks=True)
-    params = copy.deepcopy(TINY_PARAMS)
-    params["resnet_peers"] = {"benchmarks": ["tiny"], "methods": ["full", "centroid", "bitfit"]}
-    (work / "params.yaml").write_text(yaml.safe_dump(params))
-    planned = planned_outputs(work, "resnet_peers")
-    outside = [p for p in planned if not p.startswith(("data/regime/", "reports/resnet_peers/"))]
-    assert not outside, f"study jobs writing into the default run's folders: {outside}"
-    assert "data/regime/runs/tiny/bitfit/k1/metrics.json" in planned
-    assert "data/regime/runs/tiny/full/k1/metrics.json" not in planned  # the default run's, reused
-    run_snakemake(work, "resnet_peers", quiet=False)
-    by_cell = json.loads((work / "reports/resnet_peers/metrics_by_cell.json").read_text())
-    assert set(by_cell["test_acc"]["tiny"]["k1"]) == {"full", "centroid", "bitfit"}
-    assert "bitfit" in (work / "reports/resnet_peers/results.md").read_text()
-    assert not (work / "reports/resnet").exists()
