@@ -753,6 +753,12 @@ class Params:
         field_name = f"benchmarks.{benchmark}.test_per_class"
         return dataclasses.replace(self.episodes, test_per_class=own), field_name
 
+    def listed_methods(self) -> set[str]:
+        """The method names the default run and the studies run at every k of ``episodes.k``
+        (the regime study's blocks, which may name their own k, left out)."""
+        studies = ("peers", *REPLICATE_STUDIES, *BENCHMARK_STUDIES)
+        return {*self.run.methods, *(m for study in studies for m in getattr(self, study).methods)}
+
     def method(self, name: str) -> MethodSpec:
         """The spec of method ``name``; for ``<method>+tuned``, that of ``<method>``."""
         base = name.removesuffix(TUNED)
@@ -823,15 +829,7 @@ class Params:
         regime_methods = {m for block in self.regime.runs for m in block.methods}
         searched = sorted(
             m
-            for m in {
-                *self.run.methods,
-                *regime_methods,
-                *self.replicates.methods,
-                *self.resnet_replicates.methods,
-                *self.peers.methods,
-                *self.resnet.methods,
-                *self.resnet_peers.methods,
-            }
+            for m in {*self.listed_methods(), *regime_methods}
             if self.method(m).kind == "grouped_rl" or m.endswith(TUNED)
         )
         if searched and self.episodes.search_episodes < 1:

@@ -150,10 +150,12 @@ def make_episodes(
     seed: int,
     benchmark: str,
     draw_as: str | None = None,
+    test_field: str = "episodes.test_per_class",
 ) -> dict:
     """All evaluation and search episodes of one benchmark and k, as a JSON-ready dict; drawn as
-    those of benchmark ``draw_as`` where it is given (another source's benchmark of one target)."""
-    n_classes = check_sizes(pool_labels, test_labels, k, cfg)
+    those of benchmark ``draw_as`` where it is given (another source's benchmark of one target);
+    ``test_field``: the params field ``cfg.test_per_class`` comes from (:func:`check_sizes`)."""
+    n_classes = check_sizes(pool_labels, test_labels, k, cfg, test_field)
     pool, test = pool_labels.numpy(), test_labels.numpy()
     out: dict = {"benchmark": benchmark, "k": k, "seed": seed, "n_classes": n_classes}
     if draw_as is not None:

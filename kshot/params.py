@@ -83,15 +83,7 @@ def methods_at_k1(params: Params) -> set[str]:
     if 1 not in params.episodes.k:
         return set()
     regime = {m for block in params.regime.runs if block.k is None or 1 in block.k for m in block.methods}
-    return {
-        *params.run.methods,
-        *regime,
-        *params.replicates.methods,
-        *params.resnet_replicates.methods,
-        *params.peers.methods,
-        *params.resnet.methods,
-        *params.resnet_peers.methods,
-    }
+    return {*params.listed_methods(), *regime}
 
 
 def check_triplet_at_k1(params: Params) -> None:

@@ -29,7 +29,6 @@ from kshot.config import (
 from kshot.data.prepare import prepare_source, prepare_target, source_geometry
 from kshot.episodes import (
     Episode,
-    check_sizes,
     episode_indices,
     episode_seed,
     make_episodes,
@@ -94,8 +93,8 @@ def episodes_stage(
     (the same target and classes from another source: the same support, validation and test images);
     ``test_field``: the params field ``cfg.test_per_class`` comes from, named by a size error."""
     data = load_target(target, benchmark, ("pool_y", "test_y"))
-    check_sizes(data["pool_y"], data["test_y"], k, cfg, test_field)
-    write_episodes(out, make_episodes(data["pool_y"], data["test_y"], k, cfg, seed, benchmark, draw_as))
+    episodes = make_episodes(data["pool_y"], data["test_y"], k, cfg, seed, benchmark, draw_as, test_field)
+    write_episodes(out, episodes)
 
 
 def pretrain_stage(
