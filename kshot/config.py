@@ -219,21 +219,36 @@ class SourceConfig:
 
 
 @dataclass(frozen=True)
-class BenchmarkConfig:
-    """A benchmark: a source (by name) and a target dataset with its classes.
+class EpisodeOverrides:
+    """A benchmark's own episode sizes, each in place of the ``episodes:`` value of its name
+    (``None``: that value), for a backbone whose runs cost many times LeNet's (ResNet-18): fewer
+    test images per class (``test_per_class``), search episodes (``search_episodes``: each search
+    or tuning candidate's low-fidelity reward averages over them) or selection episodes
+    (``select_episodes``: the finalists' full-fidelity comparison). Read by the episodes job only,
+    so they are a property of the episodes file: the searches and tunings of the benchmark use
+    whatever episodes it holds, every method the same."""
 
-    ``test_per_class``: this benchmark's test images per class, in place of
-    ``episodes.test_per_class`` (``None``: that value), for a backbone whose evaluation of the whole
-    test split is a large share of each run (ResNet-18 on Fashion-MNIST's 5,000 test images)."""
+    test_per_class: int | None = None
+    search_episodes: int | None = None
+    select_episodes: int | None = None
+
+    def validate(self, where: str) -> None:
+        for f in dataclasses.fields(self):
+            _positive(where, f.name, getattr(self, f.name))
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """A benchmark: a source (by name) and a target dataset with its classes; ``episodes``: its own
+    episode sizes over ``episodes:`` (:class:`EpisodeOverrides`)."""
 
     source: str
     target: str
     target_classes: list[int]
-    test_per_class: int | None = None
+    episodes: EpisodeOverrides = field(default_factory=EpisodeOverrides)
 
     def validate(self, where: str) -> None:
         _check_classes(f"{where}.target_classes", self.target_classes)
-        _positive(where, "test_per_class", self.test_per_class)
 
 
 @dataclass(frozen=True)
@@ -745,13 +760,15 @@ class Params:
         return [*self.methods, *(f"{m}{TUNED}" for m, spec in self.methods.items() if spec.tune)]
 
     def episodes_of(self, benchmark: str) -> tuple[EpisodeConfig, str]:
-        """How ``benchmark``'s episodes are drawn (``episodes``, with the benchmark's own
-        ``test_per_class`` where it has one) and the params field its test size comes from."""
-        own = self.benchmarks[benchmark].test_per_class
-        if own is None:
-            return self.episodes, "episodes.test_per_class"
-        field_name = f"benchmarks.{benchmark}.test_per_class"
-        return dataclasses.replace(self.episodes, test_per_class=own), field_name
+        """How ``benchmark``'s episodes are drawn (``episodes``, with the benchmark's own sizes where
+        it sets them: :class:`EpisodeOverrides`) and the params field its test size comes from."""
+        own = {
+            k: v for k, v in dataclasses.asdict(self.benchmarks[benchmark].episodes).items() if v is not None
+        }
+        test_field = "episodes.test_per_class"
+        if "test_per_class" in own:
+            test_field = f"benchmarks.{benchmark}.episodes.test_per_class"
+        return dataclasses.replace(self.episodes, **own), test_field
 
     def listed_methods(self) -> set[str]:
         """The method names the default run and the studies run at every k of ``episodes.k``

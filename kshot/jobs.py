@@ -104,7 +104,7 @@ def job_params(params: Params, command: str, device: str = "cpu", **keys: Any) -
         }
     if command == "prepare-target":
         bench = _entry(params, "benchmarks", keys["benchmark"])
-        del bench["test_per_class"]  # the episodes job reads it
+        del bench["episodes"]  # the episodes job reads its own episode sizes
         src = _entry(params, "sources", bench["source"])
         # of its source, the target reads the input geometry (dataset, image size); the classes
         # make the entry a valid source, and changing them changes every job after it anyway
@@ -119,7 +119,7 @@ def job_params(params: Params, command: str, device: str = "cpu", **keys: Any) -
         episodes = dataclasses.asdict(cfg)
         episodes["k"] = [int(keys["k"])]
         out = {"seed": params.seed, "episodes": episodes}
-        if test_field != "episodes.test_per_class":  # the benchmark's own test size
+        if test_field != "episodes.test_per_class":  # the benchmark's own test size, named by errors
             out["test_field"] = test_field
         # the source-effect study's benchmarks draw their base benchmark's episodes (paired cells)
         base = source_effect_benchmarks(params).get(keys["benchmark"], (keys["benchmark"],))[0]

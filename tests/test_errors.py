@@ -501,10 +501,10 @@ def test_more_test_images_per_class_than_the_target_has_is_refused(upstream):
 
 
 def test_a_benchmarks_own_test_size_is_its_episodes_and_is_named_when_too_large(tmp_path, upstream):
-    """A benchmark's ``test_per_class`` replaces ``episodes.test_per_class`` in its episodes job
-    (and only there: its prepared target's fingerprint does not change); one larger than its test
-    split is an error naming the benchmark's field, and no episodes file is written."""
-    bench = {**TINY_PARAMS["benchmarks"]["tiny"], "test_per_class": 3}
+    """A benchmark's own ``episodes.test_per_class`` replaces ``episodes.test_per_class`` in its
+    episodes job (and only there: its prepared target's fingerprint does not change); one larger
+    than its test split is an error naming the benchmark's field, and no episodes file is written."""
+    bench = {**TINY_PARAMS["benchmarks"]["tiny"], "episodes": {"test_per_class": 3}}
     base = params_from_dict(TINY_PARAMS)
     own = params_from_dict({**TINY_PARAMS, "benchmarks": {"tiny": bench}})
     assert job_params(own, "episodes", benchmark="tiny", k=1)["episodes"]["test_per_class"] == 3
@@ -513,15 +513,40 @@ def test_a_benchmarks_own_test_size_is_its_episodes_and_is_named_when_too_large(
     )
     plain = job_params(base, "episodes", benchmark="tiny", k=1)
     assert plain["episodes"]["test_per_class"] == 6 and "test_field" not in plain
-    too_many = params_from_dict({**TINY_PARAMS, "benchmarks": {"tiny": {**bench, "test_per_class": 999}}})
+    too_many = params_from_dict(
+        {**TINY_PARAMS, "benchmarks": {"tiny": {**bench, "episodes": {"test_per_class": 999}}}}
+    )
     raw = job_params(too_many, "episodes", benchmark="tiny", k=1)
     out = tmp_path / "k1.json"
     proc = run_cli(
         tmp_path, "episodes", "--benchmark", "tiny", "--k", "1", "--target", str(upstream["target"]),
         "--out", str(out), "--params-json", json.dumps(raw),
     )  # fmt: skip
-    assert_one_line_error(proc, "kshot episodes: error: benchmarks.tiny.test_per_class: expected at most")
+    assert_one_line_error(
+        proc, "kshot episodes: error: benchmarks.tiny.episodes.test_per_class: expected at most"
+    )
     assert not out.exists()
+
+
+def test_a_benchmarks_own_search_and_selection_episodes_are_drawn_by_its_episodes_job():
+    """A benchmark's ``episodes.search_episodes`` and ``select_episodes`` replace the global ones in
+    its episodes job only; the evaluation episodes are drawn as without them (paired cells); a
+    count below 1 is refused by name when the params load."""
+    bench = {**TINY_PARAMS["benchmarks"]["tiny"], "episodes": {"search_episodes": 2, "select_episodes": 3}}
+    own = params_from_dict({**TINY_PARAMS, "benchmarks": {"tiny": bench}})
+    cfg, test_field = own.episodes_of("tiny")
+    assert (cfg.search_episodes, cfg.select_episodes, test_field) == (2, 3, "episodes.test_per_class")
+    assert cfg.test_per_class == TINY_PARAMS["episodes"]["test_per_class"]
+    labels = torch.arange(60) % 3
+    base_eps = make_episodes(labels, labels, 1, params_from_dict(TINY_PARAMS).episodes, 0, "tiny")
+    own_eps = make_episodes(labels, labels, 1, cfg, 0, "tiny")
+    assert (len(own_eps["search"]), len(own_eps["select"])) == (2, 3)
+    assert own_eps["eval"] == base_eps["eval"]
+    zero = {"tiny": {**bench, "episodes": {"select_episodes": 0}}}
+    with pytest.raises(
+        ConfigError, match=r"^benchmarks.tiny.episodes.select_episodes: expected a number > 0, found 0$"
+    ):
+        params_from_dict({**TINY_PARAMS, "benchmarks": zero})
 
 
 def test_checkpoint_without_its_description_names_the_missing_keys(tmp_path, upstream):
