@@ -146,3 +146,27 @@ def tiny_run(tmp_path_factory):
     (workdir / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
     run_snakemake(workdir)
     return workdir
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the SLURM test's cluster and run in the background (``test_slurm.Background``) where
+    its tests are selected, so that its waits overlap the other tests."""
+    if session.config.option.collectonly:
+        return
+    slurm = slurm_module(session)
+    if slurm is not None:  # the module as pytest imported it: its fixtures wait for what this starts
+        root = session.config._tmp_path_factory.mktemp("slurm-background")  # pytest's tmp folder
+        slurm.start_in_background(root)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stop what :func:`pytest_collection_finish` started, where it is still running."""
+    slurm = slurm_module(session)
+    if slurm is not None:
+        slurm.stop_background()
+
+
+def slurm_module(session: pytest.Session):
+    """The module ``test_slurm`` as pytest imported it, where its tests are selected; else None."""
+    items = [item for item in getattr(session, "items", []) if Path(str(item.fspath)).name == "test_slurm.py"]
+    return items[0].module if items else None
