@@ -3,14 +3,13 @@ SLURM and MUNGE), the README's profile runs the tiny pipeline through it as SLUR
 fine-tuning job is cancelled mid-run (`scancel`), and the retried job resumes its finished episodes;
 the tables and metrics equal a local run's byte for byte. The cluster's runs start in the background
 as the session's tests are collected (:class:`Background`), so their waits on SLURM overlap the
-other tests. Needs root (or passwordless sudo) and
-apt-get where SLURM is missing: skipped, saying why, where neither is there."""
+other tests. Needs root (or passwordless sudo) and apt-get where SLURM is missing: skipped, saying
+why, where neither is there."""
 
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -58,10 +57,12 @@ class Background:
     :func:`start_in_background`). They spend most of their six minutes waiting for SLURM (each job's
     start, the plugin's status polls that back off by ten seconds), not on the CPU, so they overlap
     the tests before this module's instead of adding to the suite's time; the tests then check what
-    they left. ``failure``: why the start or the pipeline's run failed, or None."""
+    they left. ``up_failure``: why the cluster did not start, ``failure``: why it or the pipeline's
+    run failed (each None where nothing did)."""
 
     def __init__(self, root: Path):
         self.root, self.work, self.log = root, root / "slurm", root / "snakemake.log"
+        self.up_failure: str | None = None
         self.failure: str | None = None
         self.cancelled: Cancelled | None = None
         self.proc: subprocess.Popen | None = None
@@ -72,7 +73,7 @@ class Background:
         try:
             proc = subprocess.run([str(SLURM_LOCAL), "up"], capture_output=True, text=True, timeout=600)
             if proc.returncode != 0:
-                self.failure = f"scripts/slurm-local up failed: {proc.stderr}"
+                self.up_failure = self.failure = f"scripts/slurm-local up failed: {proc.stderr}"
                 return
             self.work.mkdir()
             (self.work / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
@@ -138,8 +139,7 @@ def background() -> Background:
     why = why_no_cluster()
     if why:
         pytest.skip(why)
-    if not BACKGROUND:  # selected in a way the collection hook did not see: start it now
-        BACKGROUND.append(Background(Path(tempfile.mkdtemp(prefix="kshot-slurm-"))))
+    assert BACKGROUND, "expected conftest.pytest_collection_finish to have started the cluster's runs"
     started = BACKGROUND[0]
     started.thread.join(timeout=2400)
     assert not started.thread.is_alive(), "the background SLURM runs did not end within 2,400 s"
@@ -149,7 +149,7 @@ def background() -> Background:
 @pytest.fixture(scope="module")
 def cluster():
     started = background()
-    assert started.failure is None or not started.failure.startswith("scripts/slurm-local"), started.failure
+    assert started.up_failure is None, started.up_failure
     yield
     subprocess.run([str(SLURM_LOCAL), "down"], capture_output=True, text=True, timeout=120)
 
