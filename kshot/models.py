@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from kshot.errors import CheckpointError, unknown
@@ -135,6 +136,40 @@ class WideCNN(Backbone):
         return torch.relu(self.fc1(x))  # [B, f1]
 
 
+def one_pixel_window(conv: nn.Conv2d, size: tuple[int, int]) -> tuple[slice, slice, slice, slice] | None:
+    """Where ``conv`` on ``[B, C, *size]`` inputs has a one-pixel output: the input rows and
+    columns that pixel reads and the kernel rows and columns that read them (``None`` otherwise,
+    or for a grouped, dilated or non-zero-padded convolution)."""
+    if conv.groups != 1 or conv.dilation != (1, 1) or conv.padding_mode != "zeros":
+        return None
+    if not isinstance(conv.padding, tuple):  # 'same' / 'valid'
+        return None
+    window = []
+    for n, k, s, p in zip(size, conv.kernel_size, conv.stride, conv.padding, strict=True):
+        if not 0 <= n + 2 * p - k < s:  # more than one output position along this axis
+            return None
+        read = min(n, k - p)  # the input indices 0 .. read-1 meet kernel taps p .. p+read-1
+        window.append((slice(0, read), slice(p, p + read)))
+    (rows, taps_r), (cols, taps_c) = window
+    return rows, cols, taps_r, taps_c
+
+
+class OnePixelConv2d(nn.Conv2d):
+    """:class:`nn.Conv2d` computed as a matrix product wherever its output is one pixel (ResNet-18's
+    last stage at 32x32 inputs, on 2x2 and 1x1 maps): the same values and gradients up to float
+    rounding (the kernel taps that only meet zero padding get zero gradient either way). On CPU,
+    oneDNN's backward pass for such a convolution re-lays the whole weight and its gradient out at
+    every step, which dominates a small-batch ResNet-18 step (``benchmarks/bench_one_pixel.py``)."""
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        window = one_pixel_window(self, (x.shape[-2], x.shape[-1]))
+        if window is None:
+            return super()._conv_forward(x, weight, bias)
+        rows, cols, taps_r, taps_c = window
+        out = F.linear(x[..., rows, cols].flatten(-3), weight[:, :, taps_r, taps_c].flatten(1), bias)
+        return out[..., None, None]  # [B, out_channels, 1, 1]
+
+
 class ResNet18(Backbone):
     """torchvision's ResNet-18, unchanged but for its input channels and head: a 7x7 stride-2 stem
     with max-pooling at every image size, so ImageNet weights (downloaded or from a local file) fit
@@ -153,6 +188,9 @@ class ResNet18(Backbone):
         if in_channels != 3:
             body.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
         body.fc = nn.Identity()
+        for conv in body.modules():
+            if type(conv) is nn.Conv2d:  # same parameters and state dict; see OnePixelConv2d
+                conv.__class__ = OnePixelConv2d
         self.body = body
         self.head = nn.Linear(512, n_classes)
 

@@ -16,7 +16,7 @@ from kshot.finetune import to_input, train
 from kshot.grouping import layer_sizes
 from kshot.methods.full import FullFinetune
 from kshot.methods.grouped import Grouped
-from kshot.models import LeNet, ResNet18, ResNet18Cifar, build_backbone
+from kshot.models import LeNet, OnePixelConv2d, ResNet18, ResNet18Cifar, build_backbone, one_pixel_window
 from kshot.params import params_from_dict
 from kshot.population import train_population
 from kshot.pretrain import pretrain
@@ -53,6 +53,60 @@ def test_resnet18_is_torchvisions_architecture_and_the_cifar_variant_only_change
     cifar = build_backbone("resnet18_cifar", 3, 32, 10)
     assert cifar.body.conv1.kernel_size == (3, 3) and isinstance(cifar.body.maxpool, torch.nn.Identity)
     assert cifar.features(torch.rand(2, 3, 32, 32)).shape == (2, 512)
+
+
+@pytest.mark.parametrize(
+    ("size", "kernel", "stride", "padding", "bias"),
+    [(1, 3, 1, 1, False), (1, 3, 2, 1, True), (2, 3, 2, 1, False), (2, 1, 2, 0, True), (3, 3, 1, 0, False)],
+)
+def test_a_convolution_with_a_one_pixel_output_is_the_convolution_as_a_matrix_product(
+    size, kernel, stride, padding, bias
+):
+    torch.manual_seed(0)
+    plain = torch.nn.Conv2d(6, 5, kernel, stride=stride, padding=padding, bias=bias)
+    fast = copy.deepcopy(plain)
+    fast.__class__ = OnePixelConv2d
+    assert one_pixel_window(fast, (size, size)) is not None
+    x = torch.randn(4, 6, size, size).contiguous(memory_format=torch.channels_last)
+    xp, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_plain, out_fast = plain(xp), fast(xf)
+    assert out_fast.shape == out_plain.shape == (4, 5, 1, 1)
+    torch.testing.assert_close(out_fast, out_plain)
+    (out_plain * torch.arange(5.0).view(1, 5, 1, 1)).sum().backward()
+    (out_fast * torch.arange(5.0).view(1, 5, 1, 1)).sum().backward()
+    torch.testing.assert_close(xf.grad, xp.grad)
+    torch.testing.assert_close(fast.weight.grad, plain.weight.grad)
+    if bias:
+        torch.testing.assert_close(fast.bias.grad, plain.bias.grad)
+
+
+def test_only_resnet18s_last_stage_at_32x32_takes_the_matrix_product():
+    model = build_backbone("resnet18", 1, 32, 5)
+    sizes = {}
+
+    def record(name):
+        def hook(module, args):
+            sizes[name] = tuple(args[0].shape[-2:])
+
+        return hook
+
+    hooks = [m.register_forward_pre_hook(record(n)) for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    model(torch.rand(2, 1, 32, 32))
+    for h in hooks:
+        h.remove()
+    fast = {name for name, m in model.named_modules() if name in sizes and one_pixel_window(m, sizes[name])}
+    assert fast == {name for name in sizes if name.startswith("body.layer4.")}
+    assert all(type(m) is OnePixelConv2d for name, m in model.named_modules() if name in sizes)
+    plain = copy.deepcopy(model)
+    for m in plain.modules():
+        if isinstance(m, OnePixelConv2d):
+            m.__class__ = torch.nn.Conv2d
+    x = torch.rand(3, 1, 32, 32)
+    model.eval(), plain.eval()
+    F.cross_entropy(model(x), torch.tensor([0, 1, 2])).backward()
+    F.cross_entropy(plain(x), torch.tensor([0, 1, 2])).backward()
+    for (name, p), q in zip(model.named_parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
 @pytest.mark.parametrize("wrap", [False, True])
