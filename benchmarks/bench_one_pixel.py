@@ -77,12 +77,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    out: dict[str, Any] = {"cpu": cpu_description(), "platform": platform.platform(), "threads": 1, "cells": []}
+    out: dict[str, Any] = {
+        "cpu": cpu_description(),
+        "platform": platform.platform(),
+        "threads": 1,
+        "cells": [],
+    }
     for n_classes, k in CELLS:
         torch.manual_seed(0)
         fast = build_backbone("resnet18", 1, 32, n_classes)
         plain = with_plain_convs(fast)
-        times: dict[str, list[float]] = {"step_conv": [], "step_matmul": [], "eval_conv": [], "eval_matmul": []}
+        times: dict[str, list[float]] = {
+            "step_conv": [],
+            "step_matmul": [],
+            "eval_conv": [],
+            "eval_matmul": [],
+        }
         for _ in range(args.repeats):
             for label, model in (("conv", plain), ("matmul", fast)):
                 times[f"step_{label}"].append(step_seconds(model, n_classes, k, args.steps))
@@ -97,7 +107,9 @@ def main() -> None:
     conv = sum(r["step_conv_ms"] for r in out["cells"])
     out["step_ratio_over_cells"] = round(conv / sum(r["step_matmul_ms"] for r in out["cells"]), 2)
     write_json(Path(args.out), out)
-    print(f"step time summed over the cells: conv / matmul = {out['step_ratio_over_cells']}; wrote {args.out}")
+    print(
+        f"step time summed over the cells: conv / matmul = {out['step_ratio_over_cells']}; wrote {args.out}"
+    )
 
 
 if __name__ == "__main__":

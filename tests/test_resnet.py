@@ -90,7 +90,11 @@ def test_only_resnet18s_last_stage_at_32x32_takes_the_matrix_product():
 
         return hook
 
-    hooks = [m.register_forward_pre_hook(record(n)) for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    hooks = [
+        m.register_forward_pre_hook(record(n))
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Conv2d)
+    ]
     model(torch.rand(2, 1, 32, 32))
     for h in hooks:
         h.remove()
