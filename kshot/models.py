@@ -158,8 +158,9 @@ class OnePixelConv2d(nn.Conv2d):
     """:class:`nn.Conv2d` computed as a matrix product wherever its output is one pixel (ResNet-18's
     last stage at 32x32 inputs, on 2x2 and 1x1 maps): the same values and gradients up to float
     rounding (the kernel taps that only meet zero padding get zero gradient either way). On CPU,
-    oneDNN's backward pass for such a convolution re-lays the whole weight and its gradient out at
-    every step, which dominates a small-batch ResNet-18 step (``benchmarks/bench_one_pixel.py``)."""
+    torch's convolution backward copies the whole weight and its gradient between memory layouts
+    at every step whatever the batch, which dominated ResNet-18's few-shot steps there
+    (``benchmarks/bench_one_pixel.py``)."""
 
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         window = one_pixel_window(self, (x.shape[-2], x.shape[-1]))
@@ -174,8 +175,9 @@ class ResNet18(Backbone):
     """torchvision's ResNet-18, unchanged but for its input channels and head: a 7x7 stride-2 stem
     with max-pooling at every image size, so ImageNet weights (downloaded or from a local file) fit
     it key for key. At 32x32 its last stage works on 1x1 maps, about 7x cheaper per image than the
-    CIFAR stem of :class:`ResNet18Cifar`. BatchNorm layers stay in eval mode while fine-tuning (see
-    :mod:`kshot.finetune`)."""
+    CIFAR stem of :class:`ResNet18Cifar`, and its convolutions are :class:`OnePixelConv2d`, matrix
+    products where their output is one pixel. BatchNorm layers stay in eval mode while fine-tuning
+    (see :mod:`kshot.finetune`)."""
 
     kept: ClassVar[frozenset[str]] = frozenset()  # body tensors a weights file does not set
 
