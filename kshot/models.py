@@ -136,47 +136,62 @@ class WideCNN(Backbone):
         return torch.relu(self.fc1(x))  # [B, f1]
 
 
-def one_pixel_window(conv: nn.Conv2d, size: tuple[int, int]) -> tuple[slice, slice, slice, slice] | None:
-    """Where ``conv`` on ``[B, C, *size]`` inputs has a one-pixel output: the input rows and
-    columns that pixel reads and the kernel rows and columns that read them (``None`` otherwise,
-    or for a grouped, dilated or non-zero-padded convolution)."""
+Window = tuple[slice, slice]  # (input indices, kernel taps that read them) along one axis
+
+
+def pixel_windows(conv: nn.Conv2d, size: tuple[int, int], max_pixels: int) -> list[list[Window]] | None:
+    """For ``conv`` on ``[B, C, *size]`` inputs with at most ``max_pixels`` output pixels: per
+    axis (rows, columns), per output index, the input indices it reads and the kernel taps that
+    read them (the other taps only meet zero padding). ``None`` for larger outputs, or for a
+    grouped, dilated or non-zero-padded convolution."""
     if conv.groups != 1 or conv.dilation != (1, 1) or conv.padding_mode != "zeros":
         return None
     if not isinstance(conv.padding, tuple):  # 'same' / 'valid'
         return None
-    window = []
+    axes = []
     for n, k, s, p in zip(size, conv.kernel_size, conv.stride, conv.padding, strict=True):
-        if not 0 <= n + 2 * p - k < s:  # more than one output position along this axis
-            return None
-        read = min(n, k - p)  # the input indices 0 .. read-1 meet kernel taps p .. p+read-1
-        window.append((slice(0, read), slice(p, p + read)))
-    (rows, taps_r), (cols, taps_c) = window
-    return rows, cols, taps_r, taps_c
+        first_taps = [i * s - p for i in range((n + 2 * p - k) // s + 1)]  # input index of tap 0
+        axes.append(
+            [(slice(max(a, 0), min(a + k, n)), slice(max(a, 0) - a, min(a + k, n) - a)) for a in first_taps]
+        )
+    if not 1 <= len(axes[0]) * len(axes[1]) <= max_pixels:
+        return None
+    return axes
 
 
-class OnePixelConv2d(nn.Conv2d):
-    """:class:`nn.Conv2d` computed as a matrix product wherever its output is one pixel (ResNet-18's
-    last stage at 32x32 inputs, on 2x2 and 1x1 maps): the same values and gradients up to float
-    rounding (the kernel taps that only meet zero padding get zero gradient either way). On CPU,
-    torch's convolution backward copies the whole weight and its gradient between memory layouts
-    at every step whatever the batch, which dominated ResNet-18's few-shot steps there
-    (``benchmarks/bench_one_pixel.py``)."""
+class SmallMapConv2d(nn.Conv2d):
+    """:class:`nn.Conv2d` computed as one matrix product per output pixel wherever its output has
+    at most :attr:`max_pixels` pixels (ResNet-18's last two stages at 32x32 inputs, on 2x2 and 1x1
+    maps): each pixel is the product of the input window it reads with the kernel taps that meet
+    it, in channels-last order, so the weight's gradient comes back in the weight's own layout.
+    The same values and gradients up to float rounding (taps that only meet zero padding get zero
+    gradient either way). On CPU, torch's convolution backward on such maps copies the whole
+    weight and its gradient between memory layouts at every step whatever the batch, and runs at
+    about half its speed there (``benchmarks/bench_small_maps.py``, which also measures a bound of 16
+    pixels, taking in layer 2's 4x4 maps)."""
+
+    max_pixels: int = 4  # a class default; an instance may set its own (the benchmark does)
 
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        window = one_pixel_window(self, (x.shape[-2], x.shape[-1]))
-        if window is None:
+        axes = pixel_windows(self, (x.shape[-2], x.shape[-1]), self.max_pixels)
+        if axes is None:
             return super()._conv_forward(x, weight, bias)
-        rows, cols, taps_r, taps_c = window
-        out = F.linear(x[..., rows, cols].flatten(-3), weight[:, :, taps_r, taps_c].flatten(1), bias)
-        return out[..., None, None]  # [B, out_channels, 1, 1]
+        x_last, w_last = x.movedim(-3, -1), weight.movedim(1, -1)  # [..., H, W, C], [O, kh, kw, C]
+        pixels = [
+            F.linear(x_last[..., rows, cols, :].flatten(-3), w_last[:, taps_r, taps_c, :].flatten(1), bias)
+            for rows, taps_r in axes[0]
+            for cols, taps_c in axes[1]
+        ]  # each [..., O]
+        out = torch.stack(pixels, dim=-2).unflatten(-2, (len(axes[0]), len(axes[1])))
+        return out.movedim(-1, -3)  # [..., O, H_out, W_out], channels-last strides
 
 
 class ResNet18(Backbone):
     """torchvision's ResNet-18, unchanged but for its input channels and head: a 7x7 stride-2 stem
     with max-pooling at every image size, so ImageNet weights (downloaded or from a local file) fit
     it key for key. At 32x32 its last stage works on 1x1 maps, about 7x cheaper per image than the
-    CIFAR stem of :class:`ResNet18Cifar`, and its convolutions are :class:`OnePixelConv2d`, matrix
-    products where their output is one pixel. BatchNorm layers stay in eval mode while fine-tuning
+    CIFAR stem of :class:`ResNet18Cifar`, and its convolutions are :class:`SmallMapConv2d`, matrix
+    products where their output has at most 4 pixels. BatchNorm layers stay in eval mode while fine-tuning
     (see :mod:`kshot.finetune`)."""
 
     kept: ClassVar[frozenset[str]] = frozenset()  # body tensors a weights file does not set
@@ -191,8 +206,8 @@ class ResNet18(Backbone):
             body.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
         body.fc = nn.Identity()
         for conv in body.modules():
-            if type(conv) is nn.Conv2d:  # same parameters and state dict; see OnePixelConv2d
-                conv.__class__ = OnePixelConv2d
+            if type(conv) is nn.Conv2d:  # same parameters and state dict; see SmallMapConv2d
+                conv.__class__ = SmallMapConv2d
         self.body = body
         self.head = nn.Linear(512, n_classes)
 

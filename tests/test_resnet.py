@@ -16,7 +16,7 @@ from kshot.finetune import to_input, train
 from kshot.grouping import layer_sizes
 from kshot.methods.full import FullFinetune
 from kshot.methods.grouped import Grouped
-from kshot.models import LeNet, OnePixelConv2d, ResNet18, ResNet18Cifar, build_backbone, one_pixel_window
+from kshot.models import LeNet, ResNet18, ResNet18Cifar, SmallMapConv2d, build_backbone, pixel_windows
 from kshot.params import params_from_dict
 from kshot.population import train_population
 from kshot.pretrain import pretrain
@@ -57,30 +57,55 @@ def test_resnet18_is_torchvisions_architecture_and_the_cifar_variant_only_change
 
 @pytest.mark.parametrize(
     ("size", "kernel", "stride", "padding", "bias"),
-    [(1, 3, 1, 1, False), (1, 3, 2, 1, True), (2, 3, 2, 1, False), (2, 1, 2, 0, True), (3, 3, 1, 0, False)],
+    [
+        ((1, 1), 3, 1, 1, False),  # layer 4's 1x1 maps: the centre tap
+        ((1, 1), 3, 2, 1, True),
+        ((2, 2), 3, 2, 1, False),  # layer 4's first conv: 2x2 -> 1x1
+        ((2, 2), 1, 2, 0, True),  # a 1x1 shortcut with stride 2
+        ((3, 3), 3, 1, 0, False),  # no padding: every tap
+        ((2, 2), 3, 1, 1, True),  # layer 3's 2x2 maps: four pixels, four tap windows
+        ((4, 4), 3, 2, 1, False),  # layer 3's first conv: 4x4 -> 2x2, windows of 2 and 3 taps
+        ((4, 4), 1, 2, 0, False),
+        ((1, 3), 3, 1, 1, True),  # not square: 1x3 -> 1x3
+        ((2, 5), 3, 2, 1, False),  # 2x5 -> 1x3
+    ],
 )
-def test_a_convolution_with_a_one_pixel_output_is_the_convolution_as_a_matrix_product(
+def test_a_convolution_with_a_small_output_is_the_convolution_as_matrix_products_per_pixel(
     size, kernel, stride, padding, bias
 ):
     torch.manual_seed(0)
     plain = torch.nn.Conv2d(6, 5, kernel, stride=stride, padding=padding, bias=bias)
-    fast = copy.deepcopy(plain)
-    fast.__class__ = OnePixelConv2d
-    assert one_pixel_window(fast, (size, size)) is not None
-    x = torch.randn(4, 6, size, size).contiguous(memory_format=torch.channels_last)
+    fast = copy.deepcopy(plain).to(memory_format=torch.channels_last)
+    fast.__class__ = SmallMapConv2d
+    assert pixel_windows(fast, size, fast.max_pixels) is not None
+    x = torch.randn(4, 6, *size).contiguous(memory_format=torch.channels_last)
     xp, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
     out_plain, out_fast = plain(xp), fast(xf)
-    assert out_fast.shape == out_plain.shape == (4, 5, 1, 1)
+    assert out_fast.shape == out_plain.shape and out_fast.shape[-2] * out_fast.shape[-1] <= 4
     torch.testing.assert_close(out_fast, out_plain)
-    (out_plain * torch.arange(5.0).view(1, 5, 1, 1)).sum().backward()
-    (out_fast * torch.arange(5.0).view(1, 5, 1, 1)).sum().backward()
+    weights = torch.randn(out_plain.shape)
+    (out_plain * weights).sum().backward()
+    (out_fast * weights).sum().backward()
     torch.testing.assert_close(xf.grad, xp.grad)
     torch.testing.assert_close(fast.weight.grad, plain.weight.grad)
+    # the gradient arrives in the weight's own (channels-last) layout: nothing copies it over
+    assert fast.weight.grad.stride() == fast.weight.stride()
     if bias:
         torch.testing.assert_close(fast.bias.grad, plain.bias.grad)
 
 
-def test_only_resnet18s_last_stage_at_32x32_takes_the_matrix_product():
+def test_larger_outputs_and_other_convolutions_keep_torchs_convolution():
+    conv = torch.nn.Conv2d(6, 5, 3, padding=1)
+    assert pixel_windows(conv, (4, 4), 4) is None  # 16 pixels: layer 2's maps at 32x32
+    assert pixel_windows(conv, (2, 2), 1) is None  # 4 pixels over a bound of 1
+    assert pixel_windows(conv, (2, 2), 4) is not None
+    assert pixel_windows(torch.nn.Conv2d(6, 6, 3, padding=1, groups=2), (1, 1), 4) is None
+    assert pixel_windows(torch.nn.Conv2d(6, 5, 3, padding=1, dilation=2), (1, 1), 4) is None
+    assert pixel_windows(torch.nn.Conv2d(6, 5, 3, padding=1, padding_mode="reflect"), (1, 1), 4) is None
+    assert pixel_windows(torch.nn.Conv2d(6, 5, 3, padding="same"), (1, 1), 4) is None
+
+
+def test_only_resnet18s_last_two_stages_at_32x32_take_the_matrix_products():
     model = build_backbone("resnet18", 1, 32, 5)
     sizes = {}
 
@@ -98,12 +123,12 @@ def test_only_resnet18s_last_stage_at_32x32_takes_the_matrix_product():
     model(torch.rand(2, 1, 32, 32))
     for h in hooks:
         h.remove()
-    fast = {name for name, m in model.named_modules() if name in sizes and one_pixel_window(m, sizes[name])}
-    assert fast == {name for name in sizes if name.startswith("body.layer4.")}
-    assert all(type(m) is OnePixelConv2d for name, m in model.named_modules() if name in sizes)
+    fast = {name for name, m in model.named_modules() if name in sizes and pixel_windows(m, sizes[name], 4)}
+    assert fast == {name for name in sizes if name.startswith(("body.layer3.", "body.layer4."))}
+    assert all(type(m) is SmallMapConv2d for name, m in model.named_modules() if name in sizes)
     plain = copy.deepcopy(model)
     for m in plain.modules():
-        if isinstance(m, OnePixelConv2d):
+        if isinstance(m, SmallMapConv2d):
             m.__class__ = torch.nn.Conv2d
     x = torch.rand(3, 1, 32, 32)
     model.eval(), plain.eval()
