@@ -168,11 +168,14 @@ class SmallMapConv2d(nn.Conv2d):
     gradient either way). On CPU, torch's convolution backward on such maps copies the whole
     weight and its gradient between memory layouts at every step whatever the batch, and runs at
     about half its speed there (``benchmarks/bench_small_maps.py``, which also measures a bound of 16
-    pixels, taking in layer 2's 4x4 maps)."""
+    pixels, taking in layer 2's 4x4 maps). Tensors on another device (CUDA) keep torch's
+    convolution: the layout copies are the CPU backward's, and one kernel launch beats several."""
 
     max_pixels: int = 4  # a class default; an instance may set its own (the benchmark does)
 
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if x.device.type != "cpu":
+            return super()._conv_forward(x, weight, bias)
         axes = pixel_windows(self, (x.shape[-2], x.shape[-1]), self.max_pixels)
         if axes is None:
             return super()._conv_forward(x, weight, bias)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+from kshot import models
 from kshot.config import FinetuneConfig, SearchConfig, SourceConfig, from_dict
 from kshot.errors import CheckpointError, ConfigError
 from kshot.files.checkpoint import read_weights
@@ -103,6 +104,17 @@ def test_larger_outputs_and_other_convolutions_keep_torchs_convolution():
     assert pixel_windows(torch.nn.Conv2d(6, 5, 3, padding=1, dilation=2), (1, 1), 4) is None
     assert pixel_windows(torch.nn.Conv2d(6, 5, 3, padding=1, padding_mode="reflect"), (1, 1), 4) is None
     assert pixel_windows(torch.nn.Conv2d(6, 5, 3, padding="same"), (1, 1), 4) is None
+
+
+def test_tensors_off_the_cpu_keep_torchs_convolution(monkeypatch):
+    calls = []
+    monkeypatch.setattr(models, "pixel_windows", lambda *args: calls.append(args))
+    conv = torch.nn.Conv2d(6, 5, 3, padding=1)
+    conv.__class__ = SmallMapConv2d
+    conv(torch.rand(2, 6, 1, 1))
+    assert len(calls) == 1  # on the CPU the windows are asked for
+    conv.to("meta")(torch.rand(2, 6, 1, 1, device="meta"))
+    assert len(calls) == 1  # elsewhere (CUDA; "meta" here) not
 
 
 def test_only_resnet18s_last_two_stages_at_32x32_take_the_matrix_products():
