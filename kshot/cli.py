@@ -287,6 +287,10 @@ def cmd_compare(args: argparse.Namespace, raw: dict[str, Any]) -> None:
         if not (bench and base and seed.isdigit()):
             raise ConfigError(f"--replicate-of: expected entries written benchmark=base:seed, found {item!r}")
         replicate_of[bench] = (base, int(seed))
+    backbone_of = dict(item.partition("=")[::2] for item in args.backbone_of or [])
+    bad = [item for item in args.backbone_of or [] if "" in item.partition("=")[::2]]
+    if bad:
+        raise ConfigError(f"--backbone-of: expected entries written benchmark=backbone, found {bad}")
     if (args.kind == "replicates") != bool(replicate_of):
         raise ConfigError(
             f"--replicate-of: expected it with --kind replicates and only then, found kind {args.kind!r} "
@@ -300,6 +304,7 @@ def cmd_compare(args: argparse.Namespace, raw: dict[str, Any]) -> None:
         replicate_of,
         _path(args.figure),
         _path(args.findings),
+        backbone_of,
     )
 
 
@@ -531,6 +536,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figure", default=None, help="forest plot path without suffix (.png and .svg)")
     p.add_argument(
         "--findings", default=None, help="where to write the findings (the README's studies block)"
+    )
+    p.add_argument(
+        "--backbone-of",
+        nargs="+",
+        help="each benchmark=its source's backbone: findings give each backbone's cells apart",
     )
     p = report("source-effect", cmd_source_effect, "the source-effect study's tables, figure and findings")
     p.add_argument("--runs", nargs="+", required=True, help="run metrics.json files")

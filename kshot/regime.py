@@ -72,13 +72,29 @@ def _cells(rows: pd.DataFrame) -> str:
     return " and ".join(parts)
 
 
-def comparison_findings(data: pd.DataFrame, kind: str) -> str:
+def _summary(g: pd.DataFrame) -> tuple[str, list[str]]:
+    """The mean of ``g``'s paired differences and where its interval excludes 0, each way."""
+    sig = g[[significant(d, h) for d, h in zip(g["diff"], g.ci95, strict=True)]]
+    up, down = sig[sig["diff"] > 0], sig[sig["diff"] < 0]
+    where = [f"above in {_cells(up)}"] if len(up) else []
+    where += [f"below in {_cells(down)}"] if len(down) else []
+    mean = g["diff"].mean()
+    mean_text = "0.00" if round(mean, 2) == 0 else f"{mean:+.2f}"
+    return f"{mean_text} pp over {len(g)} cell{'s' * (len(g) != 1)}", [
+        "; ".join(where) if where else "in no cell"
+    ]
+
+
+def comparison_findings(data: pd.DataFrame, kind: str, backbone_of: Mapping[str, str] | None = None) -> str:
     """What a comparison table found, one bullet per pair (the README's studies block): the mean
     paired difference over the cells (benchmark x k) and the cells where its interval excludes 0.
 
     For ``regime`` (and ``ablation``) the intervals are over each cell's episodes; for
     ``replicates`` they are the across-sources rows (the t-interval over the source networks'
-    means), with how many (seed, cell) replicates were significant each way."""
+    means), with how many (seed, cell) replicates were significant each way. Where
+    ``backbone_of`` (benchmark -> its source's backbone) puts a pair's cells on more than one
+    backbone, the pair's bullet gives each backbone's mean and cells apart: a LeNet cell and a
+    ResNet-18 cell answer different questions."""
     if kind == "replicates":
         across, per_seed = data[data.seed.isna()], data[data.seed.notna()]
         seeds = per_seed.seed.nunique()
@@ -93,23 +109,21 @@ def comparison_findings(data: pd.DataFrame, kind: str) -> str:
             "Mean paired difference over the cells (benchmark x k) and the cells where its 95% interval "
             "excludes 0."
         ]
+    backbone_of = backbone_of or {}
     for (a, b), g in across.groupby(["a", "b"], sort=False):
-        sig = g[[significant(d, h) for d, h in zip(g["diff"], g.ci95, strict=True)]]
-        up, down = sig[sig["diff"] > 0], sig[sig["diff"] < 0]
-        where = [f"above in {_cells(up)}"] if len(up) else []
-        where += [f"below in {_cells(down)}"] if len(down) else []
-        where = ["; ".join(where) if where else "in no cell"]
-        if per_seed is not None:
-            s = per_seed[(per_seed.a == a) & (per_seed.b == b)]
-            flags = [significant(d, h) for d, h in zip(s["diff"], s.ci95, strict=True)]
-            n_up = sum(f and d > 0 for f, d in zip(flags, s["diff"], strict=True))
-            n_down = sum(f and d < 0 for f, d in zip(flags, s["diff"], strict=True))
-            where.append(f"per source: {n_up} of {len(s)} above, {n_down} below")
-        mean = g["diff"].mean()
-        mean_text = "0.00" if round(mean, 2) == 0 else f"{mean:+.2f}"
-        lines.append(
-            f"- `{a} − {b}` {mean_text} pp over {len(g)} cell{'s' * (len(g) != 1)} ({'; '.join(where)})."
-        )
+        backbones = g.benchmark.map(lambda bench: backbone_of.get(bench, ""))
+        parts = []
+        for backbone, part in g.groupby(backbones, sort=False):
+            head, where = _summary(part)
+            if per_seed is not None:
+                s = per_seed[(per_seed.a == a) & (per_seed.b == b) & per_seed.benchmark.isin(part.benchmark)]
+                flags = [significant(d, h) for d, h in zip(s["diff"], s.ci95, strict=True)]
+                n_up = sum(f and d > 0 for f, d in zip(flags, s["diff"], strict=True))
+                n_down = sum(f and d < 0 for f, d in zip(flags, s["diff"], strict=True))
+                where.append(f"per source: {n_up} of {len(s)} above, {n_down} below")
+            on = f"on {backbone} " if backbones.nunique() > 1 else ""
+            parts.append(f"{on}{head} ({'; '.join(where)})")
+        lines.append(f"- `{a} − {b}` {'; '.join(parts)}.")
     return "\n".join(lines) + "\n"
 
 
@@ -121,11 +135,13 @@ def write_comparisons(
     replicate_of: Mapping[str, tuple[str, int]] | None = None,
     figure: Path | None = None,
     findings: Path | None = None,
+    backbone_of: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Write ``<out_stem>.{md,html,csv,tex}`` for ``kind`` ``ablation``, ``regime`` or ``replicates``
     (which needs ``replicate_of``: each run's benchmark -> (base benchmark, source seed)), where
     ``figure`` is given its forest plot ``<figure>.{png,svg}``, and where ``findings`` is given
-    :func:`comparison_findings` there; returns the CSV frame."""
+    :func:`comparison_findings` there (per backbone where ``backbone_of`` names more than one);
+    returns the CSV frame."""
     df = load_runs(list(runs))
     found = sorted(set(df.method))
     for pair in pairs:
@@ -147,5 +163,5 @@ def write_comparisons(
     if figure is not None:
         plot_forest(forest_rows(table.data), figure, TITLES[kind], "a − b (percentage points)")
     if findings is not None:
-        write_text(findings, comparison_findings(table.data, kind))
+        write_text(findings, comparison_findings(table.data, kind, backbone_of))
     return table.data

@@ -653,6 +653,11 @@ def test_compare_refuses_a_malformed_pair_or_a_method_without_runs(tmp_path, cap
     )
     assert main([*base, "--pairs", "better:full", "--replicate-of", "b=b:0"]) == 2
     assert "found kind 'ablation' and 1 entries" in capsys.readouterr().err
+    assert main([*base, "--pairs", "better:full", "--backbone-of", "b=lenet", "resnet18"]) == 2
+    assert (
+        "--backbone-of: expected entries written benchmark=backbone, found ['resnet18']"
+        in capsys.readouterr().err
+    )
     assert not stem.parent.exists() or list(stem.parent.iterdir()) == []
 
 

@@ -419,6 +419,16 @@ def test_comparison_findings_name_the_cells_where_a_pair_is_significant_each_way
         "- `g − f` +0.88 pp over 4 cells (above in b k=1, 5; below in c k=1).\n"
         "- `h − f` +0.50 pp over 1 cell (in no cell).\n"
     )
+    # benchmarks of two backbones: each backbone's mean and cells apart; one backbone: as above
+    split = comparison_findings(data, "regime", {"b": "lenet", "c": "resnet18"})
+    assert split.splitlines()[1:] == [
+        "- `g − f` on lenet +2.50 pp over 2 cells (above in b k=1, 5); "
+        "on resnet18 -0.75 pp over 2 cells (below in c k=1).",
+        "- `h − f` +0.50 pp over 1 cell (in no cell).",
+    ]
+    assert comparison_findings(data, "regime", {"b": "lenet", "c": "lenet"}) == comparison_findings(
+        data, "regime"
+    )
 
 
 def test_replicates_table_gives_each_source_seed_and_the_interval_across_them():

@@ -309,6 +309,15 @@ def regime_runs():
     return sorted({home(path.removeprefix("data/")) for path in out})
 
 
+def regime_backbone_args():
+    """``kshot compare``'s ``--backbone-of`` arguments of the regime study: each benchmark=its
+    source's backbone, so that its findings give LeNet's and ResNet-18's cells apart."""
+    benchmarks = sorted({b for block in PARAMS.regime.runs for b in block.benchmarks})
+    return ["--backbone-of"] + [
+        f"{b}={source_config(source_of(b)).backbone}" for b in benchmarks
+    ]
+
+
 def replicate_runs(study="replicates"):
     """Metrics of every run of replicate study ``study``: the default run's where it has them (its
     own source is one replicate), the others under data/regime/."""

@@ -84,7 +84,9 @@ use rule compare as compare_regime with:
         pairs=[f"{a}:{b}" for a, b in comparison_pairs("regime")],
         stem=subpath(output.table, strip_suffix=".md"),
         figure=subpath(output.figure, strip_suffix=".png"),
-        extra=lambda w, output: f"--findings {output.findings}",
+        extra=lambda w, output: " ".join(
+            ["--findings", output.findings, *regime_backbone_args()]
+        ),
 
 
 rule regime:
