@@ -30,7 +30,8 @@ NOTES = {
     "beyond the reduced degrees of freedom; grouped_pool − grouped what unlabeled target images "
     "add to the grouping; grouped_rl − grouped what the searched counts add.",
     "regime": "Each row a − b in percentage points, mean ± 95% CI over the episodes both methods "
-    "ran; * when the CI excludes 0. `_wide` benchmarks use LeNet at twice the width; `_long` "
+    "ran; * when the CI excludes 0. `_wide` benchmarks use LeNet at twice the width, `_resnet` "
+    "ones torchvision's ResNet-18 at 32x32; `_long` "
     "methods fine-tune for 300 steps instead of 100; `_conv` / `_fc` group only those layers; "
     "`_triplet` methods add the triplet term to cross-entropy (k = 5 and 10 only).",
 }

@@ -61,7 +61,7 @@ use rule compare as compare_regime with:
             caption="../report/comparisons.rst",
             category="2. Paired comparisons",
             labels={
-                "shows": "grouped minus full per width, fine-tuning length and grouped layers",
+                "shows": "paired differences per backbone, width, fine-tuning length, grouped layers and loss",
                 "table": "regime",
             },
         ),
