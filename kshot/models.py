@@ -174,9 +174,11 @@ class SmallMapConv2d(nn.Conv2d):
     max_pixels: int = 4  # a class default; an instance may set its own (the benchmark does)
 
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if x.device.type != "cpu":
-            return super()._conv_forward(x, weight, bias)
-        axes = pixel_windows(self, (x.shape[-2], x.shape[-1]), self.max_pixels)
+        axes = (
+            pixel_windows(self, (x.shape[-2], x.shape[-1]), self.max_pixels)
+            if x.device.type == "cpu"
+            else None
+        )
         if axes is None:
             return super()._conv_forward(x, weight, bias)
         x_last, w_last = x.movedim(-3, -1), weight.movedim(1, -1)  # [..., H, W, C], [O, kh, kw, C]

@@ -113,6 +113,7 @@ def comparison_findings(data: pd.DataFrame, kind: str, backbone_of: Mapping[str,
     backbone_of = backbone_of or {}
     for (a, b), g in across.groupby(["a", "b"], sort=False):
         backbones = g.benchmark.map(lambda bench: backbone_of.get(bench, ""))
+        split = backbones.nunique() > 1
         parts = []
         for backbone, part in g.groupby(backbones, sort=False):
             head, where = _summary(part)
@@ -122,7 +123,7 @@ def comparison_findings(data: pd.DataFrame, kind: str, backbone_of: Mapping[str,
                 n_up = sum(f and d > 0 for f, d in zip(flags, s["diff"], strict=True))
                 n_down = sum(f and d < 0 for f, d in zip(flags, s["diff"], strict=True))
                 where.append(f"per source: {n_up} of {len(s)} above, {n_down} below")
-            on = f"on {backbone} " if backbones.nunique() > 1 else ""
+            on = f"on {backbone} " if split else ""
             parts.append(f"{on}{head} ({'; '.join(where)})")
         lines.append(f"- `{a} − {b}` {'; '.join(parts)}.")
     return "\n".join(lines) + "\n"
