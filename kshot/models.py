@@ -191,6 +191,34 @@ class SmallMapConv2d(nn.Conv2d):
         return out.movedim(-1, -3)  # [..., O, H_out, W_out], channels-last strides
 
 
+class SubsampledPointwiseConv2d(nn.Conv2d):
+    """A strided 1x1 convolution without padding computed as the stride-1 convolution of the
+    pixels it reads (the input subsampled by its stride): the same values and gradients. torch
+    2.14.1's oneDNN CPU backward of such a convolution on fewer than 8 input channels in
+    channels-last layout returns a wrong weight gradient in most steps, and with one thread can
+    corrupt the heap (found on an AVX2 machine at strides 2 and 4; stride 1 and 8 or more input
+    channels are right). :func:`build_backbone` gives this class to every such convolution."""
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        rows, cols = self.stride
+        return F.conv2d(x[..., ::rows, ::cols], weight, bias)
+
+
+def avoid_strided_pointwise_backward(model: nn.Module) -> None:
+    """Make every plain strided 1x1 convolution of ``model`` without padding, on fewer than 8
+    input channels, a :class:`SubsampledPointwiseConv2d` (same parameters and state dict)."""
+    for conv in model.modules():
+        if (
+            type(conv) is nn.Conv2d
+            and conv.kernel_size == (1, 1)
+            and conv.stride != (1, 1)
+            and conv.padding in ((0, 0), "valid")
+            and conv.groups == 1
+            and conv.in_channels < 8
+        ):
+            conv.__class__ = SubsampledPointwiseConv2d
+
+
 class ResNet18(Backbone):
     """torchvision's ResNet-18, unchanged but for its input channels and head: a 7x7 stride-2 stem
     with max-pooling at every image size, so ImageNet weights (downloaded or from a local file) fit
@@ -311,7 +339,10 @@ BACKBONES: dict[str, Callable[..., Backbone]] = {
 def build_backbone(
     name: str, in_channels: int, image_size: int, n_classes: int, width: float = 1.0
 ) -> Backbone:
-    """Instantiate backbone ``name`` for ``[B, in_channels, image_size, image_size]`` inputs."""
+    """Instantiate backbone ``name`` for ``[B, in_channels, image_size, image_size]`` inputs (its
+    strided 1x1 convolutions on few channels made :class:`SubsampledPointwiseConv2d`)."""
     if name not in BACKBONES:
         raise unknown("backbone", name, BACKBONES)
-    return BACKBONES[name](in_channels, image_size, n_classes, width)
+    model = BACKBONES[name](in_channels, image_size, n_classes, width)
+    avoid_strided_pointwise_backward(model)
+    return model

@@ -79,20 +79,21 @@ def test_a_convolution_with_a_small_output_is_the_convolution_as_matrix_products
     fast = copy.deepcopy(plain).to(memory_format=torch.channels_last)
     fast.__class__ = SmallMapConv2d
     assert pixel_windows(fast, size, fast.max_pixels) is not None
+    plain.double()  # the reference in float64: float32 is wrong for some of these (SubsampledPointwiseConv2d)
     x = torch.randn(4, 6, *size).contiguous(memory_format=torch.channels_last)
-    xp, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
+    xp, xf = x.double().requires_grad_(), x.clone().requires_grad_()
     out_plain, out_fast = plain(xp), fast(xf)
     assert out_fast.shape == out_plain.shape and out_fast.shape[-2] * out_fast.shape[-1] <= 4
-    torch.testing.assert_close(out_fast, out_plain)
+    torch.testing.assert_close(out_fast, out_plain.float())
     weights = torch.randn(out_plain.shape)
-    (out_plain * weights).sum().backward()
+    (out_plain * weights.double()).sum().backward()
     (out_fast * weights).sum().backward()
-    torch.testing.assert_close(xf.grad, xp.grad)
-    torch.testing.assert_close(fast.weight.grad, plain.weight.grad)
+    torch.testing.assert_close(xf.grad, xp.grad.float())
+    torch.testing.assert_close(fast.weight.grad, plain.weight.grad.float())
     # the gradient arrives in the weight's own (channels-last) layout: nothing copies it over
     assert fast.weight.grad.stride() == fast.weight.stride()
     if bias:
-        torch.testing.assert_close(fast.bias.grad, plain.bias.grad)
+        torch.testing.assert_close(fast.bias.grad, plain.bias.grad.float())
 
 
 def test_larger_outputs_and_other_convolutions_keep_torchs_convolution():
