@@ -544,13 +544,15 @@ class PeersConfig:
 
 @dataclass(frozen=True)
 class ResNetStudyConfig:
-    """A study of ``methods`` on benchmarks of their own (the ResNet-18 sources'), at every k of
-    ``episodes.k``, tabled like the default run in reports/<study>/: ``resnet`` (``snakemake
-    resnet``: the paper's claim at the scale of a popular CNN, with both group-count searches) and
-    ``resnet_peers`` (``snakemake resnet_peers``: the peer methods, tuned, on ResNet-18)."""
+    """A study of ``methods`` on benchmarks of their own (the ResNet-18 sources'), at each of ``k``
+    (``None``: every k of ``episodes.k``), tabled like the default run in reports/<study>/:
+    ``resnet`` (``snakemake resnet``: the paper's claim at the scale of a popular CNN, with both
+    group-count searches) and ``resnet_peers`` (``snakemake resnet_peers``: the peer methods,
+    tuned, on ResNet-18)."""
 
     benchmarks: list[str] = field(default_factory=list)
     methods: list[str] = field(default_factory=list)
+    k: list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -772,9 +774,14 @@ class Params:
 
     def listed_methods(self) -> set[str]:
         """The method names the default run and the studies run at every k of ``episodes.k``
-        (the regime study's blocks, which may name their own k, left out)."""
-        studies = ("peers", *REPLICATE_STUDIES, *BENCHMARK_STUDIES)
+        (the blocks that may name their own k, :meth:`k_blocks`, left out)."""
+        studies = ("peers", *REPLICATE_STUDIES)
         return {*self.run.methods, *(m for study in studies for m in getattr(self, study).methods)}
+
+    def k_blocks(self) -> list[RegimeRuns | ResNetStudyConfig]:
+        """The blocks of methods that may name their own k (``None``: every k of ``episodes.k``):
+        the regime study's runs and the benchmark studies."""
+        return [*self.regime.runs, *(getattr(self, study) for study in BENCHMARK_STUDIES)]
 
     def method(self, name: str) -> MethodSpec:
         """The spec of method ``name``; for ``<method>+tuned``, that of ``<method>``."""
@@ -826,8 +833,11 @@ class Params:
                 _check_names(f"{study}.pairs[{i}]", pair, block.methods)
         _check_names("peers.methods", self.peers.methods, self.method_names)
         for study in BENCHMARK_STUDIES:
-            _check_names(f"{study}.benchmarks", getattr(self, study).benchmarks, self.benchmarks)
-            _check_names(f"{study}.methods", getattr(self, study).methods, self.method_names)
+            block = getattr(self, study)
+            _check_names(f"{study}.benchmarks", block.benchmarks, self.benchmarks)
+            _check_names(f"{study}.methods", block.methods, self.method_names)
+            if block.k is not None:
+                _check_names(f"{study}.k", block.k, self.episodes.k)
         effect = self.source_effect
         _check_names("source_effect.benchmarks", effect.benchmarks, self.benchmarks)
         _check_names("source_effect.sources", effect.sources, self.sources)
@@ -846,7 +856,7 @@ class Params:
         regime_methods = {m for block in self.regime.runs for m in block.methods}
         searched = sorted(
             m
-            for m in {*self.listed_methods(), *regime_methods}
+            for m in {*self.listed_methods(), *(m for block in self.k_blocks() for m in block.methods)}
             if self.method(m).kind == "grouped_rl" or m.endswith(TUNED)
         )
         if searched and self.episodes.search_episodes < 1:

@@ -79,11 +79,11 @@ def check_registries(params: Params) -> Params:
 
 def methods_at_k1(params: Params) -> set[str]:
     """Every method name a run of the pipeline lists at k = 1: the default run's and each study's
-    (a regime block at its own k)."""
+    (a block of its own k only where that has 1)."""
     if 1 not in params.episodes.k:
         return set()
-    regime = {m for block in params.regime.runs if block.k is None or 1 in block.k for m in block.methods}
-    return {*params.listed_methods(), *regime}
+    own = {m for block in params.k_blocks() if block.k is None or 1 in block.k for m in block.methods}
+    return {*params.listed_methods(), *own}
 
 
 def check_triplet_at_k1(params: Params) -> None:

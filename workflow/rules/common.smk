@@ -269,9 +269,10 @@ def tuned_block(methods=None):
     ]
 
 
-def search_targets(benchmarks=None, methods=None):
+def search_targets(benchmarks=None, methods=None, ks=None):
     """Both strategies for every benchmark and k that a grouped_rl method runs on (the default
-    run's benchmarks and methods unless given; a study's files are where home() puts them).
+    run's benchmarks and methods and every k unless given; a study's files are where home() puts
+    them).
     """
     kinds = {entry("methods", m).kind for m in methods or PARAMS.run.methods}
     if "grouped_rl" not in kinds:
@@ -279,7 +280,7 @@ def search_targets(benchmarks=None, methods=None):
     paths = expand(
         "search/{benchmark}/k{k}/{strategy}.json",
         benchmark=benchmarks or PARAMS.run.benchmarks,
-        k=PARAMS.episodes.k,
+        k=ks or PARAMS.episodes.k,
         strategy=["reinforce", "random"],
     )
     if benchmarks is None:
@@ -342,7 +343,7 @@ def study_runs(study):
     block = getattr(PARAMS, study)
     if not block.benchmarks or not block.methods:
         return []
-    out = run_metrics(block.benchmarks, block.methods)
+    out = run_metrics(block.benchmarks, block.methods, block.k)
     return sorted({home(path.removeprefix("data/")) for path in out})
 
 

@@ -275,7 +275,9 @@ use rule aggregate as aggregate_study with:
 
 use rule search_report as search_report_resnet with:
     input:
-        traces=search_targets(PARAMS.resnet.benchmarks, PARAMS.resnet.methods),
+        traces=search_targets(
+            PARAMS.resnet.benchmarks, PARAMS.resnet.methods, PARAMS.resnet.k
+        ),
     output:
         table="reports/resnet/search.md",
         csv="reports/resnet/search.csv",
@@ -289,7 +291,9 @@ use rule search_report as search_report_resnet with:
         f"{REGIME_ROOT}/logs/report/search_report_resnet.log",
     params:
         labels=search_labels(
-            search_targets(PARAMS.resnet.benchmarks, PARAMS.resnet.methods)
+            search_targets(
+                PARAMS.resnet.benchmarks, PARAMS.resnet.methods, PARAMS.resnet.k
+            )
         ),
         tables=subpath(output.table, parent=True),
         figures=subpath(output.curves, parent=True),
