@@ -220,6 +220,21 @@ def test_the_alignment_report_compares_each_method_with_the_baseline_at_the_last
     assert (out / "alignment.png").stat().st_size > 10_000
 
 
+def test_a_benchmark_study_plans_its_runs_and_searches_at_its_own_k_only(tmp_path):
+    params = copy.deepcopy(TINY_PARAMS)
+    params["episodes"]["k"] = [1, 2]
+    params["resnet"] = {"benchmarks": ["tiny"], "methods": ["full", "grouped_rl"], "k": [2]}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    planned = planned_outputs(tmp_path, "resnet")
+    runs = [p for p in planned if p.startswith("data/runs/") and p.endswith("metrics.json")]
+    assert sorted(runs) == [
+        "data/runs/tiny/full/k2/metrics.json",
+        "data/runs/tiny/grouped_rl/k2/metrics.json",
+    ]
+    searches = [p for p in planned if p.startswith("data/search/")]
+    assert searches and all("/k2/" in p for p in searches)
+
+
 @pytest.mark.slow
 def test_the_studies_run_on_the_tiny_pipeline_apart_from_the_default_run(tiny_run, tmp_path):
     """source_effect, alignment, maps and a benchmark study (resnet_peers, as resnet: its methods

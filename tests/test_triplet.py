@@ -93,6 +93,21 @@ def test_the_batched_population_refuses_a_triplet_term(tiny_model):
     assert train(model, list(model.parameters()), ep.support, ep.val, cfg, CPU).steps_run == 2
 
 
+def test_a_benchmark_study_runs_at_its_own_k_and_only_at_shots_the_episodes_have():
+    raw = copy.deepcopy(TINY_PARAMS)
+    raw["episodes"]["k"] = [1, 2]
+    raw["methods"]["full_triplet"] = {"kind": "full", "triplet_weight": 0.5}
+    bench = raw["run"]["benchmarks"][0]
+    raw["resnet_peers"] = {"benchmarks": [bench], "methods": ["full_triplet"], "k": [2]}
+    assert params_from_dict(raw).resnet_peers.k == [2]
+    raw["resnet_peers"]["k"] = None  # every k: a triplet term at k = 1
+    with pytest.raises(ConfigError, match=r"^methods.full_triplet.triplet_weight: expected 0, since method"):
+        params_from_dict(raw)
+    raw["resnet_peers"]["k"] = [2, 5]
+    with pytest.raises(ConfigError, match=r"^resnet_peers.k\[1\]: unknown value '5'"):
+        params_from_dict(raw)
+
+
 def test_a_regime_block_runs_the_hybrid_loss_at_its_own_k_and_only_at_shots_the_episodes_have():
     raw = copy.deepcopy(TINY_PARAMS)
     raw["episodes"]["k"] = [1, 2]
