@@ -421,7 +421,12 @@ def cmd_readme(args: argparse.Namespace, raw: dict[str, Any]) -> None:
 
     text = readme.read_text()
     new = with_headline(text, metrics_of(args.metrics, "--metrics"), str(readme))
-    for study, path in (("peers", args.peers_metrics), ("resnet", args.resnet_metrics)):
+    studies = (
+        ("peers", args.peers_metrics),
+        ("resnet", args.resnet_metrics),
+        ("resnet_peers", args.resnet_peers_metrics),
+    )
+    for study, path in studies:
         if path:
             new = with_study(new, metrics_of(path, f"--{study}-metrics"), str(readme), study)
     if args.findings:
@@ -625,6 +630,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--resnet-metrics",
         default=None,
         help="the ResNet-18 study's per-cell metrics (reports/resnet/metrics_by_cell.json), for its block",
+    )
+    p.add_argument(
+        "--resnet-peers-metrics",
+        default=None,
+        help="the peers on ResNet-18's metrics (reports/resnet_peers/metrics_by_cell.json), for its block",
     )
     p.add_argument(
         "--findings",

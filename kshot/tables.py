@@ -705,6 +705,7 @@ def regime_table(
 HEADLINE_BEGIN, HEADLINE_END = "<!-- headline:begin -->", "<!-- headline:end -->"
 PEERS_BEGIN, PEERS_END = "<!-- peers:begin -->", "<!-- peers:end -->"
 RESNET_BEGIN, RESNET_END = "<!-- resnet:begin -->", "<!-- resnet:end -->"
+RESNET_PEERS_BEGIN, RESNET_PEERS_END = "<!-- resnet_peers:begin -->", "<!-- resnet_peers:end -->"
 STUDIES_BEGIN, STUDIES_END = "<!-- studies:begin -->", "<!-- studies:end -->"
 # the studies whose findings.md the README's studies block gathers, in its order
 FINDINGS = {
@@ -846,6 +847,7 @@ def findings_markdown(
 STUDY_BLOCKS = {
     "peers": ("The peers study", PEERS_BEGIN, PEERS_END),
     "resnet": ("The ResNet-18 study", RESNET_BEGIN, RESNET_END),
+    "resnet_peers": ("The peers on ResNet-18", RESNET_PEERS_BEGIN, RESNET_PEERS_END),
 }
 
 
@@ -853,7 +855,7 @@ def study_markdown(metrics: Mapping[str, Any], study: str = "peers") -> str:
     """The README's paragraphs on ``study`` (a key of :data:`STUDY_BLOCKS`) from its
     ``reports/<study>/metrics_by_cell.json``: per baseline (the tuned one first)
     :func:`findings_markdown`, the tables being in reports/<study>/; for the ResNet-18 study the
-    source networks' accuracy first."""
+    source networks' accuracy first (its peers study shares its source)."""
     diff_keys = [key for key in metrics if key.startswith("diff_vs_") and metrics[key]]
     if not diff_keys:
         raise DataError(
@@ -863,7 +865,7 @@ def study_markdown(metrics: Mapping[str, Any], study: str = "peers") -> str:
     title = STUDY_BLOCKS[study][0]
     paragraphs = []
     sources = metrics.get("source_test_acc") or {}
-    if study != "peers" and sources:
+    if study == "resnet" and sources:
         accs = ", ".join(f"`{s}` {float(a):.1f}%" for s, a in sorted(sources.items()))
         paragraphs.append(f"**{title}**: source networks' test accuracy on their own task: {accs}.\n")
     for key in diff_keys:

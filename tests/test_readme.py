@@ -13,6 +13,8 @@ from kshot.tables import (
     PEERS_END,
     RESNET_BEGIN,
     RESNET_END,
+    RESNET_PEERS_BEGIN,
+    RESNET_PEERS_END,
     headline_markdown,
     peers_markdown,
     study_markdown,
@@ -87,6 +89,21 @@ def test_the_resnet_block_opens_with_the_source_accuracy_and_replaces_only_its_m
     readme = f"a\n{PEERS_BEGIN}\npeers\n{PEERS_END}\n{RESNET_BEGIN}\nold\n{RESNET_END}\nb\n"
     new = with_study(readme, metrics, "README.md", "resnet")
     assert new == f"a\n{PEERS_BEGIN}\npeers\n{PEERS_END}\n{RESNET_BEGIN}\n{text}{RESNET_END}\nb\n"
+
+
+def test_the_peers_on_resnet_block_leaves_the_source_to_the_resnet_block_and_has_a_flag_of_its_own(tmp_path):
+    metrics = {**TINY, "significant_vs_full": {"grouped": {"above": {}, "below": {}}}}
+    metrics["source_test_acc"] = {"fashion04_resnet": 93.2}
+    text = study_markdown(metrics, "resnet_peers")
+    assert text.startswith("**The peers on ResNet-18, methods as written** (`snakemake resnet_peers`; ")
+    assert "source networks' test accuracy" not in text  # the ResNet-18 study's block says it
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps(metrics))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{HEADLINE_BEGIN}\n{HEADLINE_END}\n{RESNET_PEERS_BEGIN}\nold\n{RESNET_PEERS_END}\n")
+    args = ["readme", "--metrics", str(path), "--resnet-peers-metrics", str(path), "--readme", str(readme)]
+    assert main(args) == 0
+    assert readme.read_text().endswith(f"{RESNET_PEERS_BEGIN}\n{text}{RESNET_PEERS_END}\n")
 
 
 def test_headline_has_one_row_per_benchmark_and_k_with_signed_differences_to_the_baseline():
