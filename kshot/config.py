@@ -809,8 +809,7 @@ class Params:
         for i, block in enumerate(self.regime.runs):
             _check_names(f"regime.runs[{i}].benchmarks", block.benchmarks, self.benchmarks)
             _check_names(f"regime.runs[{i}].methods", block.methods, self.method_names)
-            if block.k is not None:
-                _check_names(f"regime.runs[{i}].k", block.k, self.episodes.k)
+            _check_own_k(f"regime.runs[{i}].k", block.k, self.episodes.k)
         for i, pair in enumerate(self.ablation):
             if len(pair) != 2 or pair[0] == pair[1]:
                 raise ConfigError(
@@ -836,8 +835,7 @@ class Params:
             block = getattr(self, study)
             _check_names(f"{study}.benchmarks", block.benchmarks, self.benchmarks)
             _check_names(f"{study}.methods", block.methods, self.method_names)
-            if block.k is not None:
-                _check_names(f"{study}.k", block.k, self.episodes.k)
+            _check_own_k(f"{study}.k", block.k, self.episodes.k)
         effect = self.source_effect
         _check_names("source_effect.benchmarks", effect.benchmarks, self.benchmarks)
         _check_names("source_effect.sources", effect.sources, self.sources)
@@ -866,6 +864,17 @@ class Params:
             )
         for i, pair in enumerate(self.regime.pairs):
             _check_names(f"regime.pairs[{i}]", pair, regime_methods)
+
+
+def _check_own_k(where: str, k: list[int] | None, episodes_k: list[int]) -> None:
+    """A block's own k: ``None`` (every k of ``episodes.k``) or a non-empty list of them."""
+    if k is None:
+        return
+    if not k:
+        raise ConfigError(
+            f"{where}: expected k values of episodes.k {episodes_k} (null: all of them), found []"
+        )
+    _check_names(where, k, episodes_k)
 
 
 def _check_names(where: str, names: list[str], valid: Any) -> None:

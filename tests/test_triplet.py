@@ -106,6 +106,9 @@ def test_a_benchmark_study_runs_at_its_own_k_and_only_at_shots_the_episodes_have
     raw["resnet_peers"]["k"] = [2, 5]
     with pytest.raises(ConfigError, match=r"^resnet_peers.k\[1\]: unknown value '5'"):
         params_from_dict(raw)
+    raw["resnet_peers"]["k"] = []  # not "every k": an error
+    with pytest.raises(ConfigError, match=r"^resnet_peers.k: expected k values of episodes.k \[1, 2\]"):
+        params_from_dict(raw)
 
 
 def test_a_regime_block_runs_the_hybrid_loss_at_its_own_k_and_only_at_shots_the_episodes_have():
@@ -120,4 +123,7 @@ def test_a_regime_block_runs_the_hybrid_loss_at_its_own_k_and_only_at_shots_the_
         params_from_dict(raw)
     raw["regime"]["runs"][0]["k"] = [2, 5]
     with pytest.raises(ConfigError, match=r"^regime.runs\[0\].k\[1\]: unknown value '5'"):
+        params_from_dict(raw)
+    raw["regime"]["runs"][0]["k"] = []
+    with pytest.raises(ConfigError, match=r"^regime.runs\[0\].k: expected k values of episodes.k"):
         params_from_dict(raw)
