@@ -160,13 +160,16 @@ def _step_loss(
     model: nn.Module, chunks: list[Tensors], hooks: Sequence[TrainHook], cfg: FinetuneConfig
 ) -> torch.Tensor | None:
     """Forward and backward of one step over ``chunks`` (model inputs and labels on the device);
-    the loss, or ``None`` where it is not finite (the step is abandoned). With several chunks each
-    contributes its share ``n_c / N`` of the mean loss and of the penalties (a mean over examples
-    plus a constant, so the shares add up to the whole batch's)."""
+    the loss, or ``None`` where it is not finite (the step is abandoned), the task loss checked
+    before any penalty reads the step's features (BSS's singular values of non-finite features
+    raise). With several chunks each contributes its share ``n_c / N`` of the mean loss and of the
+    penalties (a mean over examples plus a constant, so the shares add up to the whole batch's)."""
     total = sum(len(c[1]) for c in chunks)
     loss_sum = None
     for x, y in chunks:
         loss = _loss(model, x, y, cfg)
+        if not math.isfinite(float(loss.detach())):
+            return None
         for h in hooks:
             term = h.penalty(model)
             if term is not None:

@@ -262,6 +262,14 @@ def test_bss_with_a_penalty_trains_differently_from_full_finetuning(tiny_model):
     assert bss.loss_curve != full.loss_curve
 
 
+@pytest.mark.parametrize("cls", [BSS, Delta])
+def test_a_penalised_run_whose_features_overflow_is_recorded_as_diverged_not_an_error(tiny_model, cls):
+    # BSS's singular values of non-finite features raised (a ResNet-18 tuning candidate at
+    # lr 0.1 crashed its tune job): the loop stops on the task loss before any penalty sees them
+    res = make(cls, lr=1e20).run(episode(tiny_model))
+    assert res.diverged_step is not None and res.steps < res.diverged_step
+
+
 def test_bss_k_of_at_least_the_number_of_singular_values_is_an_error_naming_k(tiny_model):
     ep = episode(tiny_model)  # 6 support images: 6 singular values
     with pytest.raises(ConfigError, match=r"methods\.bss\.k: expected fewer than the 6 singular values"):
