@@ -63,6 +63,15 @@ def test_readme_resnet_block_is_the_rendering_of_the_committed_resnet_metrics():
     )
 
 
+def test_readme_resnet_peers_block_is_the_rendering_of_the_committed_resnet_peers_metrics():
+    text = (REPO / "README.md").read_text()
+    metrics = json.loads((REPO / "reports" / "resnet_peers" / "metrics_by_cell.json").read_text())
+    assert with_study(text, metrics, "README.md", "resnet_peers") == text, (
+        "README.md's block on the peers on ResNet-18 differs from reports/resnet_peers/metrics_by_cell.json: "
+        "run `kshot readme --resnet-peers-metrics reports/resnet_peers/metrics_by_cell.json`"
+    )
+
+
 def test_peers_block_has_the_tuned_findings_first_and_each_baselines_counts():
     counts = {"grouped": {"above": {}, "below": {"b": [10]}}}
     tuned = {
