@@ -54,21 +54,14 @@ def test_readme_peers_block_is_the_rendering_of_the_committed_peers_metrics():
     )
 
 
-def test_readme_resnet_block_is_the_rendering_of_the_committed_resnet_metrics():
+@pytest.mark.parametrize("study", ["resnet", "resnet_peers"])
+def test_readme_resnet_study_blocks_are_the_rendering_of_the_committed_metrics(study):
     text = (REPO / "README.md").read_text()
-    metrics = json.loads((REPO / "reports" / "resnet" / "metrics_by_cell.json").read_text())
-    assert with_study(text, metrics, "README.md", "resnet") == text, (
-        "README.md's ResNet-18 block differs from reports/resnet/metrics_by_cell.json: run "
-        "`kshot readme --resnet-metrics reports/resnet/metrics_by_cell.json`"
-    )
-
-
-def test_readme_resnet_peers_block_is_the_rendering_of_the_committed_resnet_peers_metrics():
-    text = (REPO / "README.md").read_text()
-    metrics = json.loads((REPO / "reports" / "resnet_peers" / "metrics_by_cell.json").read_text())
-    assert with_study(text, metrics, "README.md", "resnet_peers") == text, (
-        "README.md's block on the peers on ResNet-18 differs from reports/resnet_peers/metrics_by_cell.json: "
-        "run `kshot readme --resnet-peers-metrics reports/resnet_peers/metrics_by_cell.json`"
+    path = f"reports/{study}/metrics_by_cell.json"
+    metrics = json.loads((REPO / path).read_text())
+    assert with_study(text, metrics, "README.md", study) == text, (
+        f"README.md's {study} block differs from {path}: run "
+        f"`kshot readme --{study.replace('_', '-')}-metrics {path}`"
     )
 
 
