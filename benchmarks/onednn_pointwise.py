@@ -30,11 +30,13 @@ from kshot.runtime import cpu_description
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def wrong(conv: nn.Conv2d, cin: int, generator: torch.Generator) -> bool:
-    """Whether ``conv`` (float32, channels-last) differs from its float64 twin on one batch."""
-    reference = nn.Conv2d(cin, 16, 1, stride=conv.stride).double()
+def wrong(conv: nn.Conv2d, generator: torch.Generator) -> bool:
+    """Whether ``conv`` (a float32 1x1 convolution, channels-last) differs from its float64 twin
+    on one batch."""
+    reference = nn.Conv2d(conv.in_channels, conv.out_channels, 1, stride=conv.stride).double()
     reference.load_state_dict(conv.state_dict())
-    x = torch.randn(32, cin, 8, 8, generator=generator).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(32, conv.in_channels, 8, 8, generator=generator)
+    x = x.contiguous(memory_format=torch.channels_last)
     xf, xr = x.clone().requires_grad_(), x.double().requires_grad_()
     out, expected = conv(xf), reference(xr)
     weights = torch.randn(out.shape, generator=generator)
@@ -61,7 +63,7 @@ def main() -> None:
                     conv = nn.Conv2d(cin, 16, 1, stride=stride).to(memory_format=torch.channels_last)
                     if form == "kshot":
                         conv.__class__ = SubsampledPointwiseConv2d
-                    n += wrong(conv, cin, generator)
+                    n += wrong(conv, generator)
                 counts[form] = n
             rows.append({"stride": stride, "in_channels": cin, "trials": args.trials, "wrong": counts})
             print(f"stride {stride}, {cin:2d} channels: wrong in {counts} of {args.trials}", flush=True)

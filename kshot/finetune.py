@@ -170,11 +170,12 @@ def _step_loss(
         loss = _loss(model, x, y, cfg)
         if not math.isfinite(float(loss.detach())):
             return None
+        penalised = False
         for h in hooks:
             term = h.penalty(model)
             if term is not None:
-                loss = loss + term
-        if not math.isfinite(float(loss.detach())):
+                loss, penalised = loss + term, True
+        if penalised and not math.isfinite(float(loss.detach())):
             return None
         share = loss if len(chunks) == 1 else loss * (len(y) / total)
         share.backward()

@@ -264,8 +264,8 @@ def test_bss_with_a_penalty_trains_differently_from_full_finetuning(tiny_model):
 
 @pytest.mark.parametrize("cls", [BSS, Delta])
 def test_a_penalised_run_whose_features_overflow_is_recorded_as_diverged_not_an_error(tiny_model, cls):
-    # BSS's singular values of non-finite features raised (a ResNet-18 tuning candidate at
-    # lr 0.1 crashed its tune job): the loop stops on the task loss before any penalty sees them
+    # BSS's singular values of non-finite features raised (a ResNet-18 tuning candidate's
+    # overflow crashed its tune job): the loop stops on the task loss before any penalty sees them
     res = make(cls, lr=1e20).run(episode(tiny_model))
     assert res.diverged_step is not None and res.steps < res.diverged_step
 
