@@ -514,14 +514,15 @@ class ReplicatesConfig:
     Each seed of ``seeds`` pre-trains the source of every benchmark of ``benchmarks`` again with that
     seed, as source ``<source>_seed<s>``, and draws new episodes for it, as benchmark
     ``<benchmark>_seed<s>`` (:func:`with_replicates` adds both to the params). The default run is the
-    replicate of its own seed. ``methods`` run on every replicate; ``pairs`` are the comparisons
-    ``[a, b]`` (a − b) of the study's table.
+    replicate of its own seed. ``methods`` run on every replicate, at each of ``k`` (``None``: every
+    k of ``episodes.k``); ``pairs`` are the comparisons ``[a, b]`` (a − b) of the study's table.
     """
 
     seeds: list[int] = field(default_factory=list)
     benchmarks: list[str] = field(default_factory=list)
     methods: list[str] = field(default_factory=list)
     pairs: list[list[str]] = field(default_factory=list)
+    k: list[int] | None = None
 
     def validate(self, where: str) -> None:
         if len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
@@ -773,15 +774,15 @@ class Params:
         return dataclasses.replace(self.episodes, **own), test_field
 
     def listed_methods(self) -> set[str]:
-        """The method names the default run and the studies run at every k of ``episodes.k``
+        """The method names the default run and the peers study run at every k of ``episodes.k``
         (the blocks that may name their own k, :meth:`k_blocks`, left out)."""
-        studies = ("peers", *REPLICATE_STUDIES)
-        return {*self.run.methods, *(m for study in studies for m in getattr(self, study).methods)}
+        return {*self.run.methods, *self.peers.methods}
 
-    def k_blocks(self) -> list[RegimeRuns | ResNetStudyConfig]:
+    def k_blocks(self) -> list[RegimeRuns | ReplicatesConfig | ResNetStudyConfig]:
         """The blocks of methods that may name their own k (``None``: every k of ``episodes.k``):
-        the regime study's runs and the benchmark studies."""
-        return [*self.regime.runs, *(getattr(self, study) for study in BENCHMARK_STUDIES)]
+        the regime study's runs, the replicate studies and the benchmark studies."""
+        studies = (*REPLICATE_STUDIES, *BENCHMARK_STUDIES)
+        return [*self.regime.runs, *(getattr(self, study) for study in studies)]
 
     def method(self, name: str) -> MethodSpec:
         """The spec of method ``name``; for ``<method>+tuned``, that of ``<method>``."""
@@ -828,6 +829,7 @@ class Params:
                         f"benchmarks.{b}'s source (the base replicate), found {block.seeds}"
                     )
             _check_names(f"{study}.methods", block.methods, self.method_names)
+            _check_own_k(f"{study}.k", block.k, self.episodes.k)
             for i, pair in enumerate(block.pairs):
                 _check_names(f"{study}.pairs[{i}]", pair, block.methods)
         _check_names("peers.methods", self.peers.methods, self.method_names)

@@ -325,7 +325,7 @@ def replicate_runs(study="replicates"):
     block = getattr(PARAMS, study)
     if not block.seeds or not block.methods:
         return []
-    out = run_metrics(list(replicate_benchmarks(PARAMS, study)), block.methods)
+    out = run_metrics(list(replicate_benchmarks(PARAMS, study)), block.methods, block.k)
     return sorted({home(path.removeprefix("data/")) for path in out})
 
 
