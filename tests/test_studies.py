@@ -235,6 +235,20 @@ def test_a_benchmark_study_plans_its_runs_and_searches_at_its_own_k_only(tmp_pat
     assert searches and all("/k2/" in p for p in searches)
 
 
+def test_a_replicate_study_plans_every_seeds_runs_at_its_own_k_only(tmp_path):
+    params = copy.deepcopy(TINY_PARAMS)
+    params["episodes"]["k"] = [1, 2]
+    block = {"seeds": [3], "benchmarks": ["tiny"], "methods": ["full"], "pairs": [], "k": [2]}
+    params["resnet_replicates"] = block
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    planned = planned_outputs(tmp_path, "resnet_replicates")
+    runs = [p for p in planned if p.endswith("metrics.json") and "/runs/" in p]
+    assert sorted(runs) == [
+        "data/regime/runs/tiny_seed3/full/k2/metrics.json",
+        "data/runs/tiny/full/k2/metrics.json",
+    ]
+
+
 @pytest.mark.slow
 def test_the_studies_run_on_the_tiny_pipeline_apart_from_the_default_run(tiny_run, tmp_path):
     """source_effect, alignment, maps and a benchmark study (resnet_peers, as resnet: its methods

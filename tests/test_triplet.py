@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from kshot.config import FinetuneConfig
+from kshot.config import FinetuneConfig, with_replicates
 from kshot.errors import ConfigError
 from kshot.finetune import check_triplet, train, triplet_term
 from kshot.methods import METHODS
@@ -93,22 +93,32 @@ def test_the_batched_population_refuses_a_triplet_term(tiny_model):
     assert train(model, list(model.parameters()), ep.support, ep.val, cfg, CPU).steps_run == 2
 
 
-def test_a_benchmark_study_runs_at_its_own_k_and_only_at_shots_the_episodes_have():
+@pytest.mark.parametrize(
+    ("study", "block"),
+    [("resnet_peers", {}), ("resnet_replicates", {"seeds": [3], "pairs": []})],
+)
+def test_a_benchmark_or_replicate_study_runs_at_its_own_k_and_only_at_shots_the_episodes_have(study, block):
     raw = copy.deepcopy(TINY_PARAMS)
     raw["episodes"]["k"] = [1, 2]
     raw["methods"]["full_triplet"] = {"kind": "full", "triplet_weight": 0.5}
     bench = raw["run"]["benchmarks"][0]
-    raw["resnet_peers"] = {"benchmarks": [bench], "methods": ["full_triplet"], "k": [2]}
-    assert params_from_dict(raw).resnet_peers.k == [2]
-    raw["resnet_peers"]["k"] = None  # every k: a triplet term at k = 1
+    raw[study] = {**block, "benchmarks": [bench], "methods": ["full_triplet"], "k": [2]}
+    assert getattr(load(raw), study).k == [2]
+    raw[study]["k"] = None  # every k: a triplet term at k = 1
     with pytest.raises(ConfigError, match=r"^methods.full_triplet.triplet_weight: expected 0, since method"):
-        params_from_dict(raw)
-    raw["resnet_peers"]["k"] = [2, 5]
-    with pytest.raises(ConfigError, match=r"^resnet_peers.k\[1\]: unknown value '5'"):
-        params_from_dict(raw)
-    raw["resnet_peers"]["k"] = []  # not "every k": an error
-    with pytest.raises(ConfigError, match=r"^resnet_peers.k: expected k values of episodes.k \[1, 2\]"):
-        params_from_dict(raw)
+        load(raw)
+    raw[study]["k"] = [2, 5]
+    with pytest.raises(ConfigError, match=rf"^{study}.k\[1\]: unknown value '5'"):
+        load(raw)
+    raw[study]["k"] = []  # not "every k": an error
+    with pytest.raises(ConfigError, match=rf"^{study}.k: expected k values of episodes.k \[1, 2\]"):
+        load(raw)
+
+
+def load(raw):
+    """The params of ``raw`` with its replicate studies' sources and benchmarks, as the pipeline
+    reads them."""
+    return params_from_dict(with_replicates(raw))
 
 
 def test_a_regime_block_runs_the_hybrid_loss_at_its_own_k_and_only_at_shots_the_episodes_have():
