@@ -574,13 +574,13 @@ class SourceEffectConfig:
 
 @dataclass(frozen=True)
 class AlignmentStudyConfig:
-    """The alignment study (``snakemake alignment``): ``methods`` on ``benchmarks`` at ``k`` with
-    the layers' representation/weight/gradient alignment (:mod:`kshot.alignment`) logged every
-    ``every`` steps, on the evaluation episodes."""
+    """The alignment study (``snakemake alignment``): ``methods`` on ``benchmarks`` at each of ``k``
+    (``None``: every k of ``episodes.k``) with the layers' representation/weight/gradient alignment
+    (:mod:`kshot.alignment`) logged every ``every`` steps, on the evaluation episodes."""
 
     benchmarks: list[str] = field(default_factory=list)
     methods: list[str] = field(default_factory=list)
-    k: list[int] = field(default_factory=list)
+    k: list[int] | None = None
     every: int = 5
 
     def validate(self, where: str) -> None:
@@ -774,14 +774,15 @@ class Params:
         return dataclasses.replace(self.episodes, **own), test_field
 
     def listed_methods(self) -> set[str]:
-        """The method names the default run and the peers study run at every k of ``episodes.k``
-        (the blocks that may name their own k, :meth:`k_blocks`, left out)."""
-        return {*self.run.methods, *self.peers.methods}
+        """The method names the default run, the peers and the source-effect study run at every k
+        of ``episodes.k`` (the blocks that may name their own k, :meth:`k_blocks`, left out)."""
+        return {*self.run.methods, *self.peers.methods, *self.source_effect.methods}
 
-    def k_blocks(self) -> list[RegimeRuns | ReplicatesConfig | ResNetStudyConfig]:
+    def k_blocks(self) -> list[RegimeRuns | ReplicatesConfig | ResNetStudyConfig | AlignmentStudyConfig]:
         """The blocks of methods that may name their own k (``None``: every k of ``episodes.k``):
-        the regime study's runs, the replicate studies and the benchmark studies."""
-        studies = (*REPLICATE_STUDIES, *BENCHMARK_STUDIES)
+        the regime study's runs, the replicate studies, the benchmark studies and the alignment
+        study."""
+        studies = (*REPLICATE_STUDIES, *BENCHMARK_STUDIES, "alignment")
         return [*self.regime.runs, *(getattr(self, study) for study in studies)]
 
     def method(self, name: str) -> MethodSpec:
@@ -852,6 +853,7 @@ class Params:
         _positive("source_effect", "cka_images", effect.cka_images)
         _check_names("alignment.benchmarks", self.alignment.benchmarks, self.benchmarks)
         _check_names("alignment.methods", self.alignment.methods, self.method_names)
+        _check_own_k("alignment.k", self.alignment.k, self.episodes.k)
         _check_names("maps.benchmarks", self.maps.benchmarks, self.benchmarks)
         regime_methods = {m for block in self.regime.runs for m in block.methods}
         searched = sorted(

@@ -16,10 +16,11 @@ from typing import Any
 
 import yaml
 
-from kshot.config import TUNED, MethodSpec, Params, check_eval_every, from_dict
+from kshot.config import TUNED, MethodSpec, Params, SearchConfig, check_eval_every, from_dict
 from kshot.data.datasets import DATASETS, local_dir_datasets
 from kshot.errors import ConfigError, unknown, yaml_error
 from kshot.methods import METHODS
+from kshot.methods.base import TrainOverrides
 from kshot.models import BACKBONES
 from kshot.tuning import check_grid
 
@@ -68,6 +69,8 @@ def check_registries(params: Params) -> Params:
                 f"method's runs), found '{name}'"
             )
         check_grid(spec.kind, spec.options, spec.tune, params.search.budget, f"methods.{name}")
+        if spec.kind == "grouped_rl":
+            check_searched_recipe(name, spec.options, params.search)
         steps = getattr(spec.options, "steps", None) or params.finetune.steps
         every = getattr(spec.options, "eval_every", None) or params.finetune.eval_every
         if every > steps:  # with the method's overrides of the finetune block
@@ -75,6 +78,30 @@ def check_registries(params: Params) -> Params:
     params = dataclasses.replace(params, methods=methods)
     check_triplet_at_k1(params)
     return params
+
+
+def check_searched_recipe(name: str, options: Any, search: SearchConfig) -> None:
+    """A ``grouped_rl`` method fine-tunes and groups as its search did, so that its counts were
+    chosen for the recipe they are used with: no override of the ``finetune`` block, and the
+    ``search`` block's grouping options (one search serves every grouped_rl method of a strategy)."""
+    where = f"methods.{name}"
+    for f in dataclasses.fields(TrainOverrides):
+        value = getattr(options, f.name)
+        if value is not None:
+            raise ConfigError(
+                f"{where}.{f.name}: expected no override (the search chose the counts with the "
+                f"finetune block's {f.name}), found {value!r}"
+            )
+    ours, theirs = options.activation_spec, search.activation_spec
+    searched = {"algorithm": search.algorithm, "share_bias": search.share_bias}
+    if ours.tag != theirs.tag:  # the patterns differ: name the first option that makes them
+        searched |= {f: getattr(theirs, f) for f in ("features", "pool_size", "rectify")}
+    for option, value in searched.items():
+        if getattr(options, option) != value:
+            raise ConfigError(
+                f"{where}.{option}: expected {value!r}, as the search's groupings (they chose the "
+                f"counts), found {getattr(options, option)!r}"
+            )
 
 
 def methods_at_k1(params: Params) -> set[str]:

@@ -19,7 +19,9 @@ logged with ``cached: true`` and, for the controller, still used for its update.
 (default ``4 * budget``) bounds the samples drawn, so a policy that has converged onto a tried
 configuration ends the search. The search's best configuration is the one with the highest reward
 (ties: the first evaluated). The search fine-tunes with the same :class:`FinetuneConfig` the
-``grouped_rl`` method uses, so the counts are chosen for the recipe they will be used with.
+``grouped_rl`` method uses, so the counts are chosen for the recipe they will be used with (the
+params refuse a ``grouped_rl`` method that trains or groups otherwise:
+:func:`kshot.params.check_searched_recipe`).
 
 **Selection** (:func:`select_finalists`, ``finalists > 0``): the best of a few hundred validation
 images is an optimistic estimate (the winner's curse: with a budget of B noisy rewards, the maximum
@@ -28,8 +30,10 @@ used. So the ``finalists`` configurations with the highest search rewards, plus 
 configuration (one neuron per group: plain fine-tuning, always in the menu's space as fraction 1.0),
 are fine-tuned again at full fidelity on separate *selection* episodes (their own seed stream, no
 test data), and the one with the highest mean selection reward is chosen (ties: the ungrouped one,
-then search order). A grouped finalist with an unstable selection run (its loss diverged, or ended
-above where it began: :func:`unstable_run`, the guard every tuner has) is never chosen.
+then search order). A grouped configuration with an unstable run (its loss diverged, or ended
+above where it began: :func:`unstable_run`, the guard every tuner has) on a search episode is never
+a finalist, and on a selection episode never chosen; without finalists, the best stable searched
+configuration is chosen (the ungrouped one when none is stable).
 ``chosen_counts`` is what ``grouped_rl`` uses; it falls back to no grouping when no searched
 configuration beats plain fine-tuning on validation data it was not chosen on.
 """
@@ -101,6 +105,9 @@ class SearchSample:
     baseline: float | None = None
     loss: float | None = None
     entropy: float | None = None
+    # a search run of this configuration was unstable (:func:`unstable_run`): never a finalist,
+    # never chosen
+    unstable: bool = False
 
 
 @dataclass
@@ -240,12 +247,18 @@ def select_finalists(
     if finalists < 1:
         raise ConfigError(f"search.finalists: expected an integer >= 1 to select, found {finalists}")
     rewards: dict[tuple[tuple[str, int], ...], tuple[dict[str, int], float]] = {}
+    unstable = set()
     for sample in trace.samples:
-        rewards.setdefault(tuple(sorted(sample.counts.items())), (sample.counts, sample.reward))
+        key = tuple(sorted(sample.counts.items()))
+        rewards.setdefault(key, (sample.counts, sample.reward))
+        if sample.unstable:
+            unstable.add(key)
     ungrouped = {name: sizes[name] for name in trace.layers}
     plain = rewards.pop(tuple(sorted(ungrouped.items())), None)  # never among the grouped finalists
     # stable: ties (to 6 decimals, as below) keep search order
-    ranked = sorted(rewards.values(), key=lambda cr: -round(cr[1], 6))
+    ranked = sorted(
+        (cr for key, cr in rewards.items() if key not in unstable), key=lambda cr: -round(cr[1], 6)
+    )
     candidates = [(ungrouped, plain[1] if plain else None, True)]
     candidates += [(c, r, False) for c, r in ranked[:finalists]]
     trace.finalists = []
@@ -258,6 +271,16 @@ def select_finalists(
     best = max(eligible, key=lambda f: round(f.select_reward, 6))
     trace.chosen_counts = dict(best.counts)
     return trace
+
+
+def best_stable(trace: SearchTrace, sizes: dict[str, int]) -> dict[str, int]:
+    """The searched configuration with the highest reward among those without an unstable search
+    run (ties: the first evaluated); the ungrouped one (``sizes``: one group per neuron) when
+    every one had."""
+    stable = [s for s in trace.samples if not s.unstable]
+    if not stable:
+        return {name: sizes[name] for name in trace.layers}
+    return dict(max(stable, key=lambda s: s.reward).counts)  # the first of ties, as best_counts
 
 
 def run_search(
@@ -440,17 +463,25 @@ def search_group_counts(
         return lambda counts: per_layer(expand_counts(counts, units))
 
     search_assess = evaluator("search", episodes, low)
+    unstable = set()
 
     def evaluate(counts: dict[str, int]) -> float:
-        return search_assess(counts).value
+        got = search_assess(counts)
+        if got.unstable:
+            unstable.add(tuple(sorted(counts.items())))
+        return got.value
 
     choices = list(units)
     if cfg.strategy == "random":
         trace = random_search(evaluate, choices, menu, cfg.budget, seed, cfg.max_samples)
     else:
         trace = run_search(evaluate, choices, menu, cfg.budget, cfg.controller, seed, cfg.max_samples)
+    for sample in trace.samples:
+        sample.unstable = tuple(sorted(sample.counts.items())) in unstable
     if cfg.finalists > 0:
         select_finalists(trace, evaluator("select", select, finetune), unit_sizes, cfg.finalists)
+    else:
+        trace.chosen_counts = best_stable(trace, unit_sizes)
     if cfg.tie != "layer":
         trace.units = units
     return trace

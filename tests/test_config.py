@@ -153,3 +153,31 @@ def test_replicates_add_a_source_and_benchmark_per_seed_and_refuse_what_cannot_b
         bad["replicates"].update(block)
         with pytest.raises(ConfigError, match=message):
             params_from_dict(with_replicates(bad))
+
+
+@pytest.mark.parametrize(
+    ("option", "pattern"),
+    [
+        (
+            {"steps": 300},
+            r"^methods.grouped_rl.steps: expected no override \(the search chose the counts with",
+        ),
+        ({"triplet_weight": 0.5}, r"^methods.grouped_rl.triplet_weight: expected no override"),
+        ({"features": "support+pool"}, r"^methods.grouped_rl.features: expected 'support', as the search's"),
+        (
+            {"algorithm": "agglomerative"},
+            r"^methods.grouped_rl.algorithm: expected 'kmeans', as the search's",
+        ),
+        ({"rectify": False}, r"^methods.grouped_rl.rectify: expected True, as the search's groupings"),
+    ],
+)
+def test_a_searched_method_must_train_and_group_as_its_search_did(tiny_params, option, pattern):
+    tiny_params["methods"]["grouped_rl"].update(option)
+    with pytest.raises(ConfigError, match=pattern):
+        params_from_dict(tiny_params)
+
+
+def test_a_searched_method_may_group_as_a_search_configured_otherwise(tiny_params):
+    tiny_params["search"] = {**tiny_params.get("search", {}), "features": "support+pool"}
+    tiny_params["methods"]["grouped_rl"]["features"] = "support+pool"
+    assert params_from_dict(tiny_params).methods["grouped_rl"].options.features == "support+pool"

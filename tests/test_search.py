@@ -12,6 +12,7 @@ from kshot.search import (
     Reward,
     SearchEpisode,
     activation_grouper,
+    best_stable,
     count_menu,
     make_evaluator,
     random_search,
@@ -202,6 +203,33 @@ def test_a_grouped_finalist_with_an_unstable_selection_run_is_never_chosen_but_t
     assert trace.finalists[0].unstable  # the ungrouped one, unstable, stays eligible
     select_finalists(trace, lambda c: assess(c, lambda key: True), SIZES, finalists=3)
     assert trace.chosen_counts == UNGROUPED  # every finalist unstable: the ungrouped one remains
+
+
+def test_a_configuration_unstable_on_a_search_episode_is_never_a_finalist():
+    trace = random_search(Counted(), LAYERS, MENU, 10, seed=0)
+    grouped = [k for k in ranked_keys(trace) if dict(k) != UNGROUPED]
+    for sample in trace.samples:
+        sample.unstable = tuple(sorted(sample.counts.items())) == grouped[0]
+    select_finalists(trace, lambda c: Reward(0.5), SIZES, finalists=3)
+    assert [tuple(sorted(f.counts.items())) for f in trace.finalists[1:]] == grouped[1:4]
+
+
+def test_without_finalists_the_search_chooses_its_best_stable_configuration():
+    model, eps = tiny_lenet(n_classes=4), search_episodes()
+    cfg = from_dict(SearchConfig, {"budget": 3, "menu": [0.25, 1.0]}, "search")
+    trace = search_group_counts(model, eps, 3, cfg, FinetuneConfig(steps=3, eval_every=1), CPU, 0)
+    assert not any(s.unstable for s in trace.samples) and trace.chosen_counts == trace.best_counts
+    # every run diverges: no searched configuration is chosen over plain fine-tuning
+    trace = search_group_counts(model, eps, 3, cfg, FinetuneConfig(steps=3, eval_every=1, lr=1e30), CPU, 0)
+    assert all(s.unstable for s in trace.samples) and trace.best_counts != UNGROUPED_TINY
+    assert trace.chosen_counts == UNGROUPED_TINY
+    assert trace.to_dict()["samples"][0]["unstable"] is True
+    for sample in trace.samples[1:]:  # one stable configuration: the best of the stable ones
+        sample.unstable = sample.counts != trace.samples[1].counts
+    assert best_stable(trace, UNGROUPED_TINY) == trace.samples[1].counts
+
+
+UNGROUPED_TINY = {"conv1": 5, "conv2": 12, "fc1": 125}  # tiny_lenet's layers, one neuron per group
 
 
 def test_population_auto_runs_the_sequential_loop_on_cpu():

@@ -233,6 +233,7 @@ def test_a_benchmark_study_plans_its_runs_and_searches_at_its_own_k_only(tmp_pat
     ]
     searches = [p for p in planned if p.startswith("data/search/")]
     assert searches and all("/k2/" in p for p in searches)
+    assert not [p for p in planned if p.endswith("/k1.json")]  # no episodes at a k it does not run
 
 
 def test_a_replicate_study_plans_every_seeds_runs_at_its_own_k_only(tmp_path):

@@ -95,9 +95,9 @@ def test_the_batched_population_refuses_a_triplet_term(tiny_model):
 
 @pytest.mark.parametrize(
     ("study", "block"),
-    [("resnet_peers", {}), ("resnet_replicates", {"seeds": [3], "pairs": []})],
+    [("resnet_peers", {}), ("resnet_replicates", {"seeds": [3], "pairs": []}), ("alignment", {})],
 )
-def test_a_benchmark_or_replicate_study_runs_at_its_own_k_and_only_at_shots_the_episodes_have(study, block):
+def test_a_study_block_runs_at_its_own_k_and_only_at_shots_the_episodes_have(study, block):
     raw = copy.deepcopy(TINY_PARAMS)
     raw["episodes"]["k"] = [1, 2]
     raw["methods"]["full_triplet"] = {"kind": "full", "triplet_weight": 0.5}
@@ -112,6 +112,14 @@ def test_a_benchmark_or_replicate_study_runs_at_its_own_k_and_only_at_shots_the_
         load(raw)
     raw[study]["k"] = []  # not "every k": an error
     with pytest.raises(ConfigError, match=rf"^{study}.k: expected k values of episodes.k \[1, 2\]"):
+        load(raw)
+
+
+def test_the_source_effect_study_runs_its_methods_at_every_k():
+    raw = copy.deepcopy(TINY_PARAMS)
+    raw["methods"]["full_triplet"] = {"kind": "full", "triplet_weight": 0.5}
+    raw["source_effect"] = {"methods": ["full_triplet"]}
+    with pytest.raises(ConfigError, match=r"^methods.full_triplet.triplet_weight: expected 0, since method"):
         load(raw)
 
 

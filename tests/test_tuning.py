@@ -152,6 +152,8 @@ def test_a_candidate_unstable_on_a_tuning_run_is_never_chosen_over_the_default()
     everything = {(r, a) for r in ("search", "select") for a in (0.01, 0.1, 1.0, 10.0)}
     assert choose(everything).chosen == {"alpha": 0.01}
     assert choose({("search", 0.1)}, finalists=0).chosen == {"alpha": 1.0}
+    # without finalists, every grid candidate unstable and the default (0.01) outside the grid
+    assert choose({("search", a) for a in search}, finalists=0).chosen == {"alpha": 0.01}
 
 
 def test_a_run_is_unstable_when_its_loss_diverges_or_ends_above_where_it_started():

@@ -274,13 +274,14 @@ def search_targets(benchmarks=None, methods=None, ks=None):
     run's benchmarks and methods and every k unless given; a study's files are where home() puts
     them).
     """
-    kinds = {entry("methods", m).kind for m in methods or PARAMS.run.methods}
+    methods = PARAMS.run.methods if methods is None else methods
+    kinds = {entry("methods", m).kind for m in methods}
     if "grouped_rl" not in kinds:
         return []
     paths = expand(
         "search/{benchmark}/k{k}/{strategy}.json",
-        benchmark=benchmarks or PARAMS.run.benchmarks,
-        k=ks or PARAMS.episodes.k,
+        benchmark=PARAMS.run.benchmarks if benchmarks is None else benchmarks,
+        k=PARAMS.episodes.k if ks is None else ks,
         strategy=["reinforce", "random"],
     )
     if benchmarks is None:
@@ -289,11 +290,13 @@ def search_targets(benchmarks=None, methods=None, ks=None):
 
 
 def run_metrics(benchmarks=None, methods=None, ks=None):
+    """Run metrics of ``benchmarks`` x ``methods`` x ``ks`` (``None``: the default run's; an
+    empty list: none)."""
     return expand(
         "data/runs/{benchmark}/{method}/k{k}/metrics.json",
-        benchmark=benchmarks or PARAMS.run.benchmarks,
-        method=methods or PARAMS.run.methods,
-        k=ks or PARAMS.episodes.k,
+        benchmark=PARAMS.run.benchmarks if benchmarks is None else benchmarks,
+        method=PARAMS.run.methods if methods is None else methods,
+        k=PARAMS.episodes.k if ks is None else ks,
     )
 
 
@@ -345,6 +348,14 @@ def study_runs(study):
         return []
     out = run_metrics(block.benchmarks, block.methods, block.k)
     return sorted({home(path.removeprefix("data/")) for path in out})
+
+
+def study_episodes(study):
+    """An episodes file per benchmark of benchmark study ``study``, at its first k (what its
+    report reads them for: each benchmark's classes, the chance level)."""
+    block = getattr(PARAMS, study)
+    k = (block.k or PARAMS.episodes.k)[0]
+    return [home(f"episodes/{b}/k{k}.json") for b in block.benchmarks]
 
 
 def source_effect_cells():

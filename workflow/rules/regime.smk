@@ -225,10 +225,7 @@ use rule aggregate as aggregate_study with:
     input:
         runs=lambda w: study_runs(w.study),
         sources=lambda w: study_sources(getattr(PARAMS, w.study).benchmarks),
-        episodes=lambda w: [
-            home(f"episodes/{b}/k{PARAMS.episodes.k[0]}.json")
-            for b in getattr(PARAMS, w.study).benchmarks
-        ],
+        episodes=lambda w: study_episodes(w.study),
         raw=lambda w: target_raw_dirs(getattr(PARAMS, w.study).benchmarks),
     output:
         table="reports/{study}/results.md",
