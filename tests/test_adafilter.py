@@ -9,7 +9,7 @@ from kshot.errors import ConfigError
 from kshot.finetune import to_input
 from kshot.methods.adafilter import AdaFilter, GatedConv, wrap
 from kshot.methods.linear import LinearProbe
-from kshot.models import ResNet18
+from kshot.models import ResNet18, WideCNN
 from tests.test_methods import episode
 
 
@@ -72,9 +72,14 @@ def test_forced_pretrained_gates_with_a_frozen_fc_reproduce_the_linear_probe(tin
     assert a == b
 
 
-@pytest.mark.parametrize("backbone", ["lenet", "resnet18"])
+def tiny_widecnn():
+    torch.manual_seed(0)
+    return WideCNN(in_channels=1, image_size=7, n_classes=3, width=0.125)
+
+
+@pytest.mark.parametrize("backbone", ["lenet", "resnet18", "widecnn"])
 def test_wrapped_network_equals_the_source_at_init_whatever_the_gates_pick(tiny_model, backbone):
-    source = tiny_model if backbone == "lenet" else tiny_resnet()
+    source = {"lenet": tiny_model, "resnet18": tiny_resnet(), "widecnn": tiny_widecnn()}[backbone]
     images = episode(source).test[0] if backbone == "lenet" else small_episode(source).test[0]
     x = to_input(images[:4], torch.device("cpu"))
     expected = source.eval()(x)

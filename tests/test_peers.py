@@ -10,6 +10,7 @@ import kshot.methods.lpft as lpft_module
 from kshot.config import FinetuneConfig
 from kshot.errors import ConfigError
 from kshot.finetune import init_head, to_input
+from kshot.methods.adafilter import AdaFilter
 from kshot.methods.bitfit import BitFit
 from kshot.methods.bss import BSS, spectral_shrinkage
 from kshot.methods.delta import Delta, attention_weights, conv_layers, feature_maps, supervised_attention
@@ -58,6 +59,22 @@ def test_every_peer_method_fine_tunes_resnet18_with_its_batchnorm_statistics_fro
     assert all(torch.equal(b, stats[n]) for n, b in after.named_buffers() if n in stats)
     moved = [n for n, p in after.named_parameters() if n in before and not torch.equal(p, before[n])]
     assert moved, f"{kind} changed no backbone parameter of ResNet-18"
+
+
+@pytest.mark.parametrize("kind", sorted(PEERS) + ["adafilter"])
+def test_every_peer_method_fine_tunes_the_wide_cnn(kind):
+    from tests.test_adafilter import small_episode, tiny_widecnn
+
+    model = tiny_widecnn()
+    before = backbone_state(model)
+    ep = small_episode(model)
+    cls = {**PEERS, "adafilter": AdaFilter}[kind]
+    options = {"lr": 0.05} | ({"probe_steps": 3} if kind == "lpft" else {})
+    method = cls(cls.parse_options(options, f"methods.{kind}"), FinetuneConfig(steps=3, eval_every=1), kind)
+    res = method.run(ep)
+    assert 0.0 <= res.test_acc <= 1.0 and res.steps == 3 and res.diverged_step is None
+    moved = [n for n, p in ep.model.named_parameters() if n in before and not torch.equal(p, before[n])]
+    assert moved, f"{kind} changed no backbone parameter of the wide CNN"
 
 
 def test_bitfit_changes_only_the_biases_and_the_head(tiny_model):
