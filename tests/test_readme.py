@@ -204,10 +204,11 @@ def test_readme_studies_block_is_the_rendering_of_the_committed_findings():
         path = REPO / "reports" / study / "findings.md"
         if path.exists():
             findings[study] = (path.read_text(), f"reports/{study}/findings.md")
-    assert {"replicates", "regime", "sources", "alignment", "maps"} <= set(findings)
+    assert {"replicates", "resnet_replicates", "regime", "sources", "alignment", "maps"} <= set(findings)
     assert with_findings(text, findings, "README.md") == text, (
         "README.md's studies block differs from reports/<study>/findings.md: run `kshot readme "
-        "--findings replicates=reports/replicates/findings.md regime=reports/regime/findings.md "
+        "--findings replicates=reports/replicates/findings.md "
+        "resnet_replicates=reports/resnet_replicates/findings.md regime=reports/regime/findings.md "
         "sources=reports/sources/findings.md alignment=reports/alignment/findings.md "
         "maps=reports/maps/findings.md`"
     )
