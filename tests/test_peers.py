@@ -61,7 +61,7 @@ def test_every_peer_method_fine_tunes_resnet18_with_its_batchnorm_statistics_fro
     assert moved, f"{kind} changed no backbone parameter of ResNet-18"
 
 
-@pytest.mark.parametrize("kind", sorted(PEERS) + ["adafilter"])
+@pytest.mark.parametrize("kind", [*sorted(PEERS), "adafilter"])
 def test_every_peer_method_fine_tunes_the_wide_cnn(kind):
     from tests.test_adafilter import small_episode, tiny_widecnn
 
