@@ -205,7 +205,8 @@ def tune(
     low_fidelity)`` returns the :class:`Reward` of the method with ``options`` on the
     ``'search'`` or ``'select'`` episodes; ``finalists``: how many of the best candidates are
     re-checked with the ``default`` candidate (:func:`default_candidate`; ``None``: the values of
-    ``options``) on the selection episodes (0: the best search reward is chosen as it is)."""
+    ``options``) on the selection episodes (0: the best search reward of a stable candidate is
+    chosen as it is, the defaults when none is stable)."""
     where = f"methods.{name}"
     check_grid(kind, options, grid, budget, where)
     if not grid:

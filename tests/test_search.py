@@ -224,9 +224,10 @@ def test_without_finalists_the_search_chooses_its_best_stable_configuration():
     assert all(s.unstable for s in trace.samples) and trace.best_counts != UNGROUPED_TINY
     assert trace.chosen_counts == UNGROUPED_TINY
     assert trace.to_dict()["samples"][0]["unstable"] is True
-    for sample in trace.samples[1:]:  # one stable configuration: the best of the stable ones
-        sample.unstable = sample.counts != trace.samples[1].counts
-    assert best_stable(trace, UNGROUPED_TINY) == trace.samples[1].counts
+    for i, sample in enumerate(trace.samples):  # two stable configurations: the better is chosen
+        sample.unstable, sample.reward = i == 0, [0.9, 0.4, 0.6][i]
+    assert len({str(s.counts) for s in trace.samples}) == 3
+    assert best_stable(trace, UNGROUPED_TINY) == trace.samples[2].counts
 
 
 UNGROUPED_TINY = {"conv1": 5, "conv2": 12, "fc1": 125}  # tiny_lenet's layers, one neuron per group
