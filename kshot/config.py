@@ -423,9 +423,10 @@ class SearchConfig:
     steps of a search evaluation (``None``: the ``finetune`` block's), fewer making a cheaper,
     low-fidelity reward; ``finalists``: how many of the best searched configurations are
     re-evaluated, with the ungrouped one, at full fidelity on the selection episodes to choose the
-    counts (0: take the search's best stable configuration, no grouping when none is); ``tie``: ``layer`` (one choice per layer) or
-    ``stage`` (one choice per stage of the backbone, :meth:`kshot.models.Backbone.stages`: five for
-    ResNet-18's twenty conv layers, a space a budget of 16 can explore).
+    counts (0: take the search's best stable configuration, no grouping when none is); ``tie``:
+    ``layer`` (one choice per layer) or ``stage`` (one choice per stage of the backbone,
+    :meth:`kshot.models.Backbone.stages`: five for ResNet-18's twenty conv layers, a space a budget
+    of 16 can explore).
     """
 
     strategy: str = "reinforce"
