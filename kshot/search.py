@@ -249,12 +249,12 @@ def select_finalists(
     rewards: dict[tuple[tuple[str, int], ...], tuple[dict[str, int], float]] = {}
     unstable = set()
     for sample in trace.samples:
-        key = tuple(sorted(sample.counts.items()))
+        key = config_key(sample.counts)
         rewards.setdefault(key, (sample.counts, sample.reward))
         if sample.unstable:
             unstable.add(key)
     ungrouped = {name: sizes[name] for name in trace.layers}
-    plain = rewards.pop(tuple(sorted(ungrouped.items())), None)  # never among the grouped finalists
+    plain = rewards.pop(config_key(ungrouped), None)  # never among the grouped finalists
     # stable: ties (to 6 decimals, as below) keep search order
     ranked = sorted(
         (cr for key, cr in rewards.items() if key not in unstable), key=lambda cr: -round(cr[1], 6)
@@ -271,6 +271,11 @@ def select_finalists(
     best = max(eligible, key=lambda f: round(f.select_reward, 6))
     trace.chosen_counts = dict(best.counts)
     return trace
+
+
+def config_key(counts: dict[str, int]) -> tuple[tuple[str, int], ...]:
+    """A configuration's counts as a hashable key, whatever the order of its layers."""
+    return tuple(sorted(counts.items()))
 
 
 def best_stable(trace: SearchTrace, sizes: dict[str, int]) -> dict[str, int]:
@@ -468,7 +473,7 @@ def search_group_counts(
     def evaluate(counts: dict[str, int]) -> float:
         got = search_assess(counts)
         if got.unstable:
-            unstable.add(tuple(sorted(counts.items())))
+            unstable.add(config_key(counts))
         return got.value
 
     choices = list(units)
@@ -477,7 +482,7 @@ def search_group_counts(
     else:
         trace = run_search(evaluate, choices, menu, cfg.budget, cfg.controller, seed, cfg.max_samples)
     for sample in trace.samples:
-        sample.unstable = tuple(sorted(sample.counts.items())) in unstable
+        sample.unstable = config_key(sample.counts) in unstable
     if cfg.finalists > 0:
         select_finalists(trace, evaluator("select", select, finetune), unit_sizes, cfg.finalists)
     else:

@@ -230,7 +230,7 @@ def tune(
     # stable: ties (to 6 decimals, as below) keep the grid order
     ranked = sorted(trace.trials, key=lambda t: -round(t.search_reward or 0.0, 6))
     if finalists == 0:  # every candidate unstable and the defaults not among them: the defaults
-        trace.chosen = dict(next((t for t in ranked if eligible(t)), Trial(default, None)).candidate)
+        trace.chosen = dict(next((t.candidate for t in ranked if eligible(t)), default))
         return trace
     checked = [t for t in ranked if t.candidate != default and eligible(t)][:finalists]
     plain = next((t for t in trace.trials if t.candidate == default), None)
