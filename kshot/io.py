@@ -121,7 +121,9 @@ def load_tensors(path: str | os.PathLike[str], what: str = "checkpoint") -> dict
     if not zipfile.is_zipfile(p):
         raise CheckpointError(
             f"{what} '{p}': expected a torch checkpoint (a zip archive written by torch.save), "
-            "found a corrupt or truncated file (no zip archive)"
+            "found no zip archive: a corrupt or truncated file, or one saved in torch's legacy "
+            "format (before torch 1.6 or with _use_new_zipfile_serialization=False: load it and "
+            "save it again with torch.save)"
         )
     try:
         with zipfile.ZipFile(p) as archive:  # torch.load does not check the members' CRC-32

@@ -356,6 +356,15 @@ def test_failed_download_is_a_data_error_and_leaves_nothing(tmp_path, name):
     assert list((tmp_path / "raw").iterdir()) == []
 
 
+def test_failed_fashion_mnist_download_is_a_data_error_and_leaves_nothing(tmp_path):
+    cfg = DataConfig(download=True, fashion_mnist_dir=str(tmp_path / "absent"))
+    with pytest.raises(
+        DataError, match=r"^dataset FashionMNIST: .*download failed.*network disabled in tests"
+    ):
+        acquire("fashion_mnist", cfg, tmp_path / "raw" / "fashion_mnist")
+    assert list((tmp_path / "raw").iterdir()) == []
+
+
 class ServedFile(io.BytesIO):
     """What urlopen returns, enough for torchvision's download code."""
 

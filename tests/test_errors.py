@@ -27,6 +27,7 @@ from upstream import build_upstream
 from kshot.cli import main
 from kshot.config import DataConfig, FinetuneConfig
 from kshot.data.datasets import FASHION_FILES, acquire, check_acquirable, load_split
+from kshot.data.prepare import select_classes
 from kshot.episodes import make_episodes
 from kshot.errors import CheckpointError, ConfigError, DataError
 from kshot.jobs import check_device, job_params
@@ -278,8 +279,29 @@ def write_tree(root: Path, files: dict[str, bytes | None]) -> Path:
             {"cats/a.png": None, "dogs/b.png": b"not a png"},
             r"image file '.*b.png': expected a readable image.*non-image",
         ),
+        (  # ImageNet's layout: read as a tree of classes it would give two classes, train and val
+            {
+                "train/cats/a.png": None,
+                "train/dogs/b.png": None,
+                "val/cats/c.png": None,
+                "val/dogs/d.png": None,
+            },
+            r"image folder '.*tree': expected train/ and test/ .*or class folders only, "
+            r"found train/ and val/$",
+        ),
+        (  # each split numbers its classes alphabetically: test's dogs would be train's cows
+            {
+                "train/cats/a.png": None,
+                "train/dogs/b.png": None,
+                "test/cats/c.png": None,
+                "test/cows/d.png": None,
+                "test/dogs/e.png": None,
+            },
+            r"image folder '.*tree': expected the same class folders in train/ and test/, found "
+            r"\['cats', 'dogs'\] and \['cats', 'cows', 'dogs'\]",
+        ),
     ],
-    ids=["empty-class", "class-of-non-images", "corrupt-image"],
+    ids=["empty-class", "class-of-non-images", "corrupt-image", "train-and-val", "other-test-classes"],
 )
 def test_bad_image_folder_is_reported_and_leaves_no_acquired_folder(tmp_path, files, pattern):
     root = write_tree(tmp_path / "tree", files)
@@ -288,6 +310,28 @@ def test_bad_image_folder_is_reported_and_leaves_no_acquired_folder(tmp_path, fi
     with pytest.raises(DataError, match=pattern):
         acquire("pets", cfg, out)
     assert list((tmp_path / "raw").iterdir()) == []
+
+
+def test_an_image_over_pils_pixel_limit_is_an_error_naming_the_file(tmp_path, monkeypatch):
+    root = write_tree(tmp_path / "tree", {"cats/a.png": None, "dogs/b.png": None})
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # twice over it (36 > 20) PIL refuses to decode
+    with pytest.raises(
+        DataError, match=r"image file '.*a.png': expected a photo-sized image, found .*36 pixels"
+    ):
+        acquire("pets", DataConfig(image_folders={"pets": str(root)}), tmp_path / "raw" / "pets")
+    assert list((tmp_path / "raw").iterdir()) == []
+
+
+def test_a_split_without_images_of_the_classes_is_a_named_error(tmp_path):
+    root = write_tree(tmp_path / "tree", {"cats/a.png": None, "dogs/b.png": None})
+    cfg = DataConfig(image_folders={"pets": str(root)})  # one image a class: half of it rounds to none
+    acquire("pets", cfg, tmp_path / "raw" / "pets")
+    test = load_split("pets", "test", cfg, tmp_path / "raw" / "pets")
+    with pytest.raises(
+        DataError,
+        match=r"^benchmarks.b.target_classes: expected images of classes \[0, 1\] in .*found no images$",
+    ):
+        select_classes(test, [0, 1], "benchmarks.b.target_classes", "the test split")
 
 
 def test_good_image_folder_is_acquired_and_split(tmp_path):

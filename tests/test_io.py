@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from kshot.errors import CheckpointError
-from kshot.files.checkpoint import load_checkpoint
+from kshot.files.checkpoint import load_checkpoint, read_weights
 from kshot.io import atomic_path, load_tensors, read_json, save_tensors, write_json
 from kshot.models import LeNet
 
@@ -68,6 +68,16 @@ def test_truncated_checkpoint_names_the_file(tmp_path):
     path.write_bytes(path.read_bytes()[:500])
     with pytest.raises(CheckpointError, match=r"c.pt.*corrupt or truncated"):
         load_checkpoint(path)
+
+
+def test_a_weights_file_in_torchs_legacy_format_is_named_as_such(tmp_path):
+    path = tmp_path / "old.pth"
+    torch.save(LeNet(1, 28, 3).state_dict(), path, _use_new_zipfile_serialization=False)
+    with pytest.raises(
+        CheckpointError, match=r"^weights file '.*old.pth': .*legacy format.*save it again"
+    ) as err:
+        read_weights(path)
+    assert "\n" not in str(err.value)
 
 
 def test_checkpoint_of_another_architecture_is_refused(tmp_path):

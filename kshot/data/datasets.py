@@ -101,8 +101,11 @@ def _fetch_fashion(cfg: DataConfig, out: Path) -> None:
                 shutil.copyfileobj(fin, fout)
         return
     _check_fashion(cfg)
-    _tv("FashionMNIST")(str(out), train=True, download=True)
-    _tv("FashionMNIST")(str(out), train=False, download=True)
+    try:
+        for train in (True, False):
+            _tv("FashionMNIST")(str(out), train=train, download=True)
+    except (RuntimeError, OSError) as err:
+        raise _download_failed("FashionMNIST", err) from err
 
 
 def _tv(name: str) -> type:
@@ -231,13 +234,17 @@ def _fetch_torchvision(
             for split in ("train", "test"):
                 _tv(name)(str(out), download=True, **_split_args(split_kw, split))
         except (RuntimeError, OSError) as err:
-            raise DataError(
-                f"dataset {name}: expected torchvision to download its files, found the download "
-                f"failed ({type(err).__name__}: {' '.join(str(err).split())}); check network access "
-                "and disk space (an md5 mismatch means the upstream file changed)"
-            ) from err
+            raise _download_failed(name, err) from err
 
     return fetch
+
+
+def _download_failed(name: str, err: Exception) -> DataError:
+    return DataError(
+        f"dataset {name}: expected torchvision to download its files, found the download "
+        f"failed ({type(err).__name__}: {' '.join(str(err).split())}); check network access "
+        "and disk space (an md5 mismatch means the upstream file changed)"
+    )
 
 
 def _check_download(key: str, name: str, cfg: DataConfig) -> None:

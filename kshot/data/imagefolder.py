@@ -1,7 +1,9 @@
 """Any folder of images, one sub-folder per class (torchvision's ImageFolder layout).
 
-``root/train/<class>/*`` and ``root/test/<class>/*`` are used as the splits when both exist (Office-31
-style trees without them are split per class, seeded, by ``data.digits_test_fraction``). Images are
+``root/train/<class>/*`` and ``root/test/<class>/*`` are used as the splits when both exist, with
+the same class folders (Office-31 style trees without them are split per class, seeded, by
+``data.digits_test_fraction``; a tree with other split folders, ``train/`` and ``val/`` say, is
+refused rather than read as two classes). Images are
 converted to RGB and resized to a fixed square side at acquisition (``data.image_folder_side``: 224
 for photos fed to ResNet-18 at ImageNet's size), so later stages handle tensors of one shape. They
 are stored as uint8 (150 KB an image at 224: 0.6 GB for 4,000) and every later stage feeds them to
@@ -40,6 +42,8 @@ def _read_tree(root: Path, side: int) -> tuple[np.ndarray, np.ndarray, list[str]
             raise DataError(
                 f"image file '{path}': expected a readable image, found a corrupt or non-image file ({err})"
             ) from err
+        except Image.DecompressionBombError as err:  # over twice PIL's pixel limit (~179 megapixels)
+            raise DataError(f"image file '{path}': expected a photo-sized image, found {err}") from err
     return images, np.asarray(tree.targets, dtype=np.int64), tree.classes
 
 
@@ -56,14 +60,37 @@ def _check(root: Path):
     return check
 
 
+SPLIT_FOLDERS = ("train", "test", "val", "valid", "validation")
+
+
+def _splits(root: Path) -> dict[str, Path]:
+    """The tree's splits: ``train/`` and ``test/`` when it has both, else the whole tree (``all``,
+    split per class later). A tree with some split folders but not that pair (``train/`` and
+    ``val/``, say) is refused: its split folders would be read as classes."""
+    split_dirs = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.lower() in SPLIT_FOLDERS)
+    if {"train", "test"} <= set(split_dirs):
+        return {"train": root / "train", "test": root / "test"}
+    if split_dirs:
+        found = " and ".join(f"{name}/" for name in split_dirs)
+        raise DataError(
+            f"image folder '{root}': expected train/ and test/ (each with one sub-folder per class) "
+            f"or class folders only, found {found}"
+        )
+    return {"all": root}
+
+
 def _fetch(root: Path, side: int):
     def fetch(cfg: DataConfig, out: Path) -> None:
         _check(root)(cfg)
-        parts = {"train": root / "train", "test": root / "test"}
-        if not all(p.is_dir() for p in parts.values()):
-            parts = {"all": root}
-        for split, folder in parts.items():
-            images, labels, classes = _read_tree(folder, side)
+        parts = _splits(root)
+        read = {split: _read_tree(folder, side) for split, folder in parts.items()}
+        if "test" in read and read["test"][2] != read["train"][2]:
+            # each split numbers its own classes alphabetically: other folders, other labels
+            raise DataError(
+                f"image folder '{root}': expected the same class folders in train/ and test/, found "
+                f"{read['train'][2]} and {read['test'][2]}"
+            )
+        for split, (images, labels, classes) in read.items():
             np.savez_compressed(out / f"{split}.npz", images=images, labels=labels)
             (out / f"{split}_classes.txt").write_text("\n".join(classes) + "\n")
 

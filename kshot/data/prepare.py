@@ -47,6 +47,8 @@ def to_geometry(images: torch.Tensor, channels: int, side: int, chunk: int = 256
 def select_classes(data: ImageSet, classes: list[int], field: str, origin: str) -> ImageSet:
     """Keep the images of ``classes`` and relabel them ``0..len(classes)-1`` in the listed order."""
     present = sorted(int(c) for c in torch.unique(data.labels))
+    if not present:
+        raise DataError(f"{field}: expected images of classes {classes} in {origin}, found no images")
     missing = [c for c in classes if c not in present]
     if missing:
         raise DataError(
