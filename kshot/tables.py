@@ -92,6 +92,12 @@ def to_markdown(t: Table) -> str:
 
 
 # The rows a forest plot draws (kshot.figures.plot_forest): a panel, a colour series and a row
+# Each interval of a table stands alone: with many methods and cells some exclude 0 by chance.
+UNCORRECTED = (
+    " Each CI stands alone (uncorrected for the table's many comparisons: about 1 in 20 excludes 0 "
+    "by chance)."
+)
+
 # label, the difference, its 95% CI half-width and whether the CI excludes 0.
 FOREST_COLUMNS = ["panel", "series", "row", "diff", "ci", "significant"]
 
@@ -294,7 +300,8 @@ def main_tables(
         note = (
             f"Test accuracy (%), mean ± 95% t-interval over {eps} episodes (the same episodes for "
             f"every method). Δ: paired difference to `{baseline}` in percentage points, its 95% CI "
-            "computed on per-episode differences; * when that CI excludes 0. Bold: best mean per k."
+            f"computed on per-episode differences; * when that CI excludes 0.{UNCORRECTED} Bold: best "
+            "mean per k."
         )
         if targets and bench in targets:
             note += f" Target classes: {targets[bench]}."
@@ -565,7 +572,7 @@ def ablation_table(
         title=title,
         note=note
         or "Paired difference of test accuracy (percentage points), mean ± 95% CI over the "
-        "episodes both methods ran; * when the CI excludes 0.",
+        f"episodes both methods ran; * when the CI excludes 0.{UNCORRECTED}",
         columns=["comparison"] + [f"{b} k={k}" for b, k in cols_bk],
         cells=rows,
         bold=bold,
@@ -837,9 +844,21 @@ def findings_markdown(
         return "; ".join(parts) if parts else "in no cell"
 
     cells = "; ".join(f"`{m}` {mean[m]:+.2f} pp ({where(m)})" for m in ranked)
+    n_significant = sum(count(m, which) for m in per for which in ("above", "below"))
     return (
         f"{title}: {lead}. Mean paired difference over the cells, and where it is significantly "
-        f"above or below `{baseline}` (95% interval of the paired difference excluding 0): {cells}.\n"
+        f"above or below `{baseline}` (95% interval of the paired difference excluding 0): {cells}. "
+        f"{chance_note(n_significant, sum(map(len, per.values())))}\n"
+    )
+
+
+def chance_note(n_significant: int, n_comparisons: int, level: float = 0.95) -> str:
+    """How many of ``n_comparisons`` intervals at ``level`` exclude 0 against how many would by
+    chance alone were no method different (each interval is uncorrected for the others)."""
+    expected = n_comparisons * (1 - level)
+    return (
+        f"{n_significant} of the {n_comparisons} per-cell comparisons are significant; about "
+        f"{expected:.1f} would be by chance alone (each interval at {level:.0%}, uncorrected)."
     )
 
 

@@ -125,6 +125,11 @@ def test_findings_say_whether_a_method_is_significantly_ahead_in_most_cells_and_
     assert "no method is significantly above `full` in most of the 2 cells" in text
     # best mean first; where, by benchmark and k
     assert text.index("`grouped` +0.75 pp (above in b k=2)") < text.index("`l2sp` +0.45 pp (below in b k=10)")
+    # grouped in 2 cells, l2sp in 1: 3 comparisons, 2 significant, 3 x 5% = 0.15 by chance (shown 0.2)
+    assert text.endswith(
+        "2 of the 3 per-cell comparisons are significant; about 0.2 would be by chance alone "
+        "(each interval at 95%, uncorrected).\n"
+    )
     two = {"b": [2, 10], "c": [1]}
     assert "`grouped` +0.75 pp (above in b k=2, 10 and c k=1; below in b k=5)" in findings_markdown(
         {**TINY, "significant_vs_full": {"grouped": {"above": two, "below": {"b": [5]}}}}, "full"

@@ -159,6 +159,12 @@ def test_markdown_table_marks_the_best_mean_and_significant_differences():
     md = markdown_table(summarise(_runs(), "full"), "full")
     assert "| better | **62.2 ± 10.0** |" in md
     assert "2.2 ± 0.2 *" in md
+    assert "uncorrected for the table's many comparisons" in md  # a * is one interval's verdict
+
+
+def test_an_ablation_tables_note_says_its_intervals_are_uncorrected(tmp_path):
+    t = ablation_table(load_runs(write_runs(tmp_path)), [("better", "worse")])
+    assert "about 1 in 20 excludes 0 by chance" in t.note
 
 
 def test_zero_differences_print_without_a_sign():
