@@ -209,7 +209,8 @@ def findings_markdown(comp: pd.DataFrame) -> str:
         lines.append(
             f"- **{bench}, k = {k}**: of {len(g)} layer × relation cells, `{m}` ends significantly "
             f"more aligned than `{g.baseline.iloc[0]}` in {up} and less in {down}; "
-            f"`{g.baseline.iloc[0]}` itself moves toward alignment in {toward} of {len(g)}."
+            f"`{g.baseline.iloc[0]}` itself ends more aligned than it started in {toward} of "
+            f"{len(g)} (point estimates, no interval)."
         )
     return "\n".join(lines) + "\n"
 

@@ -22,7 +22,15 @@ from kshot.figures import plot_forest
 from kshot.io import atomic_path, write_text
 from kshot.report import load_runs
 from kshot.stats import significant
-from kshot.tables import FOREST_COLUMNS, ablation_table, html_page, replicates_table, to_latex, to_markdown
+from kshot.tables import (
+    FOREST_COLUMNS,
+    ablation_table,
+    chance_note,
+    html_page,
+    replicates_table,
+    to_latex,
+    to_markdown,
+)
 
 NOTES = {
     "ablation": "Each row a − b in percentage points, mean ± 95% CI over the episodes both methods "
@@ -126,6 +134,9 @@ def comparison_findings(data: pd.DataFrame, kind: str, backbone_of: Mapping[str,
             on = f"on {backbone} " if split else ""
             parts.append(f"{on}{head} ({'; '.join(where)})")
         lines.append(f"- `{a} − {b}` {'; '.join(parts)}.")
+    defined = across[across.ci95.notna()]  # a one-episode (or one-source) cell has no interval
+    flags = [significant(d, h) for d, h in zip(defined["diff"], defined.ci95, strict=True)]
+    lines.append(chance_note(sum(flags), len(flags)))
     return "\n".join(lines) + "\n"
 
 

@@ -72,7 +72,8 @@ RUN_KEYS = (
 
 
 def load_runs(paths: list[Path]) -> pd.DataFrame:
-    """One row per (benchmark, method, k, episode) from the runs' ``metrics.json`` files."""
+    """One row per (benchmark, method, k, episode) from the runs' ``metrics.json`` files, every
+    method of a cell on the same episodes (:func:`check_paired`)."""
     rows = []
     for p in paths:
         summary = read_json(p, what="run metrics")
@@ -82,7 +83,9 @@ def load_runs(paths: list[Path]) -> pd.DataFrame:
             rows.append({key: ep.get(key) for key in RUN_KEYS})
     if not rows:
         raise DataError(f"run metrics: expected at least one episode in {len(paths)} files, found none")
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    check_paired(df)
+    return df
 
 
 def blocks(
@@ -99,6 +102,29 @@ def blocks(
         is_tuned = tuned_base in methods and (m.endswith(TUNED) or m in tuned)
         out[m] = ("tuned", tuned_base) if is_tuned else ("defaults", baseline)
     return out
+
+
+def check_paired(df: pd.DataFrame) -> None:
+    """Raise :class:`DataError` unless every method ran each episode of a cell (benchmark, k) at
+    most once and every method of a cell ran the same episodes: a paired difference over the
+    episodes two methods share would silently drop the others, while each mean covers its own."""
+    keys = ["benchmark", "k", "method", "episode"]
+    twice = df[df.duplicated(keys)]
+    if len(twice):
+        r = twice.iloc[0]
+        raise DataError(
+            f"runs of {r.method} at {r.benchmark} k={int(r.k)}: expected one result per episode, "
+            f"found episode {r.episode} twice"
+        )
+    for (bench, k), cell in df.groupby(["benchmark", "k"], sort=True):
+        episodes = {m: sorted(g.episode) for m, g in cell.groupby("method", sort=True)}
+        most = max(episodes, key=lambda m: len(episodes[m]))  # a run cut short is the odd one out
+        for method in episodes:
+            if episodes[method] != episodes[most]:
+                raise DataError(
+                    f"runs of {method} at {bench} k={int(k)}: expected the episodes {most} ran "
+                    f"({episodes[most]}), found {episodes[method]}"
+                )
 
 
 def summarise(df: pd.DataFrame, baseline: str, tuned: Collection[str] = ()) -> pd.DataFrame:

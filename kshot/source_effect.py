@@ -91,8 +91,9 @@ def effects(df: pd.DataFrame, control: str) -> pd.DataFrame:
 
 def verdicts(effect: pd.DataFrame) -> pd.DataFrame:
     """Per ``(target, k, source)``: whether the source is effective (full fine-tuning's effect
-    significantly above 0, or where full did not run, a frozen method's) and whether fine-tuning
-    masks it (a frozen method's effect significant, full fine-tuning's not)."""
+    significantly above 0, or where full did not run, a frozen method's), harmful (that effect
+    significantly below 0: negative transfer) and whether fine-tuning masks it (a frozen method's
+    effect significant, full fine-tuning's not)."""
     rows = []
     for (target, k, source), g in effect.groupby(["target", "k", "source"], sort=True):
         by = {_base(m): r for m, r in zip(g.method, g.itertuples(), strict=True)}
@@ -101,6 +102,7 @@ def verdicts(effect: pd.DataFrame) -> pd.DataFrame:
         frozen_sig = any(r.significant for r in frozen)
         tuned_sig = any(r.significant and r.diff > 0 for r in tuned)
         effective = tuned_sig if tuned else any(r.significant and r.diff > 0 for r in frozen)
+        harmful = any(r.significant and r.diff < 0 for r in (tuned or frozen))
         # the frozen-feature effect that speaks: the largest significant one, else the largest
         speaking = [r for r in frozen if r.significant] or frozen
         rows.append(
@@ -109,6 +111,7 @@ def verdicts(effect: pd.DataFrame) -> pd.DataFrame:
                 "k": int(k),
                 "source": source,
                 "effective": bool(effective),
+                "harmful": bool(harmful),
                 "masked": bool(frozen_sig and tuned and not any(r.significant for r in tuned)),
                 "frozen_effect": max((r.diff for r in speaking), key=abs, default=float("nan")),
                 "fine_tuned_effect": tuned[0].diff if tuned else float("nan"),
@@ -231,6 +234,9 @@ def findings_markdown(verdict: pd.DataFrame, cka_rows: Sequence[Mapping[str, Any
         for source, s in g.groupby("source", sort=True):
             eff = [int(k) for k in s[s.effective].k]
             text = f"`{source}` is effective at k = {_ks(eff)}" if eff else f"`{source}` is not effective"
+            harm = s[s.harmful].k
+            if len(harm):
+                text += f"; transfer from it is significantly worse than from `{control}` at k = {_ks(harm)}"
             for word, sign in (("better", 1), ("worse", -1)):
                 hidden = s[s.masked & (sign * s.frozen_effect > 0)]
                 if len(hidden):

@@ -657,56 +657,6 @@ def replicates_table(
     )
 
 
-def regime_table(
-    df: pd.DataFrame, regimes: Mapping[str, str], baseline: str, k_split: int | None = None
-) -> Table:
-    """Paired gain over ``baseline`` pooled by regime: benchmarks are mapped to a regime label
-    (e.g. ``in-domain`` / ``cross-domain``) and, with ``k_split``, shots to ``k <= k_split`` /
-    ``k > k_split``. Each cell pools the per-episode differences of every benchmark and k of the
-    regime (mean ± 95% CI, percentage points), so a regime with more runs gets a tighter interval,
-    as it should."""
-    unknown = sorted(set(df.benchmark) - set(regimes))
-    if unknown:
-        raise DataError(f"regimes: expected a regime for every benchmark, missing {unknown}")
-    base = df[df.method == baseline].set_index(["benchmark", "k", "episode"])["test_acc"]
-    if base.empty:
-        raise DataError(f"regimes: baseline '{baseline}' has no runs; found {sorted(set(df.method))}")
-
-    def shot(k: int) -> str:
-        if k_split is None:
-            return "all k"
-        return f"k ≤ {k_split}" if k <= k_split else f"k > {k_split}"
-
-    diffs: dict[tuple[str, str, str], list[float]] = {}
-    for (method, bench, k), g in df[df.method != baseline].groupby(["method", "benchmark", "k"]):
-        x = g.set_index(["benchmark", "k", "episode"])["test_acc"]
-        common = x.index.intersection(base.index)
-        key = (str(method), regimes[bench], shot(int(k)))
-        diffs.setdefault(key, []).extend(((x[common] - base[common]) * 100).tolist())
-    cols = sorted({(r, s) for _, r, s in diffs})
-    methods = sorted({m for m, _, _ in diffs})
-    rows, data = [], []
-    for method in methods:
-        row = [method]
-        for r, s in cols:
-            vals = diffs.get((method, r, s))
-            if not vals:
-                row.append("")
-                continue
-            d, h = mean_ci(np.asarray(vals))
-            row.append(fmt_ci(d, h, signed=True) + (" *" if significant(d, h) else ""))
-            data.append({"method": method, "regime": r, "shots": s, "diff": d, "ci95": h, "n": len(vals)})
-        rows.append(row)
-    return Table(
-        title=f"Gain over {baseline} by regime",
-        note=f"Paired difference to `{baseline}` (percentage points), per-episode differences "
-        "pooled over the benchmarks and k of each regime, mean ± 95% CI; * when it excludes 0.",
-        columns=["method"] + [f"{r}, {s}" for r, s in cols],
-        cells=rows,
-        data=pd.DataFrame(data),
-    )
-
-
 # ---------------------------------------------------------------- the README's headline
 
 HEADLINE_BEGIN, HEADLINE_END = "<!-- headline:begin -->", "<!-- headline:end -->"

@@ -32,7 +32,6 @@ from kshot.tables import (
     ablation_table,
     fmt_ci,
     main_tables,
-    regime_table,
     search_table,
     source_table,
     to_latex,
@@ -165,6 +164,21 @@ def test_markdown_table_marks_the_best_mean_and_significant_differences():
 def test_an_ablation_tables_note_says_its_intervals_are_uncorrected(tmp_path):
     t = ablation_table(load_runs(write_runs(tmp_path)), [("better", "worse")])
     assert "about 1 in 20 excludes 0 by chance" in t.note
+
+
+def test_runs_of_a_cell_on_other_episodes_or_twice_are_refused(tmp_path):
+    paths = write_runs(tmp_path, benches=("b1",), ks=(1,), n_eps=3)
+    short = json.loads(paths[1].read_text())
+    write_json(paths[1], {**short, "episodes": short["episodes"][:2]})  # a run cut short
+    with pytest.raises(
+        DataError,
+        match=r"^runs of .* at b1 k=1: expected the episodes .* ran \(\[0, 1, 2\]\), found \[0, 1\]$",
+    ):
+        load_runs(paths)
+    with pytest.raises(
+        DataError, match=r"^runs of .* at b1 k=1: expected one result per episode, found episode 0 twice$"
+    ):
+        load_runs([*paths, paths[0]])
 
 
 def test_zero_differences_print_without_a_sign():
@@ -350,15 +364,6 @@ def test_ablation_table_gives_the_paired_difference_of_each_pair(tmp_path):
     assert t.cells[1][1:] == ["", "", "", ""]  # a method that never ran: blank, no error
 
 
-def test_regime_table_pools_episodes_of_the_benchmarks_of_a_regime(tmp_path):
-    df = load_runs(write_runs(tmp_path))
-    t = regime_table(df, {"b1": "in-domain", "b2": "cross-domain"}, "full", k_split=1)
-    assert "in-domain, k ≤ 1" in t.columns
-    assert set(t.data.n) == {4}
-    with pytest.raises(DataError, match="missing"):
-        regime_table(df, {"b1": "x"}, "full")
-
-
 def test_headline_metrics_are_json_ready_numbers(tmp_path):
     df = load_runs(write_runs(tmp_path))
     m = headline_metrics(summarise(df, "full"), [{"source": "s", "source_test_acc": 0.9}], "full")
@@ -424,10 +429,12 @@ def test_comparison_findings_name_the_cells_where_a_pair_is_significant_each_way
         "excludes 0.\n"
         "- `g − f` +0.88 pp over 4 cells (above in b k=1, 5; below in c k=1).\n"
         "- `h − f` +0.50 pp over 1 cell (in no cell).\n"
+        "3 of the 4 per-cell comparisons are significant; about 0.2 would be by chance alone "
+        "(each interval at 95%, uncorrected).\n"
     )
     # benchmarks of two backbones: each backbone's mean and cells apart; one backbone: as above
     split = comparison_findings(data, "regime", {"b": "lenet", "c": "resnet18"})
-    assert split.splitlines()[1:] == [
+    assert split.splitlines()[1:-1] == [
         "- `g − f` on lenet +2.50 pp over 2 cells (above in b k=1, 5); "
         "on resnet18 -0.75 pp over 2 cells (below in c k=1).",
         "- `h − f` +0.50 pp over 1 cell (in no cell).",
@@ -479,6 +486,8 @@ def test_replicates_table_gives_each_source_seed_and_the_interval_across_them():
         "the 3 source networks' means excludes 0, and how many (source, cell) pairs are significant on "
         "their own episodes.\n"
         "- `grouped − full` +1.10 pp over 1 cell (in no cell; per source: 2 of 3 above, 1 below).\n"
+        "0 of the 1 per-cell comparisons are significant; about 0.1 would be by chance alone "
+        "(each interval at 95%, uncorrected).\n"
     )
     from kshot.regime import forest_rows
 

@@ -144,6 +144,18 @@ def test_a_source_whose_frozen_effect_vanishes_with_fine_tuning_is_masked_and_on
     text = findings_markdown(verdicts(effect), [], "random")
     assert "`good` is effective at k = 5; `masked` is not effective; its frozen features are " in text
     assert "significantly better than `random`'s at k = 5, a difference full fine-tuning hides" in text
+    assert "worse than from" not in text
+
+
+def test_a_source_that_fine_tunes_significantly_worse_than_the_control_is_named_harmful():
+    noise = np.array([0.0, 0.01, -0.01, 0.005, -0.005])
+    df = _runs({("random", "full"): 0.70 + noise, ("bad", "full"): 0.65 + noise[::-1]})
+    verdict = verdicts(effects(df, "random")).set_index("source")
+    assert verdict.loc["bad", "harmful"] and not verdict.loc["bad", "effective"]
+    text = findings_markdown(verdicts(effects(df, "random")), [], "random")
+    assert (
+        "`bad` is not effective; transfer from it is significantly worse than from `random` at k = 5." in text
+    )
 
 
 def _write_run(path, benchmark, method, k, accs, extra=None):
@@ -186,6 +198,7 @@ def test_the_source_effect_report_writes_its_tables_figure_metrics_and_findings(
             "k": 5,
             "source": "pre",
             "effective": True,
+            "harmful": False,
             "masked": False,
             "frozen_effect": pytest.approx(20.0),
             "fine_tuned_effect": pytest.approx(20.0),
