@@ -24,6 +24,7 @@ from kshot.report import load_runs
 from kshot.stats import significant
 from kshot.tables import (
     FOREST_COLUMNS,
+    UNCORRECTED,
     ablation_table,
     chance_note,
     html_page,
@@ -36,12 +37,12 @@ NOTES = {
     "ablation": "Each row a − b in percentage points, mean ± 95% CI over the episodes both methods "
     "ran; * when the CI excludes 0. grouped − grouped_random isolates what the activations add "
     "beyond the reduced degrees of freedom; grouped_pool − grouped what unlabeled target images "
-    "add to the grouping; grouped_rl − grouped what the searched counts add.",
+    f"add to the grouping; grouped_rl − grouped what the searched counts add.{UNCORRECTED}",
     "regime": "Each row a − b in percentage points, mean ± 95% CI over the episodes both methods "
     "ran; * when the CI excludes 0. `_wide` benchmarks use LeNet at twice the width, `_resnet` "
     "ones torchvision's ResNet-18 at 32x32; `_long` "
     "methods fine-tune for 300 steps instead of 100; `_conv` / `_fc` group only those layers; "
-    "`_triplet` methods add the triplet term to cross-entropy (k = 5 and 10 only).",
+    f"`_triplet` methods add the triplet term to cross-entropy (k = 5 and 10 only).{UNCORRECTED}",
 }
 TITLES = {
     "ablation": "Ablations: paired differences of test accuracy",
@@ -136,7 +137,7 @@ def comparison_findings(data: pd.DataFrame, kind: str, backbone_of: Mapping[str,
         lines.append(f"- `{a} − {b}` {'; '.join(parts)}.")
     defined = across[across.ci95.notna()]  # a one-episode (or one-source) cell has no interval
     flags = [significant(d, h) for d, h in zip(defined["diff"], defined.ci95, strict=True)]
-    lines.append(chance_note(sum(flags), len(flags)))
+    lines += ["", chance_note(sum(flags), len(flags))]  # a paragraph of its own, not the last bullet's
     return "\n".join(lines) + "\n"
 
 

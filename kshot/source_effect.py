@@ -102,7 +102,7 @@ def verdicts(effect: pd.DataFrame) -> pd.DataFrame:
         frozen_sig = any(r.significant for r in frozen)
         tuned_sig = any(r.significant and r.diff > 0 for r in tuned)
         effective = tuned_sig if tuned else any(r.significant and r.diff > 0 for r in frozen)
-        harmful = any(r.significant and r.diff < 0 for r in (tuned or frozen))
+        harmful = not effective and any(r.significant and r.diff < 0 for r in (tuned or frozen))
         # the frozen-feature effect that speaks: the largest significant one, else the largest
         speaking = [r for r in frozen if r.significant] or frozen
         rows.append(

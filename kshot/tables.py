@@ -91,13 +91,13 @@ def to_markdown(t: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-# The rows a forest plot draws (kshot.figures.plot_forest): a panel, a colour series and a row
 # Each interval of a table stands alone: with many methods and cells some exclude 0 by chance.
 UNCORRECTED = (
-    " Each CI stands alone (uncorrected for the table's many comparisons: about 1 in 20 excludes 0 "
-    "by chance)."
+    " Each CI stands alone (uncorrected for the table's many comparisons: where two methods do not "
+    "differ, about 1 in 20 excludes 0 by chance)."
 )
 
+# The rows a forest plot draws (kshot.figures.plot_forest): a panel, a colour series and a row
 # label, the difference, its 95% CI half-width and whether the CI excludes 0.
 FOREST_COLUMNS = ["panel", "series", "row", "diff", "ci", "significant"]
 
@@ -650,7 +650,7 @@ def replicates_table(
         note=note
         or "Paired difference of test accuracy (percentage points) per source replicate, mean ± 95% "
         "CI over its episodes, * when the CI excludes 0; across sources: mean and 95% CI over the "
-        "replicates' means, with how many replicates were significantly up (↑) and down (↓).",
+        f"replicates' means, with how many replicates were significantly up (↑) and down (↓).{UNCORRECTED}",
         columns=["comparison"] + [f"{b} k={k}" for b, k in cols],
         cells=rows,
         data=pd.DataFrame(data),

@@ -298,7 +298,7 @@ def write_tree(root: Path, files: dict[str, bytes | None]) -> Path:
                 "test/dogs/e.png": None,
             },
             r"image folder '.*tree': expected the same class folders in train/ and test/, found "
-            r"\['cats', 'dogs'\] and \['cats', 'cows', 'dogs'\]",
+            r"\[\] only in train/ and \['cows'\] only in test/$",
         ),
     ],
     ids=["empty-class", "class-of-non-images", "corrupt-image", "train-and-val", "other-test-classes"],
@@ -332,6 +332,13 @@ def test_a_split_without_images_of_the_classes_is_a_named_error(tmp_path):
         match=r"^benchmarks.b.target_classes: expected images of classes \[0, 1\] in .*found no images$",
     ):
         select_classes(test, [0, 1], "benchmarks.b.target_classes", "the test split")
+
+
+def test_a_class_named_like_a_split_is_a_class(tmp_path):
+    root = write_tree(tmp_path / "tree", {"train/a.png": None, "tree/b.png": None})  # CIFAR-100 has both
+    cfg = DataConfig(image_folders={"pets": str(root)})
+    acquire("pets", cfg, tmp_path / "raw" / "pets")
+    assert (tmp_path / "raw" / "pets" / "all_classes.txt").read_text() == "train\ntree\n"
 
 
 def test_good_image_folder_is_acquired_and_split(tmp_path):

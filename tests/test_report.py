@@ -161,9 +161,14 @@ def test_markdown_table_marks_the_best_mean_and_significant_differences():
     assert "uncorrected for the table's many comparisons" in md  # a * is one interval's verdict
 
 
-def test_an_ablation_tables_note_says_its_intervals_are_uncorrected(tmp_path):
-    t = ablation_table(load_runs(write_runs(tmp_path)), [("better", "worse")])
-    assert "about 1 in 20 excludes 0 by chance" in t.note
+def test_every_comparison_tables_note_says_its_intervals_are_uncorrected(tmp_path):
+    from kshot.regime import NOTES
+    from kshot.tables import replicates_table
+
+    df = load_runs(write_runs(tmp_path))
+    notes = [ablation_table(df, [("better", "worse")]).note, *NOTES.values()]  # the pipeline's notes
+    notes.append(replicates_table(df, [("better", "worse")], {"b1": ("b1", 0), "b2": ("b2", 0)}).note)
+    assert all("about 1 in 20 excludes 0 by chance" in note for note in notes)
 
 
 def test_runs_of_a_cell_on_other_episodes_or_twice_are_refused(tmp_path):
@@ -428,13 +433,13 @@ def test_comparison_findings_name_the_cells_where_a_pair_is_significant_each_way
         "Mean paired difference over the cells (benchmark x k) and the cells where its 95% interval "
         "excludes 0.\n"
         "- `g − f` +0.88 pp over 4 cells (above in b k=1, 5; below in c k=1).\n"
-        "- `h − f` +0.50 pp over 1 cell (in no cell).\n"
+        "- `h − f` +0.50 pp over 1 cell (in no cell).\n\n"
         "3 of the 4 per-cell comparisons are significant; about 0.2 would be by chance alone "
         "(each interval at 95%, uncorrected).\n"
     )
     # benchmarks of two backbones: each backbone's mean and cells apart; one backbone: as above
     split = comparison_findings(data, "regime", {"b": "lenet", "c": "resnet18"})
-    assert split.splitlines()[1:-1] == [
+    assert split.splitlines()[1:-2] == [
         "- `g − f` on lenet +2.50 pp over 2 cells (above in b k=1, 5); "
         "on resnet18 -0.75 pp over 2 cells (below in c k=1).",
         "- `h − f` +0.50 pp over 1 cell (in no cell).",
@@ -485,7 +490,7 @@ def test_replicates_table_gives_each_source_seed_and_the_interval_across_them():
         "Mean paired difference over the cells (benchmark x k), the cells where the 95% interval over "
         "the 3 source networks' means excludes 0, and how many (source, cell) pairs are significant on "
         "their own episodes.\n"
-        "- `grouped − full` +1.10 pp over 1 cell (in no cell; per source: 2 of 3 above, 1 below).\n"
+        "- `grouped − full` +1.10 pp over 1 cell (in no cell; per source: 2 of 3 above, 1 below).\n\n"
         "0 of the 1 per-cell comparisons are significant; about 0.1 would be by chance alone "
         "(each interval at 95%, uncorrected).\n"
     )

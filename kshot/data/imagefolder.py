@@ -63,12 +63,25 @@ def _check(root: Path):
 SPLIT_FOLDERS = ("train", "test", "val", "valid", "validation")
 
 
+def _subfolders(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir())
+
+
 def _splits(root: Path) -> dict[str, Path]:
-    """The tree's splits: ``train/`` and ``test/`` when it has both, else the whole tree (``all``,
-    split per class later). A tree with some split folders but not that pair (``train/`` and
-    ``val/``, say) is refused: its split folders would be read as classes."""
-    split_dirs = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.lower() in SPLIT_FOLDERS)
+    """The tree's splits: ``train/`` and ``test/`` when it has both, with the same class folders;
+    else the whole tree (``all``, split per class later). A split folder is one named like a split
+    that holds sub-folders (a class named ``train`` holds images); a tree with split folders but not
+    that pair (``train/`` and ``val/``, say) is refused: its split folders would be read as classes."""
+    split_dirs = [name for name in _subfolders(root) if name.lower() in SPLIT_FOLDERS]
+    split_dirs = [name for name in split_dirs if _subfolders(root / name)]
     if {"train", "test"} <= set(split_dirs):
+        train, test = _subfolders(root / "train"), _subfolders(root / "test")
+        if train != test:  # each split numbers its own classes alphabetically: other labels
+            raise DataError(
+                f"image folder '{root}': expected the same class folders in train/ and test/, found "
+                f"{sorted(set(train) - set(test))} only in train/ and {sorted(set(test) - set(train))} "
+                "only in test/"
+            )
         return {"train": root / "train", "test": root / "test"}
     if split_dirs:
         found = " and ".join(f"{name}/" for name in split_dirs)
@@ -82,15 +95,8 @@ def _splits(root: Path) -> dict[str, Path]:
 def _fetch(root: Path, side: int):
     def fetch(cfg: DataConfig, out: Path) -> None:
         _check(root)(cfg)
-        parts = _splits(root)
-        read = {split: _read_tree(folder, side) for split, folder in parts.items()}
-        if "test" in read and read["test"][2] != read["train"][2]:
-            # each split numbers its own classes alphabetically: other folders, other labels
-            raise DataError(
-                f"image folder '{root}': expected the same class folders in train/ and test/, found "
-                f"{read['train'][2]} and {read['test'][2]}"
-            )
-        for split, (images, labels, classes) in read.items():
+        for split, folder in _splits(root).items():
+            images, labels, classes = _read_tree(folder, side)
             np.savez_compressed(out / f"{split}.npz", images=images, labels=labels)
             (out / f"{split}_classes.txt").write_text("\n".join(classes) + "\n")
 
