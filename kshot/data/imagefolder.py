@@ -3,11 +3,11 @@
 ``root/train/<class>/*`` and ``root/test/<class>/*`` are used as the splits when both exist, with
 the same class folders (Office-31 style trees without them are split per class, seeded, by
 ``data.digits_test_fraction``; a tree with other split folders, ``train/`` and ``val/`` say, is
-refused rather than read as two classes). Images are
-converted to RGB and resized to a fixed square side at acquisition (``data.image_folder_side``: 224
-for photos fed to ResNet-18 at ImageNet's size), so later stages handle tensors of one shape. They
-are stored as uint8 (150 KB an image at 224: 0.6 GB for 4,000) and every later stage feeds them to
-the network in bounded batches (:func:`kshot.finetune.predict`, :func:`kshot.finetune.micro_batches`).
+refused rather than read as two classes). Images are converted to RGB and resized to a fixed square
+side at acquisition (``data.image_folder_side``: 224 for photos fed to ResNet-18 at ImageNet's
+size), so later stages handle tensors of one shape. They are stored as uint8 (150 KB an image at
+224: 0.6 GB for 4,000) and every later stage feeds them to the network in bounded batches
+(:func:`kshot.finetune.predict`, :func:`kshot.finetune.micro_batches`).
 """
 
 from __future__ import annotations
@@ -72,10 +72,10 @@ def _splits(root: Path) -> dict[str, Path]:
     else the whole tree (``all``, split per class later). A split folder is one named like a split
     that holds sub-folders (a class named ``train`` holds images); a tree with split folders but not
     that pair (``train/`` and ``val/``, say) is refused: its split folders would be read as classes."""
-    split_dirs = [name for name in _subfolders(root) if name.lower() in SPLIT_FOLDERS]
-    split_dirs = [name for name in split_dirs if _subfolders(root / name)]
-    if {"train", "test"} <= set(split_dirs):
-        train, test = _subfolders(root / "train"), _subfolders(root / "test")
+    named = {name: _subfolders(root / name) for name in _subfolders(root) if name.lower() in SPLIT_FOLDERS}
+    classes_of = {name: classes for name, classes in named.items() if classes}  # the split folders
+    if {"train", "test"} <= classes_of.keys():
+        train, test = classes_of["train"], classes_of["test"]
         if train != test:  # each split numbers its own classes alphabetically: other labels
             raise DataError(
                 f"image folder '{root}': expected the same class folders in train/ and test/, found "
@@ -83,8 +83,8 @@ def _splits(root: Path) -> dict[str, Path]:
                 "only in test/"
             )
         return {"train": root / "train", "test": root / "test"}
-    if split_dirs:
-        found = " and ".join(f"{name}/" for name in split_dirs)
+    if classes_of:
+        found = " and ".join(f"{name}/" for name in classes_of)
         raise DataError(
             f"image folder '{root}': expected train/ and test/ (each with one sub-folder per class) "
             f"or class folders only, found {found}"
