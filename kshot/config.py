@@ -473,10 +473,13 @@ class SearchConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Which benchmarks and methods the default pipeline runs."""
+    """Which benchmarks and methods the default pipeline runs, at the shots ``k`` (``None``: every
+    k of ``episodes.k``; a subset keeps the default run within its time, the studies running the
+    rest)."""
 
     benchmarks: list[str]
     methods: list[str]
+    k: list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -538,7 +541,7 @@ class ReplicatesConfig:
 @dataclass(frozen=True)
 class PeersConfig:
     """The peers study (``snakemake peers``): every method of ``methods`` (tuned ones as
-    ``<method>+tuned``) on the default run's benchmarks and k, in tables of their own
+    ``<method>+tuned``) on the default run's benchmarks at every k of ``episodes.k``, in tables of their own
     (reports/peers/): the contest that does not fit in the default run's time."""
 
     methods: list[str] = field(default_factory=list)
@@ -775,16 +778,23 @@ class Params:
         return dataclasses.replace(self.episodes, **own), test_field
 
     def listed_methods(self) -> set[str]:
-        """The method names the default run, the peers and the source-effect study run at every k
-        of ``episodes.k`` (the blocks that may name their own k, :meth:`k_blocks`, left out)."""
-        return {*self.run.methods, *self.peers.methods, *self.source_effect.methods}
+        """The method names the peers and the source-effect study run at every k of ``episodes.k``
+        (the blocks that may name their own k, :meth:`k_blocks`, left out)."""
+        return {*self.peers.methods, *self.source_effect.methods}
 
-    def k_blocks(self) -> list[RegimeRuns | ReplicatesConfig | ResNetStudyConfig | AlignmentStudyConfig]:
+    def k_blocks(
+        self,
+    ) -> list[RunConfig | RegimeRuns | ReplicatesConfig | ResNetStudyConfig | AlignmentStudyConfig]:
         """The blocks of methods that may name their own k (``None``: every k of ``episodes.k``):
-        the regime study's runs, the replicate studies, the benchmark studies and the alignment
-        study."""
+        the default run, the regime study's runs, the replicate studies, the benchmark studies and
+        the alignment study."""
         studies = (*REPLICATE_STUDIES, *BENCHMARK_STUDIES, "alignment")
-        return [*self.regime.runs, *(getattr(self, study) for study in studies)]
+        return [self.run, *self.regime.runs, *(getattr(self, study) for study in studies)]
+
+    def shots(self, block: Any) -> list[int]:
+        """The k values ``block`` (one of :meth:`k_blocks`) runs at: its own, else every k of
+        ``episodes.k``."""
+        return block.k or self.episodes.k
 
     def method(self, name: str) -> MethodSpec:
         """The spec of method ``name``; for ``<method>+tuned``, that of ``<method>``."""
@@ -809,6 +819,7 @@ class Params:
                 )
         _check_names("run.benchmarks", self.run.benchmarks, self.benchmarks)
         _check_names("run.methods", self.run.methods, self.method_names)
+        _check_own_k("run.k", self.run.k, self.episodes.k)
         for i, block in enumerate(self.regime.runs):
             _check_names(f"regime.runs[{i}].benchmarks", block.benchmarks, self.benchmarks)
             _check_names(f"regime.runs[{i}].methods", block.methods, self.method_names)

@@ -12,6 +12,7 @@ def test_default_params_file_is_valid():
     params = load_params(REPO / "params.yaml")
     assert params.run.benchmarks == ["fashion", "fashion_to_digits"]
     assert params.episodes.k == [1, 5, 10]
+    assert params.run.k == [1, 5]  # the default run within its 15 minutes; the studies run k = 10
 
 
 def test_unknown_top_level_key_names_the_key_and_suggests_the_nearest(tiny_params):

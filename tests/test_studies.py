@@ -249,6 +249,28 @@ def test_a_benchmark_study_plans_its_runs_and_searches_at_its_own_k_only(tmp_pat
     assert not [p for p in planned if p.endswith("/k1.json")]  # no episodes at a k it does not run
 
 
+def test_the_default_run_plans_its_own_k_only_and_the_peers_study_every_k(tmp_path):
+    """``run.k`` narrows the default run (its runs, searches, tunings and episodes); the peers
+    study still runs every k of ``episodes.k``, the default run's k under data/ and the others
+    under data/regime/, outside the default run's DVC outputs."""
+    params = copy.deepcopy(TINY_PARAMS)
+    params["episodes"]["k"] = [1, 2]
+    params["run"]["k"] = [2]
+    params["peers"] = {"methods": ["full", "full+tuned", "grouped_rl"]}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    planned = planned_outputs(tmp_path)
+    made = [
+        p for p in planned if p.startswith(("data/runs/", "data/search/", "data/tune/", "data/episodes/"))
+    ]
+    assert made and all("/k2/" in p or p.endswith("/k2.json") for p in made), made
+    assert "data/runs/tiny/grouped_rl/k2/metrics.json" in planned
+    peers = [p for p in planned_outputs(tmp_path, "peers") if "/runs/" in p and p.endswith("metrics.json")]
+    assert "data/runs/tiny/full/k2/metrics.json" in peers
+    assert "data/regime/runs/tiny/full+tuned/k1/metrics.json" in peers
+    assert "data/regime/runs/tiny/grouped_rl/k1/metrics.json" in peers
+    assert not [p for p in peers if p.startswith("data/runs/") and "/k1/" in p]
+
+
 def test_a_replicate_study_plans_every_seeds_runs_at_its_own_k_only(tmp_path):
     params = copy.deepcopy(TINY_PARAMS)
     params["episodes"]["k"] = [1, 2]

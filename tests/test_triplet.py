@@ -95,7 +95,12 @@ def test_the_batched_population_refuses_a_triplet_term(tiny_model):
 
 @pytest.mark.parametrize(
     ("study", "block"),
-    [("resnet_peers", {}), ("resnet_replicates", {"seeds": [3], "pairs": []}), ("alignment", {})],
+    [
+        ("run", {}),
+        ("resnet_peers", {}),
+        ("resnet_replicates", {"seeds": [3], "pairs": []}),
+        ("alignment", {}),
+    ],
 )
 def test_a_study_block_runs_at_its_own_k_and_only_at_shots_the_episodes_have(study, block):
     raw = copy.deepcopy(TINY_PARAMS)

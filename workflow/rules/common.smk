@@ -57,6 +57,9 @@ os.environ["PATH"] = os.pathsep.join(
 )
 
 RAW = PARAMS.data.raw_dir
+RUN_K = PARAMS.shots(
+    PARAMS.run
+)  # the default run's k: run.k, else every k of episodes.k
 LOGS = "data/logs"  # the rules with a {root} wildcard log under {root}/logs: data/logs for the default run
 # Files that only the regime study needs live under data/regime/, outside the DVC stages' outputs
 # (data/prepared, data/runs, ...), so running it leaves `dvc status` of the default run as it was.
@@ -154,7 +157,7 @@ def default_outputs():
         "data/groups/{benchmark}/{method}/k{k}.{ext}",
         benchmark=PARAMS.run.benchmarks,
         method=grouped,
-        k=PARAMS.episodes.k,
+        k=RUN_K,
         ext=["pt", "json"],
     )
     return frozenset(
@@ -220,7 +223,7 @@ def activation_targets():
     return expand(
         "data/activations/{benchmark}/k{k}/{tag}.pt",
         benchmark=PARAMS.run.benchmarks,
-        k=PARAMS.episodes.k,
+        k=RUN_K,
         tag=sorted(tags),
     )
 
@@ -250,7 +253,7 @@ def tune_targets():
         "data/tune/{benchmark}/{method}/k{k}.json",
         benchmark=PARAMS.run.benchmarks,
         method=tuned,
-        k=PARAMS.episodes.k,
+        k=RUN_K,
     )
 
 
@@ -271,8 +274,7 @@ def tuned_block(methods=None):
 
 def search_targets(benchmarks=None, methods=None, ks=None):
     """Both strategies for every benchmark and k that a grouped_rl method runs on (the default
-    run's benchmarks and methods and every k unless given; a study's files are where home() puts
-    them).
+    run's benchmarks, methods and k unless given; a study's files are where home() puts them).
     """
     methods = PARAMS.run.methods if methods is None else methods
     kinds = {entry("methods", m).kind for m in methods}
@@ -281,7 +283,7 @@ def search_targets(benchmarks=None, methods=None, ks=None):
     paths = expand(
         "search/{benchmark}/k{k}/{strategy}.json",
         benchmark=PARAMS.run.benchmarks if benchmarks is None else benchmarks,
-        k=PARAMS.episodes.k if ks is None else ks,
+        k=RUN_K if ks is None else ks,
         strategy=["reinforce", "random"],
     )
     if benchmarks is None:
@@ -291,12 +293,12 @@ def search_targets(benchmarks=None, methods=None, ks=None):
 
 def run_metrics(benchmarks=None, methods=None, ks=None):
     """Run metrics of ``benchmarks`` x ``methods`` x ``ks`` (``None``: the default run's; an
-    empty list: none)."""
+    empty list: none; a study passes its k, ``PARAMS.shots(block)``)."""
     return expand(
         "data/runs/{benchmark}/{method}/k{k}/metrics.json",
         benchmark=PARAMS.run.benchmarks if benchmarks is None else benchmarks,
         method=PARAMS.run.methods if methods is None else methods,
-        k=PARAMS.episodes.k if ks is None else ks,
+        k=RUN_K if ks is None else ks,
     )
 
 
@@ -309,7 +311,7 @@ def regime_runs():
     has them, the others under data/regime/."""
     out = []
     for block in PARAMS.regime.runs:
-        out += run_metrics(block.benchmarks, block.methods, block.k)
+        out += run_metrics(block.benchmarks, block.methods, PARAMS.shots(block))
     return sorted({home(path.removeprefix("data/")) for path in out})
 
 
@@ -328,16 +330,18 @@ def replicate_runs(study="replicates"):
     block = getattr(PARAMS, study)
     if not block.seeds or not block.methods:
         return []
-    out = run_metrics(list(replicate_benchmarks(PARAMS, study)), block.methods, block.k)
+    out = run_metrics(
+        list(replicate_benchmarks(PARAMS, study)), block.methods, PARAMS.shots(block)
+    )
     return sorted({home(path.removeprefix("data/")) for path in out})
 
 
 def peer_runs():
-    """Metrics of every run of the peers study: the default run's where it has them, the others
-    under data/regime/."""
+    """Metrics of every run of the peers study (the default run's benchmarks at every k of
+    episodes.k): the default run's where it has them, the others under data/regime/."""
     if not PARAMS.peers.methods:
         return []
-    out = run_metrics(PARAMS.run.benchmarks, PARAMS.peers.methods)
+    out = run_metrics(PARAMS.run.benchmarks, PARAMS.peers.methods, PARAMS.episodes.k)
     return sorted({home(path.removeprefix("data/")) for path in out})
 
 
@@ -346,7 +350,7 @@ def study_runs(study):
     block = getattr(PARAMS, study)
     if not block.benchmarks or not block.methods:
         return []
-    out = run_metrics(block.benchmarks, block.methods, block.k)
+    out = run_metrics(block.benchmarks, block.methods, PARAMS.shots(block))
     return sorted({home(path.removeprefix("data/")) for path in out})
 
 
@@ -354,7 +358,7 @@ def study_episodes(study):
     """An episodes file per benchmark of benchmark study ``study``, at its first k (what its
     report reads them for: each benchmark's classes, the chance level)."""
     block = getattr(PARAMS, study)
-    k = (block.k or PARAMS.episodes.k)[0]
+    k = PARAMS.shots(block)[0]
     return [home(f"episodes/{b}/k{k}.json") for b in block.benchmarks]
 
 
@@ -372,7 +376,7 @@ def source_effect_runs():
     cells = source_effect_cells()
     if not cells:
         return []
-    out = run_metrics(list(cells), PARAMS.source_effect.methods)
+    out = run_metrics(list(cells), PARAMS.source_effect.methods, PARAMS.episodes.k)
     return sorted({home(path.removeprefix("data/")) for path in out})
 
 
@@ -385,7 +389,7 @@ def alignment_runs():
         f"{REGIME_ROOT}/alignment/{{benchmark}}/{{method}}/k{{k}}/metrics.json",
         benchmark=study.benchmarks,
         method=study.methods,
-        k=study.k or PARAMS.episodes.k,
+        k=PARAMS.shots(study),
     )
 
 
@@ -421,7 +425,7 @@ def data_targets():
         + expand(
             "data/episodes/{benchmark}/k{k}.json",
             benchmark=benches,
-            k=PARAMS.episodes.k,
+            k=RUN_K,
         )
     )
 

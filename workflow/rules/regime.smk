@@ -163,11 +163,10 @@ use rule aggregate as aggregate_peers with:
     input:
         runs=peer_runs(),
         sources=expand("data/checkpoints/{source}/metrics.json", source=used_sources()),
-        episodes=expand(
-            "data/episodes/{benchmark}/k{k}.json",
-            benchmark=report_benchmarks(),
-            k=PARAMS.episodes.k[:1],
-        ),
+        episodes=[
+            home(f"episodes/{benchmark}/k{PARAMS.episodes.k[0]}.json")
+            for benchmark in report_benchmarks()
+        ],
         raw=lambda w: target_raw_dirs(),
     output:
         table="reports/peers/results.md",
@@ -273,7 +272,9 @@ use rule aggregate as aggregate_study with:
 use rule search_report as search_report_resnet with:
     input:
         traces=search_targets(
-            PARAMS.resnet.benchmarks, PARAMS.resnet.methods, PARAMS.resnet.k
+            PARAMS.resnet.benchmarks,
+            PARAMS.resnet.methods,
+            PARAMS.shots(PARAMS.resnet),
         ),
     output:
         table="reports/resnet/search.md",
@@ -289,7 +290,9 @@ use rule search_report as search_report_resnet with:
     params:
         labels=search_labels(
             search_targets(
-                PARAMS.resnet.benchmarks, PARAMS.resnet.methods, PARAMS.resnet.k
+                PARAMS.resnet.benchmarks,
+                PARAMS.resnet.methods,
+                PARAMS.shots(PARAMS.resnet),
             )
         ),
         tables=subpath(output.table, parent=True),

@@ -13,7 +13,7 @@ rule aggregate:
         episodes=expand(
             "data/episodes/{benchmark}/k{k}.json",
             benchmark=report_benchmarks(),
-            k=PARAMS.episodes.k[:1],
+            k=RUN_K[:1],
         ),
         raw=lambda w: target_raw_dirs(),
     output:
