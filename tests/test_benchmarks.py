@@ -127,5 +127,7 @@ def test_outputs_compare_unequal_when_a_file_is_missing_on_either_side(tmp_path)
 def test_a_log_only_measurement_is_not_shown_as_a_run(tmp_path):
     for f in summarise.MEASURED.glob("*.json"):
         (tmp_path / f.name).write_text(f.read_text())
-    (tmp_path / "pipeline_time_9.json").write_text(json.dumps(pipeline_time.parse_log(LOG)))
+    log_only = tmp_path / "pipeline_time_log_only.json"  # beside every committed run, none replaced
+    assert not log_only.exists()
+    log_only.write_text(json.dumps(pipeline_time.parse_log(LOG)))
     assert summarise.render(tmp_path) == summarise.render()
