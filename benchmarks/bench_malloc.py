@@ -1,7 +1,7 @@
 """What keeping freed memory in the process (``kshot.runtime``) saves; writes
 ``benchmarks/results/bench_malloc.json``.
 
-One job of the default pipeline (by default the k=10 RL search of ``fashion``, the longest) runs
+One job of the default pipeline (by default the k=5 RL search of ``fashion_to_digits``, its longest) runs
 with glibc's default malloc (``KSHOT_MALLOC=system``) and with kshot's setting, alternately,
 ``--repeats`` times each; the job's own command comes from the rule, as in ``peak_memory.py``, with
 its outputs redirected into a temporary folder. Reported per variant: the fastest wall time and
@@ -48,7 +48,7 @@ def timed(argv: list[str], malloc: str | None) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--target", default="data/search/fashion/k10/reinforce.json")
+    parser.add_argument("--target", default="data/search/fashion_to_digits/k5/reinforce.json")
     parser.add_argument("--rule", default="search")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_malloc.json"))

@@ -6,7 +6,8 @@ existing ``data/`` is read but never written. Each command runs under ``/usr/bin
 time), which reports the maximum resident set size of the process.
 
 Run from the repository root with the venv active, after the default pipeline has produced its
-inputs: ``python benchmarks/peak_memory.py [--target data/runs/fashion/full/k10/metrics.json]``.
+inputs: ``python benchmarks/peak_memory.py [--target data/runs/fashion_to_digits/full/k5/metrics.json]``
+(the default run's largest support set: 10-way, k = 5).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def peak_rss(argv: list[str]) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--target", default="data/runs/fashion/full/k10/metrics.json")
+    parser.add_argument("--target", default="data/runs/fashion_to_digits/full/k5/metrics.json")
     parser.add_argument("--rules", nargs="+", default=["prepare_source", "pretrain", "finetune"])
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "peak_memory.json"))
     args = parser.parse_args()

@@ -13,7 +13,7 @@ day to day. The run's tables and ``reports/metrics.json`` are compared byte for 
 working tree's, where it has them.
 
 Run it inside the environment, with nothing else busy: ``python benchmarks/pipeline_time.py``
-(about 17 minutes on 2 CPU cores, setup included); ``--log <snakemake log>`` only reads an existing run's log.
+(about 16 minutes on 2 CPU cores, setup included); ``--log <snakemake log>`` only reads an existing run's log.
 """
 
 from __future__ import annotations

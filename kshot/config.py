@@ -474,8 +474,8 @@ class SearchConfig:
 @dataclass(frozen=True)
 class RunConfig:
     """Which benchmarks and methods the default pipeline runs, at the shots ``k`` (``None``: every
-    k of ``episodes.k``; a subset keeps the default run within its time, the studies running the
-    rest)."""
+    k of ``episodes.k``; a subset keeps the default run within its time: the studies run most of
+    its methods at the other k, the peers study all but ``grouped_pool`` and ``grouped_random``)."""
 
     benchmarks: list[str]
     methods: list[str]
@@ -891,6 +891,8 @@ def _check_own_k(where: str, k: list[int] | None, episodes_k: list[int]) -> None
             f"{where}: expected k values of episodes.k {episodes_k} (null: all of them), found []"
         )
     _check_names(where, k, episodes_k)
+    if len(set(k)) != len(k):
+        raise ConfigError(f"{where}: expected distinct values, found {k!r}")
 
 
 def _check_names(where: str, names: list[str], valid: Any) -> None:

@@ -118,6 +118,9 @@ def test_a_study_block_runs_at_its_own_k_and_only_at_shots_the_episodes_have(stu
     raw[study]["k"] = []  # not "every k": an error
     with pytest.raises(ConfigError, match=rf"^{study}.k: expected k values of episodes.k \[1, 2\]"):
         load(raw)
+    raw[study]["k"] = [2, 2]  # each run file listed twice would fail the report at the end
+    with pytest.raises(ConfigError, match=rf"^{study}.k: expected distinct values, found \[2, 2\]"):
+        load(raw)
 
 
 def test_the_source_effect_study_runs_its_methods_at_every_k():
