@@ -57,9 +57,8 @@ os.environ["PATH"] = os.pathsep.join(
 )
 
 RAW = PARAMS.data.raw_dir
-RUN_K = PARAMS.shots(
-    PARAMS.run
-)  # the default run's k: run.k, else every k of episodes.k
+# the default run's k: run.k, else every k of episodes.k
+RUN_K = PARAMS.shots(PARAMS.run)
 LOGS = "data/logs"  # the rules with a {root} wildcard log under {root}/logs: data/logs for the default run
 # Files that only the regime study needs live under data/regime/, outside the DVC stages' outputs
 # (data/prepared, data/runs, ...), so running it leaves `dvc status` of the default run as it was.
